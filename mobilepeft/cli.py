@@ -1,0 +1,162 @@
+"""The ``mobilepeft`` command line (typer).
+
+Expected user errors (:class:`~mobilepeft.errors.UserError`) print one clear message and exit
+with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mobilepeft import _quiet  # noqa: F401
+from mobilepeft.errors import UserError
+
+app = typer.Typer(
+    help="On-device fine-tuning and deployment toolkit for small vision-language models (MobileVLM).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Datasets: generate the built-in synthetic VQA set.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _split(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+@app.command("train")
+def train_cmd(
+    model: Annotated[Optional[str], typer.Option(help="MobileVLM checkpoint directory.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="LLaVA-format training JSON.")] = None,
+    image_folder: Annotated[Optional[str], typer.Option(help="Folder the JSON's image paths are relative to (default: the JSON's folder).")] = None,
+    output_dir: Annotated[Optional[str], typer.Option(help="Run directory: adapter/, checkpoints/, metrics.jsonl.")] = None,
+    eval_data: Annotated[Optional[str], typer.Option(help="LLaVA-format validation JSON (loss + exact-match accuracy).")] = None,
+    eval_image_folder: Annotated[Optional[str], typer.Option(help="Image folder of --eval-data (default: --image-folder).")] = None,
+    stage: Annotated[Optional[str], typer.Option(help="finetune (adapters + projector) or pretrain (projector only, MobileVLM stage I).")] = None,
+    adapter: Annotated[Optional[str], typer.Option(help="Adapter method.")] = None,
+    rank: Annotated[Optional[int], typer.Option(help="LoRA rank r (MobileVLM recipe: 128).")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha; scaling = alpha/r (MobileVLM recipe: 256).")] = None,
+    lora_dropout: Annotated[Optional[float], typer.Option(help="Dropout on the adapter input.")] = None,
+    use_rslora: Annotated[Optional[bool], typer.Option("--use-rslora/--no-use-rslora", help="Scale by alpha/sqrt(r).")] = None,
+    target_modules: Annotated[Optional[list[str]], typer.Option(help="Linear layers to adapt, comma separated (default: q,k,v,o,gate,up,down_proj of the LLM; 'vision:q_proj' targets the CLIP tower).")] = None,
+    train_projector: Annotated[Optional[bool], typer.Option("--train-projector/--no-train-projector", help="Train the LDP projector too (MobileVLM recipe: yes).")] = None,
+    projector: Annotated[Optional[str], typer.Option(help="Initialise the projector from a stage-I mm_projector.safetensors.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (overrides --epochs).")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Epochs over the training data.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Samples per micro-batch.")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option(help="Micro-batches per optimizer step.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (cosine schedule with warmup).")] = None,
+    projector_lr: Annotated[Optional[float], typer.Option(help="Learning rate of the projector (default: --lr).")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay.")] = None,
+    warmup_ratio: Annotated[Optional[float], typer.Option(help="Fraction of steps of linear warmup.")] = None,
+    max_grad_norm: Annotated[Optional[float], typer.Option(help="Gradient clipping norm.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32 or bf16 (autocast).")] = None,
+    gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute LLM activations in backward to save memory.")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Max sequence length including the image tokens.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for init, data order and dropout.")] = None,
+    num_workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes.")] = None,
+    save_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps (0: only at the end).")] = None,
+    keep_checkpoints: Annotated[Optional[int], typer.Option(help="How many recent checkpoints to keep.")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="Evaluate every N steps (0: before and after only).")] = None,
+    eval_max_new_tokens: Annotated[Optional[int], typer.Option(help="Generation length for exact-match eval.")] = None,
+    eval_batch_size: Annotated[Optional[int], typer.Option(help="Batch size of evaluation.")] = None,
+    log_every: Annotated[Optional[int], typer.Option(help="Write a metrics.jsonl record every N steps.")] = None,
+    skip_bad_samples: Annotated[Optional[bool], typer.Option("--skip-bad-samples/--no-skip-bad-samples", help="Skip invalid samples (counted at the end) instead of stopping.")] = None,
+    resume: Annotated[Optional[bool], typer.Option("--resume/--no-resume", help="Continue from the latest checkpoint in --output-dir, exactly.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML file with the same keys as these flags; flags override it.")] = None,
+) -> None:
+    """Fine-tune adapters (and the projector) on LLaVA-format data.
+
+    Example: mobilepeft train --model ckpt/ --data data/train.json --eval-data data/val.json --output-dir runs/lora
+    """
+    overrides = {k: v for k, v in locals().items() if k != "config"}
+    from mobilepeft.train.config import TrainConfig
+    from mobilepeft.train.trainer import Trainer
+
+    overrides["target_modules"] = _split(target_modules)
+    cfg = TrainConfig.from_sources(config, overrides)
+    result = Trainer(cfg, progress=True).run()
+    _report_training(result)
+
+
+def _report_training(result) -> None:
+    typer.echo(f"trained {result.steps} steps; final train loss {result.final_loss:.4f}")
+    if result.eval_before and result.eval_after:
+        b, a = result.eval_before, result.eval_after
+        typer.echo(f"val loss     {b['loss']:.4f} -> {a['loss']:.4f}")
+        typer.echo(f"val accuracy {b['accuracy']:.3f} -> {a['accuracy']:.3f}  ({a['n']} samples, exact match)")
+    if result.skipped:
+        typer.echo(f"skipped {len(result.skipped)} bad samples (first: {result.skipped[0]})")
+    typer.echo(f"adapter: {result.adapter_dir}")
+
+
+@app.command("init-model")
+def init_model_cmd(
+    output_dir: Annotated[Path, typer.Option(help="Where to write the checkpoint directory.")],
+    preset: Annotated[str, typer.Option(help="Model size preset.")] = "tiny",
+    projector: Annotated[str, typer.Option(help="ldpnetv2 (MobileVLM V2) or ldpnet (V1).")] = "ldpnetv2",
+    weight_format: Annotated[str, typer.Option(help="safetensors, sharded, bin or sharded-bin.")] = "safetensors",
+    seed: Annotated[int, typer.Option(help="Seed of the random initialisation.")] = 0,
+) -> None:
+    """Write a randomly initialised model in the exact MobileVLM checkpoint format."""
+    from mobilepeft.models.checkpoint import WEIGHT_FORMATS
+    from mobilepeft.models.presets import PRESETS, write_preset
+
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}", field="preset", hint=f"choose from {', '.join(PRESETS)}")
+    if weight_format not in WEIGHT_FORMATS:
+        raise UserError(f"unknown weight format {weight_format!r}", field="weight-format",
+                        hint=f"choose from {', '.join(WEIGHT_FORMATS)}")
+    if projector not in ("ldpnet", "ldpnetv2"):
+        raise UserError(f"unknown projector {projector!r}", field="projector", hint="ldpnet (V1) or ldpnetv2 (V2)")
+    path = write_preset(preset, output_dir, projector_type=projector, seed=seed, weight_format=weight_format)
+    typer.echo(f"wrote {preset} MobileVLM ({projector}) to {path}")
+
+
+@data_app.command("synth")
+def data_synth_cmd(
+    output_dir: Annotated[Path, typer.Option(help="Dataset directory (images/, train.json, val.json).")],
+    n_train: Annotated[int, typer.Option(help="Training samples.")] = 800,
+    n_val: Annotated[int, typer.Option(help="Validation samples.")] = 160,
+    image_size: Annotated[int, typer.Option(help="Image side in pixels.")] = 64,
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
+) -> None:
+    """Write the built-in synthetic visual-question dataset in LLaVA format."""
+    from mobilepeft.data.synth import write_synthetic_dataset
+
+    info = write_synthetic_dataset(output_dir, n_train=n_train, n_val=n_val, image_size=image_size, seed=seed)
+    typer.echo(f"wrote synthetic dataset to {output_dir}: {info}")
+
+
+@app.command("demo")
+def demo_cmd(
+    output_dir: Annotated[Path, typer.Option(help="Where the demo writes model, data and run.")] = Path("outputs/demo"),
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 300,
+    adapter: Annotated[str, typer.Option(help="Adapter method.")] = "lora",
+) -> None:
+    """The main job on the embedded default: tiny MobileVLM + synthetic data -> trained adapter."""
+    from mobilepeft.demo import run_demo
+
+    run_demo(output_dir, steps=steps, adapter=adapter, echo=typer.echo)
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as err:
+        typer.echo(f"error: {err.render()}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; the last checkpoint is intact (use --resume to continue)", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

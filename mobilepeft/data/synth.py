@@ -1,0 +1,192 @@
+"""A procedurally generated LLaVA-format VQA dataset for the no-download demo and tests.
+
+The demo trains a tiny randomly initialised MobileVLM whose CLIP tower stays frozen at random
+weights; only LoRA on the LLM and the projector learn. Random CLIP features keep coarse
+colour, area and position information but little else, so the task is chosen to be
+answerable from exactly that: 1-3 flat shapes in five well-separated colours on a white
+background, questions about colour, shape, count and left/right position, and single-word
+lowercase answers (exact match is then a fair metric). Everything is a pure function of the
+seed, so runs and tests are reproducible byte for byte.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from mobilepeft.data.template import IMAGE_PLACEHOLDER, SYSTEM_PROMPT
+from mobilepeft.errors import UserError
+from mobilepeft.io import atomic_file, write_json
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 200, 30),
+    "purple": (150, 60, 190),
+}
+SHAPES = ("circle", "square", "triangle")
+COUNTS = ("one", "two", "three")
+SIDES = ("left", "right")
+BACKGROUND = (255, 255, 255)
+
+# Question type -> (phrasings, possible answers). Colour/shape/position questions are only
+# asked about single-shape images, where they have one right answer.
+QUESTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "color": (
+        ("What color is the shape?", "What is the color of the shape?", "Which color is the object?"),
+        tuple(COLORS),
+    ),
+    "shape": (
+        ("What shape is this?", "What is the shape in the image?", "Which shape is shown?"),
+        SHAPES,
+    ),
+    "count": (
+        ("How many shapes are there?", "How many shapes are in the image?", "Count the shapes."),
+        COUNTS,
+    ),
+    "position": (
+        (
+            "Is the shape on the left or the right?",
+            "Is the object on the left side or the right side?",
+            "Which side is the shape on, left or right?",
+        ),
+        SIDES,
+    ),
+}
+MULTI_TURN_FRACTION = 0.1
+
+
+def question_type(question: str) -> str | None:
+    """The question type ("color", "shape", "count", "position") of a generated question, or None."""
+    text = question.replace(IMAGE_PLACEHOLDER, "").strip()
+    for qtype, (phrasings, _) in QUESTIONS.items():
+        if text in phrasings:
+            return qtype
+    return None
+
+
+def write_synthetic_dataset(
+    out_dir: str | Path, *, n_train: int = 800, n_val: int = 160, image_size: int = 64, seed: int = 0
+) -> dict[str, Any]:
+    """Write ``images/*.png``, ``train.json`` and ``val.json`` under ``out_dir``.
+
+    Image paths in the JSON are relative to ``out_dir`` (the image folder to train with).
+    Every file is written atomically and the JSON files last, so an interrupted run never
+    leaves a JSON that references a missing image.
+    """
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"image_folder": out_dir}
+    for split, count in (("train", n_train), ("val", n_val)):
+        rng = random.Random(f"mobilepeft-synth/{seed}/{split}")
+        records = [_make_sample(rng, split, i, image_size, out_dir) for i in range(count)]
+        json_path = out_dir / f"{split}.json"
+        write_json(json_path, records)
+        result[f"{split}_json"] = json_path
+        result[f"n_{split}"] = count
+        result[f"n_{split}_multi_turn"] = sum(len(r["conversations"]) > 2 for r in records)
+    return result
+
+
+def corpus_lines() -> list[str]:
+    """Text covering every word the generator and the v1 template can emit (tokenizer training)."""
+    # Whole first turns, so the system prompt is as frequent as the questions and BPE merges it
+    # into few tokens: short sequences keep the demo model fast.
+    lines = []
+    for phrasings, answers in QUESTIONS.values():
+        lines.extend(answers)
+        lines.extend(f"{SYSTEM_PROMPT} USER: {q} ASSISTANT: {a}" for q in phrasings for a in answers)
+    return lines
+
+
+def chance_accuracy(json_path: str | Path) -> float:
+    """Expected exact-match accuracy on the first questions of ``json_path`` when guessing
+    uniformly among the possible answers of each question's type (the floor a trained model
+    must clear)."""
+    json_path = Path(json_path)
+    records = json.loads(json_path.read_text(encoding="utf-8"))
+    total = 0.0
+    for index, record in enumerate(records):
+        question = record["conversations"][0]["value"]
+        qtype = question_type(question)
+        if qtype is None:
+            raise UserError(
+                f"not a question of the synthetic dataset: {question!r}",
+                path=json_path,
+                sample=f"{index} (id {record.get('id')!r})",
+                field="conversations[0].value",
+                hint="chance accuracy is only defined for files written by write_synthetic_dataset",
+            )
+        total += 1.0 / len(QUESTIONS[qtype][1])
+    return total / len(records)
+
+
+def _make_sample(rng: random.Random, split: str, index: int, size: int, out_dir: Path) -> dict[str, Any]:
+    qtype = rng.choice(list(QUESTIONS))
+    n_shapes = rng.randint(1, len(COUNTS)) if qtype == "count" else 1
+    image, facts = _draw_scene(rng, n_shapes, size)
+    asked = [qtype]
+    if n_shapes == 1 and rng.random() < MULTI_TURN_FRACTION:
+        asked.append(rng.choice([t for t in QUESTIONS if t != qtype]))
+
+    conversations = []
+    for k, kind in enumerate(asked):
+        phrasings, _ = QUESTIONS[kind]
+        question = rng.choice(phrasings)
+        if k == 0:
+            question = f"{IMAGE_PLACEHOLDER}\n{question}"
+        conversations += [{"from": "human", "value": question}, {"from": "gpt", "value": facts[kind]}]
+
+    name = f"images/{split}_{index:05d}.png"
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    with atomic_file(out_dir / name, "wb") as fh:
+        fh.write(buffer.getvalue())
+    return {"id": f"{split}-{index:05d}", "image": name, "conversations": conversations}
+
+
+def _draw_scene(rng: random.Random, n_shapes: int, size: int) -> tuple[Image.Image, dict[str, str]]:
+    """Draw ``n_shapes`` shapes; return the image and the answer to each applicable question type."""
+    image = Image.new("RGB", (size, size), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    facts = {"count": COUNTS[n_shapes - 1]}
+    if n_shapes == 1:
+        # One large shape, clearly in the left or the right third of the image.
+        side = rng.choice(SIDES)
+        radius = rng.uniform(0.16, 0.22) * size
+        cx = rng.uniform(0.22, 0.30) * size
+        cx = cx if side == "left" else size - cx
+        cy = rng.uniform(0.30, 0.70) * size
+        color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+        _draw_shape(draw, shape, COLORS[color], cx, cy, radius)
+        facts.update(color=color, shape=shape, position=side)
+    else:
+        # Smaller shapes in distinct cells of a 3x3 grid, so they never overlap.
+        cell = size / 3
+        for slot in rng.sample(range(9), n_shapes):
+            radius = rng.uniform(0.28, 0.36) * cell
+            jitter = cell / 2 - radius - 1
+            cx = (slot % 3 + 0.5) * cell + rng.uniform(-jitter, jitter)
+            cy = (slot // 3 + 0.5) * cell + rng.uniform(-jitter, jitter)
+            _draw_shape(draw, rng.choice(SHAPES), COLORS[rng.choice(list(COLORS))], cx, cy, radius)
+    return image, facts
+
+
+def _draw_shape(
+    draw: ImageDraw.ImageDraw, shape: str, color: tuple[int, int, int], cx: float, cy: float, radius: float
+) -> None:
+    if shape == "circle":
+        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=color)
+    elif shape == "square":
+        draw.rectangle([cx - radius, cy - radius, cx + radius, cy + radius], fill=color)
+    else:
+        draw.polygon(
+            [(cx, cy - radius), (cx - radius, cy + 0.8 * radius), (cx + radius, cy + 0.8 * radius)],
+            fill=color,
+        )

@@ -1,0 +1,121 @@
+"""Training configuration: one dataclass whose fields are the CLI flags (and the YAML keys).
+
+Precedence: dataclass defaults < ``--config run.yaml`` < flags given on the command line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mobilepeft.adapters.spec import AdapterSpec
+from mobilepeft.adapters.targets import LLM_LINEARS
+from mobilepeft.errors import UserError
+
+
+@dataclass
+class TrainConfig:
+    model: str = ""
+    data: str = ""
+    image_folder: str = ""
+    output_dir: str = ""
+    eval_data: str | None = None
+    eval_image_folder: str | None = None
+    # what is trained
+    stage: str = "finetune"  # finetune: adapters (+ projector); pretrain: projector only (MobileVLM stage I)
+    adapter: str = "lora"
+    rank: int = 8
+    alpha: float = 16.0
+    lora_dropout: float = 0.05
+    use_rslora: bool = False
+    target_modules: list[str] = field(default_factory=lambda: list(LLM_LINEARS))
+    train_projector: bool = True
+    projector: str | None = None  # initialise the projector from a stage-I mm_projector.safetensors
+    # optimisation
+    max_steps: int | None = None
+    epochs: float = 1.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-4
+    projector_lr: float | None = None
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    max_grad_norm: float = 1.0
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    gradient_checkpointing: bool = False
+    max_length: int = 2048
+    seed: int = 0
+    num_workers: int = 0
+    # bookkeeping
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    eval_every: int = 0  # 0: evaluate before and after training only
+    eval_max_new_tokens: int = 8
+    eval_batch_size: int = 16
+    log_every: int = 1
+    skip_bad_samples: bool = False
+    resume: bool = False
+
+    #: fields that may differ between a run and its --resume without changing the maths
+    RESUME_FREE = ("resume", "save_every", "keep_checkpoints", "log_every", "eval_every", "num_workers",
+                   "eval_batch_size", "eval_max_new_tokens", "skip_bad_samples")
+
+    def validate(self) -> None:
+        for name in ("model", "data", "output_dir"):
+            if not getattr(self, name):
+                raise UserError(f"--{name.replace('_', '-')} is required", field=name)
+        if self.data and not self.image_folder:
+            self.image_folder = str(Path(self.data).parent)
+        choices = {"stage": ("finetune", "pretrain"), "precision": ("fp32", "bf16")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise UserError(f"must be one of {', '.join(allowed)} (got {getattr(self, name)!r})", field=name)
+        positive = ("rank", "batch_size", "grad_accum", "max_length", "keep_checkpoints", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise UserError(f"must be >= 1 (got {getattr(self, name)})", field=name)
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UserError("must be >= 1", field="max_steps")
+        if self.lr <= 0:
+            raise UserError("must be > 0", field="lr")
+
+    def adapter_spec(self) -> AdapterSpec:
+        return AdapterSpec(method=self.adapter, rank=self.rank, alpha=self.alpha, dropout=self.lora_dropout,
+                           target_modules=list(self.target_modules), use_rslora=self.use_rslora)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_sources(cls, yaml_path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
+        values: dict[str, Any] = {}
+        if yaml_path is not None:
+            values.update(load_yaml(yaml_path))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("config file not found", path=path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"invalid YAML: {exc}", path=path) from exc
+    if not isinstance(data, dict):
+        raise UserError("top level must be a mapping of option: value", path=path)
+    known = {f.name for f in fields(TrainConfig)}
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            raise UserError(f"unknown option {key!r}", path=path, field=str(key),
+                            hint="keys are the `mobilepeft train` flags, e.g. batch-size or batch_size")
+        out[name] = value
+    return out

@@ -1,0 +1,308 @@
+"""The training recipe: an explicit loop over optimizer steps (torchtune style).
+
+Exact resume: the batch order is a pure function of (seed, epoch), every checkpoint stores the
+trainable tensors, optimizer, LR schedule and RNG states, so ``--resume`` after a crash yields
+the same parameters as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from mobilepeft.adapters.files import save_adapter
+from mobilepeft.adapters.inject import inject_adapters
+from mobilepeft.data.collate import collate_batch
+from mobilepeft.data.dataset import SupervisedDataset
+from mobilepeft.data.llava import load_llava
+from mobilepeft.errors import UserError
+from mobilepeft.io import atomic_dir, save_safetensors, torch_save, write_json, write_text
+from mobilepeft.loading import load_vlm
+from mobilepeft.models.mobilevlm import MobileVLMForCausalLM, from_checkpoint_key
+from mobilepeft.train.config import TrainConfig
+from mobilepeft.train.evaluate import evaluate
+
+
+class TrainingDiverged(UserError):
+    """Loss became NaN/inf; the last good checkpoint is left untouched."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    adapter_dir: Path
+    steps: int
+    final_loss: float
+    eval_before: dict[str, float] | None
+    eval_after: dict[str, float] | None
+    skipped: list[str]
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Batches for micro-steps ``start, start+1, ...``: epoch e is a permutation seeded by (seed, e)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, total: int) -> None:
+        self.n, self.batch_size, self.seed, self.start, self.total = n, batch_size, seed, start, total
+        self.per_epoch = math.ceil(n / batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        perm, perm_epoch = None, -1
+        for k in range(self.start, self.total):
+            epoch, pos = divmod(k, self.per_epoch)
+            if epoch != perm_epoch:
+                g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+                perm, perm_epoch = torch.randperm(self.n, generator=g).tolist(), epoch
+            yield perm[pos * self.batch_size:(pos + 1) * self.batch_size]
+
+    def __len__(self) -> int:
+        return self.total - self.start
+
+
+def cosine_with_warmup(warmup: int, total: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, *, progress: bool = True,
+                 callbacks: list[Callable[[Trainer, int, dict[str, Any]], None]] | None = None) -> None:
+        self.cfg = cfg
+        self.progress = progress
+        self.callbacks = callbacks or []
+        self.out = Path(cfg.output_dir)
+        self.ckpt_root = self.out / "checkpoints"
+
+    # --- setup ---------------------------------------------------------------------------
+    def _build_model(self) -> MobileVLMForCausalLM:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        model = load_vlm(cfg.model)
+        if cfg.projector:
+            _load_projector(model, Path(cfg.projector))
+        if cfg.stage == "finetune":
+            self.spec = cfg.adapter_spec()
+            layers = inject_adapters(model, self.spec)
+            for layer in layers.values():
+                for name, p in layer.named_parameters():
+                    p.requires_grad_(not name.startswith("base_layer."))
+        self.train_projector = cfg.stage == "pretrain" or cfg.train_projector
+        model.mm_projector.requires_grad_(self.train_projector)
+        if cfg.gradient_checkpointing:
+            model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model
+
+    def _dataset(self, model: MobileVLMForCausalLM, json_path: str, image_folder: str) -> tuple[SupervisedDataset, list[str]]:
+        convs, skipped = load_llava(json_path, image_folder, skip_bad=self.cfg.skip_bad_samples)
+        ds = SupervisedDataset(convs, model.tokenizer, image_folder, model.config.image_size,
+                               model.config.num_image_tokens, self.cfg.max_length, skip_bad=self.cfg.skip_bad_samples)
+        return ds, skipped + ds.skipped
+
+    def _optimizer(self, model: MobileVLMForCausalLM) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        proj = [p for p in model.mm_projector.parameters() if p.requires_grad]
+        proj_ids = {id(p) for p in proj}
+        other = [p for p in model.parameters() if p.requires_grad and id(p) not in proj_ids]
+        groups = [g for g in ({"params": other, "lr": cfg.lr},
+                              {"params": proj, "lr": cfg.projector_lr or cfg.lr}) if g["params"]]
+        if not groups:
+            raise UserError("nothing to train: no adapter targets and the projector is frozen",
+                            hint="use --train-projector or --stage finetune with --target-modules")
+        return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8)
+
+    # --- checkpoints ---------------------------------------------------------------------
+    def _trainable_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+    def _save_checkpoint(self, model, optimizer, scheduler, step: int) -> Path:
+        path = self.ckpt_root / f"step-{step:07d}"
+        with atomic_dir(path) as tmp:
+            save_safetensors(self._trainable_state(model), tmp / "trainable.safetensors")
+            torch_save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+            write_json(tmp / "trainer_state.json", {"step": step, "config": self.cfg.to_dict()})
+        for old in sorted(self.ckpt_root.glob("step-*"))[: -self.cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    def latest_checkpoint(self) -> Path | None:
+        done = sorted(p for p in self.ckpt_root.glob("step-*") if (p / "trainer_state.json").is_file())
+        return done[-1] if done else None
+
+    def _restore(self, ckpt: Path, model, optimizer, scheduler) -> int:
+        from safetensors.torch import load_file
+
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        saved, now = state["config"], self.cfg.to_dict()
+        diff = [k for k in now if k not in TrainConfig.RESUME_FREE and saved.get(k) != now[k]]
+        if diff:
+            k = diff[0]
+            raise UserError(f"--resume with a different setting: {k} was {saved.get(k)!r}, now {now[k]!r}",
+                            path=ckpt / "trainer_state.json", field=k,
+                            hint="resume with the original options, or use a new --output-dir")
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in load_file(str(ckpt / "trainable.safetensors")).items():
+                params[name].copy_(tensor)
+        extra = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=False)
+        optimizer.load_state_dict(extra["optimizer"])
+        scheduler.load_state_dict(extra["scheduler"])
+        torch.set_rng_state(extra["torch_rng"])
+        return int(state["step"])
+
+    # --- the loop ------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.model = model = self._build_model()
+        train_ds, skipped = self._dataset(model, cfg.data, cfg.image_folder)
+        eval_ds = None
+        if cfg.eval_data:
+            eval_ds, eval_skipped = self._dataset(model, cfg.eval_data, cfg.eval_image_folder or cfg.image_folder)
+            skipped += eval_skipped
+        micro_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
+        total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * micro_per_epoch / cfg.grad_accum))
+        optimizer = self._optimizer(model)
+        warmup = int(cfg.warmup_ratio * total_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(warmup, total_steps))
+
+        start = 0
+        metrics_file = self.out / "metrics.jsonl"
+        if cfg.resume:
+            ckpt = self.latest_checkpoint()
+            if ckpt is None:
+                raise UserError("--resume: no checkpoint found", path=self.ckpt_root,
+                                hint="run without --resume to start from scratch")
+            start = self._restore(ckpt, model, optimizer, scheduler)
+            _truncate_metrics(metrics_file, start)
+        else:
+            if self.ckpt_root.exists():
+                shutil.rmtree(self.ckpt_root)
+            metrics_file.unlink(missing_ok=True)
+        write_text(self.out / "train_config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+        eval_before = None
+        if eval_ds is not None and start == 0:
+            eval_before = evaluate(model, eval_ds, batch_size=cfg.eval_batch_size,
+                                   max_new_tokens=cfg.eval_max_new_tokens)
+            _append_metrics(metrics_file, {"step": 0, "eval_loss": eval_before["loss"],
+                                           "eval_accuracy": eval_before["accuracy"]})
+
+        sampler = ResumableBatchSampler(len(train_ds), cfg.batch_size, cfg.seed,
+                                        start * cfg.grad_accum, total_steps * cfg.grad_accum)
+        # A private generator: DataLoader would otherwise draw its worker base seed from the global
+        # RNG, shifting the dropout stream of a resumed run by one draw.
+        loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=cfg.num_workers,
+                            collate_fn=partial(collate_batch, pad_id=model.tokenizer.pad_id),
+                            generator=torch.Generator().manual_seed(cfg.seed))
+        batches = iter(loader)
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        bar = tqdm(total=total_steps, initial=start, disable=not self.progress, desc="train", unit="step",
+                   dynamic_ncols=True)
+        loss_value = float("nan")
+        t_last, samples_since = time.perf_counter(), 0
+        for step in range(start, total_steps):
+            step_loss = 0.0
+            for _ in range(cfg.grad_accum):
+                batch = next(batches)
+                with autocast:
+                    out = model(batch["input_ids"], pixel_values=batch["pixel_values"],
+                                attention_mask=batch["attention_mask"], labels=batch["labels"])
+                (out.loss / cfg.grad_accum).backward()
+                step_loss += float(out.loss.detach()) / cfg.grad_accum
+                samples_since += batch["input_ids"].shape[0]
+            if not math.isfinite(step_loss):
+                last = self.latest_checkpoint()
+                raise TrainingDiverged(
+                    f"loss became {step_loss} at step {step + 1}; training stopped. Last good checkpoint: "
+                    f"{last if last else 'none yet'}",
+                    hint="lower --lr, use --precision fp32, or check the data; --resume restarts from that checkpoint")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_value = step_loss
+            done = step + 1
+            record: dict[str, Any] = {"step": done, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
+                                      "grad_norm": grad_norm}
+            if done % cfg.log_every == 0 or done == total_steps:
+                now = time.perf_counter()
+                record["samples_per_s"] = samples_since / max(now - t_last, 1e-9)
+                t_last, samples_since = now, 0
+                _append_metrics(metrics_file, record)
+                bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{record['lr']:.2e}",
+                                sps=f"{record['samples_per_s']:.1f}")
+            bar.update(1)
+            if cfg.eval_every and done % cfg.eval_every == 0 and eval_ds is not None and done != total_steps:
+                ev = evaluate(model, eval_ds, batch_size=cfg.eval_batch_size, max_new_tokens=cfg.eval_max_new_tokens)
+                _append_metrics(metrics_file, {"step": done, "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"]})
+            if cfg.save_every and done % cfg.save_every == 0:
+                self._save_checkpoint(model, optimizer, scheduler, done)
+            for cb in self.callbacks:
+                cb(self, done, record)
+        bar.close()
+
+        eval_after = None
+        if eval_ds is not None:
+            eval_after = evaluate(model, eval_ds, batch_size=cfg.eval_batch_size,
+                                  max_new_tokens=cfg.eval_max_new_tokens)
+            _append_metrics(metrics_file, {"step": total_steps, "eval_loss": eval_after["loss"],
+                                           "eval_accuracy": eval_after["accuracy"]})
+        model.eval()
+        adapter_dir = self.out / "adapter"
+        if cfg.stage == "finetune":
+            save_adapter(model, self.spec, adapter_dir, base_model=str(cfg.model),
+                         projector_trained=self.train_projector)
+        else:
+            adapter_dir = self.out / "projector"
+            with atomic_dir(adapter_dir) as tmp:
+                save_safetensors({f"model.mm_projector.{k}": v for k, v in model.mm_projector.state_dict().items()},
+                                 tmp / "mm_projector.safetensors", metadata={"format": "pt"})
+        if not self.latest_checkpoint() or int(self.latest_checkpoint().name.split("-")[1]) != total_steps:
+            self._save_checkpoint(model, optimizer, scheduler, total_steps)
+        return TrainResult(self.out, adapter_dir, total_steps, loss_value, eval_before, eval_after, skipped)
+
+
+def _load_projector(model: MobileVLMForCausalLM, file: Path) -> None:
+    from safetensors.torch import load_file
+
+    if file.is_dir():
+        file = file / "mm_projector.safetensors"
+    if not file.is_file():
+        raise UserError("projector weights not found", path=file,
+                        hint="pass OUT/projector/mm_projector.safetensors from a --stage pretrain run")
+    state = {from_checkpoint_key(k)[len("mm_projector."):]: v for k, v in load_file(str(file)).items()}
+    try:
+        model.mm_projector.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UserError(f"projector weights do not fit this model: {exc}", path=file) from exc
+
+
+def _append_metrics(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records a crashed run wrote after the checkpoint we resume from."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    write_text(path, "".join(line + "\n" for line in keep))
