@@ -80,7 +80,7 @@ def load_llava(
                 raise
             parsed.append(err)
 
-    image_files = {image_folder / c.image for c in parsed if isinstance(c, Conversation) and c.image}
+    image_files = sorted({image_folder / c.image for c in parsed if isinstance(c, Conversation) and c.image})
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         image_problems = dict(zip(image_files, pool.map(_image_problem, image_files), strict=True))
 
@@ -95,7 +95,7 @@ def load_llava(
                     path=json_path,
                     sample=item.label,
                     field="image",
-                    hint="fix or remove the image, or check the image folder; --skip-bad leaves such samples out",
+                    hint="fix or remove the image, or check the image folder; --skip-bad-samples leaves such samples out",
                 )
                 if not skip_bad:
                     raise item

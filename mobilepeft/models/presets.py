@@ -1,7 +1,7 @@
 """Built-in model presets written in the exact MobileVLM checkpoint format.
 
 ``tiny`` is the embedded default: a randomly initialised MobileVLM small enough that LoRA
-training runs in seconds on 2 CPU cores, with a SentencePiece tokenizer trained on the
+training runs in seconds on 2 CPU cores; ``small`` (~25M parameters) is what benchmarks time, with a SentencePiece tokenizer trained on the
 synthetic dataset's vocabulary (LLaMA conventions: unk=0, <s>=1, </s>=2, byte fallback).
 """
 
@@ -26,6 +26,15 @@ PRESETS: dict[str, dict[str, Any]] = {
                     num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.08),
         "vision": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
                        image_size=64, patch_size=8, projection_dim=64, hidden_act="quick_gelu",
+                       layer_norm_eps=1e-5, num_channels=3),
+        "tokenizer_vocab": 512,
+    },
+    # Big enough that matmuls, not Python overhead, dominate a step: used by benchmarks/.
+    "small": {
+        "llm": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+                    num_key_value_heads=4, max_position_embeddings=1024, initializer_range=0.044),
+        "vision": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                       image_size=64, patch_size=8, projection_dim=128, hidden_act="quick_gelu",
                        layer_norm_eps=1e-5, num_channels=3),
         "tokenizer_vocab": 512,
     },

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -214,8 +215,11 @@ class Trainer:
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
-        bar = tqdm(total=total_steps, initial=start, disable=not self.progress, desc="train", unit="step",
-                   dynamic_ncols=True)
+        # A live bar on a terminal; in logs (CI, nohup) a plain line every ~10% instead of \r spam.
+        interactive = self.progress and sys.stderr.isatty()
+        plain_every = max(1, total_steps // 10) if self.progress and not interactive else 0
+        bar = tqdm(total=total_steps, initial=start, disable=not interactive, desc="train", unit="step",
+                   dynamic_ncols=True, mininterval=0.5)
         loss_value = float("nan")
         t_last, samples_since = time.perf_counter(), 0
         for step in range(start, total_steps):
@@ -250,6 +254,9 @@ class Trainer:
                 bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{record['lr']:.2e}",
                                 sps=f"{record['samples_per_s']:.1f}")
             bar.update(1)
+            if plain_every and (done % plain_every == 0 or done == total_steps):
+                print(f"step {done}/{total_steps}  loss {step_loss:.4f}  lr {record['lr']:.2e}", file=sys.stderr,
+                      flush=True)
             if cfg.eval_every and done % cfg.eval_every == 0 and eval_ds is not None and done != total_steps:
                 ev = evaluate(model, eval_ds, batch_size=cfg.eval_batch_size, max_new_tokens=cfg.eval_max_new_tokens)
                 _append_metrics(metrics_file, {"step": done, "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"]})
