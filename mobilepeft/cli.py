@@ -23,12 +23,27 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Datasets: generate the built-in synthetic VQA set.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+adapter_app = typer.Typer(help="Inspect adapters and lower them to plain PEFT LoRA.", no_args_is_help=True)
+app.add_typer(adapter_app, name="adapter")
 
 
 def _split(values: list[str] | None) -> list[str] | None:
     if not values:
         return None
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def _key_values(values: list[str] | None, field: str) -> dict[str, int] | None:
+    items = _split(values)
+    if items is None:
+        return None
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise UserError(f"expected NAME=INT pairs, got {item!r}", field=field, hint="e.g. down_proj=6,q_proj=2")
+        out[key.strip()] = int(value)
+    return out
 
 
 @app.command("train")
@@ -40,12 +55,19 @@ def train_cmd(
     eval_data: Annotated[str | None, typer.Option(help="LLaVA-format validation JSON (loss + exact-match accuracy).")] = None,
     eval_image_folder: Annotated[str | None, typer.Option(help="Image folder of --eval-data (default: --image-folder).")] = None,
     stage: Annotated[str | None, typer.Option(help="finetune (adapters + projector) or pretrain (projector only, MobileVLM stage I).")] = None,
-    adapter: Annotated[str | None, typer.Option(help="Adapter method.")] = None,
+    adapter: Annotated[str | None, typer.Option(help="Adapter method: lora, multihead (Hydra), dmlora or adaring (docs/methods.md).")] = None,
     rank: Annotated[int | None, typer.Option(help="LoRA rank r (MobileVLM recipe: 128).")] = None,
     alpha: Annotated[float | None, typer.Option(help="LoRA alpha; scaling = alpha/r (MobileVLM recipe: 256).")] = None,
     lora_dropout: Annotated[float | None, typer.Option(help="Dropout on the adapter input.")] = None,
     use_rslora: Annotated[bool | None, typer.Option("--use-rslora/--no-use-rslora", help="Scale by alpha/sqrt(r).")] = None,
     target_modules: Annotated[list[str] | None, typer.Option(help="Linear layers to adapt, comma separated (default: q,k,v,o,gate,up,down_proj of the LLM; 'vision:q_proj' targets the CLIP tower).")] = None,
+    rank_parallel: Annotated[int | None, typer.Option(help="multihead: rank of the parallel branch (default: half of --rank).")] = None,
+    rank_sequential: Annotated[int | None, typer.Option(help="multihead: rank of the sequential branch (default: the rest of --rank).")] = None,
+    branches: Annotated[int | None, typer.Option(help="dmlora: number of LoRA branches sharing --rank.")] = None,
+    branch_drop_max: Annotated[float | None, typer.Option(help="dmlora: branch-drop probability reached at the end of training.")] = None,
+    scalar_lr_ratio: Annotated[float | None, typer.Option(help="dmlora: LR of the per-layer learning scalar, as a fraction of --lr.")] = None,
+    ring_rank: Annotated[int | None, typer.Option(help="adaring: ring rank of the shared cores.")] = None,
+    ring_rank_pattern: Annotated[list[str] | None, typer.Option(help="adaring: per module type ring ranks, e.g. 'down_proj=6,q_proj=2'.")] = None,
     train_projector: Annotated[bool | None, typer.Option("--train-projector/--no-train-projector", help="Train the LDP projector too (MobileVLM recipe: yes).")] = None,
     projector: Annotated[str | None, typer.Option(help="Initialise the projector from a stage-I mm_projector.safetensors.")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Optimizer steps (overrides --epochs).")] = None,
@@ -81,6 +103,7 @@ def train_cmd(
     from mobilepeft.train.trainer import Trainer
 
     overrides["target_modules"] = _split(target_modules)
+    overrides["ring_rank_pattern"] = _key_values(ring_rank_pattern, "ring_rank_pattern")
     cfg = TrainConfig.from_sources(config, overrides)
     result = Trainer(cfg, progress=True).run()
     _report_training(result)
@@ -135,11 +158,61 @@ def data_synth_cmd(
     typer.echo(f"wrote synthetic dataset to {output_dir}: {info}")
 
 
+@app.command("merge")
+def merge_cmd(
+    model: Annotated[Path, typer.Option(help="Base MobileVLM checkpoint directory the adapter was trained on.")],
+    adapter: Annotated[Path, typer.Option(help="Adapter directory (OUT/adapter from mobilepeft train).")],
+    output_dir: Annotated[Path, typer.Option(help="Where the merged checkpoint goes.")],
+) -> None:
+    """Fold an adapter (any method) and its trained projector into a full MobileVLM checkpoint.
+
+    The result has the input's key names, weight format, dtypes, config, tokenizer and CLIP
+    config, so any MobileVLM loader reads it; inference pays nothing for the adapter.
+
+    Example: mobilepeft merge --model ckpt/ --adapter runs/lora/adapter --output-dir merged/
+    """
+    from mobilepeft.merge import merge_adapter
+
+    path = merge_adapter(model, adapter, output_dir)
+    typer.echo(f"merged {adapter} into {model} -> {path}")
+
+
+@adapter_app.command("info")
+def adapter_info_cmd(
+    adapter_dir: Annotated[Path, typer.Argument(help="Adapter directory.")],
+    model: Annotated[Path | None, typer.Option(help="Base checkpoint (default: the one the adapter records).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Method, modules, ranks, trainable parameters and budget vs LoRA at the same nominal rank."""
+    import json
+
+    from mobilepeft.adapters.summary import format_summary, summarize_adapter
+
+    summary = summarize_adapter(adapter_dir, model)
+    typer.echo(json.dumps(summary.to_dict(), indent=2) if json_out else format_summary(summary, adapter_dir))
+
+
+@adapter_app.command("to-lora")
+def adapter_to_lora_cmd(
+    adapter_dir: Annotated[Path, typer.Argument(help="Adapter directory of any method.")],
+    output_dir: Annotated[Path, typer.Option(help="Where the PEFT LoRA adapter goes.")],
+    model: Annotated[Path | None, typer.Option(help="Base checkpoint (default: the one the adapter records).")] = None,
+) -> None:
+    """Write the exactly equivalent PEFT LoRA adapter (per-module rank_pattern/alpha_pattern).
+
+    Example: mobilepeft adapter to-lora runs/adaring/adapter --output-dir runs/adaring/lora
+    """
+    from mobilepeft.merge import lower_adapter
+
+    path = lower_adapter(adapter_dir, output_dir, model)
+    typer.echo(f"wrote PEFT LoRA adapter to {path}")
+
+
 @app.command("demo")
 def demo_cmd(
     output_dir: Annotated[Path, typer.Option(help="Where the demo writes model, data and run.")] = Path("outputs/demo"),
     steps: Annotated[int, typer.Option(help="Training steps.")] = 300,
-    adapter: Annotated[str, typer.Option(help="Adapter method.")] = "lora",
+    adapter: Annotated[str, typer.Option(help="Adapter method: lora, multihead, dmlora or adaring.")] = "lora",
 ) -> None:
     """The main job on the embedded default: tiny MobileVLM + synthetic data -> trained adapter."""
     from mobilepeft.demo import run_demo

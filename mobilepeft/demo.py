@@ -1,7 +1,8 @@
 """``mobilepeft demo``: the whole training side on the embedded default, end to end.
 
 Stages: tiny MobileVLM checkpoint (real format) -> synthetic LLaVA dataset -> adapter
-training with validation before/after -> reload the adapter and answer a question.
+training with validation before/after -> reload the adapter and answer a question -> merge the
+adapter into a deployable checkpoint and check it computes the same thing.
 """
 
 from __future__ import annotations
@@ -11,7 +12,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+from PIL import Image
+
 from mobilepeft.data.synth import chance_accuracy, write_synthetic_dataset
+from mobilepeft.data.template import build_prompt_ids
+from mobilepeft.loading import load_vlm
+from mobilepeft.merge import merge_adapter
 from mobilepeft.models.presets import write_preset
 from mobilepeft.train.config import TrainConfig
 from mobilepeft.train.trainer import Trainer
@@ -25,30 +32,32 @@ def run_demo(output_dir: Path, *, steps: int = 300, adapter: str = "lora", echo:
     output_dir = Path(output_dir)
     t0 = time.perf_counter()
     model_dir, data_dir, run_dir = output_dir / "model", output_dir / "data", output_dir / f"run-{adapter}"
-    echo(f"[1/4] tiny MobileVLM V2 checkpoint (real MobileVLM format) -> {model_dir}")
+    echo(f"[1/5] tiny MobileVLM V2 checkpoint (real MobileVLM format) -> {model_dir}")
     if not (model_dir / "config.json").is_file():
         write_preset("tiny", model_dir)
-    echo(f"[2/4] synthetic LLaVA-format dataset -> {data_dir}")
+    echo(f"[2/5] synthetic LLaVA-format dataset -> {data_dir}")
     if not (data_dir / "val.json").is_file():
         write_synthetic_dataset(data_dir)
-    echo(f"[3/4] training {adapter} for {steps} steps -> {run_dir}")
+    echo(f"[3/5] training {adapter} for {steps} steps -> {run_dir}")
     cfg = TrainConfig(model=str(model_dir), data=str(data_dir / "train.json"), image_folder=str(data_dir),
                       eval_data=str(data_dir / "val.json"), output_dir=str(run_dir), adapter=adapter,
                       max_steps=steps, **DEMO_TRAIN)
     cfg.validate()
     result = Trainer(cfg).run()
-    echo("[4/4] reloading the adapter with mobilepeft.load_vlm and answering a validation question")
-    from mobilepeft.data.template import build_prompt_ids
-    from mobilepeft.loading import load_vlm
-
+    echo("[4/5] reloading the adapter with mobilepeft.load_vlm and answering a validation question")
     model = load_vlm(model_dir, adapter=result.adapter_dir)
     sample = json.loads((data_dir / "val.json").read_text())[0]
-    from PIL import Image
-
     question = sample["conversations"][0]["value"]
     pixels = model.preprocess_images([Image.open(data_dir / sample["image"])])
     answer = model.tokenizer.decode(model.generate(build_prompt_ids(question, model.tokenizer), pixels,
                                                    max_new_tokens=8)[0])
+    merged_dir = output_dir / f"merged-{adapter}"
+    echo(f"[5/5] merging the adapter into a full checkpoint (same MobileVLM format) -> {merged_dir}")
+    merge_adapter(model_dir, result.adapter_dir, merged_dir)
+    merged = load_vlm(merged_dir)
+    ids = torch.tensor([build_prompt_ids(question, model.tokenizer)])
+    with torch.no_grad():
+        gap = (merged(ids, pixel_values=pixels).logits - model(ids, pixel_values=pixels).logits).abs().max().item()
     b, a = result.eval_before, result.eval_after
     echo("")
     echo(f"  question      {question.replace(chr(10), ' ')!r} (image {sample['image']})")
@@ -56,7 +65,10 @@ def run_demo(output_dir: Path, *, steps: int = 300, adapter: str = "lora", echo:
     echo(f"  val loss      {b['loss']:.3f} -> {a['loss']:.3f}")
     echo(f"  val accuracy  {b['accuracy']:.1%} -> {a['accuracy']:.1%}   (chance {chance_accuracy(data_dir / 'val.json'):.1%}, "
          f"{a['n']} samples)")
-    echo(f"  adapter       {result.adapter_dir}  (PEFT LoRA format + mm_projector.safetensors)")
+    fmt = ("PEFT LoRA format" if adapter == "lora" else
+           f"{adapter} format; `mobilepeft adapter to-lora` writes its exact PEFT LoRA form")
+    echo(f"  adapter       {result.adapter_dir}  ({fmt}; + mm_projector.safetensors)")
+    echo(f"  merged model  {merged_dir}  (max |logit difference| vs adapter model {gap:.1e})")
     echo(f"  metrics       {run_dir / 'metrics.jsonl'}")
     echo(f"  done in {time.perf_counter() - t0:.0f} s")
     return result.adapter_dir

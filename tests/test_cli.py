@@ -69,3 +69,29 @@ def test_init_model_and_synth_commands(tmp_path):
     assert len(json.loads((tmp_path / "d" / "train.json").read_text())) == 10
     proc = _run("init-model", "--preset", "huge", "--output-dir", str(tmp_path / "x"))
     assert proc.returncode == 2 and "unknown preset 'huge'" in proc.stderr
+
+
+@pytest.mark.parametrize("method", ["multihead", "dmlora", "adaring"])
+def test_every_method_trains_from_the_cli(method, tiny_ckpt, synth_data, tmp_path):
+    out = tmp_path / method
+    proc = _run("train", "--model", str(tiny_ckpt), "--data", str(synth_data / "train.json"), "--output-dir",
+                str(out), "--adapter", method, "--max-steps", "40", "--batch-size", "8", "--lr", "3e-3",
+                "--log-every", "1", "--save-every", "0", "--max-length", "256")
+    assert proc.returncode == 0, proc.stderr
+    losses = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(losses) == 40 and sum(losses[-5:]) / 5 < 0.5 * losses[0], losses
+    proc = _run("adapter", "info", str(out / "adapter"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["method"] == method and info["modules"] == 28
+    if method == "multihead":  # the deployment commands, as users type them
+        proc = _run("merge", "--model", str(tiny_ckpt), "--adapter", str(out / "adapter"), "--output-dir",
+                    str(tmp_path / "merged"))
+        assert proc.returncode == 0, proc.stderr
+        assert (tmp_path / "merged" / "model.safetensors").is_file()
+        proc = _run("adapter", "to-lora", str(out / "adapter"), "--output-dir", str(tmp_path / "lora"))
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads((tmp_path / "lora" / "adapter_config.json").read_text())["r"] == 8
+        proc = _run("merge", "--model", str(tiny_ckpt), "--adapter", str(tmp_path / "nowhere"), "--output-dir",
+                    str(tmp_path / "m2"))
+        assert proc.returncode == 2 and "adapter directory not found" in proc.stderr

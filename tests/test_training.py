@@ -46,10 +46,12 @@ def _trainable(run_dir):
     return load_file(str(ckpts[-1] / "trainable.safetensors"))
 
 
-def test_resume_after_interruption_equals_straight_run(tiny_ckpt, synth_data, tmp_path):
+@pytest.mark.parametrize("adapter", ["lora", "dmlora", "adaring"])
+def test_resume_after_interruption_equals_straight_run(tiny_ckpt, synth_data, tmp_path, adapter):
     n = 4
-    # dropout on and grad accumulation: both RNG state and data order must be restored exactly
-    common = dict(max_steps=2 * n, grad_accum=2, lora_dropout=0.1, save_every=n)
+    # dropout on and grad accumulation: both RNG state and data order must be restored exactly;
+    # dmlora adds RNG branch masks and its learning scalar unfreezes at step n, the resume point
+    common = dict(max_steps=2 * n, grad_accum=2, lora_dropout=0.1, save_every=n, adapter=adapter)
     straight = Trainer(_cfg(tiny_ckpt, synth_data, tmp_path / "straight", **common), progress=False).run()
 
     class Crash(Exception):
@@ -66,7 +68,7 @@ def test_resume_after_interruption_equals_straight_run(tiny_ckpt, synth_data, tm
     resumed = Trainer(_cfg(tiny_ckpt, synth_data, tmp_path / "resumed", resume=True, **common), progress=False).run()
     assert resumed.steps == straight.steps == 2 * n
     a, b = _trainable(tmp_path / "straight"), _trainable(tmp_path / "resumed")
-    assert a.keys() == b.keys() and len(a) > 50
+    assert a.keys() == b.keys() and len(a) > 40
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst <= 1e-6
     steps = [json.loads(x)["step"] for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]

@@ -1,17 +1,23 @@
-"""Wrap target linears of a model with adapter layers (in place)."""
+"""The registry of adapter methods, and putting adapters into / taking them out of a model."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
+from mobilepeft.adapters.adaring import SHARED_ATTR, AdaRingLinear
 from mobilepeft.adapters.base import AdapterLayer
+from mobilepeft.adapters.dmlora import DMLoRALinear
 from mobilepeft.adapters.lora import LoRALinear
+from mobilepeft.adapters.multihead import MultiHeadLinear
 from mobilepeft.adapters.spec import AdapterSpec
 from mobilepeft.adapters.targets import LLM_ROOT, VISION_ROOT, find_targets, pattern_lookup
 from mobilepeft.errors import UserError
 
-#: method name -> layer class; every class takes (base_layer, rank, alpha, dropout, use_rslora).
-ADAPTERS: dict[str, type[AdapterLayer]] = {"lora": LoRALinear}
+#: method name -> layer class (``mobilepeft train --adapter NAME``)
+ADAPTERS: dict[str, type[AdapterLayer]] = {
+    cls.method: cls for cls in (LoRALinear, MultiHeadLinear, DMLoRALinear, AdaRingLinear)
+}
 
 
 def pattern_path(internal_path: str) -> str:
@@ -22,23 +28,59 @@ def pattern_path(internal_path: str) -> str:
     return internal_path
 
 
+def module_ranks(spec: AdapterSpec, paths: list[str]) -> tuple[dict[str, int], dict[str, float]]:
+    """Per-module rank and alpha after ``rank_pattern`` / ``alpha_pattern``."""
+    ranks = {p: int(pattern_lookup(spec.rank_pattern, pattern_path(p)) or spec.rank) for p in paths}
+    alphas = {p: float(pattern_lookup(spec.alpha_pattern, pattern_path(p)) or spec.alpha) for p in paths}
+    return ranks, alphas
+
+
 def inject_adapters(model: nn.Module, spec: AdapterSpec) -> dict[str, AdapterLayer]:
-    """Replace every target ``nn.Linear`` with ``spec.method``'s layer; freeze all else is the caller's job."""
+    """Replace every target ``nn.Linear`` with ``spec.method``'s layer; freezing the rest is the caller's job."""
     if spec.method not in ADAPTERS:
         raise UserError(f"unknown adapter method {spec.method!r}", field="adapter",
                         hint=f"choose one of: {', '.join(ADAPTERS)}")
-    cls = ADAPTERS[spec.method]
-    layers: dict[str, AdapterLayer] = {}
-    for path, linear in find_targets(model, spec.target_modules).items():
-        key = pattern_path(path)
-        rank = int(pattern_lookup(spec.rank_pattern, key) or spec.rank)
-        alpha = float(pattern_lookup(spec.alpha_pattern, key) or spec.alpha)
-        layer = cls(linear, rank=rank, alpha=alpha, dropout=spec.dropout, use_rslora=spec.use_rslora)
+    targets = find_targets(model, spec.target_modules)
+    ranks, alphas = module_ranks(spec, list(targets))
+    layers = ADAPTERS[spec.method].build(model, targets, spec, ranks, alphas)
+    for path, layer in layers.items():
         parent_path, _, child = path.rpartition(".")
         setattr(model.get_submodule(parent_path), child, layer)
-        layers[path] = layer
     return layers
 
 
 def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:
     return {path: m for path, m in model.named_modules() if isinstance(m, AdapterLayer)}
+
+
+def adapter_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Every adapter parameter by its name in ``model``: per-layer ones and cross-layer shared ones."""
+    params = {f"{path}.{name}": p for path, layer in adapter_layers(model).items()
+              for name, p in layer.own_parameters()}
+    shared = getattr(model, SHARED_ATTR, None)
+    if shared is not None:
+        params.update({f"{SHARED_ATTR}.{name}": p for name, p in shared.named_parameters()})
+    return params
+
+
+def lr_multipliers(model: nn.Module) -> dict[str, float]:
+    """Adapter parameter name -> LR multiplier, for those not trained at the base learning rate."""
+    return {f"{path}.{name}": m for path, layer in adapter_layers(model).items()
+            for name, m in layer.lr_multipliers().items()}
+
+
+def set_progress(model: nn.Module, step: int, total_steps: int) -> None:
+    for layer in adapter_layers(model).values():
+        layer.set_progress(step, total_steps)
+
+
+@torch.no_grad()
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """Fold every adapter into its base linear and put the plain linears back (in place)."""
+    for path, layer in adapter_layers(model).items():
+        layer.merge()
+        parent_path, _, child = path.rpartition(".")
+        setattr(model.get_submodule(parent_path), child, layer.base_layer)
+    if hasattr(model, SHARED_ATTR):
+        delattr(model, SHARED_ATTR)
+    return model

@@ -24,23 +24,36 @@ _BENIGN_EXTRA = ("embeddings.position_ids", "rotary_emb.inv_freq")
 WEIGHT_FORMATS = ("safetensors", "sharded", "bin", "sharded-bin")
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint directory, keyed as in the files."""
+#: weight layouts in the order a directory is probed: (format name, the file that marks it)
+_LAYOUTS = (("sharded", "model.safetensors.index.json"), ("safetensors", "model.safetensors"),
+            ("sharded-bin", "pytorch_model.bin.index.json"), ("bin", "pytorch_model.bin"))
+
+
+def weight_layout(path: str | Path) -> tuple[str, Path]:
+    """The format of a checkpoint directory (one of ``WEIGHT_FORMATS``) and its weights/index file."""
     path = Path(path)
-    st_index = path / "model.safetensors.index.json"
-    bin_index = path / "pytorch_model.bin.index.json"
-    if st_index.is_file():
-        return _read_sharded(path, st_index)
-    if (path / "model.safetensors").is_file():
-        return _read_file(path / "model.safetensors")
-    if bin_index.is_file():
-        return _read_sharded(path, bin_index)
-    if (path / "pytorch_model.bin").is_file():
-        return _read_file(path / "pytorch_model.bin")
+    for fmt, name in _LAYOUTS:
+        if (path / name).is_file():
+            return fmt, path / name
     raise UserError(
         "no weights found (expected model.safetensors, pytorch_model.bin or a sharded index)",
         path=path,
     )
+
+
+def largest_shard_bytes(path: str | Path) -> int:
+    """Size of the biggest weight file, so a rewrite can shard the same way."""
+    fmt, file = weight_layout(path)
+    if not fmt.startswith("sharded"):
+        return file.stat().st_size
+    shards = set(json.loads(file.read_text())["weight_map"].values())
+    return max((Path(path) / shard).stat().st_size for shard in shards)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint directory, keyed as in the files."""
+    fmt, file = weight_layout(path)
+    return _read_sharded(Path(path), file) if fmt.startswith("sharded") else _read_file(file)
 
 
 def _read_file(file: Path) -> dict[str, torch.Tensor]:

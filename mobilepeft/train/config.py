@@ -32,6 +32,14 @@ class TrainConfig:
     lora_dropout: float = 0.05
     use_rslora: bool = False
     target_modules: list[str] = field(default_factory=lambda: list(LLM_LINEARS))
+    # method-specific (DESIGN.md §5; ignored by the other methods)
+    rank_parallel: int | None = None  # multihead: parallel-branch rank (default: half of --rank)
+    rank_sequential: int | None = None  # multihead: sequential-branch rank (default: the rest)
+    branches: int = 4  # dmlora
+    branch_drop_max: float = 0.5  # dmlora
+    scalar_lr_ratio: float = 0.1  # dmlora: learning scalar LR = ratio x --lr (second half of training)
+    ring_rank: int = 4  # adaring
+    ring_rank_pattern: dict[str, int] = field(default_factory=dict)  # adaring, per module type
     train_projector: bool = True
     projector: str | None = None  # initialise the projector from a stage-I mm_projector.safetensors
     # optimisation
@@ -81,10 +89,32 @@ class TrainConfig:
             raise UserError("must be >= 1", field="max_steps")
         if self.lr <= 0:
             raise UserError("must be > 0", field="lr")
+        from mobilepeft.adapters.inject import ADAPTERS
+
+        if self.adapter not in ADAPTERS:
+            raise UserError(f"unknown adapter method {self.adapter!r}", field="adapter",
+                            hint=f"choose one of: {', '.join(ADAPTERS)}")
+        if self.rank_parallel is not None or self.rank_sequential is not None:
+            par = self.rank_parallel if self.rank_parallel is not None else self.rank - self.rank_sequential
+            seq = self.rank_sequential if self.rank_sequential is not None else self.rank - par
+            if par < 0 or seq < 0 or par + seq < 1:
+                raise UserError(f"branch ranks must be >= 0 with a positive sum (got {par} + {seq})",
+                                field="rank_parallel", hint="--rank-parallel + --rank-sequential sets the total rank")
+            self.rank_parallel, self.rank_sequential, self.rank = par, seq, par + seq
+        if self.branches < 1:
+            raise UserError(f"must be >= 1 (got {self.branches})", field="branches")
+        if not 0.0 <= self.branch_drop_max < 1.0:
+            raise UserError(f"must be in [0, 1) (got {self.branch_drop_max})", field="branch_drop_max")
+        if self.ring_rank < 1 or any(int(v) < 1 for v in self.ring_rank_pattern.values()):
+            raise UserError("ring ranks must be >= 1", field="ring_rank")
 
     def adapter_spec(self) -> AdapterSpec:
         return AdapterSpec(method=self.adapter, rank=self.rank, alpha=self.alpha, dropout=self.lora_dropout,
-                           target_modules=list(self.target_modules), use_rslora=self.use_rslora)
+                           target_modules=list(self.target_modules), use_rslora=self.use_rslora,
+                           rank_parallel=self.rank_parallel, rank_sequential=self.rank_sequential,
+                           branches=self.branches, branch_drop_max=self.branch_drop_max,
+                           scalar_lr_ratio=self.scalar_lr_ratio, ring_rank=self.ring_rank,
+                           ring_rank_pattern={k: int(v) for k, v in self.ring_rank_pattern.items()})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from mobilepeft.adapters.files import save_adapter
-from mobilepeft.adapters.inject import inject_adapters
+from mobilepeft.adapters.inject import adapter_parameters, inject_adapters, lr_multipliers, set_progress
 from mobilepeft.data.collate import collate_batch
 from mobilepeft.data.dataset import SupervisedDataset
 from mobilepeft.data.llava import load_llava
@@ -98,10 +98,9 @@ class Trainer:
             _load_projector(model, Path(cfg.projector))
         if cfg.stage == "finetune":
             self.spec = cfg.adapter_spec()
-            layers = inject_adapters(model, self.spec)
-            for layer in layers.values():
-                for name, p in layer.named_parameters():
-                    p.requires_grad_(not name.startswith("base_layer."))
+            inject_adapters(model, self.spec)
+            for p in adapter_parameters(model).values():
+                p.requires_grad_(True)
         self.train_projector = cfg.stage == "pretrain" or cfg.train_projector
         model.mm_projector.requires_grad_(self.train_projector)
         if cfg.gradient_checkpointing:
@@ -115,20 +114,33 @@ class Trainer:
         return ds, skipped + ds.skipped
 
     def _optimizer(self, model: MobileVLMForCausalLM) -> torch.optim.Optimizer:
+        """AdamW with one group per learning rate: adapters, adapter parameters with their own LR
+        multiplier (DMLoRA's learning scalar, no weight decay), and the projector."""
         cfg = self.cfg
-        proj = [p for p in model.mm_projector.parameters() if p.requires_grad]
-        proj_ids = {id(p) for p in proj}
-        other = [p for p in model.parameters() if p.requires_grad and id(p) not in proj_ids]
-        groups = [g for g in ({"params": other, "lr": cfg.lr},
-                              {"params": proj, "lr": cfg.projector_lr or cfg.lr}) if g["params"]]
+        multipliers = lr_multipliers(model) if cfg.stage == "finetune" else {}
+        groups: dict[tuple[float, float], list[tuple[str, torch.nn.Parameter]]] = {}
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            if name.startswith("mm_projector."):
+                key = (cfg.projector_lr or cfg.lr, cfg.weight_decay)
+            elif name in multipliers:
+                key = (cfg.lr * multipliers[name], 0.0)
+            else:
+                key = (cfg.lr, cfg.weight_decay)
+            groups.setdefault(key, []).append((name, p))
         if not groups:
             raise UserError("nothing to train: no adapter targets and the projector is frozen",
                             hint="use --train-projector or --stage finetune with --target-modules")
-        return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8)
+        #: what checkpoints hold: every parameter the optimizer owns, even while frozen for a stage
+        self.trainable_names = [n for named in groups.values() for n, _ in named]
+        return torch.optim.AdamW([{"params": [p for _, p in named], "lr": lr, "weight_decay": wd}
+                                  for (lr, wd), named in groups.items()], betas=(0.9, 0.999), eps=1e-8)
 
     # --- checkpoints ---------------------------------------------------------------------
     def _trainable_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        params = dict(model.named_parameters())
+        return {n: params[n].detach() for n in self.trainable_names}
 
     def _save_checkpoint(self, model, optimizer, scheduler, step: int) -> Path:
         path = self.ckpt_root / f"step-{step:07d}"
@@ -214,7 +226,7 @@ class Trainer:
         batches = iter(loader)
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         model.train()
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = [p for g in optimizer.param_groups for p in g["params"]]
         # A live bar on a terminal; in logs (CI, nohup) a plain line every ~10% instead of \r spam.
         interactive = self.progress and sys.stderr.isatty()
         plain_every = max(1, total_steps // 10) if self.progress and not interactive else 0
@@ -223,6 +235,7 @@ class Trainer:
         loss_value = float("nan")
         t_last, samples_since = time.perf_counter(), 0
         for step in range(start, total_steps):
+            set_progress(model, step, total_steps)
             step_loss = 0.0
             for _ in range(cfg.grad_accum):
                 batch = next(batches)
@@ -275,7 +288,7 @@ class Trainer:
         model.eval()
         adapter_dir = self.out / "adapter"
         if cfg.stage == "finetune":
-            save_adapter(model, self.spec, adapter_dir, base_model=str(cfg.model),
+            save_adapter(model, self.spec, adapter_dir, base_model=str(Path(cfg.model).resolve()),
                          projector_trained=self.train_projector)
         else:
             adapter_dir = self.out / "projector"

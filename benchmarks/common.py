@@ -1,0 +1,120 @@
+"""What every benchmark here shares: inputs, the training step, interleaved timing, memory probes.
+
+Timing interleaves the variants step by step in one process (order rotating each round) so the
+machine's noise hits all of them alike; ratios use medians. Memory is measured in a fresh
+subprocess per variant: the peak RSS of the whole process and its growth over the training
+steps alone (what an adapter implementation controls).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def current_rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def environment() -> dict[str, Any]:
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+            "python": platform.python_version()}
+
+
+def prepare(work: Path, preset: str) -> tuple[Path, Path]:
+    """A checkpoint and a synthetic dataset in ``work`` (reused when already there)."""
+    from mobilepeft.data.synth import write_synthetic_dataset
+    from mobilepeft.models.presets import write_preset
+
+    model_dir, data_dir = work / f"model-{preset}", work / "data"
+    if not (model_dir / "config.json").exists():
+        write_preset(preset, model_dir, seed=0)
+    if not (data_dir / "train.json").exists():
+        write_synthetic_dataset(data_dir, n_train=128, n_val=8, seed=0)
+    return model_dir, data_dir
+
+
+def make_batches(model_dir: Path, data_dir: Path, batch_size: int, count: int) -> list[dict[str, Any]]:
+    """``count`` padded training batches drawn with a fixed seed."""
+    from mobilepeft.data import SupervisedDataset, collate_batch, load_llava
+    from mobilepeft.models.config import MobileVLMConfig
+    from mobilepeft.models.tokenizer import Tokenizer
+
+    config = MobileVLMConfig.from_dir(model_dir)
+    tok = Tokenizer(model_dir)
+    convs, _ = load_llava(data_dir / "train.json", data_dir)
+    ds = SupervisedDataset(convs, tok, data_dir, config.image_size, config.num_image_tokens, max_length=512)
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(count):
+        idx = torch.randint(len(ds), (batch_size,), generator=g).tolist()
+        batches.append(collate_batch([ds[i] for i in idx], pad_id=tok.pad_id))
+    return batches
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, Any]) -> float:
+    """Forward, backward, clip, AdamW step: what one optimizer step of ``mobilepeft train`` does."""
+    out = model(batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"],
+                labels=batch["labels"])
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(out.loss.detach())
+
+
+def time_interleaved(fns: dict[str, Callable[[int], Any]], rounds: int, warmup: int) -> dict[str, dict[str, Any]]:
+    """Call every ``fn(round)`` once per round, rotating the order; median/min seconds after warmup."""
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    values: dict[str, list[Any]] = {n: [] for n in names}
+    for i in range(warmup + rounds):
+        shift = i % len(names)
+        for name in names[shift:] + names[:shift]:
+            t0 = time.perf_counter()
+            values[name].append(fns[name](i))
+            dt = time.perf_counter() - t0
+            if i >= warmup:
+                times[name].append(dt)
+    return {n: {"median_s": statistics.median(times[n]), "min_s": min(times[n]), "values": values[n]}
+            for n in names}
+
+
+def measure_memory_in_subprocess(script: str, variant: str, argv: list[str]) -> dict[str, float]:
+    """Run ``script --memory-worker VARIANT argv...`` and return the JSON it prints last."""
+    run = subprocess.run([sys.executable, script, "--memory-worker", variant, *argv], capture_output=True,
+                         text=True, check=False)
+    if run.returncode != 0:
+        sys.exit(f"memory worker for {variant} failed:\n{run.stderr}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def memory_of_training(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: list) -> dict[str, float]:
+    """Run the steps and report RSS figures (call in a fresh process, after building the model)."""
+    before = current_rss_mib()
+    for batch in batches:
+        train_step(model, optimizer, batch)
+    peak = peak_rss_mib()
+    return {"rss_before_train_mib": before, "peak_rss_mib": peak, "train_growth_mib": peak - before}
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")

@@ -1,0 +1,82 @@
+"""Hydra multi-head adapter (Kim et al.): a parallel and a sequential low-rank branch.
+
+    h = W0 x + b0
+    y = h + s·Bp Ap x + s·Bs As h          (s = alpha / (rp + rs), shared by both branches)
+
+The parallel branch is LoRA; the sequential one re-mixes the pre-trained output features. Both
+fold into the weight: W' = (I + s·Bs As) W0 + s·Bp Ap, b' = b0 + s·Bs As b0, and lower exactly
+to a LoRA of rank rp + rs with A' = [Ap; As W0], B' = [Bp, Bs]. Down projections (A) are
+kaiming-uniform and up projections (B) zero, as in the original, so the model is unchanged at
+step 0.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mobilepeft.adapters.base import AdapterLayer, LoRAForm
+from mobilepeft.adapters.lora import lora_pair
+from mobilepeft.adapters.spec import AdapterSpec
+
+
+class MultiHeadLinear(AdapterLayer):
+    method = "multihead"
+
+    def __init__(self, base_layer: nn.Linear, rank_parallel: int, rank_sequential: int, alpha: float,
+                 dropout: float = 0.0) -> None:
+        super().__init__(base_layer)
+        if rank_parallel < 0 or rank_sequential < 0 or rank_parallel + rank_sequential < 1:
+            raise ValueError(f"multihead ranks must be >= 0 with a positive sum, got {rank_parallel}+{rank_sequential}")
+        self.rank_parallel, self.rank_sequential = rank_parallel, rank_sequential
+        self.alpha = alpha
+        self.scaling = alpha / (rank_parallel + rank_sequential)
+        w = base_layer.weight
+        self.lora_A, self.lora_B = lora_pair(self.in_features, self.out_features, rank_parallel, w)
+        self.seq_A, self.seq_B = lora_pair(self.out_features, self.out_features, rank_sequential, w)
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    @classmethod
+    def from_spec(cls, base_layer: nn.Linear, spec: AdapterSpec, rank: int, alpha: float) -> MultiHeadLinear:
+        par, seq = spec.branch_ranks(rank)
+        return cls(base_layer, par, seq, alpha, spec.dropout)
+
+    @property
+    def rank(self) -> int:
+        return self.rank_parallel + self.rank_sequential
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.base_layer(x)
+        if self.merged:
+            return h
+        dt = self.lora_A.weight.dtype
+        delta = self.seq_B(self.seq_A(self.lora_dropout(h.to(dt))))
+        if self.rank_parallel:
+            delta = delta + self.lora_B(self.lora_A(self.lora_dropout(x.to(dt))))
+        return h + delta.to(h.dtype) * self.scaling
+
+    def to_lora(self) -> LoRAForm:
+        return self._form(self.base_layer.weight, self.base_layer.bias)
+
+    @torch.no_grad()
+    def _form(self, w0: torch.Tensor, b0: torch.Tensor | None) -> LoRAForm:
+        a_s, b_s = self.seq_A.weight, self.seq_B.weight
+        a = torch.cat([self.lora_A.weight, a_s @ w0.to(a_s.dtype)], dim=0)
+        b = torch.cat([self.lora_B.weight, b_s], dim=1)
+        bias = None if b0 is None else self.scaling * (b_s @ (a_s @ b0.to(a_s.dtype)))
+        return LoRAForm(a.detach().clone(), b.detach().clone(), self.scaling, bias)
+
+    def _lora_form_while_merged(self) -> LoRAForm:
+        # The base now holds W' = (I + s·Bs As) W0 + s·Bp Ap; recover W0 (and b0) with Woodbury:
+        # (I + U V)^-1 = I - U (I + V U)^-1 V, U = s·Bs (out×rs), V = As (rs×out).
+        u, v = self.scaling * self.seq_B.weight, self.seq_A.weight
+        core = torch.linalg.inv(torch.eye(v.shape[0], dtype=v.dtype) + v @ u)
+
+        def solve(m: torch.Tensor) -> torch.Tensor:
+            return m - u @ (core @ (v @ m))
+
+        w_merged = self.base_layer.weight.to(v.dtype)
+        w0 = solve(w_merged - self.scaling * self.lora_B.weight @ self.lora_A.weight)
+        b = self.base_layer.bias
+        b0 = None if b is None else solve(b.to(v.dtype)[:, None])[:, 0]
+        return self._form(w0, b0)

@@ -1,0 +1,65 @@
+"""Fold an adapter into its base checkpoint, or lower it to a plain PEFT LoRA.
+
+``merge_adapter`` writes a full MobileVLM checkpoint in the input's own layout (same key names,
+same weight format and dtypes, config, tokenizer, CLIP config) so any MobileVLM loader reads it
+and inference pays nothing for the adapter. ``lower_adapter`` writes the exact PEFT LoRA form of
+any method, the canonical input of PEFT, the on-device training artifacts and the runtimes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mobilepeft.adapters.files import read_adapter_spec, save_adapter
+from mobilepeft.adapters.inject import adapter_layers, merge_and_unload
+from mobilepeft.errors import UserError
+
+VISION_KEY_PREFIX = "model.vision_tower."
+
+
+def merge_adapter(model_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write ``out_dir``: the checkpoint at ``model_dir`` with the adapter (and projector) folded in."""
+    from mobilepeft.loading import load_vlm
+    from mobilepeft.models.checkpoint import (
+        largest_shard_bytes,
+        read_state_dict,
+        save_checkpoint,
+        weight_layout,
+    )
+    from mobilepeft.models.config import MobileVLMConfig
+    from mobilepeft.models.mobilevlm import to_checkpoint_key
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if out_dir.resolve() == model_dir.resolve():
+        raise UserError("--output-dir is the input checkpoint", path=out_dir, hint="write the merged model elsewhere")
+    weight_format, _ = weight_layout(model_dir)
+    original = read_state_dict(model_dir)
+    model = load_vlm(model_dir, adapter=adapter_dir, load_tokenizer=False)
+    adapted = {to_checkpoint_key(path) for path in adapter_layers(model)}
+    merge_and_unload(model)
+    merged = {to_checkpoint_key(k): v for k, v in model.state_dict().items()}
+    state: dict[str, torch.Tensor] = {}
+    for key, tensor in original.items():  # every input tensor, in the input's dtype
+        state[key] = merged[key].to(tensor.dtype) if key in merged else tensor
+    if any(k not in original and k.rpartition(".")[0] in adapted for k in merged):
+        # The input read its CLIP tower from a local directory and the adapter changed it: the
+        # merged checkpoint carries the whole tower (a partial one would not load).
+        state.update({k: v for k, v in merged.items() if k.startswith(VISION_KEY_PREFIX) and k not in state})
+    return save_checkpoint(state, MobileVLMConfig.from_dir(model_dir), out_dir, tokenizer_dir=model_dir,
+                           weight_format=weight_format, max_shard_bytes=largest_shard_bytes(model_dir))
+
+
+def lower_adapter(adapter_dir: str | Path, out_dir: str | Path, model_dir: str | Path | None = None) -> Path:
+    """Write the exact PEFT LoRA form of any adapter directory (per-module ``rank_pattern``)."""
+    from mobilepeft.loading import load_vlm
+
+    spec, meta = read_adapter_spec(adapter_dir)
+    model_dir = model_dir or meta.get("base_model")
+    if not model_dir or not (Path(model_dir) / "config.json").is_file():
+        raise UserError(f"base model {model_dir!r} not found (multihead lowering needs W0)", path=adapter_dir,
+                        hint="pass --model with the checkpoint directory the adapter was trained on")
+    model = load_vlm(model_dir, adapter=adapter_dir, load_tokenizer=False)
+    return save_adapter(model, spec, out_dir, base_model=str(model_dir),
+                        projector_trained=bool(meta.get("projector_trained")), lowered_from=spec.method)
