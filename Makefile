@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench-train-step clean
+.PHONY: demo test lint bench-train-step bench-adapter-overhead clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ lint: $(STAMP)
 
 bench-train-step: $(STAMP)
 	$(BIN)/python benchmarks/train_step.py
+
+bench-adapter-overhead: $(STAMP)
+	$(BIN)/python benchmarks/adapter_overhead.py
 
 clean:
 	rm -rf outputs runs .pytest_cache

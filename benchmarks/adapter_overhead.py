@@ -25,12 +25,13 @@ from pathlib import Path
 
 import torch
 from common import (
-    RESULTS,
+    add_common_args,
     environment,
     make_batches,
     measure_memory_in_subprocess,
     memory_of_training,
     prepare,
+    run_config,
     time_interleaved,
     train_step,
     write_result,
@@ -98,18 +99,10 @@ def forward_fn(model, batch):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", default="small", help="model preset to build (default: small)")
-    ap.add_argument("--batch-size", type=int, default=8)
+    add_common_args(ap, "adapter_overhead.json", METHODS, steps=12, warmup=2)
     ap.add_argument("--rank", type=int, default=16, help="LoRA/multihead/dmlora rank (alpha = 2 x rank)")
-    ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--steps", type=int, default=12, help="timed training steps per method")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps/passes first")
     ap.add_argument("--inference-reps", type=int, default=40, help="timed forward passes per model")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--work-dir", type=Path, default=None, help="where model and data are built (default: temp)")
-    ap.add_argument("--output", type=Path, default=RESULTS / "adapter_overhead.json")
-    ap.add_argument("--memory-worker", choices=METHODS, help=argparse.SUPPRESS)
-    ap.add_argument("--ring-rank", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--ring-rank", type=int, default=0, help="adaring ring rank (default: LoRA's parameter count)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,12 +118,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work_dir or Path(tmp)
         model_dir, data_dir = prepare(work, args.preset)
-        ring_rank = matching_ring_rank(model_dir, args)
+        args.ring_rank = ring_rank = args.ring_rank or matching_ring_rank(model_dir, args)
         counts = {m: count_trainable(model_dir, spec_for(m, args, ring_rank)) for m in METHODS}
-        argv = ["--work-dir", str(work), "--ring-rank", str(ring_rank)]
-        for flag in ("preset", "batch_size", "rank", "lr", "steps", "warmup", "threads"):
-            argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-        memory = {m: measure_memory_in_subprocess(__file__, m, argv) for m in METHODS}
+        memory = {m: measure_memory_in_subprocess(__file__, m, args, work) for m in METHODS}
 
         batches = make_batches(model_dir, data_dir, args.batch_size, total)
         models = {m: build(m, model_dir, args, ring_rank) for m in METHODS}
@@ -169,7 +159,7 @@ def main() -> None:
     passed = all(r["merged_forward_vs_base"] <= INFERENCE_TARGET for r in rows.values())
     result = {
         "benchmark": "adapter_overhead",
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "memory_worker"},
+        "config": run_config(args),
         "environment": environment(),
         "adaring_ring_rank": ring_rank,
         "base_forward_s": base_infer,

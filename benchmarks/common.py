@@ -8,6 +8,7 @@ steps alone (what an adapter implementation controls).
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import resource
@@ -97,8 +98,31 @@ def time_interleaved(fns: dict[str, Callable[[int], Any]], rounds: int, warmup: 
             for n in names}
 
 
-def measure_memory_in_subprocess(script: str, variant: str, argv: list[str]) -> dict[str, float]:
-    """Run ``script --memory-worker VARIANT argv...`` and return the JSON it prints last."""
+def add_common_args(ap: argparse.ArgumentParser, output_name: str, variants: tuple[str, ...], *, steps: int,
+                    warmup: int) -> None:
+    """The flags every benchmark here takes."""
+    ap.add_argument("--preset", default="small", help="model preset to build (default: small)")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--steps", type=int, default=steps, help="timed training steps per variant")
+    ap.add_argument("--warmup", type=int, default=warmup, help="untimed steps first")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--work-dir", type=Path, default=None, help="where model and data are built (default: temp)")
+    ap.add_argument("--output", type=Path, default=RESULTS / output_name)
+    ap.add_argument("--memory-worker", choices=variants, help=argparse.SUPPRESS)
+
+
+def run_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The arguments as recorded in the result JSON."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "memory_worker"}
+
+
+def measure_memory_in_subprocess(script: str, variant: str, args: argparse.Namespace, work: Path) -> dict[str, float]:
+    """Run ``script --memory-worker VARIANT`` with the same arguments and return the JSON it prints last."""
+    argv = ["--work-dir", str(work)]
+    for name, value in vars(args).items():
+        if name not in ("memory_worker", "work_dir", "output") and value is not None:
+            argv += [f"--{name.replace('_', '-')}", str(value)]
     run = subprocess.run([sys.executable, script, "--memory-worker", variant, *argv], capture_output=True,
                          text=True, check=False)
     if run.returncode != 0:

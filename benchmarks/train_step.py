@@ -21,12 +21,13 @@ from pathlib import Path
 
 import torch
 from common import (
-    RESULTS,
+    add_common_args,
     environment,
     make_batches,
     measure_memory_in_subprocess,
     memory_of_training,
     prepare,
+    run_config,
     time_interleaved,
     train_step,
     write_result,
@@ -75,17 +76,9 @@ def sync_adapter_init(model: torch.nn.Module) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", default="small", help="model preset to build (default: small)")
-    ap.add_argument("--batch-size", type=int, default=8)
+    add_common_args(ap, "train_step.json", VARIANTS, steps=20, warmup=3)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--alpha", type=float, default=32.0)
-    ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--steps", type=int, default=20, help="timed steps per variant")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--work-dir", type=Path, default=None, help="where model and data are built (default: temp)")
-    ap.add_argument("--output", type=Path, default=RESULTS / "train_step.json")
-    ap.add_argument("--memory-worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -100,10 +93,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work_dir or Path(tmp)
         model_dir, data_dir = prepare(work, args.preset)
-        argv = ["--work-dir", str(work)]
-        for flag in ("preset", "batch_size", "rank", "alpha", "lr", "steps", "warmup", "threads"):
-            argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-        memory = {v: measure_memory_in_subprocess(__file__, v, argv) for v in VARIANTS}
+        memory = {v: measure_memory_in_subprocess(__file__, v, args, work) for v in VARIANTS}
 
         batches = make_batches(model_dir, data_dir, args.batch_size, args.warmup + args.steps)
         models = {v: build(v, model_dir, args.rank, args.alpha, args.lr) for v in VARIANTS}
@@ -124,7 +114,7 @@ def main() -> None:
     }
     result = {
         "benchmark": "train_step",
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "memory_worker"},
+        "config": run_config(args),
         "environment": environment(),
         "padded_text_len": seq_len,
         "trainable_parameters": n_trainable["mobilepeft"],
