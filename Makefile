@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench-train-step bench-adapter-overhead clean
+.PHONY: demo test lint bench-train-step bench-adapter-overhead bench-schedule-overhead clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ bench-train-step: $(STAMP)
 
 bench-adapter-overhead: $(STAMP)
 	$(BIN)/python benchmarks/adapter_overhead.py
+
+bench-schedule-overhead: $(STAMP)
+	$(BIN)/python benchmarks/schedule_overhead.py
 
 clean:
 	rm -rf outputs runs .pytest_cache

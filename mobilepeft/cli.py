@@ -46,6 +46,15 @@ def _key_values(values: list[str] | None, field: str) -> dict[str, int] | None:
     return out
 
 
+def _fractions(value: str | None, field: str) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in value.split(",")]
+    except ValueError as exc:
+        raise UserError(f"expected comma-separated numbers, got {value!r}", field=field, hint="e.g. 0.1,0.7") from exc
+
+
 @app.command("train")
 def train_cmd(
     model: Annotated[str | None, typer.Option(help="MobileVLM checkpoint directory.")] = None,
@@ -68,6 +77,14 @@ def train_cmd(
     scalar_lr_ratio: Annotated[float | None, typer.Option(help="dmlora: LR of the per-layer learning scalar, as a fraction of --lr.")] = None,
     ring_rank: Annotated[int | None, typer.Option(help="adaring: ring rank of the shared cores.")] = None,
     ring_rank_pattern: Annotated[list[str] | None, typer.Option(help="adaring: per module type ring ranks, e.g. 'down_proj=6,q_proj=2'.")] = None,
+    schedule: Annotated[str | None, typer.Option(help="Rank schedule at the budget of fixed --rank: fixed (plain LoRA), hierarchical, dynamic or hydra (both; the default; fixed for adaring). See docs/hydra.md.")] = None,
+    rank_min: Annotated[int | None, typer.Option(help="Schedules: smallest rank of a branch (default: --rank-granule).")] = None,
+    rank_max: Annotated[int | None, typer.Option(help="Schedules: largest rank of a branch (default: 4 x --rank).")] = None,
+    rank_granule: Annotated[int | None, typer.Option(help="Schedules: ranks move in multiples of this.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Schedules: how strongly sensitivity skews the allocation (0 = fixed LoRA).")] = None,
+    probe_steps: Annotated[int | None, typer.Option(help="Schedules: batches the sensitivity probe looks at before training.")] = None,
+    realloc_every: Annotated[int | None, typer.Option(help="Schedules: steps between reallocations (0: 5%% of the run, at least 5).")] = None,
+    realloc_window: Annotated[str | None, typer.Option(help="Schedules: fractions of the run between which reallocations happen, e.g. 0.1,0.7.")] = None,
     train_projector: Annotated[bool | None, typer.Option("--train-projector/--no-train-projector", help="Train the LDP projector too (MobileVLM recipe: yes).")] = None,
     projector: Annotated[str | None, typer.Option(help="Initialise the projector from a stage-I mm_projector.safetensors.")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Optimizer steps (overrides --epochs).")] = None,
@@ -104,6 +121,7 @@ def train_cmd(
 
     overrides["target_modules"] = _split(target_modules)
     overrides["ring_rank_pattern"] = _key_values(ring_rank_pattern, "ring_rank_pattern")
+    overrides["realloc_window"] = _fractions(realloc_window, "realloc_window")
     cfg = TrainConfig.from_sources(config, overrides)
     result = Trainer(cfg, progress=True).run()
     _report_training(result)
@@ -213,11 +231,12 @@ def demo_cmd(
     output_dir: Annotated[Path, typer.Option(help="Where the demo writes model, data and run.")] = Path("outputs/demo"),
     steps: Annotated[int, typer.Option(help="Training steps.")] = 300,
     adapter: Annotated[str, typer.Option(help="Adapter method: lora, multihead, dmlora or adaring.")] = "lora",
+    schedule: Annotated[str | None, typer.Option(help="Rank schedule (default: hydra; fixed for adaring).")] = None,
 ) -> None:
     """The main job on the embedded default: tiny MobileVLM + synthetic data -> trained adapter."""
     from mobilepeft.demo import run_demo
 
-    run_demo(output_dir, steps=steps, adapter=adapter, echo=typer.echo)
+    run_demo(output_dir, steps=steps, adapter=adapter, schedule=schedule, echo=typer.echo)
 
 
 def main() -> None:

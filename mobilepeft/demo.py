@@ -28,7 +28,8 @@ DEMO_TRAIN = dict(rank=8, alpha=16.0, batch_size=16, lr=3e-3, warmup_ratio=0.05,
                   save_every=100, eval_batch_size=32, log_every=10)
 
 
-def run_demo(output_dir: Path, *, steps: int = 300, adapter: str = "lora", echo: Callable[[str], None] = print) -> Path:
+def run_demo(output_dir: Path, *, steps: int = 300, adapter: str = "lora", schedule: str | None = None,
+             echo: Callable[[str], None] = print) -> Path:
     output_dir = Path(output_dir)
     t0 = time.perf_counter()
     model_dir, data_dir, run_dir = output_dir / "model", output_dir / "data", output_dir / f"run-{adapter}"
@@ -38,11 +39,11 @@ def run_demo(output_dir: Path, *, steps: int = 300, adapter: str = "lora", echo:
     echo(f"[2/5] synthetic LLaVA-format dataset -> {data_dir}")
     if not (data_dir / "val.json").is_file():
         write_synthetic_dataset(data_dir)
-    echo(f"[3/5] training {adapter} for {steps} steps -> {run_dir}")
     cfg = TrainConfig(model=str(model_dir), data=str(data_dir / "train.json"), image_folder=str(data_dir),
                       eval_data=str(data_dir / "val.json"), output_dir=str(run_dir), adapter=adapter,
-                      max_steps=steps, **DEMO_TRAIN)
+                      max_steps=steps, schedule=schedule, **DEMO_TRAIN)
     cfg.validate()
+    echo(f"[3/5] training {adapter} with the {cfg.schedule} rank schedule for {steps} steps -> {run_dir}")
     result = Trainer(cfg).run()
     echo("[4/5] reloading the adapter with mobilepeft.load_vlm and answering a validation question")
     model = load_vlm(model_dir, adapter=result.adapter_dir)
@@ -70,5 +71,9 @@ def run_demo(output_dir: Path, *, steps: int = 300, adapter: str = "lora", echo:
     echo(f"  adapter       {result.adapter_dir}  ({fmt}; + mm_projector.safetensors)")
     echo(f"  merged model  {merged_dir}  (max |logit difference| vs adapter model {gap:.1e})")
     echo(f"  metrics       {run_dir / 'metrics.jsonl'}")
+    if (run_dir / "rank_history.png").is_file():
+        final = json.loads((run_dir / "rank_history.json").read_text())["events"][-1]["ranks"].values()
+        echo(f"  ranks         {min(final)}..{max(final)} at the budget of rank {cfg.rank}: "
+             f"{run_dir / 'rank_history.png'}")
     echo(f"  done in {time.perf_counter() - t0:.0f} s")
     return result.adapter_dir

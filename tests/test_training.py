@@ -26,7 +26,7 @@ def _cfg(ckpt, data, out, **kw) -> TrainConfig:
 
 def test_lora_learns_the_synthetic_task(tiny_ckpt, synth_data, tmp_path):
     cfg = _cfg(tiny_ckpt, synth_data, tmp_path / "run", eval_data=str(synth_data / "val.json"),
-               max_steps=120, batch_size=16, warmup_ratio=0.05, eval_batch_size=48, log_every=10)
+               max_steps=120, batch_size=16, warmup_ratio=0.05, eval_batch_size=48, log_every=10, schedule="fixed")
     result = Trainer(cfg, progress=False).run()
     chance = chance_accuracy(synth_data / "val.json")
     before, after = result.eval_before, result.eval_after

@@ -37,9 +37,8 @@ class DMLoRALinear(AdapterLayer):
             raise ValueError(f"dmlora needs rank >= 1 and branches >= 1, got rank {rank}, branches {branches}")
         if not 0.0 <= branch_drop_max < 1.0:
             raise ValueError(f"branch_drop_max must be in [0, 1), got {branch_drop_max}")
-        k = min(branches, rank)
         self.rank, self.alpha = rank, alpha
-        self.branch_sizes = [rank // k + (1 if i < rank % k else 0) for i in range(k)]
+        self.branches_wanted = branches
         self.branch_drop_max = branch_drop_max
         self.scalar_lr_ratio = scalar_lr_ratio
         self.drop_prob = 0.0
@@ -47,8 +46,14 @@ class DMLoRALinear(AdapterLayer):
         self.scalar = nn.Parameter(torch.tensor(alpha / rank, dtype=base_layer.weight.dtype,
                                                 device=base_layer.weight.device))
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.split_branches()
+
+    def split_branches(self) -> None:
+        """Group the rank units into min(K, r) branches of near-equal size (again after a resize)."""
+        k = min(self.branches_wanted, self.rank)
+        self.branch_sizes = [self.rank // k + (1 if i < self.rank % k else 0) for i in range(k)]
         unit_branch = [i for i, size in enumerate(self.branch_sizes) for _ in range(size)]
-        self.register_buffer("_unit_branch", torch.tensor(unit_branch, device=base_layer.weight.device),
+        self.register_buffer("_unit_branch", torch.tensor(unit_branch, device=self.lora_A.weight.device),
                              persistent=False)
 
     @classmethod

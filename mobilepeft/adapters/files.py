@@ -27,10 +27,10 @@ import torch
 from torch import nn
 
 from mobilepeft.adapters.base import LoRAForm
-from mobilepeft.adapters.inject import adapter_layers, adapter_parameters, inject_adapters, pattern_path
+from mobilepeft.adapters.inject import adapter_layers, adapter_parameters, inject_adapters
 from mobilepeft.adapters.lora import LoRALinear
 from mobilepeft.adapters.spec import AdapterSpec
-from mobilepeft.adapters.targets import LLM_ROOT, VISION_PREFIX
+from mobilepeft.adapters.targets import LLM_ROOT, VISION_PREFIX, pattern_path
 from mobilepeft.errors import UserError
 from mobilepeft.io import atomic_dir, save_safetensors, write_json
 

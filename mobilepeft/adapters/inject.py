@@ -11,21 +11,13 @@ from mobilepeft.adapters.dmlora import DMLoRALinear
 from mobilepeft.adapters.lora import LoRALinear
 from mobilepeft.adapters.multihead import MultiHeadLinear
 from mobilepeft.adapters.spec import AdapterSpec
-from mobilepeft.adapters.targets import LLM_ROOT, VISION_ROOT, find_targets, pattern_lookup
+from mobilepeft.adapters.targets import find_targets, pattern_lookup, pattern_path
 from mobilepeft.errors import UserError
 
 #: method name -> layer class (``mobilepeft train --adapter NAME``)
 ADAPTERS: dict[str, type[AdapterLayer]] = {
     cls.method: cls for cls in (LoRALinear, MultiHeadLinear, DMLoRALinear, AdaRingLinear)
 }
-
-
-def pattern_path(internal_path: str) -> str:
-    """The path rank_pattern/alpha_pattern keys are matched against (PEFT's view for LLM modules)."""
-    for root in (LLM_ROOT, VISION_ROOT):
-        if internal_path.startswith(root):
-            return internal_path[len(root):]
-    return internal_path
 
 
 def module_ranks(spec: AdapterSpec, paths: list[str]) -> tuple[dict[str, int], dict[str, float]]:

@@ -44,6 +44,7 @@ class LoRALinear(AdapterLayer):
             raise ValueError(f"LoRA rank must be >= 1, got {rank}")
         self.rank = rank
         self.alpha = alpha
+        self.use_rslora = use_rslora
         self.scaling = lora_scaling(rank, alpha, use_rslora)
         # lora_bias (PEFT's name): B carries a bias, so a lowered adapter can shift b0 too.
         self.lora_A, self.lora_B = lora_pair(self.in_features, self.out_features, rank, base_layer.weight,

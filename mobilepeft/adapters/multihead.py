@@ -18,6 +18,7 @@ from torch import nn
 from mobilepeft.adapters.base import AdapterLayer, LoRAForm
 from mobilepeft.adapters.lora import lora_pair
 from mobilepeft.adapters.spec import AdapterSpec
+from mobilepeft.adapters.targets import pattern_lookup, pattern_path
 
 
 class MultiHeadLinear(AdapterLayer):
@@ -37,9 +38,14 @@ class MultiHeadLinear(AdapterLayer):
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     @classmethod
-    def from_spec(cls, base_layer: nn.Linear, spec: AdapterSpec, rank: int, alpha: float) -> MultiHeadLinear:
-        par, seq = spec.branch_ranks(rank)
-        return cls(base_layer, par, seq, alpha, spec.dropout)
+    def build(cls, model: nn.Module, targets: dict[str, nn.Linear], spec: AdapterSpec,
+              ranks: dict[str, int], alphas: dict[str, float]) -> dict[str, AdapterLayer]:
+        layers: dict[str, AdapterLayer] = {}
+        for path, linear in targets.items():
+            seq = pattern_lookup(spec.sequential_rank_pattern, pattern_path(path))
+            par, seq = spec.branch_ranks(ranks[path]) if seq is None else (ranks[path] - int(seq), int(seq))
+            layers[path] = cls(linear, par, seq, alphas[path], spec.dropout)
+        return layers
 
     @property
     def rank(self) -> int:

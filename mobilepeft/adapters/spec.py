@@ -23,6 +23,8 @@ class AdapterSpec:
     # multihead (Hydra): branch ranks; None splits each module's rank, parallel getting the odd unit
     rank_parallel: int | None = None
     rank_sequential: int | None = None
+    #: multihead, per module: sequential-branch rank (parallel = that module's rank minus it); set by rank schedules
+    sequential_rank_pattern: dict[str, int] = field(default_factory=dict)
     # dmlora: number of branches, final branch-drop probability, LR multiplier of the learning scalar
     branches: int = 4
     branch_drop_max: float = 0.5

@@ -37,6 +37,14 @@ def pattern_lookup(pattern: dict[str, float], path: str) -> float | None:
     return None
 
 
+def pattern_path(internal_path: str) -> str:
+    """The path rank_pattern/alpha_pattern keys are matched against (PEFT's view for LLM modules)."""
+    for root in (LLM_ROOT, VISION_ROOT):
+        if internal_path.startswith(root):
+            return internal_path[len(root):]
+    return internal_path
+
+
 def find_targets(model: nn.Module, target_modules: list[str]) -> dict[str, nn.Linear]:
     """Internal module path -> nn.Linear for every target; errors on names that match nothing."""
     found: dict[str, nn.Linear] = {}
@@ -60,10 +68,3 @@ def find_targets(model: nn.Module, target_modules: list[str]) -> dict[str, nn.Li
                             field="target_modules",
                             hint=f"LLM linears are {', '.join(LLM_LINEARS)}; vision ones e.g. vision:q_proj, vision:fc1")
     return found
-
-
-def peft_path(internal_path: str) -> str:
-    """Internal path of an LLM module -> its path inside LlamaForCausalLM (PEFT's view)."""
-    if not internal_path.startswith(LLM_ROOT):
-        raise ValueError(f"{internal_path} is not an LLM module")
-    return internal_path[len(LLM_ROOT):]

@@ -40,6 +40,15 @@ class TrainConfig:
     scalar_lr_ratio: float = 0.1  # dmlora: learning scalar LR = ratio x --lr (second half of training)
     ring_rank: int = 4  # adaring
     ring_rank_pattern: dict[str, int] = field(default_factory=dict)  # adaring, per module type
+    # rank schedule (DESIGN.md §6): --rank is the budget-equivalent fixed rank r0
+    schedule: str | None = None  # fixed | hierarchical | dynamic | hydra (default: hydra; fixed for adaring)
+    rank_min: int | None = None  # default: --rank-granule
+    rank_max: int | None = None  # default: 4 x --rank
+    rank_granule: int = 2
+    temperature: float = 0.5
+    probe_steps: int = 8
+    realloc_every: int = 0  # 0: 5% of the steps, at least 5
+    realloc_window: list[float] = field(default_factory=lambda: [0.1, 0.7])
     train_projector: bool = True
     projector: str | None = None  # initialise the projector from a stage-I mm_projector.safetensors
     # optimisation
@@ -101,12 +110,49 @@ class TrainConfig:
                 raise UserError(f"branch ranks must be >= 0 with a positive sum (got {par} + {seq})",
                                 field="rank_parallel", hint="--rank-parallel + --rank-sequential sets the total rank")
             self.rank_parallel, self.rank_sequential, self.rank = par, seq, par + seq
+        self._validate_schedule()
         if self.branches < 1:
             raise UserError(f"must be >= 1 (got {self.branches})", field="branches")
         if not 0.0 <= self.branch_drop_max < 1.0:
             raise UserError(f"must be in [0, 1) (got {self.branch_drop_max})", field="branch_drop_max")
         if self.ring_rank < 1 or any(int(v) < 1 for v in self.ring_rank_pattern.values()):
             raise UserError("ring ranks must be >= 1", field="ring_rank")
+
+    def _validate_schedule(self) -> None:
+        from mobilepeft.schedule.scheduler import SCHEDULES
+
+        if self.schedule is None:
+            self.schedule = "fixed" if self.adapter == "adaring" or self.stage == "pretrain" else "hydra"
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"must be one of {', '.join(SCHEDULES)} (got {self.schedule!r})", field="schedule")
+        if self.schedule == "fixed" or self.stage == "pretrain":
+            return
+        if self.adapter == "adaring":
+            raise UserError(f"--schedule {self.schedule} needs per-module ranks; adaring has ring ranks per group",
+                            field="schedule", hint="use --schedule fixed with --adapter adaring (docs/hydra.md)")
+        g = self.rank_granule
+        if g < 1:
+            raise UserError(f"must be >= 1 (got {g})", field="rank_granule")
+        self.rank_min = g if self.rank_min is None else self.rank_min
+        self.rank_max = 4 * self.rank if self.rank_max is None else self.rank_max
+        if not 1 <= self.rank_min <= self.rank <= self.rank_max:
+            raise UserError(f"need 1 <= --rank-min ({self.rank_min}) <= --rank ({self.rank}) <= --rank-max "
+                            f"({self.rank_max})", field="rank_min")
+        shares = self.adapter_spec().branch_ranks(self.rank) if self.adapter == "multihead" else (self.rank,)
+        if any(r % g for r in shares if r):
+            raise UserError(f"rank {self.rank} (branches {shares}) is not a multiple of --rank-granule {g}",
+                            field="rank", hint=f"use a --rank divisible by {g}, or --rank-granule 1")
+        if len(self.realloc_window) != 2 or not 0.0 <= self.realloc_window[0] <= self.realloc_window[1] <= 1.0:
+            raise UserError(f"expected two fractions start,end in [0, 1] (got {self.realloc_window})",
+                            field="realloc_window", hint="e.g. --realloc-window 0.1,0.7")
+
+    def schedule_settings(self):
+        from mobilepeft.schedule.scheduler import ScheduleSettings
+
+        return ScheduleSettings(kind=self.schedule, rank_min=self.rank_min, rank_max=self.rank_max,
+                                granule=self.rank_granule, temperature=self.temperature,
+                                probe_steps=self.probe_steps, realloc_every=self.realloc_every,
+                                realloc_window=tuple(self.realloc_window), seed=self.seed)
 
     def adapter_spec(self) -> AdapterSpec:
         return AdapterSpec(method=self.adapter, rank=self.rank, alpha=self.alpha, dropout=self.lora_dropout,

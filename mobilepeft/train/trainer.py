@@ -7,6 +7,7 @@ the same parameters as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -32,6 +33,8 @@ from mobilepeft.errors import UserError
 from mobilepeft.io import atomic_dir, save_safetensors, torch_save, write_json, write_text
 from mobilepeft.loading import load_vlm
 from mobilepeft.models.mobilevlm import MobileVLMForCausalLM, from_checkpoint_key
+from mobilepeft.schedule.plot import plot_rank_history
+from mobilepeft.schedule.scheduler import RankScheduler
 from mobilepeft.train.config import TrainConfig
 from mobilepeft.train.evaluate import evaluate
 
@@ -149,9 +152,25 @@ class Trainer:
             torch_save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
             write_json(tmp / "trainer_state.json", {"step": step, "config": self.cfg.to_dict()})
+            if self.ranker is not None:
+                torch_save(self.ranker.state_dict(), tmp / "rank_schedule.pt")
         for old in sorted(self.ckpt_root.glob("step-*"))[: -self.cfg.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
         return path
+
+    def _resume_checkpoint(self) -> Path:
+        ckpt = self.latest_checkpoint()
+        if ckpt is None:
+            raise UserError("--resume: no checkpoint found", path=self.ckpt_root,
+                            hint="run without --resume to start from scratch")
+        saved, now = json.loads((ckpt / "trainer_state.json").read_text())["config"], self.cfg.to_dict()
+        diff = [k for k in now if k not in TrainConfig.RESUME_FREE and saved.get(k) != now[k]]
+        if diff:
+            k = diff[0]
+            raise UserError(f"--resume with a different setting: {k} was {saved.get(k)!r}, now {now[k]!r}",
+                            path=ckpt / "trainer_state.json", field=k,
+                            hint="resume with the original options, or use a new --output-dir")
+        return ckpt
 
     def latest_checkpoint(self) -> Path | None:
         done = sorted(p for p in self.ckpt_root.glob("step-*") if (p / "trainer_state.json").is_file())
@@ -161,13 +180,6 @@ class Trainer:
         from safetensors.torch import load_file
 
         state = json.loads((ckpt / "trainer_state.json").read_text())
-        saved, now = state["config"], self.cfg.to_dict()
-        diff = [k for k in now if k not in TrainConfig.RESUME_FREE and saved.get(k) != now[k]]
-        if diff:
-            k = diff[0]
-            raise UserError(f"--resume with a different setting: {k} was {saved.get(k)!r}, now {now[k]!r}",
-                            path=ckpt / "trainer_state.json", field=k,
-                            hint="resume with the original options, or use a new --output-dir")
         params = dict(model.named_parameters())
         with torch.no_grad():
             for name, tensor in load_file(str(ckpt / "trainable.safetensors")).items():
@@ -190,18 +202,21 @@ class Trainer:
             skipped += eval_skipped
         micro_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
         total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * micro_per_epoch / cfg.grad_accum))
+        self.ranker = None
+        resume_from = self._resume_checkpoint() if cfg.resume else None
+        if cfg.stage == "finetune" and cfg.schedule != "fixed":
+            self.ranker = RankScheduler(model, cfg.schedule_settings(), total_steps)
+            if resume_from is not None:  # the checkpoint's ranks (shapes) before the optimizer sees them
+                self.ranker.load_state_dict(torch.load(resume_from / "rank_schedule.pt", map_location="cpu",
+                                                       weights_only=False))
         optimizer = self._optimizer(model)
         warmup = int(cfg.warmup_ratio * total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(warmup, total_steps))
 
         start = 0
         metrics_file = self.out / "metrics.jsonl"
-        if cfg.resume:
-            ckpt = self.latest_checkpoint()
-            if ckpt is None:
-                raise UserError("--resume: no checkpoint found", path=self.ckpt_root,
-                                hint="run without --resume to start from scratch")
-            start = self._restore(ckpt, model, optimizer, scheduler)
+        if resume_from is not None:
+            start = self._restore(resume_from, model, optimizer, scheduler)
             _truncate_metrics(metrics_file, start)
         else:
             if self.ckpt_root.exists():
@@ -226,7 +241,6 @@ class Trainer:
         batches = iter(loader)
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         model.train()
-        params = [p for g in optimizer.param_groups for p in g["params"]]
         # A live bar on a terminal; in logs (CI, nohup) a plain line every ~10% instead of \r spam.
         interactive = self.progress and sys.stderr.isatty()
         plain_every = max(1, total_steps // 10) if self.progress and not interactive else 0
@@ -237,20 +251,24 @@ class Trainer:
         for step in range(start, total_steps):
             set_progress(model, step, total_steps)
             step_loss = 0.0
-            for _ in range(cfg.grad_accum):
-                batch = next(batches)
-                with autocast:
-                    out = model(batch["input_ids"], pixel_values=batch["pixel_values"],
-                                attention_mask=batch["attention_mask"], labels=batch["labels"])
-                (out.loss / cfg.grad_accum).backward()
-                step_loss += float(out.loss.detach()) / cfg.grad_accum
-                samples_since += batch["input_ids"].shape[0]
+            with self.ranker.tap(step) if self.ranker else contextlib.nullcontext() as tap:
+                for _ in range(cfg.grad_accum):
+                    batch = next(batches)
+                    with autocast:
+                        out = model(batch["input_ids"], pixel_values=batch["pixel_values"],
+                                    attention_mask=batch["attention_mask"], labels=batch["labels"])
+                    (out.loss / cfg.grad_accum).backward()
+                    step_loss += float(out.loss.detach()) / cfg.grad_accum
+                    samples_since += batch["input_ids"].shape[0]
+            if self.ranker:
+                self.ranker.after_backward(step, tap)
             if not math.isfinite(step_loss):
                 last = self.latest_checkpoint()
                 raise TrainingDiverged(
                     f"loss became {step_loss} at step {step + 1}; training stopped. Last good checkpoint: "
                     f"{last if last else 'none yet'}",
                     hint="lower --lr, use --precision fp32, or check the data; --resume restarts from that checkpoint")
+            params = [p for g in optimizer.param_groups for p in g["params"]]  # resizes swap parameters
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
             optimizer.step()
             scheduler.step()
@@ -259,6 +277,9 @@ class Trainer:
             done = step + 1
             record: dict[str, Any] = {"step": done, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
                                       "grad_norm": grad_norm}
+            if self.ranker and self.ranker.after_step(step, step_loss, optimizer, scheduler.get_last_lr()[0]):
+                record["rank_moves"] = len(self.ranker.history[-1].moves)
+                self.ranker.write_history(self.out / "rank_history.json")
             if done % cfg.log_every == 0 or done == total_steps:
                 now = time.perf_counter()
                 record["samples_per_s"] = samples_since / max(now - t_last, 1e-9)
@@ -288,8 +309,12 @@ class Trainer:
         model.eval()
         adapter_dir = self.out / "adapter"
         if cfg.stage == "finetune":
-            save_adapter(model, self.spec, adapter_dir, base_model=str(Path(cfg.model).resolve()),
+            spec = self.ranker.final_spec(self.spec) if self.ranker else self.spec
+            save_adapter(model, spec, adapter_dir, base_model=str(Path(cfg.model).resolve()),
                          projector_trained=self.train_projector)
+            if self.ranker:
+                self.ranker.write_history(self.out / "rank_history.json")
+                plot_rank_history(self.out / "rank_history.json", self.out / "rank_history.png")
         else:
             adapter_dir = self.out / "projector"
             with atomic_dir(adapter_dir) as tmp:

@@ -1,0 +1,344 @@
+"""HyDRA: hierarchical + dynamic rank allocation at a fixed parameter budget (DESIGN.md §6).
+
+The trainer drives a :class:`RankScheduler` with three calls per optimizer step: ``tap(step)``
+(a context that records per-branch activations and gradients on the steps the schedule
+watches), ``after_backward`` (turns them into statistics) and ``after_step`` (reallocates when
+due). The first ``probe_steps`` steps are the probe; right after them the hierarchical
+allocation resizes every branch (function-preserving, so training just continues); later,
+every ``realloc_every`` steps inside the window, the dynamic phase moves rank granules.
+``state_dict``/``load_state_dict`` make ``--resume`` exact.
+
+Schedules: ``fixed`` (plain LoRA, no scheduler at all), ``hierarchical`` (probe + allocation
+once), ``dynamic`` (start from fixed ranks, reallocate during training), ``hydra`` (both).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mobilepeft.adapters.multihead import MultiHeadLinear
+from mobilepeft.adapters.spec import AdapterSpec
+from mobilepeft.adapters.targets import pattern_path
+from mobilepeft.io import write_json
+from mobilepeft.schedule.branches import (
+    RankBranch,
+    collect_branches,
+    reinit_branch,
+    resize_branch,
+    swap_in_optimizer,
+)
+from mobilepeft.schedule.budget import (
+    Bounds,
+    BranchInfo,
+    budget_of,
+    check_allocation,
+    hierarchical_targets,
+    round_to_budget,
+    spent,
+)
+from mobilepeft.schedule.measure import GradientTap, branch_stats, gradient_norm, sample_tokens
+
+SCHEDULES = ("fixed", "hierarchical", "dynamic", "hydra")
+
+
+@dataclass
+class ScheduleSettings:
+    kind: str = "hydra"
+    rank_min: int = 2
+    rank_max: int = 32
+    granule: int = 2
+    temperature: float = 0.5
+    probe_steps: int = 8
+    realloc_every: int = 0  # 0: 5% of the steps (at least 5)
+    realloc_window: tuple[float, float] = (0.1, 0.7)
+    moves: int = 0  # rank granules moved per reallocation; 0: 1 per 16 branches (at least 1)
+    ema: float = 0.5  # weight of the newest measurement in the removal/addition EMAs
+    max_tokens: int = 512  # tokens per watched step the statistics use (a random subset)
+    seed: int = 0
+
+    @property
+    def hierarchical(self) -> bool:
+        return self.kind in ("hierarchical", "hydra")
+
+    @property
+    def dynamic(self) -> bool:
+        return self.kind in ("dynamic", "hydra")
+
+
+@dataclass
+class _Event:
+    step: int
+    kind: str
+    ranks: dict[str, int]
+    moves: list[dict[str, Any]] = field(default_factory=list)
+    predicted_loss_change: float | None = None
+    observed_loss_change: float | None = None
+    budget_used: int = 0
+
+
+class RankScheduler:
+    def __init__(self, model: torch.nn.Module, settings: ScheduleSettings, total_steps: int) -> None:
+        self.settings = settings
+        self.total_steps = total_steps
+        self.branches: dict[str, RankBranch] = collect_branches(model)
+        self.infos = {n: BranchInfo(cost=b.cost, base_rank=b.rank, max_rank=b.max_rank, group=b.group, block=b.block)
+                      for n, b in self.branches.items()}
+        self.bounds = Bounds(settings.rank_min, settings.rank_max, settings.granule)
+        self.budget = budget_of(self.infos)
+        self.generator = torch.Generator().manual_seed(settings.seed + 104_729)
+        every = settings.realloc_every or max(5, total_steps // 20)
+        lo, hi = settings.realloc_window
+        self.probe_steps = min(settings.probe_steps, total_steps - 1) if settings.hierarchical else 0
+        # step indices (0-based) after which a dynamic reallocation happens
+        self.realloc_steps = ({s - 1 for s in range(every, total_steps, every)
+                               if lo * total_steps <= s <= hi * total_steps and s > self.probe_steps}
+                              if settings.dynamic else set())
+        self.every = every
+        self._sens_sum: dict[str, float] = {}
+        #: wall seconds the schedule itself spent (statistics, reallocation), for overhead reports
+        self.seconds = {"statistics": 0.0, "reallocation": 0.0}
+        self.moves_per_event = settings.moves or max(1, len(self.branches) // 16)
+        self.sensitivity: dict[str, float] = {}
+        self.removal: dict[str, torch.Tensor] = {}
+        self.addition: dict[str, torch.Tensor] = {}
+        self.directions: dict[str, torch.Tensor] = {}
+        self.calibration = {"removal": 1.0, "addition": 1.0}
+        self.observations: list[tuple[float, float, float]] = []  # (raw removal, raw addition, observed)
+        self.losses: list[tuple[int, float]] = []
+        self.history: list[_Event] = [_Event(0, "initial", self.ranks(), budget_used=spent(self.ranks(), self.infos))]
+        self._pending: tuple[_Event, tuple[float, float]] | None = None
+
+    # --- shared --------------------------------------------------------------------------
+    def ranks(self) -> dict[str, int]:
+        return {n: b.rank for n, b in self.branches.items()}
+
+    def _check(self) -> None:
+        check_allocation(self.ranks(), self.infos, self.bounds, self.budget)
+
+    # --- watching -----------------------------------------------------------------------
+    def _watched(self, step: int) -> bool:
+        return step < self.probe_steps or step in self.realloc_steps
+
+    def tap(self, step: int) -> contextlib.AbstractContextManager:
+        """Wrap a step's forward/backward: records activations and gradients on watched steps."""
+        return GradientTap(self.branches.values()) if self._watched(step) else contextlib.nullcontext()
+
+    def after_backward(self, step: int, tap: Any) -> None:
+        if not isinstance(tap, GradientTap):
+            return
+        t0 = time.perf_counter()
+        self._measure(step, tap)
+        self.seconds["statistics"] += time.perf_counter() - t0
+
+    def _measure(self, step: int, tap: GradientTap) -> None:
+        need_values = step in self.realloc_steps or step == self.probe_steps - 1
+        k, w = 2 * self.settings.granule, self.settings.ema
+        for n, b in self.branches.items():
+            xd = tap.tensors(b)
+            if xd is None:
+                continue
+            x, d = sample_tokens(*xd, self.settings.max_tokens, self.generator)
+            if step < self.probe_steps:
+                self._sens_sum[n] = self._sens_sum.get(n, 0.0) + gradient_norm(x, d, self.generator) * abs(b.scaling)
+            if not need_values:
+                continue
+            room = min(b.in_features, b.out_features) - b.rank
+            st = branch_stats(b, x, d, k=max(1, min(k, room)), generator=self.generator)
+            for store, value in ((self.removal, st.removal), (self.addition, st.addition)):
+                old = store.get(n)
+                store[n] = value if old is None or old.shape != value.shape else w * value + (1 - w) * old
+            self.directions[n] = st.directions
+
+    # --- hierarchical: coarse -> fine, once the probe has seen its steps -------------------
+    def _allocate_hierarchically(self, step: int, optimizer: torch.optim.Optimizer) -> _Event:
+        self.sensitivity = {n: self._sens_sum.get(n, 0.0) / self.probe_steps for n in self.branches}
+        targets = hierarchical_targets(self.infos, self.sensitivity, self.settings.temperature)
+        ranks = round_to_budget(targets, self.infos, self.bounds, self.budget)
+        self._apply(ranks, optimizer)
+        event = _Event(step + 1, "hierarchical", self.ranks(), budget_used=spent(self.ranks(), self.infos))
+        self.history.append(event)
+        return event
+
+    def _apply(self, ranks: dict[str, int], optimizer: torch.optim.Optimizer) -> None:
+        """Function-preserving resizes to ``ranks``; the optimizer follows."""
+        for n, b in self.branches.items():
+            if ranks[n] != b.rank:
+                old = b.rank
+                kind = resize_branch(b, ranks[n], self.directions.get(n), self.generator)
+                swap_in_optimizer(optimizer, b, kind, old)
+                for store in (self.removal, self.addition, self.directions):
+                    store.pop(n, None)
+        self._check()
+
+    def after_step(self, step: int, loss: float, optimizer: torch.optim.Optimizer, lr: float) -> _Event | None:
+        self.losses.append((step, loss))
+        self.losses = self.losses[-4 * self.every:]
+        self._observe(step)
+        t0 = time.perf_counter()
+        event = None
+        if step == self.probe_steps - 1:
+            event = self._allocate_hierarchically(step, optimizer)
+        elif step in self.realloc_steps:
+            event = self._reallocate(step, optimizer, lr)
+        self.seconds["reallocation"] += time.perf_counter() - t0
+        return event
+
+    def _unit_values(self, lr: float) -> tuple[dict[str, float], dict[str, float]]:
+        """Predicted loss change of one granule: lost by removing a branch's weakest directions,
+        gained by adding its best new ones (σ of the residual gradient × the weight change a new
+        unit makes over one interval), both calibrated online."""
+        g = self.settings.granule
+        remove, add = {}, {}
+        for n, b in self.branches.items():
+            if n in self.removal:
+                remove[n] = float(self.removal[n].sort().values[:g].sum()) * self.calibration["removal"]
+            if n in self.addition:
+                step_size = lr * abs(b.scaling) * self.every * float(b.A.weight.detach().norm(dim=1).median())
+                add[n] = float(self.addition[n][:g].sum()) * step_size * self.calibration["addition"]
+        return remove, add
+
+    def _reallocate(self, step: int, optimizer: torch.optim.Optimizer, lr: float) -> _Event:
+        g = self.settings.granule
+        remove, add = self._unit_values(lr)
+        ranks = self.ranks()
+        lo_hi = {n: self.bounds.clamp(self.infos[n]) for n in ranks}
+        cost = {n: g * self.infos[n].cost for n in ranks}
+        donors = sorted((n for n in remove if ranks[n] - g >= lo_hi[n][0]), key=lambda n: remove[n] / cost[n])
+        recipients = sorted((n for n in add if ranks[n] + g <= lo_hi[n][1]), key=lambda n: -add[n] / cost[n])
+        left = self.budget - spent(ranks, self.infos)
+        moves: list[dict[str, Any]] = []
+        raw_r = raw_a = 0.0
+        used: set[str] = set()
+        for r in recipients:
+            if len(moves) >= self.moves_per_event:
+                break
+            if r in used:
+                continue
+            taken, freed = [], left
+            for d in donors:
+                if freed >= cost[r]:
+                    break
+                if d not in used and d != r:
+                    taken.append(d)
+                    freed += cost[d]
+            loss_up = sum(remove[d] for d in taken)
+            if freed < cost[r] or add[r] <= loss_up:
+                continue  # not affordable, or predicted to hurt more than it helps
+            for d in taken:
+                ranks[d] -= g
+                used.add(d)
+            ranks[r] += g
+            used.add(r)
+            left = freed - cost[r]
+            raw_r += loss_up / max(self.calibration["removal"], 1e-12)
+            raw_a += add[r] / max(self.calibration["addition"], 1e-12)
+            moves.append({"to": r, "from": taken, "predicted_gain": add[r], "predicted_loss": loss_up})
+        for r in recipients:  # spend what is left (keeps the budget within one granule)
+            if r not in used and cost[r] <= left and ranks[r] + g <= lo_hi[r][1]:
+                ranks[r] += g
+                left -= cost[r]
+                used.add(r)
+                raw_a += add[r] / max(self.calibration["addition"], 1e-12)
+                moves.append({"to": r, "from": [], "predicted_gain": add[r], "predicted_loss": 0.0})
+        self._apply(ranks, optimizer)
+        predicted = (self.calibration["removal"] * raw_r - self.calibration["addition"] * raw_a) if moves else 0.0
+        event = _Event(step + 1, "dynamic", self.ranks(), moves, predicted, budget_used=spent(self.ranks(), self.infos))
+        self.history.append(event)
+        self._pending = (event, (raw_r, raw_a)) if moves else None
+        return event
+
+    def _observe(self, step: int) -> None:
+        """Loss change attributable to the last reallocation: mean loss over the half interval
+        after it, minus the linear trend of the interval before, extrapolated."""
+        if self._pending is None:
+            return
+        event, (raw_r, raw_a) = self._pending
+        half = max(2, self.every // 2)
+        if step + 1 < event.step + half:
+            return
+        before = [(s, v) for s, v in self.losses if event.step - self.every <= s + 1 <= event.step]
+        after = [v for s, v in self.losses if event.step < s + 1 <= event.step + half]
+        if len(before) < 2 or not after:
+            self._pending = None
+            return
+        xs = torch.tensor([float(s) for s, _ in before])
+        ys = torch.tensor([v for _, v in before])
+        slope = float(((xs - xs.mean()) * (ys - ys.mean())).sum() / ((xs - xs.mean()) ** 2).sum().clamp_min(1e-9))
+        expected = float(ys.mean()) + slope * (event.step + half / 2 - float(xs.mean()))
+        event.observed_loss_change = sum(after) / len(after) - expected
+        self.observations.append((raw_r, raw_a, event.observed_loss_change))
+        self._calibrate()
+        self._pending = None
+
+    def _calibrate(self) -> None:
+        """Ridge least squares of observed ≈ a_r·removal − a_a·addition, pulled towards (1, 1)."""
+        rows = torch.tensor([[r, -a] for r, a, _ in self.observations], dtype=torch.float64)
+        obs = torch.tensor([o for _, _, o in self.observations], dtype=torch.float64)
+        scale = float((rows ** 2).sum() / max(len(rows), 1)) + 1e-12
+        lam = scale  # one observation's worth of prior
+        prior = torch.tensor([self.calibration["removal"], self.calibration["addition"]], dtype=torch.float64)
+        lhs = rows.T @ rows + lam * torch.eye(2, dtype=torch.float64)
+        sol = torch.linalg.solve(lhs, rows.T @ obs + lam * prior)
+        self.calibration = {"removal": float(sol[0].clamp(0.1, 10.0)), "addition": float(sol[1].clamp(0.1, 10.0))}
+
+    # --- outputs and resume --------------------------------------------------------------
+    def final_spec(self, spec: AdapterSpec) -> AdapterSpec:
+        """``spec`` with the scheduled ranks as per-module patterns (so the adapter reloads)."""
+        out = AdapterSpec.from_dict(spec.to_dict())
+        layers = {b.name.split(":")[0]: b.layer for b in self.branches.values()}
+        for path, layer in layers.items():
+            key = pattern_path(path)
+            total = layer.rank
+            if total != spec.rank or layer.alpha != spec.alpha:
+                out.rank_pattern[key] = total
+                out.alpha_pattern[key] = layer.alpha
+            if isinstance(layer, MultiHeadLinear) and (layer.rank_parallel, layer.rank_sequential) != spec.branch_ranks(total):
+                out.sequential_rank_pattern[key] = layer.rank_sequential
+        return out
+
+    def write_history(self, path: Path) -> None:
+        write_json(path, {
+            "schedule": asdict(self.settings),
+            "budget": self.budget,
+            "bounds": asdict(self.bounds),
+            "probe_steps": self.probe_steps,
+            "realloc_steps": sorted(s + 1 for s in self.realloc_steps),
+            "branches": {n: {"cost": i.cost, "base_rank": i.base_rank, "group": i.group, "block": i.block,
+                             "module_type": self.branches[n].module_type, "kind": self.branches[n].kind}
+                         for n, i in self.infos.items()},
+            "sensitivity": self.sensitivity,
+            "calibration": self.calibration,
+            "seconds": self.seconds,
+            "events": [asdict(e) for e in self.history],
+        })
+
+    def state_dict(self) -> dict[str, Any]:
+        pending = self._pending
+        return {
+            "ranks": self.ranks(), "sensitivity": self.sensitivity, "sens_sum": self._sens_sum, "removal": self.removal,
+            "addition": self.addition, "directions": self.directions, "calibration": self.calibration,
+            "observations": self.observations, "losses": self.losses, "generator": self.generator.get_state(),
+            "seconds": self.seconds,
+            "history": [asdict(e) for e in self.history],
+            "pending": None if pending is None else pending[1],  # its event is always the newest
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Give every branch its checkpointed rank (shapes only: the trainer then loads values)."""
+        for n, r in state["ranks"].items():
+            if self.branches[n].rank != r:
+                reinit_branch(self.branches[n], r)
+        self.sensitivity, self.removal, self.addition = state["sensitivity"], state["removal"], state["addition"]
+        self._sens_sum = state["sens_sum"]
+        self.directions, self.calibration = state["directions"], state["calibration"]
+        self.observations, self.losses = list(state["observations"]), list(state["losses"])
+        self.generator.set_state(state["generator"])
+        self.seconds = dict(state["seconds"])
+        self.history = [_Event(**e) for e in state["history"]]
+        self._pending = None if state["pending"] is None else (self.history[-1], tuple(state["pending"]))
