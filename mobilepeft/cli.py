@@ -83,7 +83,7 @@ def train_cmd(
     rank_granule: Annotated[int | None, typer.Option(help="Schedules: ranks move in multiples of this.")] = None,
     temperature: Annotated[float | None, typer.Option(help="Schedules: how strongly sensitivity skews the allocation (0 = fixed LoRA).")] = None,
     probe_steps: Annotated[int | None, typer.Option(help="Schedules: batches the sensitivity probe looks at before training.")] = None,
-    realloc_every: Annotated[int | None, typer.Option(help="Schedules: steps between reallocations (0: 5%% of the run, at least 5).")] = None,
+    realloc_every: Annotated[int | None, typer.Option(help="Schedules: steps between reallocations (0: 5 percent of the run, at least 5).")] = None,
     realloc_window: Annotated[str | None, typer.Option(help="Schedules: fractions of the run between which reallocations happen, e.g. 0.1,0.7.")] = None,
     train_projector: Annotated[bool | None, typer.Option("--train-projector/--no-train-projector", help="Train the LDP projector too (MobileVLM recipe: yes).")] = None,
     projector: Annotated[str | None, typer.Option(help="Initialise the projector from a stage-I mm_projector.safetensors.")] = None,
