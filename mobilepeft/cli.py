@@ -136,6 +136,8 @@ def _report_training(result) -> None:
     if result.skipped:
         typer.echo(f"skipped {len(result.skipped)} bad samples (first: {result.skipped[0]})")
     typer.echo(f"adapter: {result.adapter_dir}")
+    if (result.output_dir / "rank_history.png").is_file():
+        typer.echo(f"rank history: {result.output_dir / 'rank_history.json'} (+ .png)")
 
 
 @app.command("init-model")

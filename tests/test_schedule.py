@@ -15,6 +15,7 @@ import mobilepeft
 from mobilepeft.adapters.dmlora import DMLoRALinear
 from mobilepeft.adapters.lora import LoRALinear
 from mobilepeft.adapters.multihead import MultiHeadLinear
+from mobilepeft.adapters.summary import summarize_adapter
 from mobilepeft.errors import UserError
 from mobilepeft.merge import lower_adapter
 from mobilepeft.schedule.branches import collect_branches, resize_branch, swap_in_optimizer
@@ -191,6 +192,8 @@ def test_hydra_run_reallocates_within_budget_without_spikes(tiny_ckpt, synth_dat
     assert (tmp_path / "hydra" / "rank_history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     conf = json.loads((result.adapter_dir / "adapter_config.json").read_text())
     assert conf["rank_pattern"], "heterogeneous ranks are recorded for PEFT"
+    info = summarize_adapter(result.adapter_dir)  # what `mobilepeft adapter info` prints
+    assert info.nominal_rank == 8 and 0.98 < info.budget_ratio <= 1.0
     assert_peft_equal(tiny_ckpt, result.adapter_dir)
 
 

@@ -72,6 +72,7 @@ def lowered_lora(model: nn.Module, spec: AdapterSpec) -> tuple[AdapterSpec, dict
 def save_adapter(model: nn.Module, spec: AdapterSpec, out_dir: str | Path, *, base_model: str,
                  projector_trained: bool, lowered_from: str | None = None) -> Path:
     """Write the adapter directory atomically (see module docstring for the layout)."""
+    nominal_rank = spec.rank  # the budget-defining rank, before lowering picks the most common one
     with atomic_dir(out_dir) as tmp:
         if spec.method == "lora" or lowered_from:
             spec = _write_peft_lora(model, spec, tmp, base_model)
@@ -86,6 +87,7 @@ def save_adapter(model: nn.Module, spec: AdapterSpec, out_dir: str | Path, *, ba
         meta = {
             "format_version": FORMAT_VERSION,
             "method": spec.method,
+            "nominal_rank": nominal_rank,
             "spec": spec.to_dict(),
             "vision_target_modules": [t for t in spec.target_modules if t.startswith(VISION_PREFIX)],
             "projector_trained": projector_trained,

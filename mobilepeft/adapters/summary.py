@@ -47,7 +47,7 @@ class AdapterSummary:
 
 
 def describe_model_adapters(model: torch.nn.Module, spec: AdapterSpec, *, base_model: str = "",
-                            projector_trained: bool = False) -> AdapterSummary:
+                            projector_trained: bool = False, nominal_rank: int | None = None) -> AdapterSummary:
     layers = adapter_layers(model)
     types: Counter[str] = Counter(path.rpartition(".")[2] if path.startswith("llm.") else
                                   "vision:" + path.rpartition(".")[2] for path in layers)
@@ -67,10 +67,11 @@ def describe_model_adapters(model: torch.nn.Module, spec: AdapterSpec, *, base_m
         else:
             ranks[f"{layer.rank}"] += 1
         lowered[layer.rank] += 1
-    nominal = spec.rank
+    nominal = nominal_rank or spec.rank
     return AdapterSummary(
         method=spec.method, base_model=base_model, modules=len(layers), module_types=dict(types),
-        ranks=dict(ranks), lowered_ranks=dict(sorted(lowered.items())),
+        ranks=dict(sorted(ranks.items(), key=lambda kv: (len(kv[0]), kv[0]))),
+        lowered_ranks=dict(sorted(lowered.items())),
         trainable_parameters=sum(p.numel() for p in adapter_parameters(model).values()),
         lora_parameters_at_nominal_rank=nominal * sum(m.in_features + m.out_features for m in layers.values()),
         nominal_rank=nominal, projector_trained=projector_trained, groups=groups,
@@ -92,12 +93,13 @@ def summarize_adapter(adapter_dir: str | Path, model_dir: str | Path | None = No
         model = MobileVLMForCausalLM(config)
         inject_adapters(model, spec)
     return describe_model_adapters(model, spec, base_model=str(model_dir),
-                                   projector_trained=bool(meta.get("projector_trained")))
+                                   projector_trained=bool(meta.get("projector_trained")),
+                                   nominal_rank=meta.get("nominal_rank"))
 
 
 def format_summary(s: AdapterSummary, adapter_dir: str | Path) -> str:
     types = ", ".join(f"{name} x{n}" for name, n in s.module_types.items())
-    ranks = "; ".join(f"{desc} ({n} modules)" for desc, n in s.ranks.items())
+    ranks = "; ".join(f"{desc} (x{n})" for desc, n in s.ranks.items())
     lowered = ", ".join(f"r={r} x{n}" for r, n in s.lowered_ranks.items())
     lines = [
         f"adapter        {adapter_dir}",
