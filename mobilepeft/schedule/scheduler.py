@@ -85,7 +85,6 @@ class _Event:
 class RankScheduler:
     def __init__(self, model: torch.nn.Module, settings: ScheduleSettings, total_steps: int) -> None:
         self.settings = settings
-        self.total_steps = total_steps
         self.branches: dict[str, RankBranch] = collect_branches(model)
         self.infos = {n: BranchInfo(cost=b.cost, base_rank=b.rank, max_rank=b.max_rank, group=b.group, block=b.block)
                       for n, b in self.branches.items()}
@@ -190,22 +189,24 @@ class RankScheduler:
         return event
 
     def _unit_values(self, lr: float) -> tuple[dict[str, float], dict[str, float]]:
-        """Predicted loss change of one granule: lost by removing a branch's weakest directions,
-        gained by adding its best new ones (σ of the residual gradient × the weight change a new
-        unit makes over one interval), both calibrated online."""
+        """Uncalibrated predicted loss change of one granule: lost by removing a branch's weakest
+        directions, gained by adding its best new ones (σ of the residual gradient × the weight
+        change a new unit makes over one interval)."""
         g = self.settings.granule
         remove, add = {}, {}
         for n, b in self.branches.items():
             if n in self.removal:
-                remove[n] = float(self.removal[n].sort().values[:g].sum()) * self.calibration["removal"]
+                remove[n] = float(self.removal[n].sort().values[:g].sum())
             if n in self.addition:
                 step_size = lr * abs(b.scaling) * self.every * float(b.A.weight.detach().norm(dim=1).median())
-                add[n] = float(self.addition[n][:g].sum()) * step_size * self.calibration["addition"]
+                add[n] = float(self.addition[n][:g].sum()) * step_size
         return remove, add
 
     def _reallocate(self, step: int, optimizer: torch.optim.Optimizer, lr: float) -> _Event:
         g = self.settings.granule
-        remove, add = self._unit_values(lr)
+        raw_remove, raw_add = self._unit_values(lr)
+        remove = {n: v * self.calibration["removal"] for n, v in raw_remove.items()}
+        add = {n: v * self.calibration["addition"] for n, v in raw_add.items()}
         ranks = self.ranks()
         lo_hi = {n: self.bounds.clamp(self.infos[n]) for n in ranks}
         cost = {n: g * self.infos[n].cost for n in ranks}
@@ -236,15 +237,15 @@ class RankScheduler:
             ranks[r] += g
             used.add(r)
             left = freed - cost[r]
-            raw_r += loss_up / max(self.calibration["removal"], 1e-12)
-            raw_a += add[r] / max(self.calibration["addition"], 1e-12)
+            raw_r += sum(raw_remove[d] for d in taken)
+            raw_a += raw_add[r]
             moves.append({"to": r, "from": taken, "predicted_gain": add[r], "predicted_loss": loss_up})
         for r in recipients:  # spend what is left (keeps the budget within one granule)
             if r not in used and cost[r] <= left and ranks[r] + g <= lo_hi[r][1]:
                 ranks[r] += g
                 left -= cost[r]
                 used.add(r)
-                raw_a += add[r] / max(self.calibration["addition"], 1e-12)
+                raw_a += raw_add[r]
                 moves.append({"to": r, "from": [], "predicted_gain": add[r], "predicted_loss": 0.0})
         self._apply(ranks, optimizer)
         predicted = (self.calibration["removal"] * raw_r - self.calibration["addition"] * raw_a) if moves else 0.0
