@@ -82,10 +82,12 @@ def build(method: str, model_dir: Path, args: argparse.Namespace, ring_rank: int
 
 
 def step_fn(model, optimizer, batches, total):
-    from mobilepeft.adapters.inject import set_progress
+    from mobilepeft.adapters.inject import adapter_layers, set_progress
+
+    layers = list(adapter_layers(model).values())
 
     def run(i: int) -> float:
-        set_progress(model, i, total)  # DMLoRA's branch dropout ramps up as in a real run
+        set_progress(layers, i, total)  # DMLoRA's branch dropout ramps up as in a real run
         return train_step(model, optimizer, batches[i])
     return run
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
@@ -61,8 +63,9 @@ def lr_multipliers(model: nn.Module) -> dict[str, float]:
             for name, m in layer.lr_multipliers().items()}
 
 
-def set_progress(model: nn.Module, step: int, total_steps: int) -> None:
-    for layer in adapter_layers(model).values():
+def set_progress(layers: Iterable[AdapterLayer], step: int, total_steps: int) -> None:
+    """Tell every layer where training is; callers collect ``layers`` once, not every step."""
+    for layer in layers:
         layer.set_progress(step, total_steps)
 
 

@@ -32,6 +32,9 @@ class GradientTap:
         self.branches = list(branches)
         self.inputs: dict[str, list[torch.Tensor]] = {}
         self.grads: dict[str, list[torch.Tensor]] = {}
+        # q/k/v (and gate/up) read the same input tensors, multihead's two branches the same
+        # gradients: flatten each recorded list once (held alive here, so storage addresses are unique)
+        self._flat: dict[tuple, torch.Tensor] = {}
         self._handles: list = []
 
     def __enter__(self) -> GradientTap:
@@ -67,9 +70,13 @@ class GradientTap:
         xs, ds = self.inputs.get(key), self.grads.get(name)
         if not xs or not ds or len(xs) != len(ds):
             return None
-        x = torch.cat([t.reshape(-1, t.shape[-1]) for t in xs]).float()
-        d = torch.cat([t.reshape(-1, t.shape[-1]) for t in ds]).float()
-        return x, d
+        return self._flatten(xs), self._flatten(ds)
+
+    def _flatten(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        key = tuple((t.data_ptr(), t.shape) for t in parts)
+        if key not in self._flat:
+            self._flat[key] = torch.cat([t.reshape(-1, t.shape[-1]) for t in parts]).float()
+        return self._flat[key]
 
 
 def sample_tokens(x: torch.Tensor, d: torch.Tensor, limit: int, generator: torch.Generator | None

@@ -25,7 +25,13 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from mobilepeft.adapters.files import save_adapter
-from mobilepeft.adapters.inject import adapter_parameters, inject_adapters, lr_multipliers, set_progress
+from mobilepeft.adapters.inject import (
+    adapter_layers,
+    adapter_parameters,
+    inject_adapters,
+    lr_multipliers,
+    set_progress,
+)
 from mobilepeft.data.collate import collate_batch
 from mobilepeft.data.dataset import SupervisedDataset
 from mobilepeft.data.llava import load_llava
@@ -248,8 +254,9 @@ class Trainer:
                    dynamic_ncols=True, mininterval=0.5)
         loss_value = float("nan")
         t_last, samples_since = time.perf_counter(), 0
+        layers = list(adapter_layers(model).values())  # resizes swap parameters, never layers
         for step in range(start, total_steps):
-            set_progress(model, step, total_steps)
+            set_progress(layers, step, total_steps)
             step_loss = 0.0
             with self.ranker.tap(step) if self.ranker else contextlib.nullcontext() as tap:
                 for _ in range(cfg.grad_accum):
