@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mobilepeft.adapters.files import read_adapter_spec, save_adapter
+from mobilepeft.adapters.files import read_adapter_spec, resolve_base_model, save_adapter
 from mobilepeft.adapters.inject import adapter_layers, merge_and_unload
 from mobilepeft.errors import UserError
 
@@ -36,7 +36,7 @@ def merge_adapter(model_dir: str | Path, adapter_dir: str | Path, out_dir: str |
         raise UserError("--output-dir is the input checkpoint", path=out_dir, hint="write the merged model elsewhere")
     weight_format, _ = weight_layout(model_dir)
     original = read_state_dict(model_dir)
-    model = load_vlm(model_dir, adapter=adapter_dir, load_tokenizer=False)
+    model = load_vlm(model_dir, adapter=adapter_dir, load_tokenizer=False, state=original)
     adapted = {to_checkpoint_key(path) for path in adapter_layers(model)}
     merge_and_unload(model)
     merged = {to_checkpoint_key(k): v for k, v in model.state_dict().items()}
@@ -56,10 +56,7 @@ def lower_adapter(adapter_dir: str | Path, out_dir: str | Path, model_dir: str |
     from mobilepeft.loading import load_vlm
 
     spec, meta = read_adapter_spec(adapter_dir)
-    model_dir = model_dir or meta.get("base_model")
-    if not model_dir or not (Path(model_dir) / "config.json").is_file():
-        raise UserError(f"base model {model_dir!r} not found (multihead lowering needs W0)", path=adapter_dir,
-                        hint="pass --model with the checkpoint directory the adapter was trained on")
+    model_dir = resolve_base_model(adapter_dir, meta, model_dir, "multihead lowering needs W0")
     model = load_vlm(model_dir, adapter=adapter_dir, load_tokenizer=False)
     return save_adapter(model, spec, out_dir, base_model=str(model_dir),
                         projector_trained=bool(meta.get("projector_trained")), lowered_from=spec.method)

@@ -80,10 +80,7 @@ def save_adapter(model: nn.Module, spec: AdapterSpec, out_dir: str | Path, *, ba
             native = {name: p.detach() for name, p in adapter_parameters(model).items()}
             save_safetensors(native, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
         if projector_trained:
-            from mobilepeft.models.mobilevlm import to_checkpoint_key
-
-            proj = {to_checkpoint_key("mm_projector." + k): v for k, v in model.mm_projector.state_dict().items()}
-            save_safetensors(proj, tmp / PROJECTOR_FILE, metadata={"format": "pt"})
+            save_projector(model, tmp / PROJECTOR_FILE)
         meta = {
             "format_version": FORMAT_VERSION,
             "method": spec.method,
@@ -99,16 +96,21 @@ def save_adapter(model: nn.Module, spec: AdapterSpec, out_dir: str | Path, *, ba
     return Path(out_dir)
 
 
-def _write_peft_lora(model: nn.Module, spec: AdapterSpec, tmp: Path, base_model: str) -> AdapterSpec:
+def _lora_key(path: str) -> str:
+    """Where a module's LoRA tensors are stored: PEFT's key for LLM modules, the MobileVLM
+    checkpoint name for CLIP-tower modules."""
     from mobilepeft.models.mobilevlm import to_checkpoint_key
 
+    return PEFT_PREFIX + pattern_path(path) if path.startswith(LLM_ROOT) else to_checkpoint_key(path)
+
+
+def _write_peft_lora(model: nn.Module, spec: AdapterSpec, tmp: Path, base_model: str) -> AdapterSpec:
     lora, forms = lowered_lora(model, spec)
     llm_tensors: dict[str, torch.Tensor] = {}
     vision_tensors: dict[str, torch.Tensor] = {}
     for path, form in forms.items():
-        llm = path.startswith(LLM_ROOT)
-        key = PEFT_PREFIX + pattern_path(path) if llm else to_checkpoint_key(path)
-        tensors = llm_tensors if llm else vision_tensors
+        key = _lora_key(path)
+        tensors = llm_tensors if path.startswith(LLM_ROOT) else vision_tensors
         tensors[key + ".lora_A.weight"] = form.A
         tensors[key + ".lora_B.weight"] = form.B
         if lora.lora_bias:  # PEFT adds scaling·lora_B.bias
@@ -181,6 +183,15 @@ def read_adapter_spec(adapter_dir: str | Path) -> tuple[AdapterSpec, dict]:
     return spec, meta
 
 
+def resolve_base_model(adapter_dir: str | Path, meta: dict, model_dir: str | Path | None, why: str) -> Path:
+    """``model_dir`` if given, else the base model the adapter records; it must be a checkpoint."""
+    model_dir = model_dir or meta.get("base_model")
+    if not model_dir or not (Path(model_dir) / "config.json").is_file():
+        raise UserError(f"base model {model_dir!r} not found ({why})", path=adapter_dir,
+                        hint="pass --model with the checkpoint directory the adapter was trained on")
+    return Path(model_dir)
+
+
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -192,17 +203,14 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> AdapterSpec:
     """Inject and load an adapter directory into a freshly loaded base model."""
     from safetensors.torch import load_file
 
-    from mobilepeft.models.mobilevlm import from_checkpoint_key, to_checkpoint_key
-
     adapter_dir = Path(adapter_dir)
     spec, meta = read_adapter_spec(adapter_dir)
     layers = inject_adapters(model, spec)
     if spec.method == "lora":
         expected: dict[str, torch.Tensor] = {}
         for path, layer in layers.items():
-            key = PEFT_PREFIX + pattern_path(path) if path.startswith(LLM_ROOT) else to_checkpoint_key(path)
             for name, p in layer.own_parameters():
-                expected[f"{key}.{name}"] = p
+                expected[f"{_lora_key(path)}.{name}"] = p
         files = ("adapter_model.safetensors", "vision_adapter.safetensors")
     else:
         expected = adapter_parameters(model)
@@ -227,9 +235,28 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> AdapterSpec:
                                 path=adapter_dir / "adapter_model.safetensors",
                                 hint="the adapter was trained on a model of another size")
             param.copy_(stored[key])
-        proj_file = adapter_dir / PROJECTOR_FILE
-        if meta.get("projector_trained") and proj_file.is_file():
-            proj = {from_checkpoint_key(k)[len("mm_projector."):]: v for k, v in load_file(str(proj_file)).items()}
-            model.mm_projector.load_state_dict(proj)
+    proj_file = adapter_dir / PROJECTOR_FILE
+    if meta.get("projector_trained") and proj_file.is_file():
+        load_projector(model, proj_file)
     return spec
+
+
+def save_projector(model: nn.Module, file: Path) -> None:
+    """The projector's weights under their MobileVLM checkpoint names (``model.mm_projector.*``)."""
+    from mobilepeft.models.mobilevlm import to_checkpoint_key
+
+    proj = {to_checkpoint_key("mm_projector." + k): v for k, v in model.mm_projector.state_dict().items()}
+    save_safetensors(proj, file, metadata={"format": "pt"})
+
+
+def load_projector(model: nn.Module, file: Path) -> None:
+    from safetensors.torch import load_file
+
+    from mobilepeft.models.mobilevlm import from_checkpoint_key
+
+    state = {from_checkpoint_key(k)[len("mm_projector."):]: v for k, v in load_file(str(file)).items()}
+    try:
+        model.mm_projector.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UserError(f"projector weights do not fit this model: {exc}", path=file) from exc
 

@@ -15,11 +15,11 @@ import torch
 
 from mobilepeft.adapters.adaring import AdaRingLinear
 from mobilepeft.adapters.dmlora import DMLoRALinear
-from mobilepeft.adapters.files import read_adapter_spec
+from mobilepeft.adapters.files import read_adapter_spec, resolve_base_model
 from mobilepeft.adapters.inject import adapter_layers, adapter_parameters, inject_adapters
 from mobilepeft.adapters.multihead import MultiHeadLinear
 from mobilepeft.adapters.spec import AdapterSpec
-from mobilepeft.errors import UserError
+from mobilepeft.adapters.targets import LLM_ROOT
 
 
 @dataclass
@@ -49,7 +49,7 @@ class AdapterSummary:
 def describe_model_adapters(model: torch.nn.Module, spec: AdapterSpec, *, base_model: str = "",
                             projector_trained: bool = False, nominal_rank: int | None = None) -> AdapterSummary:
     layers = adapter_layers(model)
-    types: Counter[str] = Counter(path.rpartition(".")[2] if path.startswith("llm.") else
+    types: Counter[str] = Counter(path.rpartition(".")[2] if path.startswith(LLM_ROOT) else
                                   "vision:" + path.rpartition(".")[2] for path in layers)
     ranks: Counter[str] = Counter()
     lowered: Counter[int] = Counter()
@@ -84,10 +84,7 @@ def summarize_adapter(adapter_dir: str | Path, model_dir: str | Path | None = No
     from mobilepeft.models.mobilevlm import MobileVLMForCausalLM
 
     spec, meta = read_adapter_spec(adapter_dir)
-    model_dir = model_dir or meta.get("base_model")
-    if not model_dir or not (Path(model_dir) / "config.json").is_file():
-        raise UserError(f"base model {model_dir!r} not found (needed for the module shapes)", path=adapter_dir,
-                        hint="pass --model with the checkpoint directory the adapter was trained on")
+    model_dir = resolve_base_model(adapter_dir, meta, model_dir, "needed for the module shapes")
     config = MobileVLMConfig.from_dir(model_dir)
     with torch.device("meta"):
         model = MobileVLMForCausalLM(config)

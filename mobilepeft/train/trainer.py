@@ -24,7 +24,7 @@ import yaml
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from mobilepeft.adapters.files import save_adapter
+from mobilepeft.adapters.files import PROJECTOR_FILE, load_projector, save_adapter, save_projector
 from mobilepeft.adapters.inject import (
     adapter_layers,
     adapter_parameters,
@@ -38,7 +38,7 @@ from mobilepeft.data.llava import load_llava
 from mobilepeft.errors import UserError
 from mobilepeft.io import atomic_dir, save_safetensors, torch_save, write_json, write_text
 from mobilepeft.loading import load_vlm
-from mobilepeft.models.mobilevlm import MobileVLMForCausalLM, from_checkpoint_key
+from mobilepeft.models.mobilevlm import MobileVLMForCausalLM
 from mobilepeft.schedule.plot import plot_rank_history
 from mobilepeft.schedule.scheduler import RankScheduler
 from mobilepeft.train.config import TrainConfig
@@ -325,26 +325,19 @@ class Trainer:
         else:
             adapter_dir = self.out / "projector"
             with atomic_dir(adapter_dir) as tmp:
-                save_safetensors({f"model.mm_projector.{k}": v for k, v in model.mm_projector.state_dict().items()},
-                                 tmp / "mm_projector.safetensors", metadata={"format": "pt"})
+                save_projector(model, tmp / PROJECTOR_FILE)
         if not self.latest_checkpoint() or int(self.latest_checkpoint().name.split("-")[1]) != total_steps:
             self._save_checkpoint(model, optimizer, scheduler, total_steps)
         return TrainResult(self.out, adapter_dir, total_steps, loss_value, eval_before, eval_after, skipped)
 
 
 def _load_projector(model: MobileVLMForCausalLM, file: Path) -> None:
-    from safetensors.torch import load_file
-
     if file.is_dir():
-        file = file / "mm_projector.safetensors"
+        file = file / PROJECTOR_FILE
     if not file.is_file():
         raise UserError("projector weights not found", path=file,
                         hint="pass OUT/projector/mm_projector.safetensors from a --stage pretrain run")
-    state = {from_checkpoint_key(k)[len("mm_projector."):]: v for k, v in load_file(str(file)).items()}
-    try:
-        model.mm_projector.load_state_dict(state)
-    except RuntimeError as exc:
-        raise UserError(f"projector weights do not fit this model: {exc}", path=file) from exc
+    load_projector(model, file)
 
 
 def _append_metrics(path: Path, record: dict[str, Any]) -> None:
