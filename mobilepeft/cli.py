@@ -23,7 +23,7 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Datasets: generate the built-in synthetic VQA set.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-adapter_app = typer.Typer(help="Inspect adapters and lower them to plain PEFT LoRA.", no_args_is_help=True)
+adapter_app = typer.Typer(help="Inspect adapters, lower them to plain PEFT LoRA, read them back from a device.", no_args_is_help=True)
 app.add_typer(adapter_app, name="adapter")
 
 

@@ -24,7 +24,9 @@ def _tokens_to_grid(x: torch.Tensor) -> torch.Tensor:
     g = math.isqrt(n)
     if g * g != n:
         raise ValueError(f"projector expects a square grid of patch tokens, got {n} tokens")
-    return x.transpose(1, 2).reshape(b, c, g, g)
+    # -1, not b: the TorchScript ONNX exporter turns a traced batch size into Reshape's "copy
+    # dim" 0, which ORT's Reshape gradient then takes literally (a zero-sized batch).
+    return x.transpose(1, 2).reshape(-1, c, g, g)
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -122,8 +124,15 @@ class LDPNetV2Projector(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         grid = _tokens_to_grid(self.mlp(x))
-        side = (grid.shape[-1] + 1) // 2
-        grid = F.adaptive_avg_pool2d(grid, (side, side))
+        if grid.shape[-1] % 2 == 0:
+            # Equal to adaptive pooling to side/2 (windows [2i, 2i+2)); MobileVLM's grids (24, 8)
+            # are even. Written as reshape + mean: exporters lower it with static shapes, and ORT's
+            # AveragePool gradient mis-sizes a dynamic batch (on-device projector training).
+            c, side = grid.shape[1], grid.shape[-1] // 2
+            grid = grid.reshape(-1, c, side, 2, side, 2).mean((3, 5))
+        else:
+            side = (grid.shape[-1] + 1) // 2
+            grid = F.adaptive_avg_pool2d(grid, (side, side))
         return self.peg(grid).flatten(2).transpose(1, 2)
 
 

@@ -1,0 +1,110 @@
+"""The bundle: one directory per exported model, described by ``manifest.json`` (DESIGN.md §7).
+
+The manifest is validated against ``bundle.schema.json`` when written and when read, and
+records every file's size and SHA-256, so a missing, truncated or corrupted file is reported by
+name before a runtime trips over it. Reading checks sizes (cheap); ``verify_hashes`` (used by
+``mobilepeft bundle check``) also re-hashes every file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from mobilepeft.errors import UserError
+from mobilepeft.io import write_json
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+SCHEMA_FILE = Path(__file__).with_name("bundle.schema.json")
+
+
+@cache
+def manifest_schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+
+
+def validate_manifest(manifest: dict[str, Any], where: Path) -> None:
+    """Raise a :class:`UserError` naming the manifest file and the offending field."""
+    import jsonschema
+
+    version = manifest.get("manifest_version") if isinstance(manifest, dict) else None
+    if version != MANIFEST_VERSION:
+        raise UserError(
+            f"manifest_version is {version!r}; this mobilepeft reads version {MANIFEST_VERSION}",
+            path=where, field="manifest_version",
+            hint="re-export the bundle with this mobilepeft version",
+        )
+    validator = jsonschema.Draft202012Validator(manifest_schema())
+    error = jsonschema.exceptions.best_match(validator.iter_errors(manifest))
+    if error is not None:
+        field = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise UserError(f"manifest does not match the bundle schema: {error.message}", path=where, field=field,
+                        hint="re-export the bundle; manifests are written by mobilepeft, not by hand")
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Record every file under ``bundle_dir`` in ``manifest["files"]``, validate, write ``manifest.json``."""
+    files = sorted(p for p in bundle_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
+    manifest = dict(manifest, files={p.relative_to(bundle_dir).as_posix(): file_record(p) for p in files})
+    validate_manifest(manifest, bundle_dir / MANIFEST)
+    write_json(bundle_dir / MANIFEST, manifest)
+    return manifest
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    manifest: dict[str, Any]
+
+    def file(self, relative: str) -> Path:
+        return self.path / relative
+
+    def section(self, name: str) -> dict[str, Any]:
+        if name not in self.manifest:
+            present = [k for k in ("onnx_training", "executorch", "coreml") if k in self.manifest]
+            raise UserError(f"the bundle has no {name!r} section (it has: {', '.join(present) or 'none'})",
+                            path=self.path / MANIFEST, field=name,
+                            hint=f"export one with `mobilepeft export {name.replace('_', '-')}`")
+        return self.manifest[name]
+
+
+def read_bundle(path: str | Path, *, verify_hashes: bool = False) -> Bundle:
+    """Open a bundle directory: manifest parsed and validated, every recorded file present and intact."""
+    path = Path(path)
+    manifest_file = path / MANIFEST
+    if not path.is_dir():
+        raise UserError("bundle directory not found", path=path, hint="pass the --output-dir of an export command")
+    if not manifest_file.is_file():
+        raise UserError("not a bundle: manifest.json is missing", path=manifest_file,
+                        hint="re-export the bundle; an interrupted export never leaves a partial directory")
+    try:
+        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"manifest is not valid JSON ({exc})", path=manifest_file) from exc
+    validate_manifest(manifest, manifest_file)
+    for relative, record in manifest["files"].items():
+        file = path / relative
+        if not file.is_file():
+            raise UserError("file listed in the manifest is missing", path=file,
+                            hint="copy the whole bundle directory, or re-export it")
+        size = file.stat().st_size
+        if size != record["bytes"]:
+            raise UserError(f"file is {size} bytes, the manifest says {record['bytes']} (truncated or replaced)",
+                            path=file, hint="copy the bundle again, or re-export it")
+        if verify_hashes and file_record(file)["sha256"] != record["sha256"]:
+            raise UserError("file content does not match the manifest's SHA-256 (corrupted)", path=file,
+                            hint="copy the bundle again, or re-export it")
+    return Bundle(path, manifest)

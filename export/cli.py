@@ -1,0 +1,138 @@
+"""The deployment commands of the ``mobilepeft`` CLI, and the CLI's entry point.
+
+The training-side commands live in :mod:`mobilepeft.cli`; this module adds ``export``,
+``personalize``, ``bundle`` and ``adapter from-ort`` to the same typer app, so data flows one
+way (``mobilepeft`` never imports ``mobilepeft.export``) while users see one command.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mobilepeft.cli import adapter_app, app
+from mobilepeft.cli import main as _main
+
+export_app = typer.Typer(help="Export a model + adapter for phones (bundles described by manifest.json).",
+                         no_args_is_help=True)
+app.add_typer(export_app, name="export")
+bundle_app = typer.Typer(help="Inspect and verify exported bundles.", no_args_is_help=True)
+app.add_typer(bundle_app, name="bundle")
+
+
+@export_app.command("onnx-training")
+def export_onnx_training_cmd(
+    model: Annotated[Path, typer.Option(help="Base MobileVLM checkpoint directory.")],
+    adapter: Annotated[Path, typer.Option(help="Trained adapter directory (any method; lowered to LoRA).")],
+    output_dir: Annotated[Path, typer.Option(help="Bundle directory to write (replaced atomically).")],
+    seq_len: Annotated[int | None, typer.Option(help="Padded sequence length the app trains with, image tokens included (default: image tokens + 96, rounded up to 64).")] = None,
+    train_projector: Annotated[bool, typer.Option("--train-projector/--no-train-projector", help="Train the LDP projector on device too (the graph then takes CLIP features).")] = False,
+    optimizer: Annotated[str, typer.Option(help="adamw or sgd (both clip the gradient norm at 1).")] = "adamw",
+    lr: Annotated[float | None, typer.Option(help="Default learning rate recorded for the app (default: 1e-4 adamw, 1e-2 sgd).")] = None,
+    ort_format: Annotated[bool, typer.Option("--ort-format", help="Also write .ort copies of the graphs (smaller, faster to load on device).")] = False,
+    sample_data: Annotated[Path | None, typer.Option(help="LLaVA JSON whose first sample becomes selftest.npz (default: a built-in synthetic sample).")] = None,
+    image_folder: Annotated[Path | None, typer.Option(help="Image folder of --sample-data (default: its folder).")] = None,
+) -> None:
+    """Write ONNX Runtime on-device training artifacts: training/eval/optimizer graphs, checkpoint,
+    nominal checkpoint, vision encoder, tokenizer, manifest.json and a self-test batch.
+
+    The export checks itself: ORT's eval loss on the self-test batch must equal the PyTorch
+    model's loss (rel. 1e-4) before the bundle appears. See docs/on-device-training.md.
+
+    Example: mobilepeft export onnx-training --model ckpt/ --adapter runs/lora/adapter --output-dir bundles/ort
+    """
+    from mobilepeft.export.onnx_training import export_onnx_training
+
+    manifest = export_onnx_training(model, adapter, output_dir, seq_len=seq_len, train_projector=train_projector,
+                                    optimizer=optimizer, learning_rate=lr, ort_format=ort_format,
+                                    sample_data=sample_data, image_folder=image_folder, echo=typer.echo)
+    sizes = {k: v["bytes"] for k, v in manifest["files"].items()}
+    total = sum(sizes.values())
+    typer.echo(f"wrote {output_dir}: {len(sizes)} files, {total / 1e6:.1f} MB "
+               f"(checkpoint {sizes['checkpoint'] / 1e6:.1f} MB, "
+               f"{len(manifest['onnx_training']['trainable'])} trainable tensors)")
+
+
+@app.command("personalize")
+def personalize_cmd(
+    bundle: Annotated[Path, typer.Option(help="Bundle from `mobilepeft export onnx-training`.")],
+    data: Annotated[Path, typer.Option(help="The user's samples, LLaVA-format JSON.")],
+    output_dir: Annotated[Path, typer.Option(help="Where the updated checkpoint, inference model and report go.")],
+    image_folder: Annotated[Path | None, typer.Option(help="Folder the JSON's image paths are relative to (default: its folder).")] = None,
+    eval_data: Annotated[Path | None, typer.Option(help="Held-out samples for the before/after loss (default: --data).")] = None,
+    eval_image_folder: Annotated[Path | None, typer.Option(help="Image folder of --eval-data (default: its folder).")] = None,
+    steps: Annotated[int, typer.Option(help="Training steps (trainStep + optimizerStep + lazyResetGrad).")] = 20,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default: the bundle's).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Samples per step.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the sample order.")] = 0,
+    threads: Annotated[int | None, typer.Option(help="ORT intra-op threads (default: all cores).")] = None,
+) -> None:
+    """Replay the phone's training loop with onnxruntime.training on the bundle's artifacts.
+
+    Writes OUT/checkpoint (what the phone keeps), OUT/inference_model.onnx (trained weights baked
+    in) and OUT/personalize.json. Turn the checkpoint back into an adapter with
+    `mobilepeft adapter from-ort`.
+
+    Example: mobilepeft personalize --bundle bundles/ort --data my.json --steps 20 --output-dir runs/me
+    """
+    from mobilepeft.export.personalize import personalize
+
+    report = personalize(bundle, data, output_dir, image_folder=image_folder, eval_data=eval_data,
+                         eval_image_folder=eval_image_folder, steps=steps, lr=lr, batch_size=batch_size,
+                         seed=seed, threads=threads, echo=typer.echo)
+    typer.echo(f"loss {report.eval_loss_before:.4f} -> {report.eval_loss_after:.4f}; "
+               f"median step {report.train_step_ms_median:.1f} ms; wrote {output_dir}")
+
+
+@adapter_app.command("from-ort")
+def adapter_from_ort_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="ORT checkpoint saved on the device (or by `mobilepeft personalize`).")],
+    bundle: Annotated[Path, typer.Option(help="The bundle the device trained with.")],
+    output_dir: Annotated[Path, typer.Option(help="Where the PEFT LoRA adapter goes.")],
+) -> None:
+    """Turn an on-device checkpoint back into a PEFT LoRA adapter (merge it, re-export it, load it in PEFT).
+
+    Example: mobilepeft adapter from-ort runs/me/checkpoint --bundle bundles/ort --output-dir runs/me/adapter
+    """
+    from mobilepeft.export.ort_adapter import adapter_from_ort
+
+    path = adapter_from_ort(checkpoint, bundle, output_dir)
+    typer.echo(f"wrote PEFT LoRA adapter to {path}")
+
+
+@bundle_app.command("check")
+def bundle_check_cmd(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Validate the manifest against the schema, re-hash every file, and run the self-test:
+    ORT's eval loss on selftest.npz must equal the PyTorch loss recorded at export.
+
+    Exit status 1 if the self-test fails.
+    """
+    from dataclasses import asdict
+
+    from mobilepeft.export.bundle import read_bundle
+    from mobilepeft.export.personalize import run_selftest
+
+    opened = read_bundle(bundle, verify_hashes=True)
+    result = run_selftest(opened)
+    if json_out:
+        typer.echo(json.dumps(dict(asdict(result), passed=result.passed), indent=2))
+    else:
+        typer.echo(f"{bundle}: manifest valid, {len(opened.manifest['files'])} files intact")
+        typer.echo(f"self-test: PyTorch loss {result.reference_loss:.6f}, ORT eval loss {result.ort_eval_loss:.6f} "
+                   f"(rel. diff {result.relative_error:.1e}, tolerance {result.rtol:.0e}); "
+                   f"one train step: loss {result.train_step_loss:.6f}")
+        typer.echo("PASS" if result.passed else "FAIL")
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+main = _main
+
+if __name__ == "__main__":
+    main()

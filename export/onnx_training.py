@@ -1,0 +1,397 @@
+"""``mobilepeft export onnx-training``: ONNX Runtime on-device training artifacts for an adapter.
+
+Pipeline (every step inside a temporary directory that replaces the bundle only when all
+checks pass, so a failed export never leaves a half-written bundle):
+
+1. lower the adapter (any method) to its exact PEFT LoRA form — the bundle's ``adapter/``;
+2. export ``TextDecoderForTraining`` with the TorchScript exporter at opset 15 in training mode
+   with constant folding off: weights keep their names (LoRA tensors can be marked trainable)
+   and no ``CastLike`` or single-output ``LayerNormalization`` appears (no ORT gradient);
+3. ``generate_artifacts`` in a scratch working directory (it drops temp files into the CWD),
+   cross-entropy with ``ignore_index=-100`` on the flattened logits, AdamW or SGD with
+   gradient-norm clipping;
+4. export the frozen vision encoder as an ONNX inference model;
+5. build ``selftest.npz`` from a real sample and require ORT's eval loss to equal the PyTorch
+   model's loss (and the ONNX vision encoder to equal PyTorch's) before writing the manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from mobilepeft.export.bundle import write_manifest
+from mobilepeft.export.ort_batch import encode_sample, stack_batch
+from mobilepeft.export.ort_runtime import OrtTrainer, VisionRunner, relative_error
+from mobilepeft.export.training_graph import (
+    FLAT_LOGITS,
+    LABELS,
+    LOGITS,
+    TEXT_INPUTS,
+    TextDecoderForTraining,
+    VisionEncoder,
+    differentiable_activations,
+)
+
+from mobilepeft.data.llava import Conversation, load_llava
+from mobilepeft.data.template import SYSTEM_PROMPT, tokenize_conversation
+from mobilepeft.errors import UserError
+from mobilepeft.io import atomic_dir
+from mobilepeft.models.image_processing import CLIP_MEAN, CLIP_STD, PAD_COLOR
+from mobilepeft.models.mobilevlm import MobileVLMForCausalLM, to_checkpoint_key
+from mobilepeft.models.tokenizer import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+OPSET = 15  # ORT 1.19.2 takes <= 21; at 15 LayerNorm is decomposed (its ORT gradient needs 3 outputs)
+MAX_IR_VERSION = 10
+OPTIMIZERS = ("adamw", "sgd")
+DEFAULT_LR = {"adamw": 1e-4, "sgd": 1e-2}
+MAX_GRAD_NORM = 1.0
+SELFTEST_RTOL = 1e-4
+ADAPTER_DIR = "adapter"
+PEFT_PREFIX = "base_model.model."
+
+
+def default_seq_len(num_image_tokens: int) -> int:
+    """Room for the image tokens plus 96 text tokens, rounded up to a multiple of 64."""
+    return int(math.ceil((num_image_tokens + 96) / 64) * 64)
+
+
+def export_onnx_training(
+    model_dir: str | Path,
+    adapter_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    seq_len: int | None = None,
+    train_projector: bool = False,
+    optimizer: str = "adamw",
+    learning_rate: float | None = None,
+    ort_format: bool = False,
+    sample_data: str | Path | None = None,
+    image_folder: str | Path | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Write the bundle ``out_dir`` and return its manifest (see the module docstring)."""
+    from mobilepeft.loading import load_vlm
+    from mobilepeft.merge import lower_adapter
+
+    if optimizer not in OPTIMIZERS:
+        raise UserError(f"unknown optimizer {optimizer!r}", field="optimizer", hint="adamw or sgd")
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    with atomic_dir(out_dir) as tmp, tempfile.TemporaryDirectory(prefix="mobilepeft-onnx-") as scratch_name:
+        scratch = Path(scratch_name)
+        echo("[1/5] lowering the adapter to LoRA")
+        lower_adapter(adapter_dir, tmp / ADAPTER_DIR, model_dir)
+        model = load_vlm(model_dir, adapter=tmp / ADAPTER_DIR)
+        num_image_tokens = model.config.num_image_tokens
+        seq_len = seq_len or default_seq_len(num_image_tokens)
+        if seq_len <= num_image_tokens:
+            raise UserError(f"--seq-len {seq_len} leaves no room for text after {num_image_tokens} image tokens",
+                            field="seq-len", hint=f"use at least {default_seq_len(num_image_tokens)}")
+        conv, folder = _selftest_sample(sample_data, image_folder, scratch)
+
+        echo(f"[2/5] exporting the text decoder (seq_len {seq_len}, opset {OPSET})")
+        decoder = TextDecoderForTraining(model, train_projector=train_projector)
+        trainable = _mark_trainable(model, train_projector)
+        row = encode_sample(conv, model.tokenizer, num_image_tokens=num_image_tokens, seq_len=seq_len,
+                            pad_id=model.tokenizer.pad_id)
+        pixel_values = _pixel_values(model, conv, folder)
+        vision = VisionEncoder(model, include_projector=not train_projector).eval()
+        with torch.no_grad():
+            image_input = vision(pixel_values).numpy() if pixel_values is not None else None
+        if image_input is None:
+            image_input = np.zeros((1, *_image_input_shape(model, train_projector)), dtype=np.float32)
+        batch = stack_batch([row], decoder.image_input, image_input)
+        onnx_model = _export_decoder(decoder, batch, scratch / "decoder.onnx")
+        frozen = [n for n, p in decoder.named_parameters() if n not in trainable]
+
+        echo(f"[3/5] generating ORT training artifacts ({optimizer}, {len(trainable)} trainable tensors)")
+        _generate_artifacts(onnx_model, trainable, frozen, optimizer, tmp, scratch, ort_format)
+
+        echo("[4/5] exporting the vision encoder")
+        vision_file = tmp / "vision_encoder.onnx"
+        _export_vision(vision, model, vision_file, scratch)
+
+        echo("[5/5] self-test: ORT vs PyTorch on a real sample")
+        reference = _pytorch_loss(model, conv, pixel_values, seq_len)
+        np.savez(tmp / "selftest.npz", **batch, reference_loss=np.float64(reference))
+        trainer = OrtTrainer(tmp / "training_model.onnx", tmp / "eval_model.onnx", tmp / "optimizer_model.onnx",
+                             tmp / "checkpoint")
+        ort_loss = trainer.eval_loss(batch)
+        if relative_error(ort_loss, reference) > SELFTEST_RTOL:
+            raise RuntimeError(f"ORT eval loss {ort_loss:.6f} != PyTorch loss {reference:.6f}: exporter bug")
+        if pixel_values is not None:
+            onnx_image = VisionRunner(vision_file).encode(pixel_values.numpy())
+            if relative_error(onnx_image, image_input) > SELFTEST_RTOL:
+                raise RuntimeError("ONNX vision encoder differs from PyTorch: exporter bug")
+        echo(f"      PyTorch loss {reference:.6f}, ORT eval loss {ort_loss:.6f} "
+             f"(rel. diff {relative_error(ort_loss, reference):.1e})")
+
+        model.tokenizer.save(tmp)
+        manifest = _manifest(model, model_dir, decoder, trainable, frozen, batch, seq_len, optimizer,
+                             learning_rate or DEFAULT_LR[optimizer], train_projector, reference, ort_format,
+                             trainer.loss_output)
+        manifest = write_manifest(tmp, manifest)
+    return manifest
+
+
+def _selftest_sample(sample_data: str | Path | None, image_folder: str | Path | None,
+                     scratch: Path) -> tuple[Conversation, Path]:
+    """The first sample of ``sample_data``, or one sample of the built-in synthetic dataset."""
+    if sample_data is None:
+        from mobilepeft.data.synth import write_synthetic_dataset
+
+        info = write_synthetic_dataset(scratch / "sample", n_train=1, n_val=0, seed=0)
+        sample_data, image_folder = info["train_json"], info["image_folder"]
+    folder = Path(image_folder) if image_folder is not None else Path(sample_data).parent
+    conversations, _ = load_llava(sample_data, folder)
+    if not conversations:
+        raise UserError("no samples in the self-test data", path=sample_data)
+    return conversations[0], folder
+
+
+def _mark_trainable(model: MobileVLMForCausalLM, train_projector: bool) -> list[str]:
+    """Parameter names (as the decoder module names them) that ORT trains; everything else frozen."""
+    from mobilepeft.adapters.inject import adapter_parameters
+
+    model.requires_grad_(False)
+    lora = {n for n, _ in adapter_parameters(model).items() if n.startswith("llm.")}
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in lora or (train_projector and name.startswith("mm_projector.")))
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _pixel_values(model: MobileVLMForCausalLM, conv: Conversation, folder: Path) -> torch.Tensor | None:
+    if conv.image is None:
+        return None
+    from PIL import Image
+
+    with Image.open(folder / conv.image) as image:
+        return model.preprocess_images([image])
+
+
+def _image_input_shape(model: MobileVLMForCausalLM, train_projector: bool) -> tuple[int, int]:
+    cfg = model.config
+    if train_projector:
+        return cfg.grid_size * cfg.grid_size, cfg.mm_hidden_size
+    return cfg.num_image_tokens, cfg.hidden_size
+
+
+@contextlib.contextmanager
+def _quiet_export():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+@contextlib.contextmanager
+def _native_stderr_captured():
+    """ORT's gradient builder logs every graph pass at INFO to fd 2, whatever the Python-side
+    severity; keep that out of the terminal, but show its tail if artifact generation fails."""
+    import os
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        except Exception as exc:
+            os.dup2(saved, 2)
+            log.seek(0)
+            tail = log.read().decode(errors="replace").strip().splitlines()[-20:]
+            if not tail:
+                raise
+            raise RuntimeError(f"ORT artifact generation failed ({exc}); its log ends with:\n" + "\n".join(tail)) from exc
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _export_decoder(decoder: TextDecoderForTraining, batch: dict[str, np.ndarray], file: Path):
+    import onnx
+
+    names = [*TEXT_INPUTS, decoder.image_input]
+    args = tuple(torch.from_numpy(batch[n]) for n in names)
+    dynamic = {n: {0: "batch", 1: "seq"} for n in TEXT_INPUTS} | {decoder.image_input: {0: "batch"}}
+    with _quiet_export(), differentiable_activations(decoder):
+        torch.onnx.export(decoder, args, str(file), dynamo=False, opset_version=OPSET, export_params=True,
+                          training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False,
+                          input_names=names, output_names=[LOGITS, FLAT_LOGITS], dynamic_axes=dynamic)
+    model = onnx.load(str(file))
+    _check_trainable_graph(model, file)
+    return model
+
+
+def _check_trainable_graph(model, file: Path) -> None:
+    """Fail loudly on what ORT 1.19.2 cannot train (DESIGN.md §3), instead of at artifact time."""
+    if model.ir_version > MAX_IR_VERSION:
+        raise RuntimeError(f"{file}: IR version {model.ir_version} > {MAX_IR_VERSION} (pin onnx<1.18)")
+    opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset > 21:
+        raise RuntimeError(f"{file}: opset {opset} > 21, which ORT 1.19.2 cannot run")
+    no_grad = {"CastLike"} & {n.op_type for n in model.graph.node}
+    if no_grad:
+        raise RuntimeError(f"{file}: ops without an ORT gradient builder: {sorted(no_grad)}")
+
+
+def _generate_artifacts(onnx_model, trainable: list[str], frozen: list[str], optimizer: str, out: Path,
+                        scratch: Path, ort_format: bool) -> None:
+    from onnxruntime.training import artifacts, onnxblock
+
+    initializers = {i.name for i in onnx_model.graph.initializer}
+    missing = [n for n in trainable if n not in initializers]
+    if missing:
+        raise RuntimeError(f"trainable tensors lost their names in the ONNX graph: {missing[:3]}")
+    clip = onnxblock.optim.ClipGradNorm(MAX_GRAD_NORM)
+    optim = onnxblock.optim.AdamW(clip_grad=clip) if optimizer == "adamw" else onnxblock.optim.SGD(clip_grad=clip)
+    with contextlib.chdir(scratch), _quiet_export(), _native_stderr_captured():
+        artifacts.generate_artifacts(
+            onnx_model,
+            requires_grad=trainable,
+            frozen_params=[n for n in frozen if n in initializers],
+            loss=onnxblock.loss.CrossEntropyLoss(ignore_index=IGNORE_INDEX),
+            optimizer=optim,
+            artifact_directory=str(out),
+            nominal_checkpoint=True,
+            loss_input_names=[FLAT_LOGITS],
+            ort_format=ort_format,
+        )
+    for leftover in out.glob("*.required_operators*"):
+        leftover.unlink()
+
+
+def _export_vision(vision: VisionEncoder, model: MobileVLMForCausalLM, file: Path, scratch: Path) -> None:
+    size = model.config.image_size
+    example = torch.zeros(1, 3, size, size)
+    with _quiet_export():
+        torch.onnx.export(vision, (example,), str(file), dynamo=False, opset_version=OPSET,
+                          input_names=["pixel_values"], output_names=["image_tokens"],
+                          dynamic_axes={"pixel_values": {0: "batch"}, "image_tokens": {0: "batch"}})
+
+
+def _pytorch_loss(model: MobileVLMForCausalLM, conv: Conversation, pixel_values: torch.Tensor | None,
+                  seq_len: int) -> float:
+    """The loss of the original model's own forward (image splicing and all), the self-test's reference."""
+    ids, labels = tokenize_conversation(conv.turns, model.tokenizer, num_image_tokens=model.config.num_image_tokens,
+                                        max_length=seq_len)
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.tensor([ids]), pixel_values=pixel_values, labels=torch.tensor([labels]))
+    return float(out.loss)
+
+
+def _manifest(model: MobileVLMForCausalLM, model_dir: Path, decoder: TextDecoderForTraining, trainable: list[str],
+              frozen: list[str], batch: dict[str, np.ndarray], seq_len: int, optimizer: str, lr: float,
+              train_projector: bool, reference: float, ort_format: bool, loss_output: str) -> dict[str, Any]:
+    import onnxruntime
+
+    from mobilepeft import __version__
+
+    cfg = model.config
+    tok = model.tokenizer
+    params = dict(decoder.named_parameters())
+    image_shape = ["batch", *batch[decoder.image_input].shape[1:]]
+    image_desc = ("CLIP features (vision_encoder output); the projector trains on device" if train_projector
+                  else "projected image tokens (vision_encoder output)")
+    section: dict[str, Any] = {
+        "runtime": f"onnxruntime-training {onnxruntime.__version__}",
+        "opset": OPSET,
+        "training_model": "training_model.onnx",
+        "eval_model": "eval_model.onnx",
+        "optimizer_model": "optimizer_model.onnx",
+        "checkpoint": "checkpoint",
+        "nominal_checkpoint": "nominal_checkpoint",
+        "vision_encoder": {
+            "file": "vision_encoder.onnx",
+            "input": {"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, cfg.image_size, cfg.image_size]},
+            "output": {"name": "image_tokens", "dtype": "float32", "shape": image_shape},
+        },
+        "adapter_dir": ADAPTER_DIR,
+        "selftest": {"file": "selftest.npz", "loss": reference, "rtol": SELFTEST_RTOL},
+        "inputs": [
+            {"name": "input_ids", "dtype": "int64", "shape": ["batch", seq_len],
+             "description": f"template ids, right-padded with pad_id; an image fills {cfg.num_image_tokens} "
+                            f"consecutive positions holding {IMAGE_TOKEN_INDEX}"},
+            {"name": "attention_mask", "dtype": "int64", "shape": ["batch", seq_len],
+             "description": "1 for real tokens (image positions included), 0 for padding"},
+            {"name": decoder.image_input, "dtype": "float32", "shape": image_shape,
+             "description": f"{image_desc}; zeros for a row without an image"},
+        ],
+        "label": {"name": LABELS, "dtype": "int64", "shape": [f"batch*{seq_len}"],
+                  "description": "labels[b*seq_len+t] = token position t must predict (the next one), "
+                                 f"{IGNORE_INDEX} where unsupervised (prompt, image, padding, last position)"},
+        "ignore_index": IGNORE_INDEX,
+        "loss_output": loss_output,
+        "inference_outputs": [LOGITS],
+        "image_input": decoder.image_input,
+        "trainable": [{"name": n, "shape": list(params[n].shape), "adapter_key": _adapter_key(n)} for n in trainable],
+        "frozen": {"count": len(frozen), "bytes": sum(params[n].numel() * params[n].element_size() for n in frozen)},
+        "optimizer": {"type": optimizer, "default_learning_rate": lr, "max_grad_norm": MAX_GRAD_NORM},
+        "train_projector": train_projector,
+        "lora_dropout": float(_lora_dropout(model)),
+    }
+    if ort_format:
+        section["ort_format"] = {k: f"{k}.ort" for k in ("training_model", "eval_model", "optimizer_model")}
+    return {
+        "format": "mobilepeft-bundle",
+        "manifest_version": 1,
+        "created_by": f"mobilepeft {__version__}",
+        "model": {
+            "family": "mobilevlm",
+            "projector_type": cfg.projector_type,
+            "hidden_size": cfg.hidden_size,
+            "num_hidden_layers": cfg.llama_config().num_hidden_layers,
+            "vocab_size": cfg.llama_config().vocab_size,
+            "num_image_tokens": cfg.num_image_tokens,
+            "mm_hidden_size": cfg.mm_hidden_size,
+            "base_model": str(model_dir),
+        },
+        "tokenizer": {"file": tok.file.name, "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id},
+        "prompt": {
+            "template": "v1",
+            "system": SYSTEM_PROMPT,
+            "first_turn": "{system} USER: {question} ASSISTANT:",
+            "next_turn": "USER: {question} ASSISTANT:",
+            "stop": "</s>",
+            "image_placeholder": "<image>",
+            "image_token_id": IMAGE_TOKEN_INDEX,
+        },
+        "image_preprocessing": {
+            "size": cfg.image_size,
+            "aspect": "pad",
+            "pad_color": list(PAD_COLOR),
+            "resize": "shortest_side_bicubic",
+            "crop": "center",
+            "rescale": 1 / 255,
+            "mean": list(CLIP_MEAN),
+            "std": list(CLIP_STD),
+            "layout": "NCHW",
+        },
+        "max_seq_len": seq_len,
+        "onnx_training": section,
+    }
+
+
+def _adapter_key(name: str) -> str:
+    """ORT parameter name -> tensor name in the adapter directory."""
+    if name.startswith("llm."):
+        return PEFT_PREFIX + name[len("llm."):]
+    return to_checkpoint_key(name)
+
+
+def _lora_dropout(model: MobileVLMForCausalLM) -> float:
+    from mobilepeft.adapters.inject import adapter_layers
+
+    for layer in adapter_layers(model).values():
+        drop = getattr(layer, "lora_dropout", None)
+        return float(getattr(drop, "p", 0.0))
+    return 0.0
+

@@ -1,0 +1,56 @@
+"""``mobilepeft adapter from-ort``: an on-device ORT checkpoint back to a PEFT adapter directory.
+
+The bundle keeps the LoRA adapter it was exported from (``adapter/``: PEFT config, our
+metadata, the frozen extras such as a CLIP-tower LoRA or a projector that did not train on the
+device). The result is that directory with the trained tensors read from the checkpoint, so
+``mobilepeft merge``, PEFT and every exporter take it like any trained adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from mobilepeft.export.bundle import read_bundle
+from mobilepeft.export.ort_runtime import load_checkpoint_state
+
+from mobilepeft.adapters.files import META_FILE, PROJECTOR_FILE
+from mobilepeft.errors import UserError
+from mobilepeft.io import atomic_dir, save_safetensors, write_json
+
+ADAPTER_FILE = "adapter_model.safetensors"
+
+
+def adapter_from_ort(checkpoint: str | Path, bundle_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write ``out_dir``: the bundle's adapter with the trainable tensors taken from ``checkpoint``."""
+    checkpoint = Path(checkpoint)
+    bundle = read_bundle(bundle_dir)
+    sec = bundle.section("onnx_training")
+    state = load_checkpoint_state(checkpoint)
+    lora: dict[str, torch.Tensor] = {}
+    projector: dict[str, torch.Tensor] = {}
+    for entry in sec["trainable"]:
+        try:
+            value = np.array(state.parameters[entry["name"]].data)
+        except (KeyError, RuntimeError) as exc:
+            raise UserError(f"the checkpoint has no parameter {entry['name']!r}: it was not trained from this bundle",
+                            path=checkpoint, hint="pass the bundle the phone's artifacts came from") from exc
+        if list(value.shape) != entry["shape"]:
+            raise UserError(f"parameter {entry['name']!r} has shape {list(value.shape)}, the bundle says "
+                            f"{entry['shape']}", path=checkpoint, hint="pass the bundle the checkpoint came from")
+        target = projector if entry["adapter_key"].startswith("model.mm_projector.") else lora
+        target[entry["adapter_key"]] = torch.from_numpy(value)
+    source = bundle.file(sec["adapter_dir"])
+    with atomic_dir(out_dir) as tmp:
+        for file in source.iterdir():
+            if file.is_file():
+                shutil.copyfile(file, tmp / file.name)
+        save_safetensors(lora, tmp / ADAPTER_FILE, metadata={"format": "pt"})
+        if projector:
+            save_safetensors(projector, tmp / PROJECTOR_FILE, metadata={"format": "pt"})
+            meta = json.loads((tmp / META_FILE).read_text(encoding="utf-8"))
+            write_json(tmp / META_FILE, dict(meta, projector_trained=True))
+    return Path(out_dir)

@@ -1,0 +1,123 @@
+"""Thin wrappers over ``onnxruntime.training.api``: the calls a phone app makes, named as it names them.
+
+``OrtTrainer`` is the desktop stand-in for Android's ``OrtTrainingSession`` / iOS's
+``ORTTrainingSession``: load a checkpoint, ``train_step`` (trainStep + optimizerStep +
+lazyResetGrad), ``eval_loss`` (evalStep), ``save_checkpoint``, ``export_inference``
+(exportModelForInference). Every file error names the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+
+from mobilepeft.errors import UserError
+
+onnxruntime.set_default_logger_severity(3)  # ORT logs every graph transformer at INFO otherwise
+
+
+def relative_error(value: np.ndarray | float, reference: np.ndarray | float) -> float:
+    """max |value - reference| / max(|reference|, tiny) — one number for scalars and arrays."""
+    value, reference = np.asarray(value, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    return float(np.max(np.abs(value - reference)) / max(float(np.max(np.abs(reference))), 1e-12))
+
+
+def session_options(threads: int | None) -> onnxruntime.SessionOptions:
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+def load_checkpoint_state(path: Path):
+    from onnxruntime.training.api import CheckpointState
+
+    if not path.is_file():
+        raise UserError("ORT checkpoint not found", path=path)
+    try:
+        return CheckpointState.load_checkpoint(str(path))
+    except Exception as exc:  # ORT raises RuntimeError/Fail subclasses with flatbuffer messages
+        raise UserError(f"cannot read the ORT checkpoint ({type(exc).__name__}: {str(exc).strip()[:200]})",
+                        path=path, hint="the file is corrupt or not an ORT training checkpoint; copy it again") from exc
+
+
+class OrtTrainer:
+    """One ORT training session over the bundle's artifacts (optionally starting from another checkpoint)."""
+
+    def __init__(self, training_model: Path, eval_model: Path, optimizer_model: Path, checkpoint: Path,
+                 *, threads: int | None = None) -> None:
+        from onnxruntime.training.api import Module, Optimizer
+
+        self.state = load_checkpoint_state(Path(checkpoint))
+        options = session_options(threads)
+        try:
+            self.module = Module(str(training_model), self.state, str(eval_model), session_options=options)
+            self.optimizer = Optimizer(str(optimizer_model), self.module)
+        except Exception as exc:
+            raise UserError(f"ONNX Runtime cannot load the training artifacts ({str(exc).strip()[:300]})",
+                            path=Path(training_model).parent, hint="re-export the bundle") from exc
+        self.eval_model = Path(eval_model)
+        self.input_names = list(self.module.input_names())
+        self.loss_output = self.module.output_names()[0]
+
+    def _feeds(self, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
+        missing = [n for n in self.input_names if n not in batch]
+        if missing:
+            raise ValueError(f"batch lacks graph inputs {missing}")
+        return [batch[n] for n in self.input_names]
+
+    def eval_loss(self, batch: dict[str, np.ndarray]) -> float:
+        self.module.eval()
+        return float(np.asarray(self.module(*self._feeds(batch))))
+
+    def train_step(self, batch: dict[str, np.ndarray]) -> float:
+        self.module.train()
+        loss = float(np.asarray(self.module(*self._feeds(batch))))
+        self.optimizer.step()
+        self.module.lazy_reset_grad()
+        return loss
+
+    def set_learning_rate(self, lr: float) -> None:
+        self.optimizer.set_learning_rate(lr)
+
+    def parameters(self, names: list[str]) -> dict[str, np.ndarray]:
+        return {n: np.array(self.state.parameters[n].data) for n in names}
+
+    def save_checkpoint(self, path: Path) -> None:
+        """Atomically: a crash mid-write leaves the previous checkpoint (or none), never half of one."""
+        from onnxruntime.training.api import CheckpointState
+
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            CheckpointState.save_checkpoint(self.state, str(tmp))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def export_inference(self, path: Path, outputs: list[str]) -> None:
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            self.module.export_model_for_inferencing(str(tmp), outputs)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+class VisionRunner:
+    """The frozen vision encoder as an ONNX inference session (pixels -> image tokens)."""
+
+    def __init__(self, file: Path, *, threads: int | None = None) -> None:
+        try:
+            self.session = onnxruntime.InferenceSession(str(file), session_options(threads),
+                                                        providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise UserError(f"ONNX Runtime cannot load the vision encoder ({str(exc).strip()[:200]})", path=file,
+                            hint="re-export the bundle") from exc
+        self.input = self.session.get_inputs()[0].name
+
+    def encode(self, pixel_values: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: np.ascontiguousarray(pixel_values, dtype=np.float32)})[0]

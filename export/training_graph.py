@@ -1,0 +1,121 @@
+"""Export-friendly modules for ONNX Runtime on-device training.
+
+The phone's training step is split in two (docs/on-device-training.md):
+
+* ``VisionEncoder``: pixels -> image tokens, run once per photo by the deployed vision encoder
+  (frozen; ONNX inference model here, the ExecuTorch ``vision_encoder`` method on a phone);
+* ``TextDecoderForTraining``: token ids + those image tokens -> logits, the graph ORT
+  differentiates. Only LoRA tensors (and, with ``train_projector``, the LDP projector) train.
+
+The decoder graph is built from the model's own modules (LoRA-wrapped linears, RMSNorm, RoPE,
+attention) so it computes exactly what ``MobileVLMForCausalLM`` computes, with the traps of
+DESIGN.md §3 kept out of the graph: the causal + padding mask is explicit (transformers' mask
+code would call ``torch.diff``, which ONNX cannot express), and logits are also emitted
+flattened to ``(B*T, V)``, the only shape ORT's ``SoftmaxCrossEntropyLoss`` accepts.
+
+Image tokens enter through the ids: each image occupies ``num_image_tokens`` consecutive
+positions holding ``IMAGE_TOKEN_INDEX`` (-200); position k of that span takes image token k.
+This keeps one graph valid for any prompt layout and needs no extra index input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from mobilepeft.models.mobilevlm import MobileVLMForCausalLM
+from mobilepeft.models.tokenizer import IMAGE_TOKEN_INDEX
+
+TEXT_INPUTS = ("input_ids", "attention_mask")
+IMAGE_EMBEDS = "image_embeds"
+IMAGE_FEATURES = "image_features"
+LOGITS = "logits"
+FLAT_LOGITS = "flat_logits"
+LABELS = "labels"
+
+
+class TextDecoderForTraining(nn.Module):
+    """``(input_ids, attention_mask, image input) -> (logits [B,T,V], flat_logits [B*T,V])``.
+
+    The image input is ``image_embeds`` [B, P, hidden] (projected image tokens) or, when the
+    projector trains on the device, ``image_features`` [B, N, mm_hidden] (CLIP features) that
+    the graph projects itself. Text-only rows carry no -200 positions; their image input is
+    ignored (any values, e.g. zeros).
+    """
+
+    def __init__(self, model: MobileVLMForCausalLM, *, train_projector: bool) -> None:
+        super().__init__()
+        self.llm = model.llm
+        self.mm_projector = model.mm_projector if train_projector else None
+        self.num_image_tokens = model.config.num_image_tokens
+
+    @property
+    def image_input(self) -> str:
+        return IMAGE_FEATURES if self.mm_projector is not None else IMAGE_EMBEDS
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        decoder = self.llm.model
+        image_embeds = self.mm_projector(image) if self.mm_projector is not None else image
+        is_image = input_ids == IMAGE_TOKEN_INDEX
+        tokens = decoder.embed_tokens(input_ids.clamp(min=0))
+        slot = (is_image.long().cumsum(-1) - 1).clamp(0, self.num_image_tokens - 1)
+        picked = torch.gather(image_embeds.to(tokens.dtype), 1,
+                              slot[..., None].expand(-1, -1, tokens.shape[-1]))
+        hidden = torch.where(is_image[..., None], picked, tokens)
+
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        length = input_ids.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=input_ids.device).tril()
+        allowed = causal[None, None] & attention_mask.bool()[:, None, None, :]
+        # finfo.min rather than -inf: a fully masked row (left padding) stays finite.
+        mask = torch.where(allowed, torch.zeros((), dtype=hidden.dtype),
+                           torch.full((), torch.finfo(hidden.dtype).min, dtype=hidden.dtype))
+        rope = decoder.rotary_emb(hidden, positions)
+        for layer in decoder.layers:
+            hidden = layer(hidden, attention_mask=mask, position_ids=positions, position_embeddings=rope)
+        logits = self.llm.lm_head(decoder.norm(hidden))
+        return logits, logits.reshape(-1, logits.shape[-1])
+
+
+class _HardSwish(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.clamp(x + 3.0, 0.0, 6.0) / 6.0
+
+
+class _HardSigmoid(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(x + 3.0, 0.0, 6.0) / 6.0
+
+
+@contextlib.contextmanager
+def differentiable_activations(module: nn.Module) -> Iterator[None]:
+    """Temporarily replace Hardswish/Hardsigmoid (the V1 LDP projector's) by the same maths in
+    Clip/Mul/Div: ONNX exports them as HardSwish/HardSigmoid, which have no ORT gradient."""
+    swapped: list[tuple[nn.Module, str, nn.Module]] = []
+    for parent in module.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Hardswish | nn.Hardsigmoid):
+                swapped.append((parent, name, child))
+                setattr(parent, name, _HardSwish() if isinstance(child, nn.Hardswish) else _HardSigmoid())
+    try:
+        yield
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
+
+
+class VisionEncoder(nn.Module):
+    """``pixel_values [B,3,S,S] -> image_embeds [B,P,hidden]`` (or CLIP features without the projector)."""
+
+    def __init__(self, model: MobileVLMForCausalLM, *, include_projector: bool) -> None:
+        super().__init__()
+        self.vision_tower = model.vision_tower
+        self.mm_projector = model.mm_projector if include_projector else None
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        features = self.vision_tower(pixel_values)
+        return self.mm_projector(features) if self.mm_projector is not None else features
