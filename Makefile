@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench-train-step bench-adapter-overhead bench-schedule-overhead clean
+.PHONY: demo test lint bench-train-step bench-adapter-overhead bench-schedule-overhead bench-ondevice-train clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ bench-adapter-overhead: $(STAMP)
 
 bench-schedule-overhead: $(STAMP)
 	$(BIN)/python benchmarks/schedule_overhead.py
+
+bench-ondevice-train: $(STAMP)
+	$(BIN)/python benchmarks/ondevice_train.py
 
 clean:
 	rm -rf outputs runs .pytest_cache

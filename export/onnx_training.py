@@ -18,6 +18,7 @@ checks pass, so a failed export never leaves a half-written bundle):
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import tempfile
 import warnings
@@ -108,11 +109,11 @@ def export_onnx_training(
         if image_input is None:
             image_input = np.zeros((1, *_image_input_shape(model, train_projector)), dtype=np.float32)
         batch = stack_batch([row], decoder.image_input, image_input)
-        onnx_model = _export_decoder(decoder, batch, scratch / "decoder.onnx")
+        graph, artifact_source = _export_decoder(decoder, batch, scratch / "decoder.onnx")
         frozen = [n for n, p in decoder.named_parameters() if n not in trainable]
 
         echo(f"[3/5] generating ORT training artifacts ({optimizer}, {len(trainable)} trainable tensors)")
-        _generate_artifacts(onnx_model, trainable, frozen, optimizer, tmp, scratch, ort_format)
+        _generate_artifacts(graph, artifact_source, trainable, frozen, optimizer, tmp, scratch, ort_format)
 
         echo("[4/5] exporting the vision encoder")
         vision_file = tmp / "vision_encoder.onnx"
@@ -215,7 +216,9 @@ def _native_stderr_captured():
             os.close(saved)
 
 
-def _export_decoder(decoder: TextDecoderForTraining, batch: dict[str, np.ndarray], file: Path):
+def _export_decoder(decoder: TextDecoderForTraining, batch: dict[str, np.ndarray], file: Path) -> tuple[Any, Any]:
+    """The decoder's ONNX graph (weights not loaded) and what ``generate_artifacts`` should take:
+    that graph, or for a decoder over 2 GB the path of a file whose weights are external data."""
     import onnx
 
     names = [*TEXT_INPUTS, decoder.image_input]
@@ -225,9 +228,38 @@ def _export_decoder(decoder: TextDecoderForTraining, batch: dict[str, np.ndarray
         torch.onnx.export(decoder, args, str(file), dynamo=False, opset_version=OPSET, export_params=True,
                           training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False,
                           input_names=names, output_names=[LOGITS, FLAT_LOGITS], dynamic_axes=dynamic)
-    model = onnx.load(str(file))
+    # Weights stay where the exporter put them: inside the file, or beside it as external data
+    # when the decoder is over protobuf's 2 GB (the exporter switches by itself).
+    model = onnx.load(str(file), load_external_data=False)
     _check_trainable_graph(model, file)
-    return model
+    _compact_value_names(model)
+    if not any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer):
+        return model, model
+    # generate_artifacts takes a >2 GB model only as a path; same folder keeps the data references valid.
+    compact = file.with_name("decoder-compact.onnx")
+    onnx.save(model, str(compact))
+    return model, str(compact)
+
+
+def _compact_value_names(model) -> None:
+    """Rename intermediate tensors ``t0, t1, ...`` and drop source-line doc strings.
+
+    The TorchScript exporter names every intermediate by its module scope
+    (``/llm/model/layers.0/self_attn/q_proj/lora_A/MatMul_output_0``); those names were half of
+    the graph files, which the phone downloads. Inputs, outputs and weights keep their names
+    (the app and the checkpoint use them); node names stay too, so ORT errors still say where.
+    """
+    graph = model.graph
+    keep = {v.name for v in (*graph.input, *graph.output, *graph.initializer)}
+    renamed: dict[str, str] = {}
+    for node in graph.node:
+        node.doc_string = ""
+        for names in (node.input, node.output):
+            for i, name in enumerate(names):
+                if name and name not in keep:
+                    names[i] = renamed.setdefault(name, f"t{len(renamed)}")
+    for info in graph.value_info:
+        info.name = renamed.get(info.name, info.name)
 
 
 def _check_trainable_graph(model, file: Path) -> None:
@@ -242,19 +274,20 @@ def _check_trainable_graph(model, file: Path) -> None:
         raise RuntimeError(f"{file}: ops without an ORT gradient builder: {sorted(no_grad)}")
 
 
-def _generate_artifacts(onnx_model, trainable: list[str], frozen: list[str], optimizer: str, out: Path,
+def _generate_artifacts(graph, source, trainable: list[str], frozen: list[str], optimizer: str, out: Path,
                         scratch: Path, ort_format: bool) -> None:
     from onnxruntime.training import artifacts, onnxblock
 
-    initializers = {i.name for i in onnx_model.graph.initializer}
+    initializers = {i.name for i in graph.graph.initializer}
     missing = [n for n in trainable if n not in initializers]
     if missing:
         raise RuntimeError(f"trainable tensors lost their names in the ONNX graph: {missing[:3]}")
     clip = onnxblock.optim.ClipGradNorm(MAX_GRAD_NORM)
     optim = onnxblock.optim.AdamW(clip_grad=clip) if optimizer == "adamw" else onnxblock.optim.SGD(clip_grad=clip)
-    with contextlib.chdir(scratch), _quiet_export(), _native_stderr_captured():
+    # ORT's .ort converter prints each file it converts: keep stdout for our own progress lines.
+    with contextlib.chdir(scratch), _quiet_export(), _native_stderr_captured(), contextlib.redirect_stdout(io.StringIO()):
         artifacts.generate_artifacts(
-            onnx_model,
+            source,
             requires_grad=trainable,
             frozen_params=[n for n in frozen if n in initializers],
             loss=onnxblock.loss.CrossEntropyLoss(ignore_index=IGNORE_INDEX),

@@ -102,16 +102,27 @@ def write_preset(preset: str, out_dir: str | Path, *, projector_type: str = "ldp
     """Create a randomly initialised MobileVLM checkpoint directory for ``preset``."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    return write_model(PRESETS[preset], out_dir, projector_type=projector_type, seed=seed,
+                       weight_format=weight_format, max_shard_bytes=max_shard_bytes)
+
+
+def write_model(spec: dict[str, Any], out_dir: str | Path, *, projector_type: str = "ldpnetv2", seed: int = 0,
+                weight_format: str = "safetensors", max_shard_bytes: int = 2 * 1024**3) -> Path:
+    """Create a randomly initialised MobileVLM checkpoint from a spec shaped like ``PRESETS`` values.
+
+    ``spec["vocab_size"]``, if given, sets the LLM vocabulary (e.g. LLaMA's 32000, to get a real
+    model's embedding and head cost); the tokenizer still has ``tokenizer_vocab`` pieces.
+    """
     if projector_type not in PROJECTOR_TYPES:
         raise ValueError(f"projector must be one of {PROJECTOR_TYPES}")
-    spec = PRESETS[preset]
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory() as tmp:
         staging = Path(tmp)
         train_tokenizer(staging, spec["tokenizer_vocab"])
         import sentencepiece as spm
 
-        vocab = spm.SentencePieceProcessor(model_file=str(staging / "tokenizer.model")).GetPieceSize()
+        vocab = spec.get("vocab_size") or spm.SentencePieceProcessor(
+            model_file=str(staging / "tokenizer.model")).GetPieceSize()
         (staging / VISION_DIR).mkdir()
         vision_cfg = {"model_type": "clip_vision_model", **spec["vision"]}
         write_json(staging / VISION_DIR / "config.json", vision_cfg)
