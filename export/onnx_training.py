@@ -84,6 +84,8 @@ def export_onnx_training(
 
     if optimizer not in OPTIMIZERS:
         raise UserError(f"unknown optimizer {optimizer!r}", field="optimizer", hint="adamw or sgd")
+    if learning_rate is not None and not learning_rate > 0:
+        raise UserError(f"learning rate must be positive, got {learning_rate}", field="lr")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     with atomic_dir(out_dir) as tmp, tempfile.TemporaryDirectory(prefix="mobilepeft-onnx-") as scratch_name:
         scratch = Path(scratch_name)

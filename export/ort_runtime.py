@@ -88,15 +88,22 @@ class OrtTrainer:
         return {n: np.array(self.state.parameters[n].data) for n in names}
 
     def save_checkpoint(self, path: Path) -> None:
-        """Atomically: a crash mid-write leaves the previous checkpoint (or none), never half of one."""
+        """Write to a temporary name, then rename: a crash mid-write never leaves half a checkpoint.
+
+        Over 2 GB, ORT puts the tensors in ``<checkpoint>.data`` beside it; that file moves first.
+        """
         from onnxruntime.training.api import CheckpointState
 
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        data, tmp_data = Path(f"{path}.data"), Path(f"{tmp}.data")
         try:
             CheckpointState.save_checkpoint(self.state, str(tmp))
+            if tmp_data.exists():
+                os.replace(tmp_data, data)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+            tmp_data.unlink(missing_ok=True)
 
     def export_inference(self, path: Path, outputs: list[str]) -> None:
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

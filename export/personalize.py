@@ -151,6 +151,8 @@ def personalize(bundle_dir: str | Path, data: str | Path, out_dir: str | Path, *
     """
     if steps < 1 or batch_size < 1:
         raise UserError("--steps and --batch-size must be at least 1", field="steps")
+    if lr is not None and not lr > 0:
+        raise UserError(f"learning rate must be positive, got {lr}", field="lr")
     started = time.perf_counter()
     bundle = read_bundle(bundle_dir, verify_hashes=True)
     sec = bundle.section(SECTION)

@@ -225,11 +225,47 @@ def test_failed_export_leaves_no_bundle_and_keeps_the_old_one(round_trip, tmp_pa
 
 
 @ONE_BUNDLE
-def test_bundle_check_cli(round_trip, bundle_copy):
-    cli = [sys.executable, "-m", "mobilepeft.export.cli", "bundle", "check"]
-    ok = subprocess.run([*cli, str(round_trip["bundle"]), "--json"], capture_output=True, text=True, timeout=300)
-    assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout)["passed"] is True
+def test_cli_export_check_personalize_from_ort(round_trip, bundle_copy, tmp_path):
+    """The commands as users type them: happy paths in-process (typer's runner), bad input in a real
+    process (exit status 2, the file named, no traceback)."""
+    from typer.testing import CliRunner
+
+    from mobilepeft.export.cli import app
+
+    def run(*args):
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        return result.output
+
+    def run_process(*args):
+        return subprocess.run([sys.executable, "-m", "mobilepeft.export.cli", *map(str, args)],
+                              capture_output=True, text=True, timeout=300)
+
+    data = round_trip["data"]
+    bundle, personal, adapter = tmp_path / "b", tmp_path / "p", tmp_path / "a"
+    out = run("export", "onnx-training", "--model", round_trip["ckpt"], "--adapter", round_trip["bundle"] / "adapter",
+              "--output-dir", bundle, "--optimizer", "sgd", "--lr", "0.05")
+    assert "self-test" in out and "Converting" not in out
+    assert read_bundle(bundle).manifest["onnx_training"]["optimizer"] == {
+        "type": "sgd", "default_learning_rate": 0.05, "max_grad_norm": 1.0}
+    assert json.loads(run("bundle", "check", bundle, "--json"))["passed"] is True
+
+    samples = _subset(data, "train", 0, 4, tmp_path)
+    run("personalize", "--bundle", bundle, "--data", samples, "--image-folder", data, "--steps", 2,
+        "--batch-size", 2, "--output-dir", personal)
+    report = json.loads((personal / "personalize.json").read_text())
+    assert len(report["train_losses"]) == 2 and report["learning_rate"] == 0.05
+    assert (personal / "inference_model.onnx").is_file()
+    run("adapter", "from-ort", personal / "checkpoint", "--bundle", bundle, "--output-dir", adapter)
+    assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == "LORA"
+
     (bundle_copy / "optimizer_model.onnx").write_bytes(b"")
-    bad = subprocess.run([*cli, str(bundle_copy)], capture_output=True, text=True, timeout=300)
+    bad = run_process("bundle", "check", bundle_copy)
     assert bad.returncode == 2 and "optimizer_model.onnx" in bad.stderr and "Traceback" not in bad.stderr
+    broken = tmp_path / "broken.json"
+    records = json.loads(samples.read_text())
+    broken.write_text(json.dumps([*records, dict(records[0], id="gone", image="images/missing.png")]))
+    bad = run_process("personalize", "--bundle", bundle, "--data", broken, "--image-folder", data,
+                      "--output-dir", tmp_path / "never")
+    assert bad.returncode == 2 and "missing.png" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "never").exists()
