@@ -228,9 +228,8 @@ def test_failed_export_leaves_no_bundle_and_keeps_the_old_one(round_trip, tmp_pa
 def test_cli_export_check_personalize_from_ort(round_trip, bundle_copy, tmp_path):
     """The commands as users type them: happy paths in-process (typer's runner), bad input in a real
     process (exit status 2, the file named, no traceback)."""
-    from typer.testing import CliRunner
-
     from mobilepeft.export.cli import app
+    from typer.testing import CliRunner
 
     def run(*args):
         result = CliRunner().invoke(app, [str(a) for a in args])
