@@ -68,6 +68,7 @@ def personalize_cmd(
     lr: Annotated[float | None, typer.Option(help="Learning rate (default: the bundle's).")] = None,
     batch_size: Annotated[int, typer.Option(help="Samples per step.")] = 4,
     seed: Annotated[int, typer.Option(help="Seed of the sample order.")] = 0,
+    checkpoint: Annotated[Path | None, typer.Option(help="Continue from this ORT checkpoint (e.g. an earlier OUT/checkpoint) instead of the bundle's.")] = None,
     threads: Annotated[int | None, typer.Option(help="ORT intra-op threads (default: all cores).")] = None,
 ) -> None:
     """Replay the phone's training loop with onnxruntime.training on the bundle's artifacts.
@@ -82,7 +83,7 @@ def personalize_cmd(
 
     report = personalize(bundle, data, output_dir, image_folder=image_folder, eval_data=eval_data,
                          eval_image_folder=eval_image_folder, steps=steps, lr=lr, batch_size=batch_size,
-                         seed=seed, threads=threads, echo=typer.echo)
+                         seed=seed, checkpoint=checkpoint, threads=threads, echo=typer.echo)
     typer.echo(f"loss {report.eval_loss_before:.4f} -> {report.eval_loss_after:.4f}; "
                f"median step {report.train_step_ms_median:.1f} ms; wrote {output_dir}")
 

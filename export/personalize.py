@@ -143,11 +143,14 @@ class PersonalizeReport:
 def personalize(bundle_dir: str | Path, data: str | Path, out_dir: str | Path, *, image_folder: str | Path | None = None,
                 eval_data: str | Path | None = None, eval_image_folder: str | Path | None = None,
                 steps: int = 20, lr: float | None = None, batch_size: int = 4, seed: int = 0,
-                threads: int | None = None, echo: Callable[[str], None] = print) -> PersonalizeReport:
+                checkpoint: str | Path | None = None, threads: int | None = None,
+                echo: Callable[[str], None] = print) -> PersonalizeReport:
     """Train the bundle's adapter on ``data`` with ORT and write ``out_dir``:
 
     ``checkpoint`` (the updated ORT checkpoint), ``inference_model.onnx`` (logits model with the
     trained weights, from ``export_model_for_inferencing``) and ``personalize.json`` (this report).
+    ``checkpoint`` continues from an earlier session's checkpoint instead of the bundle's, as a
+    phone does from one day to the next.
     """
     if steps < 1 or batch_size < 1:
         raise UserError("--steps and --batch-size must be at least 1", field="steps")
@@ -163,7 +166,7 @@ def personalize(bundle_dir: str | Path, data: str | Path, out_dir: str | Path, *
         eval_rows, eval_folder = builder.samples(eval_data, eval_image_folder)
     else:
         eval_rows, eval_folder = rows, folder
-    trainer = open_trainer(bundle, threads=threads)
+    trainer = open_trainer(bundle, Path(checkpoint) if checkpoint else None, threads=threads)
     trainer.set_learning_rate(lr)
 
     before = mean_loss(trainer, builder, eval_rows, eval_folder, batch_size)

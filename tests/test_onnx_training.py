@@ -255,6 +255,10 @@ def test_cli_export_check_personalize_from_ort(round_trip, bundle_copy, tmp_path
     report = json.loads((personal / "personalize.json").read_text())
     assert len(report["train_losses"]) == 2 and report["learning_rate"] == 0.05
     assert (personal / "inference_model.onnx").is_file()
+    again = json.loads(run("personalize", "--bundle", bundle, "--data", samples, "--image-folder", data,
+                           "--steps", 1, "--checkpoint", personal / "checkpoint", "--output-dir",
+                           tmp_path / "p2") and (tmp_path / "p2" / "personalize.json").read_text())
+    assert again["eval_loss_before"] == pytest.approx(report["eval_loss_after"], rel=1e-5)  # continues
     run("adapter", "from-ort", personal / "checkpoint", "--bundle", bundle, "--output-dir", adapter)
     assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == "LORA"
 
