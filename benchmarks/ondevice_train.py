@@ -70,11 +70,10 @@ def cases(args: argparse.Namespace) -> list[tuple[str, int]]:
 
 def prepare_case(work: Path, shape: str, layers: int, args: argparse.Namespace) -> tuple[Path, Path, Path]:
     """Checkpoint, LoRA adapter (random A and B, so every tensor gets a gradient) and bundle, cached in ``work``."""
-    from mobilepeft.export.onnx_training import export_onnx_training
-
     from mobilepeft.adapters.files import save_adapter
     from mobilepeft.adapters.inject import adapter_parameters, inject_adapters
     from mobilepeft.adapters.spec import AdapterSpec
+    from mobilepeft.export.onnx_training import export_onnx_training
     from mobilepeft.loading import load_vlm
     from mobilepeft.models.presets import write_model
 
@@ -120,9 +119,8 @@ def ort_step_fn(bundle: Path, threads: int, lr: float):
 
 def pytorch_step_fn(model_dir: Path, adapter_dir: Path, image_input: str, lr: float):
     """The same step eagerly: decoder graph module, CE on flat logits, clip 1.0, AdamW (ORT's eps)."""
-    from mobilepeft.export.training_graph import TextDecoderForTraining
-
     from mobilepeft.adapters.inject import adapter_parameters
+    from mobilepeft.export.training_graph import TextDecoderForTraining
     from mobilepeft.loading import load_vlm
 
     model = load_vlm(model_dir, adapter=adapter_dir)

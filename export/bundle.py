@@ -64,6 +64,54 @@ def write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]
     return manifest
 
 
+def base_manifest(model, model_dir: Path, max_seq_len: int) -> dict[str, Any]:
+    """The sections every bundle shares: model dims, tokenizer, prompt template, image preprocessing."""
+    from mobilepeft import __version__
+    from mobilepeft.data.template import SYSTEM_PROMPT
+    from mobilepeft.models.image_processing import CLIP_MEAN, CLIP_STD, PAD_COLOR
+    from mobilepeft.models.tokenizer import IMAGE_TOKEN_INDEX
+
+    cfg, tok = model.config, model.tokenizer
+    llama = cfg.llama_config()
+    return {
+        "format": "mobilepeft-bundle",
+        "manifest_version": MANIFEST_VERSION,
+        "created_by": f"mobilepeft {__version__}",
+        "model": {
+            "family": "mobilevlm",
+            "projector_type": cfg.projector_type,
+            "hidden_size": cfg.hidden_size,
+            "num_hidden_layers": llama.num_hidden_layers,
+            "vocab_size": llama.vocab_size,
+            "num_image_tokens": cfg.num_image_tokens,
+            "mm_hidden_size": cfg.mm_hidden_size,
+            "base_model": str(model_dir),
+        },
+        "tokenizer": {"file": tok.file.name, "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id},
+        "prompt": {
+            "template": "v1",
+            "system": SYSTEM_PROMPT,
+            "first_turn": "{system} USER: {question} ASSISTANT:",
+            "next_turn": "USER: {question} ASSISTANT:",
+            "stop": "</s>",
+            "image_placeholder": "<image>",
+            "image_token_id": IMAGE_TOKEN_INDEX,
+        },
+        "image_preprocessing": {
+            "size": cfg.image_size,
+            "aspect": "pad",
+            "pad_color": list(PAD_COLOR),
+            "resize": "shortest_side_bicubic",
+            "crop": "center",
+            "rescale": 1 / 255,
+            "mean": list(CLIP_MEAN),
+            "std": list(CLIP_STD),
+            "layout": "NCHW",
+        },
+        "max_seq_len": max_seq_len,
+    }
+
+
 @dataclass(frozen=True)
 class Bundle:
     path: Path

@@ -56,6 +56,47 @@ def export_onnx_training_cmd(
                f"{len(manifest['onnx_training']['trainable'])} trainable tensors)")
 
 
+@export_app.command("executorch")
+def export_executorch_cmd(
+    model: Annotated[Path, typer.Option(help="MobileVLM checkpoint directory (base or merged).")],
+    output_dir: Annotated[Path, typer.Option(help="Bundle directory to write (replaced atomically).")],
+    adapter: Annotated[Path | None, typer.Option(help="Adapter to merge first (any method).")] = None,
+    backend: Annotated[str, typer.Option(help="xnnpack (phone CPUs) or portable (reference kernels).")] = "xnnpack",
+    max_seq_len: Annotated[int | None, typer.Option(help="KV-cache length: prompt, image tokens and answer (default: the model's, at most 2048).")] = None,
+) -> None:
+    """Lower the (merged) model to one ExecuTorch .pte with ExecuTorch's multimodal methods
+    (vision_encoder, token_embedding, text_decoder + metadata), so ExecuTorch's own
+    MultimodalRunner (C++, Python, Android LlmModule, iOS) drives it. fp32 for now.
+
+    The export checks itself: the program's prefill logits must match PyTorch's.
+
+    Example: mobilepeft export executorch --model ckpt/ --adapter runs/lora/adapter --output-dir bundles/et
+    """
+    from mobilepeft.export.executorch_export import export_executorch
+
+    manifest = export_executorch(model, output_dir, adapter_dir=adapter, backend=backend, max_seq_len=max_seq_len,
+                                 echo=typer.echo)
+    typer.echo(f"wrote {output_dir}: {manifest['files']['model.pte']['bytes'] / 1e6:.1f} MB model.pte")
+
+
+@app.command("generate")
+def generate_cmd(
+    bundle: Annotated[Path, typer.Option(help="Bundle from `mobilepeft export executorch`.")],
+    prompt: Annotated[str, typer.Option(help="The question.")],
+    image: Annotated[Path | None, typer.Option(help="Image the question is about.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 64,
+    temperature: Annotated[float, typer.Option(help="0 for greedy decoding.")] = 0.0,
+) -> None:
+    """Answer a question about an image with ExecuTorch's MultimodalRunner — the path an app takes.
+
+    Example: mobilepeft generate --bundle bundles/et --image cat.png --prompt "What is this?"
+    """
+    from mobilepeft.export.et_runner import BundleRunner
+
+    result = BundleRunner(bundle).generate(prompt, image, max_new_tokens=max_new_tokens, temperature=temperature)
+    typer.echo(result.text)
+
+
 @app.command("personalize")
 def personalize_cmd(
     bundle: Annotated[Path, typer.Option(help="Bundle from `mobilepeft export onnx-training`.")],

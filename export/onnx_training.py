@@ -28,7 +28,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from mobilepeft.export.bundle import write_manifest
+
+from mobilepeft.data.llava import Conversation, load_llava
+from mobilepeft.data.template import tokenize_conversation
+from mobilepeft.errors import UserError
+from mobilepeft.export.bundle import base_manifest, write_manifest
 from mobilepeft.export.ort_batch import encode_sample, stack_batch
 from mobilepeft.export.ort_runtime import OrtTrainer, VisionRunner, relative_error
 from mobilepeft.export.training_graph import (
@@ -40,12 +44,7 @@ from mobilepeft.export.training_graph import (
     VisionEncoder,
     differentiable_activations,
 )
-
-from mobilepeft.data.llava import Conversation, load_llava
-from mobilepeft.data.template import SYSTEM_PROMPT, tokenize_conversation
-from mobilepeft.errors import UserError
 from mobilepeft.io import atomic_dir
-from mobilepeft.models.image_processing import CLIP_MEAN, CLIP_STD, PAD_COLOR
 from mobilepeft.models.mobilevlm import MobileVLMForCausalLM, to_checkpoint_key
 from mobilepeft.models.tokenizer import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
@@ -328,10 +327,7 @@ def _manifest(model: MobileVLMForCausalLM, model_dir: Path, decoder: TextDecoder
               train_projector: bool, reference: float, ort_format: bool, loss_output: str) -> dict[str, Any]:
     import onnxruntime
 
-    from mobilepeft import __version__
-
     cfg = model.config
-    tok = model.tokenizer
     params = dict(decoder.named_parameters())
     image_shape = ["batch", *batch[decoder.image_input].shape[1:]]
     image_desc = ("CLIP features (vision_encoder output); the projector trains on device" if train_projector
@@ -375,44 +371,7 @@ def _manifest(model: MobileVLMForCausalLM, model_dir: Path, decoder: TextDecoder
     }
     if ort_format:
         section["ort_format"] = {k: f"{k}.ort" for k in ("training_model", "eval_model", "optimizer_model")}
-    return {
-        "format": "mobilepeft-bundle",
-        "manifest_version": 1,
-        "created_by": f"mobilepeft {__version__}",
-        "model": {
-            "family": "mobilevlm",
-            "projector_type": cfg.projector_type,
-            "hidden_size": cfg.hidden_size,
-            "num_hidden_layers": cfg.llama_config().num_hidden_layers,
-            "vocab_size": cfg.llama_config().vocab_size,
-            "num_image_tokens": cfg.num_image_tokens,
-            "mm_hidden_size": cfg.mm_hidden_size,
-            "base_model": str(model_dir),
-        },
-        "tokenizer": {"file": tok.file.name, "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id},
-        "prompt": {
-            "template": "v1",
-            "system": SYSTEM_PROMPT,
-            "first_turn": "{system} USER: {question} ASSISTANT:",
-            "next_turn": "USER: {question} ASSISTANT:",
-            "stop": "</s>",
-            "image_placeholder": "<image>",
-            "image_token_id": IMAGE_TOKEN_INDEX,
-        },
-        "image_preprocessing": {
-            "size": cfg.image_size,
-            "aspect": "pad",
-            "pad_color": list(PAD_COLOR),
-            "resize": "shortest_side_bicubic",
-            "crop": "center",
-            "rescale": 1 / 255,
-            "mean": list(CLIP_MEAN),
-            "std": list(CLIP_STD),
-            "layout": "NCHW",
-        },
-        "max_seq_len": seq_len,
-        "onnx_training": section,
-    }
+    return dict(base_manifest(model, model_dir, seq_len), onnx_training=section)
 
 
 def _adapter_key(name: str) -> str:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mobilepeft.export.bundle import read_bundle
-from mobilepeft.export.ort_runtime import load_checkpoint_state
 
 from mobilepeft.adapters.files import META_FILE, PROJECTOR_FILE
 from mobilepeft.errors import UserError
+from mobilepeft.export.bundle import read_bundle
+from mobilepeft.export.ort_runtime import load_checkpoint_state
 from mobilepeft.io import atomic_dir, save_safetensors, write_json
 
 ADAPTER_FILE = "adapter_model.safetensors"

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from mobilepeft.export.training_graph import LABELS
 
 from mobilepeft.data.llava import Conversation
 from mobilepeft.data.template import tokenize_conversation
+from mobilepeft.export.training_graph import LABELS
 from mobilepeft.models.tokenizer import IGNORE_INDEX, IMAGE_TOKEN_INDEX, Tokenizer
 
 

@@ -15,12 +15,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from mobilepeft.export.bundle import Bundle, read_bundle
-from mobilepeft.export.ort_batch import EncodedSample, encode_sample, stack_batch
-from mobilepeft.export.ort_runtime import OrtTrainer, VisionRunner, relative_error
 
 from mobilepeft.data.llava import load_llava
 from mobilepeft.errors import UserError
+from mobilepeft.export.bundle import Bundle, read_bundle
+from mobilepeft.export.ort_batch import EncodedSample, encode_sample, stack_batch
+from mobilepeft.export.ort_runtime import OrtTrainer, VisionRunner, relative_error
 from mobilepeft.io import atomic_dir, write_json
 from mobilepeft.models.tokenizer import IGNORE_INDEX, Tokenizer
 

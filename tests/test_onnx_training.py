@@ -15,6 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+import mobilepeft
+from mobilepeft.data import SupervisedDataset, collate_batch, load_llava
+from mobilepeft.errors import UserError
 from mobilepeft.export.bundle import MANIFEST, read_bundle
 from mobilepeft.export.onnx_training import export_onnx_training
 from mobilepeft.export.ort_adapter import adapter_from_ort
@@ -26,10 +30,6 @@ from mobilepeft.export.personalize import (
     run_selftest,
     selftest_batch,
 )
-
-import mobilepeft
-from mobilepeft.data import SupervisedDataset, collate_batch, load_llava
-from mobilepeft.errors import UserError
 from mobilepeft.merge import merge_adapter
 from mobilepeft.train.config import TrainConfig
 from mobilepeft.train.trainer import Trainer
@@ -228,8 +228,9 @@ def test_failed_export_leaves_no_bundle_and_keeps_the_old_one(round_trip, tmp_pa
 def test_cli_export_check_personalize_from_ort(round_trip, bundle_copy, tmp_path):
     """The commands as users type them: happy paths in-process (typer's runner), bad input in a real
     process (exit status 2, the file named, no traceback)."""
-    from mobilepeft.export.cli import app
     from typer.testing import CliRunner
+
+    from mobilepeft.export.cli import app
 
     def run(*args):
         result = CliRunner().invoke(app, [str(a) for a in args])
