@@ -31,13 +31,11 @@ def current_rss_mib() -> float:
 
 
 def peak_rss_mib() -> float:
-    """This process's RSS high-water mark. Not ``ru_maxrss``: Linux carries that across exec, so a
-    worker started by a big parent would report the parent's size."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    """This process's RSS high-water mark (VmHWM: ``ru_maxrss`` survives exec, so a worker started
+    by a big parent would report the parent's size)."""
+    from mobilepeft.export.bench import peak_rss_mb
+
+    return peak_rss_mb()
 
 
 def environment() -> dict[str, Any]:

@@ -15,6 +15,7 @@ import typer
 
 from mobilepeft.cli import adapter_app, app
 from mobilepeft.cli import main as _main
+from mobilepeft.errors import UserError
 
 export_app = typer.Typer(help="Export a model + adapter for phones (bundles described by manifest.json).",
                          no_args_is_help=True)
@@ -95,6 +96,40 @@ def generate_cmd(
 
     result = BundleRunner(bundle).generate(prompt, image, max_new_tokens=max_new_tokens, temperature=temperature)
     typer.echo(result.text)
+
+
+@app.command("bench")
+def bench_cmd(
+    bundle: Annotated[Path, typer.Argument(help="Bundle from `mobilepeft export executorch`.")],
+    threads: Annotated[int, typer.Option(help="CPU threads for ExecuTorch (and PyTorch with --compare).")] = 2,
+    prompt_len: Annotated[int, typer.Option(help="Text tokens prefilled after the image tokens.")] = 32,
+    gen_len: Annotated[int, typer.Option(help="Tokens decoded per run.")] = 32,
+    runs: Annotated[int, typer.Option(help="Measured runs (after one warm-up run).")] = 5,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result JSON here.")] = None,
+    compare: Annotated[str | None, typer.Option(help="'eager': time PyTorch eager on the same inputs and threads and print ratios.")] = None,
+) -> None:
+    """Load time, vision encode, prefill and decode speed, time to first token and peak RSS of an
+    ExecuTorch bundle on this machine: medians over runs with min/max, JSON keys as on Android/iOS.
+
+    Example: mobilepeft bench bundles/et --threads 4 --compare eager --json bench.json
+    """
+    from mobilepeft.export.bench import METRICS, BenchSettings, bench_bundle
+    from mobilepeft.io import write_json
+
+    if compare not in (None, "eager"):
+        raise UserError(f"unknown --compare {compare!r}", field="compare", hint="the only comparison is 'eager'")
+    result = bench_bundle(bundle, BenchSettings(threads=threads, prompt_len=prompt_len, gen_len=gen_len, runs=runs),
+                          compare_eager=compare == "eager", echo=lambda _: None)
+    typer.echo(f"{'metric':<26}{'ExecuTorch':>14}" + (f"{'eager':>14}{'ratio':>10}" if compare else ""))
+    for key in METRICS:
+        line = f"{key:<26}{result[key]:>14.1f}"
+        if compare:
+            line += f"{result['eager'][key]:>14.1f}{result[key] / result['eager'][key]:>10.2f}"
+        typer.echo(line)
+    typer.echo(f"peak RSS {result['peak_rss_mb']:.0f} MiB, {result['threads']} threads, {result['backend']}, "
+               f"{result['quantization']}, {result['prompt_tokens']} prompt + {result['generated_tokens']} generated tokens")
+    if json_out is not None:
+        write_json(json_out, result)
 
 
 @app.command("personalize")

@@ -83,6 +83,7 @@ def export_executorch(model_dir: str | Path, out_dir: str | Path, *, adapter_dir
                                  "output": ["logits", "float32", [1, "T", model.llm.config.vocab_size]]},
             },
             "image_input": "normalised float pixels, NCHW, as image_preprocessing describes (not uint8)",
+            "source": {"model": str(model_dir), "adapter": None if adapter_dir is None else str(adapter_dir)},
             "parity_rel_diff": gap,
         }
         manifest = write_manifest(tmp, dict(base_manifest(model, model_dir, max_seq_len), executorch=section))

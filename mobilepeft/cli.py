@@ -143,7 +143,7 @@ def _report_training(result) -> None:
 @app.command("init-model")
 def init_model_cmd(
     output_dir: Annotated[Path, typer.Option(help="Where to write the checkpoint directory.")],
-    preset: Annotated[str, typer.Option(help="Model size preset.")] = "tiny",
+    preset: Annotated[str, typer.Option(help="Model size preset: tiny (the demo's), small (~25M, benchmarks) or mobilevlm-1.7b-shape (MobileVLM V2 1.7B's real dimensions, random weights, written shard by shard in sharded safetensors).")] = "tiny",
     projector: Annotated[str, typer.Option(help="ldpnetv2 (MobileVLM V2) or ldpnet (V1).")] = "ldpnetv2",
     weight_format: Annotated[str, typer.Option(help="safetensors, sharded, bin or sharded-bin.")] = "safetensors",
     seed: Annotated[int, typer.Option(help="Seed of the random initialisation.")] = 0,

@@ -72,15 +72,24 @@ def test_static_cache_decoder_equals_the_model(method, tiny_ckpt, adapters, synt
         assert greedy_generate(decoder, embed, embeds, 8, model.tokenizer.eos_id) == _reference(reference, question, image)
 
 
+@pytest.fixture(scope="module")
+def et_bundles(tiny_ckpt, v2_sharded_ckpt, adapters, tmp_path_factory):
+    """The tiny model with a merged LoRA on XNNPACK, and the real-format V2 sharded checkpoint on
+    the portable backend (lowering is the slow part: each is exported once)."""
+    out = {}
+    for name, ckpt, adapter, backend in (("tiny-lora-xnnpack", tiny_ckpt, adapters["lora"], "xnnpack"),
+                                         ("v2-sharded-portable", v2_sharded_ckpt, None, "portable")):
+        path = tmp_path_factory.mktemp(name) / "bundle"
+        export_executorch(ckpt, path, adapter_dir=adapter, backend=backend, max_seq_len=128, echo=lambda _: None)
+        out[name] = (path, ckpt, adapter)
+    return out
+
+
 @pytest.mark.parametrize("case", ["tiny-lora-xnnpack", "v2-sharded-portable"])
-def test_multimodal_runner_generates_what_pytorch_generates(case, tiny_ckpt, v2_sharded_ckpt, adapters,
-                                                            synth_data, tmp_path):
-    ckpt, adapter, backend = ((tiny_ckpt, adapters["lora"], "xnnpack") if case.startswith("tiny")
-                              else (v2_sharded_ckpt, None, "portable"))
-    manifest = export_executorch(ckpt, tmp_path / "bundle", adapter_dir=adapter, backend=backend, max_seq_len=128,
-                                 echo=lambda _: None)
-    assert manifest["executorch"]["parity_rel_diff"] < 1e-3
-    bundle = read_bundle(tmp_path / "bundle", verify_hashes=True)
+def test_multimodal_runner_generates_what_pytorch_generates(case, et_bundles, synth_data):
+    path, ckpt, adapter = et_bundles[case]
+    bundle = read_bundle(path, verify_hashes=True)
+    assert bundle.manifest["executorch"]["parity_rel_diff"] < 1e-3
     model = mobilepeft.load_vlm(ckpt, adapter=adapter)
     runner = BundleRunner(bundle)
     answered = 0
@@ -91,3 +100,19 @@ def test_multimodal_runner_generates_what_pytorch_generates(case, tiny_ckpt, v2_
         assert len(got.pieces) <= len(expected) + 1  # at most the EOS piece beyond
         answered += bool(expected)
     assert answered >= 4  # most questions get a non-empty answer, so the comparison has teeth
+
+
+def test_bench_reports_the_design_keys_and_compares_with_eager(et_bundles):
+    from mobilepeft.export.bench import METRICS, BenchSettings, bench_bundle
+
+    path, _, _ = et_bundles["tiny-lora-xnnpack"]
+    result = bench_bundle(path, BenchSettings(threads=1, prompt_len=8, gen_len=4, runs=2), compare_eager=True,
+                          echo=lambda _: None)
+    for key in (*METRICS, "peak_rss_mb", "threads", "backend", "quantization", "device"):
+        assert key in result, key
+    assert all(result[k] > 0 for k in METRICS) and result["peak_rss_mb"] > 0
+    assert result["decode_tokens_per_s_min"] <= result["decode_tokens_per_s"] <= result["decode_tokens_per_s_max"]
+    assert result["backend"] == "xnnpack" and result["threads"] == 1 and result["prompt_tokens"] == 16 + 8
+    assert set(result["executorch_over_eager"]) >= {"prefill_tokens_per_s", "decode_tokens_per_s"}
+    with pytest.raises(mobilepeft.UserError, match="max_seq_len"):
+        bench_bundle(path, BenchSettings(prompt_len=100, gen_len=100), echo=lambda _: None)

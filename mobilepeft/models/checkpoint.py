@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -141,24 +142,31 @@ def save_checkpoint(
     tokenizer_dir: Path | None = None,
     weight_format: str = "safetensors",
     max_shard_bytes: int = 2 * 1024**3,
+    materialize: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
 ) -> Path:
     """Write a MobileVLM checkpoint directory atomically.
 
     ``state`` is keyed with checkpoint names. A local vision-tower config directory referenced
     by a relative ``mm_vision_tower`` is copied alongside so the result is self-contained.
+    With ``materialize`` (sharded formats only), ``state`` may hold meta tensors: each shard's
+    tensors are created by ``materialize(key, meta)`` just before the shard is written, so a
+    model far larger than memory can be written.
     """
     if weight_format not in WEIGHT_FORMATS:
         raise ValueError(f"weight_format must be one of {WEIGHT_FORMATS}")
+    if materialize is not None and weight_format not in ("sharded", "sharded-bin"):
+        raise ValueError("materialize needs a sharded weight format")
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / "config.json", config.to_json_dict())
-        state = {k: v.detach().contiguous() for k, v in state.items()}
+        if materialize is None:
+            state = {k: v.detach().contiguous() for k, v in state.items()}
         if weight_format == "safetensors":
             save_safetensors(state, tmp / "model.safetensors", metadata={"format": "pt"})
         elif weight_format == "bin":
             torch_save(state, tmp / "pytorch_model.bin")
         else:
-            _write_sharded(state, tmp, weight_format, max_shard_bytes)
+            _write_sharded(state, tmp, weight_format, max_shard_bytes, materialize)
         if tokenizer_dir is not None:
             for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
                 if (Path(tokenizer_dir) / name).is_file():
@@ -170,7 +178,8 @@ def save_checkpoint(
     return out_dir
 
 
-def _write_sharded(state: dict[str, torch.Tensor], out: Path, weight_format: str, max_shard_bytes: int) -> None:
+def _write_sharded(state: dict[str, torch.Tensor], out: Path, weight_format: str, max_shard_bytes: int,
+                   materialize: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> None:
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for key, tensor in state.items():
@@ -186,6 +195,8 @@ def _write_sharded(state: dict[str, torch.Tensor], out: Path, weight_format: str
     weight_map = {}
     for i, shard in enumerate(shards, 1):
         name = f"{stem}-{i:05d}-of-{len(shards):05d}.{ext}"
+        if materialize is not None:
+            shard = {k: materialize(k, v) for k, v in shard.items()}
         if ext == "safetensors":
             save_safetensors(shard, out / name, metadata={"format": "pt"})
         else:

@@ -8,6 +8,7 @@ synthetic dataset's vocabulary (LLaMA conventions: unk=0, <s>=1, </s>=2, byte fa
 from __future__ import annotations
 
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,18 @@ PRESETS: dict[str, dict[str, Any]] = {
                        layer_norm_eps=1e-5, num_channels=3),
         "tokenizer_vocab": 512,
     },
+    # MobileVLM V2 1.7B's real dimensions (MobileLLaMA-1.4B + CLIP ViT-L/14-336 + LDPv2), random
+    # weights, written shard by shard: deployment figures at the real size (6.8 GB in fp32).
+    "mobilevlm-1.7b-shape": {
+        "llm": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=24, num_attention_heads=16,
+                    num_key_value_heads=16, max_position_embeddings=2048, initializer_range=0.02),
+        "vision": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                       image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu",
+                       layer_norm_eps=1e-5, num_channels=3),
+        "tokenizer_vocab": 512,
+        "vocab_size": 32000,
+        "stream": True,
+    },
     # Big enough that matmuls, not Python overhead, dominate a step: used by benchmarks/.
     "small": {
         "llm": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
@@ -41,6 +54,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 VISION_DIR = "clip_vision"
+STREAM_SHARD_BYTES = 1024**3  # streamed presets write (and hold) one shard of this size at a time
 
 
 def mobilevlm_config_dict(llm: dict[str, Any], vocab_size: int, projector_type: str, mm_hidden_size: int,
@@ -128,8 +142,28 @@ def write_model(spec: dict[str, Any], out_dir: str | Path, *, projector_type: st
         write_json(staging / VISION_DIR / "config.json", vision_cfg)
         raw = mobilevlm_config_dict(spec["llm"], vocab, projector_type, spec["vision"]["hidden_size"], VISION_DIR)
         config = MobileVLMConfig.from_dict(raw, base_dir=staging)
+        if spec.get("stream"):
+            # Real-size shapes: build on the meta device and create each shard's tensors only when
+            # the shard is written, so memory holds one shard, not the model.
+            with torch.device("meta"):
+                model = MobileVLMForCausalLM(config)
+            state = {to_checkpoint_key(k): v for k, v in model.state_dict().items()}
+            std = spec["llm"].get("initializer_range", 0.02)
+            return save_checkpoint(state, config, out_dir, tokenizer_dir=staging,
+                                   weight_format="sharded", max_shard_bytes=min(max_shard_bytes, STREAM_SHARD_BYTES),
+                                   materialize=lambda key, meta: _random_tensor(key, meta, std, seed))
         torch.manual_seed(seed)
         model = MobileVLMForCausalLM(config)
         state = {to_checkpoint_key(k): v for k, v in model.state_dict().items()}
         return save_checkpoint(state, config, out_dir, tokenizer_dir=staging, weight_format=weight_format,
                                max_shard_bytes=max_shard_bytes)
+
+
+def _random_tensor(key: str, meta: torch.Tensor, std: float, seed: int) -> torch.Tensor:
+    """A deterministic random value for one tensor: norms' scales 1, biases 0, matrices N(0, std)."""
+    if key.endswith(".bias"):
+        return torch.zeros(meta.shape, dtype=meta.dtype)
+    if meta.dim() == 1:
+        return torch.ones(meta.shape, dtype=meta.dtype)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
+    return torch.empty(meta.shape, dtype=meta.dtype).normal_(0.0, std, generator=generator)
