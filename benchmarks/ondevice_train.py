@@ -45,14 +45,13 @@ from common import (
 from mobilepeft.models.presets import PRESETS
 
 MOBILELLAMA_1_4B = {
-    "llm": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=24, num_attention_heads=16,
-                num_key_value_heads=16, max_position_embeddings=2048, initializer_range=0.02),
-    # A small CLIP with MobileVLM's 336/14 geometry: 24x24 patches -> 144 image tokens after LDPv2.
-    "vision": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                   image_size=336, patch_size=14, projection_dim=64, hidden_act="quick_gelu",
-                   layer_norm_eps=1e-5, num_channels=3),
+    # The real decoder of the mobilevlm-1.7b-shape preset (MobileLLaMA-1.4B, vocabulary 32000) ...
+    "llm": dict(PRESETS["mobilevlm-1.7b-shape"]["llm"]),
+    "vocab_size": PRESETS["mobilevlm-1.7b-shape"]["vocab_size"],
+    # ... with a small CLIP of MobileVLM's 336/14 geometry: 24x24 patches -> 144 image tokens after LDPv2
+    # (the vision tower is frozen and outside the training graph; its size only slows the export).
+    "vision": dict(PRESETS["tiny"]["vision"], image_size=336, patch_size=14),
     "tokenizer_vocab": 512,
-    "vocab_size": 32000,
 }
 SHAPES = {"tiny": PRESETS["tiny"], "mobilellama-1.4b": MOBILELLAMA_1_4B}
 FULL_LAYERS = {"tiny": 4, "mobilellama-1.4b": 24}
