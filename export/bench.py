@@ -45,8 +45,6 @@ class _Methods:
 def _load_executorch(bundle: Bundle) -> tuple[_Methods, float]:
     from executorch.runtime import Runtime
 
-    if bundle.section("executorch")["quantization"] != "none":
-        import executorch.kernels.quantized  # noqa: F401  (registers the quantized embedding kernels)
     t0 = time.perf_counter()
     program = Runtime.get().load_program(str(bundle.file(bundle.section("executorch")["file"])))
     vision, embed, decode = (program.load_method(n) for n in ("vision_encoder", "token_embedding", "text_decoder"))

@@ -7,15 +7,12 @@ the app applies it), prefills everything, then decodes greedily or by sampling u
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from mobilepeft.errors import UserError
 from mobilepeft.export.bundle import Bundle, read_bundle
+from mobilepeft.export.native_output import native_output_captured
 
 
 @dataclass
@@ -25,20 +22,6 @@ class Generation:
     num_generated_tokens: int
     num_prompt_tokens: int
     stats_json: str
-
-
-@contextlib.contextmanager
-def _stdout_to_null():
-    """The runner prints every token and its stats to fd 1; keep the CLI's output ours."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 1)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 1)
-            os.close(saved)
 
 
 class BundleRunner:
@@ -89,7 +72,7 @@ class BundleRunner:
         # The runner's budget covers one token fewer than it is given (measured on 1.5.1).
         config = GenerationConfig(echo=False, max_new_tokens=max_new_tokens + 1, temperature=temperature, num_bos=1)
         self.runner.reset()
-        with _stdout_to_null():
+        with native_output_captured(1):  # the runner prints every token and its stats
             self.runner.generate(inputs, config, token_callback=pieces.append, stats_callback=stats.append)
         generated = stats[-1].num_generated_tokens if stats else len(pieces)
         # The runner hands over the EOS piece too before it stops (and counts it when it is the

@@ -29,10 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from mobilepeft.adapters.files import adapter_key, read_adapter_spec
 from mobilepeft.data.llava import Conversation, load_llava
 from mobilepeft.data.template import tokenize_conversation
 from mobilepeft.errors import UserError
 from mobilepeft.export.bundle import base_manifest, write_manifest
+from mobilepeft.export.native_output import native_output_captured, tail
 from mobilepeft.export.ort_batch import encode_sample, stack_batch
 from mobilepeft.export.ort_runtime import OrtTrainer, VisionRunner, relative_error
 from mobilepeft.export.training_graph import (
@@ -45,7 +47,7 @@ from mobilepeft.export.training_graph import (
     differentiable_activations,
 )
 from mobilepeft.io import atomic_dir
-from mobilepeft.models.mobilevlm import MobileVLMForCausalLM, to_checkpoint_key
+from mobilepeft.models.mobilevlm import MobileVLMForCausalLM
 from mobilepeft.models.tokenizer import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
 OPSET = 15  # ORT 1.19.2 takes <= 21; at 15 LayerNorm is decomposed (its ORT gradient needs 3 outputs)
@@ -55,7 +57,6 @@ DEFAULT_LR = {"adamw": 1e-4, "sgd": 1e-2}
 MAX_GRAD_NORM = 1.0
 SELFTEST_RTOL = 1e-4
 ADAPTER_DIR = "adapter"
-PEFT_PREFIX = "base_model.model."
 
 
 def default_seq_len(num_image_tokens: int) -> int:
@@ -118,7 +119,7 @@ def export_onnx_training(
 
         echo("[4/5] exporting the vision encoder")
         vision_file = tmp / "vision_encoder.onnx"
-        _export_vision(vision, model, vision_file, scratch)
+        _export_vision(vision, model, vision_file)
 
         echo("[5/5] self-test: ORT vs PyTorch on a real sample")
         reference = _pytorch_loss(model, conv, pixel_values, seq_len)
@@ -138,7 +139,7 @@ def export_onnx_training(
         model.tokenizer.save(tmp)
         manifest = _manifest(model, model_dir, decoder, trainable, frozen, batch, seq_len, optimizer,
                              learning_rate or DEFAULT_LR[optimizer], train_projector, reference, ort_format,
-                             trainer.loss_output)
+                             trainer.loss_output, read_adapter_spec(tmp / ADAPTER_DIR)[0].dropout)
         manifest = write_manifest(tmp, manifest)
     return manifest
 
@@ -190,31 +191,6 @@ def _quiet_export():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
-
-
-@contextlib.contextmanager
-def _native_stderr_captured():
-    """ORT's gradient builder logs every graph pass at INFO to fd 2, whatever the Python-side
-    severity; keep that out of the terminal, but show its tail if artifact generation fails."""
-    import os
-    import sys
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as log:
-        os.dup2(log.fileno(), 2)
-        try:
-            yield
-        except Exception as exc:
-            os.dup2(saved, 2)
-            log.seek(0)
-            tail = log.read().decode(errors="replace").strip().splitlines()[-20:]
-            if not tail:
-                raise
-            raise RuntimeError(f"ORT artifact generation failed ({exc}); its log ends with:\n" + "\n".join(tail)) from exc
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 def _export_decoder(decoder: TextDecoderForTraining, batch: dict[str, np.ndarray], file: Path) -> tuple[Any, Any]:
@@ -286,23 +262,31 @@ def _generate_artifacts(graph, source, trainable: list[str], frozen: list[str], 
     clip = onnxblock.optim.ClipGradNorm(MAX_GRAD_NORM)
     optim = onnxblock.optim.AdamW(clip_grad=clip) if optimizer == "adamw" else onnxblock.optim.SGD(clip_grad=clip)
     # ORT's .ort converter prints each file it converts: keep stdout for our own progress lines.
-    with contextlib.chdir(scratch), _quiet_export(), _native_stderr_captured(), contextlib.redirect_stdout(io.StringIO()):
-        artifacts.generate_artifacts(
-            source,
-            requires_grad=trainable,
-            frozen_params=[n for n in frozen if n in initializers],
-            loss=onnxblock.loss.CrossEntropyLoss(ignore_index=IGNORE_INDEX),
-            optimizer=optim,
-            artifact_directory=str(out),
-            nominal_checkpoint=True,
-            loss_input_names=[FLAT_LOGITS],
-            ort_format=ort_format,
-        )
+    with (contextlib.chdir(scratch), _quiet_export(), native_output_captured(2) as log,
+          contextlib.redirect_stdout(io.StringIO())):
+        try:
+            artifacts.generate_artifacts(
+                source,
+                requires_grad=trainable,
+                frozen_params=[n for n in frozen if n in initializers],
+                loss=onnxblock.loss.CrossEntropyLoss(ignore_index=IGNORE_INDEX),
+                optimizer=optim,
+                artifact_directory=str(out),
+                nominal_checkpoint=True,
+                loss_input_names=[FLAT_LOGITS],
+                ort_format=ort_format,
+            )
+        except Exception as exc:
+            log_tail = tail(log)
+            if not log_tail:
+                raise
+            raise RuntimeError(f"ORT artifact generation failed ({exc}); its log ends with:\n"
+                               + "\n".join(log_tail)) from exc
     for leftover in out.glob("*.required_operators*"):
         leftover.unlink()
 
 
-def _export_vision(vision: VisionEncoder, model: MobileVLMForCausalLM, file: Path, scratch: Path) -> None:
+def _export_vision(vision: VisionEncoder, model: MobileVLMForCausalLM, file: Path) -> None:
     size = model.config.image_size
     example = torch.zeros(1, 3, size, size)
     with _quiet_export():
@@ -324,7 +308,8 @@ def _pytorch_loss(model: MobileVLMForCausalLM, conv: Conversation, pixel_values:
 
 def _manifest(model: MobileVLMForCausalLM, model_dir: Path, decoder: TextDecoderForTraining, trainable: list[str],
               frozen: list[str], batch: dict[str, np.ndarray], seq_len: int, optimizer: str, lr: float,
-              train_projector: bool, reference: float, ort_format: bool, loss_output: str) -> dict[str, Any]:
+              train_projector: bool, reference: float, ort_format: bool, loss_output: str,
+              lora_dropout: float) -> dict[str, Any]:
     import onnxruntime
 
     cfg = model.config
@@ -363,29 +348,13 @@ def _manifest(model: MobileVLMForCausalLM, model_dir: Path, decoder: TextDecoder
         "loss_output": loss_output,
         "inference_outputs": [LOGITS],
         "image_input": decoder.image_input,
-        "trainable": [{"name": n, "shape": list(params[n].shape), "adapter_key": _adapter_key(n)} for n in trainable],
+        "trainable": [{"name": n, "shape": list(params[n].shape), "adapter_key": adapter_key(n)} for n in trainable],
         "frozen": {"count": len(frozen), "bytes": sum(params[n].numel() * params[n].element_size() for n in frozen)},
         "optimizer": {"type": optimizer, "default_learning_rate": lr, "max_grad_norm": MAX_GRAD_NORM},
         "train_projector": train_projector,
-        "lora_dropout": float(_lora_dropout(model)),
+        "lora_dropout": lora_dropout,
     }
     if ort_format:
         section["ort_format"] = {k: f"{k}.ort" for k in ("training_model", "eval_model", "optimizer_model")}
     return dict(base_manifest(model, model_dir, seq_len), onnx_training=section)
-
-
-def _adapter_key(name: str) -> str:
-    """ORT parameter name -> tensor name in the adapter directory."""
-    if name.startswith("llm."):
-        return PEFT_PREFIX + name[len("llm."):]
-    return to_checkpoint_key(name)
-
-
-def _lora_dropout(model: MobileVLMForCausalLM) -> float:
-    from mobilepeft.adapters.inject import adapter_layers
-
-    for layer in adapter_layers(model).values():
-        drop = getattr(layer, "lora_dropout", None)
-        return float(getattr(drop, "p", 0.0))
-    return 0.0
 

@@ -84,9 +84,6 @@ class OrtTrainer:
     def set_learning_rate(self, lr: float) -> None:
         self.optimizer.set_learning_rate(lr)
 
-    def parameters(self, names: list[str]) -> dict[str, np.ndarray]:
-        return {n: np.array(self.state.parameters[n].data) for n in names}
-
     def save_checkpoint(self, path: Path) -> None:
         """Write to a temporary name, then rename: a crash mid-write never leaves half a checkpoint.
 

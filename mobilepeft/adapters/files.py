@@ -96,9 +96,9 @@ def save_adapter(model: nn.Module, spec: AdapterSpec, out_dir: str | Path, *, ba
     return Path(out_dir)
 
 
-def _lora_key(path: str) -> str:
-    """Where a module's LoRA tensors are stored: PEFT's key for LLM modules, the MobileVLM
-    checkpoint name for CLIP-tower modules."""
+def adapter_key(path: str) -> str:
+    """Where a module's (or a parameter's) adapter tensors are stored: PEFT's key under the LLM,
+    the MobileVLM checkpoint name elsewhere (CLIP tower, projector)."""
     from mobilepeft.models.mobilevlm import to_checkpoint_key
 
     return PEFT_PREFIX + pattern_path(path) if path.startswith(LLM_ROOT) else to_checkpoint_key(path)
@@ -109,7 +109,7 @@ def _write_peft_lora(model: nn.Module, spec: AdapterSpec, tmp: Path, base_model:
     llm_tensors: dict[str, torch.Tensor] = {}
     vision_tensors: dict[str, torch.Tensor] = {}
     for path, form in forms.items():
-        key = _lora_key(path)
+        key = adapter_key(path)
         tensors = llm_tensors if path.startswith(LLM_ROOT) else vision_tensors
         tensors[key + ".lora_A.weight"] = form.A
         tensors[key + ".lora_B.weight"] = form.B
@@ -210,7 +210,7 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> AdapterSpec:
         expected: dict[str, torch.Tensor] = {}
         for path, layer in layers.items():
             for name, p in layer.own_parameters():
-                expected[f"{_lora_key(path)}.{name}"] = p
+                expected[f"{adapter_key(path)}.{name}"] = p
         files = ("adapter_model.safetensors", "vision_adapter.safetensors")
     else:
         expected = adapter_parameters(model)

@@ -24,9 +24,7 @@ def _tokens_to_grid(x: torch.Tensor) -> torch.Tensor:
     g = math.isqrt(n)
     if g * g != n:
         raise ValueError(f"projector expects a square grid of patch tokens, got {n} tokens")
-    # -1, not b: the TorchScript ONNX exporter turns a traced batch size into Reshape's "copy
-    # dim" 0, which ORT's Reshape gradient then takes literally (a zero-sized batch).
-    return x.transpose(1, 2).reshape(-1, c, g, g)
+    return x.transpose(1, 2).reshape(b, c, g, g)
 
 
 class LayerNorm2d(nn.LayerNorm):
