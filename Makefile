@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench-train-step bench-adapter-overhead bench-schedule-overhead bench-ondevice-train clean
+.PHONY: demo test lint bench-train-step bench-adapter-overhead bench-schedule-overhead bench-ondevice-train bench-deploy bench-quant-agreement clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,8 @@ demo: $(STAMP)
 	$(BIN)/mobilepeft demo $(DEMO_ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	# Two workers, one test file each at a time (module fixtures such as exported bundles are built once).
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check mobilepeft export tests benchmarks
@@ -37,6 +38,13 @@ bench-schedule-overhead: $(STAMP)
 
 bench-ondevice-train: $(STAMP)
 	$(BIN)/python benchmarks/ondevice_train.py
+
+bench-deploy: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[peers]"
+	$(BIN)/python benchmarks/deploy_bench.py
+
+bench-quant-agreement: $(STAMP)
+	$(BIN)/python benchmarks/quant_agreement.py
 
 clean:
 	rm -rf outputs runs .pytest_cache

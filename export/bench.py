@@ -35,25 +35,28 @@ class BenchSettings:
     warmup: int = 1
 
 
-class _Methods:
+class Methods:
     """The three callables of one runtime: ``vision(pixels)``, ``embed(tokens)``, ``decode(embeds, positions)``."""
 
     def __init__(self, vision: Callable, embed: Callable, decode: Callable) -> None:
         self.vision, self.embed, self.decode = vision, embed, decode
 
 
-def _load_executorch(bundle: Bundle) -> tuple[_Methods, float]:
+def _load_executorch(bundle: Bundle) -> tuple[Methods, float]:
     from executorch.runtime import Runtime
 
+    from mobilepeft.export.executorch_export import load_executorch_kernels
+
+    load_executorch_kernels()
     t0 = time.perf_counter()
     program = Runtime.get().load_program(str(bundle.file(bundle.section("executorch")["file"])))
     vision, embed, decode = (program.load_method(n) for n in ("vision_encoder", "token_embedding", "text_decoder"))
     load_ms = (time.perf_counter() - t0) * 1000
-    return _Methods(lambda x: vision.execute([x])[0], lambda t: embed.execute([t])[0],
+    return Methods(lambda x: vision.execute([x])[0], lambda t: embed.execute([t])[0],
                     lambda e, p: decode.execute([e, p])[0]), load_ms
 
 
-def _load_eager(bundle: Bundle) -> tuple[_Methods, float]:
+def _load_eager(bundle: Bundle) -> tuple[Methods, float]:
     from mobilepeft.adapters.inject import merge_and_unload
     from mobilepeft.export.kv_decoder import StaticCacheDecoder, TokenEmbedding
     from mobilepeft.export.training_graph import VisionEncoder
@@ -68,10 +71,10 @@ def _load_eager(bundle: Bundle) -> tuple[_Methods, float]:
     embed = TokenEmbedding(model).eval()
     decode = StaticCacheDecoder(model, bundle.manifest["max_seq_len"]).eval()
     load_ms = (time.perf_counter() - t0) * 1000
-    return _Methods(vision, embed, decode), load_ms
+    return Methods(vision, embed, decode), load_ms
 
 
-def _one_run(methods: _Methods, pixels: torch.Tensor, prompt: torch.Tensor, gen_len: int) -> dict[str, float]:
+def _one_run(methods: Methods, pixels: torch.Tensor, prompt: torch.Tensor, gen_len: int) -> dict[str, float]:
     with torch.no_grad():
         t0 = time.perf_counter()
         image_tokens = methods.vision(pixels)
@@ -112,46 +115,66 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
-def bench_bundle(bundle_dir: str | Path, settings: BenchSettings, *, compare_eager: bool = False,
-                 echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure the bundle (and optionally PyTorch eager); returns the result JSON."""
-    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+def load_runtime(bundle: Bundle, kind: str) -> tuple[Methods, float]:
+    """The bundle's program on ExecuTorch (``executorch``) or its source model in PyTorch (``eager``)."""
+    return {"executorch": _load_executorch, "eager": _load_eager}[kind](bundle)
 
-    bundle = read_bundle(bundle_dir)
-    section = bundle.section("executorch")
+
+def bench_inputs(bundle: Bundle, settings: BenchSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed random image and ``prompt_len`` prompt tokens that fit the bundle (same seed everywhere)."""
     max_seq = bundle.manifest["max_seq_len"]
     n_image = bundle.manifest["model"]["num_image_tokens"]
     if n_image + settings.prompt_len + settings.gen_len + 1 > max_seq:
         raise UserError(f"image tokens ({n_image}) + --prompt-len + --gen-len exceed the bundle's max_seq_len "
                         f"{max_seq}", field="gen-len", hint="shorten them or re-export with a larger --max-seq-len")
-    torch.set_num_threads(settings.threads)
-    _unsafe_reset_threadpool(settings.threads)
     size = bundle.manifest["image_preprocessing"]["size"]
     generator = torch.Generator().manual_seed(0)
     pixels = torch.empty(1, 3, size, size).uniform_(-1.5, 1.5, generator=generator)
     vocab = bundle.manifest["model"]["vocab_size"]
-    prompt = torch.randint(3, min(vocab, 500), (1, settings.prompt_len), generator=generator)
+    return pixels, torch.randint(3, min(vocab, 500), (1, settings.prompt_len), generator=generator)
 
-    runtimes = {"executorch": _load_executorch(bundle)}
-    if compare_eager:
-        runtimes["eager"] = _load_eager(bundle)
+
+def set_threads(threads: int) -> None:
+    """The same thread count for PyTorch and ExecuTorch's (XNNPACK's) thread pool."""
+    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+    torch.set_num_threads(threads)
+    _unsafe_reset_threadpool(threads)
+
+
+def measure(runtimes: dict[str, tuple[Methods, float]], pixels: torch.Tensor, prompt: torch.Tensor,
+            settings: BenchSettings, echo: Callable[[str], None] = print) -> dict[str, dict[str, float]]:
+    """Time every runtime on the same inputs, interleaved run by run (machine noise hits all alike)."""
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in runtimes}
     for i in range(settings.warmup + settings.runs):
-        for name, (methods, _) in runtimes.items():  # interleaved: machine noise hits both alike
+        for name, (methods, _) in runtimes.items():
             result = _one_run(methods, pixels, prompt, settings.gen_len)
             if i >= settings.warmup:
                 samples[name].append(result)
         echo(f"run {i + 1}/{settings.warmup + settings.runs}" + (" (warm-up)" if i < settings.warmup else ""))
+    return {name: _summary(samples[name], load_ms) for name, (_, load_ms) in runtimes.items()}
+
+
+def bench_bundle(bundle_dir: str | Path, settings: BenchSettings, *, compare_eager: bool = False,
+                 echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure the bundle (and optionally PyTorch eager); returns the result JSON."""
+    bundle = read_bundle(bundle_dir)
+    section = bundle.section("executorch")
+    pixels, prompt = bench_inputs(bundle, settings)
+    set_threads(settings.threads)
+    runtimes = {"executorch": load_runtime(bundle, "executorch")}
+    if compare_eager:
+        runtimes["eager"] = load_runtime(bundle, "eager")
+    summaries = measure(runtimes, pixels, prompt, settings, echo)
     result: dict[str, Any] = dict(
-        _summary(samples["executorch"], runtimes["executorch"][1]),
+        summaries["executorch"],
         peak_rss_mb=peak_rss_mb(), threads=settings.threads, backend=section["backend"],
         quantization=section["quantization"], device=f"host {platform.machine()} ({platform.node()})",
-        prompt_tokens=n_image + settings.prompt_len, generated_tokens=settings.gen_len, runs=settings.runs,
+        prompt_tokens=bundle.manifest["model"]["num_image_tokens"] + settings.prompt_len,
+        generated_tokens=settings.gen_len, runs=settings.runs,
     )
     if compare_eager:
-        eager = _summary(samples["eager"], runtimes["eager"][1])
-        result["eager"] = eager
-        result["executorch_over_eager"] = {k: result[k] / eager[k] for k in METRICS[2:4]}
-        result["executorch_over_eager"].update({k: result[k] / eager[k] for k in ("vision_encode_ms",
-                                                                                  "time_to_first_token_ms")})
+        result["eager"] = eager = summaries["eager"]
+        result["executorch_over_eager"] = {k: result[k] / eager[k] for k in (*METRICS[2:4], "vision_encode_ms",
+                                                                             "time_to_first_token_ms")}
     return result

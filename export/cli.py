@@ -63,20 +63,22 @@ def export_executorch_cmd(
     output_dir: Annotated[Path, typer.Option(help="Bundle directory to write (replaced atomically).")],
     adapter: Annotated[Path | None, typer.Option(help="Adapter to merge first (any method).")] = None,
     backend: Annotated[str, typer.Option(help="xnnpack (phone CPUs) or portable (reference kernels).")] = "xnnpack",
+    quantize: Annotated[str, typer.Option(help="none (fp32) or 8da4w: int4 weights in groups of 32 with int8 dynamic activations for the decoder's linears, int8 lm_head and embeddings, fp32 vision encoder.")] = "none",
     max_seq_len: Annotated[int | None, typer.Option(help="KV-cache length: prompt, image tokens and answer (default: the model's, at most 2048).")] = None,
 ) -> None:
     """Lower the (merged) model to one ExecuTorch .pte with ExecuTorch's multimodal methods
     (vision_encoder, token_embedding, text_decoder + metadata), so ExecuTorch's own
-    MultimodalRunner (C++, Python, Android LlmModule, iOS) drives it. fp32 for now.
+    MultimodalRunner (C++, Python, Android LlmModule, iOS) drives it.
 
-    The export checks itself: the program's prefill logits must match PyTorch's.
+    The export checks itself: the program's prefill logits must match the PyTorch modules it was
+    lowered from (for 8da4w, the quantized ones; the distance to the fp32 model is recorded).
 
-    Example: mobilepeft export executorch --model ckpt/ --adapter runs/lora/adapter --output-dir bundles/et
+    Example: mobilepeft export executorch --model ckpt/ --adapter runs/lora/adapter --quantize 8da4w --output-dir bundles/et
     """
     from mobilepeft.export.executorch_export import export_executorch
 
-    manifest = export_executorch(model, output_dir, adapter_dir=adapter, backend=backend, max_seq_len=max_seq_len,
-                                 echo=typer.echo)
+    manifest = export_executorch(model, output_dir, adapter_dir=adapter, backend=backend, quantize=quantize,
+                                 max_seq_len=max_seq_len, echo=typer.echo)
     typer.echo(f"wrote {output_dir}: {manifest['files']['model.pte']['bytes'] / 1e6:.1f} MB model.pte")
 
 
@@ -87,6 +89,7 @@ def generate_cmd(
     image: Annotated[Path | None, typer.Option(help="Image the question is about.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 64,
     temperature: Annotated[float, typer.Option(help="0 for greedy decoding.")] = 0.0,
+    verbose: Annotated[bool, typer.Option(help="Also print ExecuTorch's own log and runner stats (stderr).")] = False,
 ) -> None:
     """Answer a question about an image with ExecuTorch's MultimodalRunner — the path an app takes.
 
@@ -94,7 +97,11 @@ def generate_cmd(
     """
     from mobilepeft.export.et_runner import BundleRunner
 
-    result = BundleRunner(bundle).generate(prompt, image, max_new_tokens=max_new_tokens, temperature=temperature)
+    runner = BundleRunner(bundle)
+    result = runner.generate(prompt, image, max_new_tokens=max_new_tokens, temperature=temperature)
+    if verbose:
+        typer.echo("\n".join(runner.native_log), err=True)
+        typer.echo(result.stats_json, err=True)
     typer.echo(result.text)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mobilepeft.errors import UserError
 from mobilepeft.export.bundle import Bundle, read_bundle
-from mobilepeft.export.native_output import native_output_captured
+from mobilepeft.export.native_output import native_output_captured, tail
 
 
 @dataclass
@@ -28,16 +28,23 @@ class BundleRunner:
     """A ``MultimodalRunner`` over an ExecuTorch bundle, fed by the bundle's prompt template."""
 
     def __init__(self, bundle: str | Path | Bundle) -> None:
-        from executorch.extension.llm.runner import MultimodalRunner
+        from mobilepeft.export.executorch_export import load_executorch_kernels
 
+        load_executorch_kernels()
         self.bundle = bundle if isinstance(bundle, Bundle) else read_bundle(bundle)
         section = self.bundle.section("executorch")
         tokenizer = self.bundle.file(self.bundle.manifest["tokenizer"]["file"])
-        try:
-            self.runner = MultimodalRunner(str(self.bundle.file(section["file"])), str(tokenizer))
-        except RuntimeError as exc:
-            raise UserError(f"ExecuTorch cannot load the program ({exc})", path=self.bundle.file(section["file"]),
-                            hint="re-export the bundle") from exc
+        # ExecuTorch logs tokenizer probing, metadata and CPU detection to fd 2: kept in native_log.
+        with native_output_captured(2) as log:
+            from executorch.extension.llm.runner import MultimodalRunner  # its tokenizers log on import
+
+            try:
+                self.runner = MultimodalRunner(str(self.bundle.file(section["file"])), str(tokenizer))
+            except RuntimeError as exc:
+                raise UserError(f"ExecuTorch cannot load the program ({exc}); its log ends: "
+                                + " | ".join(tail(log, 5)), path=self.bundle.file(section["file"]),
+                                hint="re-export the bundle") from exc
+            self.native_log = tail(log, 1000)
 
     def pixel_values(self, image_path: str | Path):
         from PIL import Image
@@ -72,8 +79,10 @@ class BundleRunner:
         # The runner's budget covers one token fewer than it is given (measured on 1.5.1).
         config = GenerationConfig(echo=False, max_new_tokens=max_new_tokens + 1, temperature=temperature, num_bos=1)
         self.runner.reset()
-        with native_output_captured(1):  # the runner prints every token and its stats
+        # The runner prints every token to fd 1 and its stats to fd 2.
+        with native_output_captured(1), native_output_captured(2) as log:
             self.runner.generate(inputs, config, token_callback=pieces.append, stats_callback=stats.append)
+            self.native_log += tail(log, 1000)
         generated = stats[-1].num_generated_tokens if stats else len(pieces)
         # The runner hands over the EOS piece too before it stops (and counts it when it is the
         # very first token); it is not part of the answer.

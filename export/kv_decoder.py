@@ -87,7 +87,9 @@ class TokenEmbedding(nn.Module):
         self.embed_tokens = model.llm.get_input_embeddings()
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.embed_tokens(tokens)
+        # Without padding_idx (it only shapes gradients): ExecuTorch's int8-embedding fusion
+        # matches the plain embedding(weight, indices) pattern.
+        return F.embedding(tokens, self.embed_tokens.weight)
 
 
 @torch.no_grad()

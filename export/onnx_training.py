@@ -35,8 +35,9 @@ from mobilepeft.data.template import tokenize_conversation
 from mobilepeft.errors import UserError
 from mobilepeft.export.bundle import base_manifest, write_manifest
 from mobilepeft.export.native_output import native_output_captured, tail
+from mobilepeft.export.numerics import relative_error
 from mobilepeft.export.ort_batch import encode_sample, stack_batch
-from mobilepeft.export.ort_runtime import OrtTrainer, VisionRunner, relative_error
+from mobilepeft.export.ort_runtime import OrtTrainer, VisionRunner
 from mobilepeft.export.training_graph import (
     FLAT_LOGITS,
     LABELS,

@@ -19,12 +19,6 @@ from mobilepeft.errors import UserError
 onnxruntime.set_default_logger_severity(3)  # ORT logs every graph transformer at INFO otherwise
 
 
-def relative_error(value: np.ndarray | float, reference: np.ndarray | float) -> float:
-    """max |value - reference| / max(|reference|, tiny) — one number for scalars and arrays."""
-    value, reference = np.asarray(value, dtype=np.float64), np.asarray(reference, dtype=np.float64)
-    return float(np.max(np.abs(value - reference)) / max(float(np.max(np.abs(reference))), 1e-12))
-
-
 def session_options(threads: int | None) -> onnxruntime.SessionOptions:
     options = onnxruntime.SessionOptions()
     if threads:

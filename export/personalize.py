@@ -19,8 +19,9 @@ import numpy as np
 from mobilepeft.data.llava import load_llava
 from mobilepeft.errors import UserError
 from mobilepeft.export.bundle import Bundle, read_bundle
+from mobilepeft.export.numerics import relative_error
 from mobilepeft.export.ort_batch import EncodedSample, encode_sample, stack_batch
-from mobilepeft.export.ort_runtime import OrtTrainer, VisionRunner, relative_error
+from mobilepeft.export.ort_runtime import OrtTrainer, VisionRunner
 from mobilepeft.io import atomic_dir, write_json
 from mobilepeft.models.tokenizer import IGNORE_INDEX, Tokenizer
 

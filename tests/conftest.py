@@ -5,6 +5,7 @@ Everything is generated locally (no downloads). Session-scoped: the suite builds
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from mobilepeft.models.checkpoint import read_state_dict, save_checkpoint  # noq
 from mobilepeft.models.config import MobileVLMConfig  # noqa: E402
 from mobilepeft.models.presets import write_preset  # noqa: E402
 
-torch.set_num_threads(2)
+# Under pytest-xdist (`make test` runs two workers on two cores) each worker gets one core.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 def perturbed_copy(src: Path, dst: Path, *, weight_format: str, seed: int = 0, max_shard_bytes: int = 2**31) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -37,3 +38,56 @@ def assert_peft_equal(ckpt: Path, peft_dir: Path, ours_adapter: Path | None = No
         base = plain_llama(ckpt)(input_ids=ids).logits
     assert (a - b).abs().max().item() <= tol
     assert (a - base).abs().max().item() > 1e-3, "adapter must actually change the model"
+
+
+def train_adapter(ckpt: Path, data: Path, out: Path, method: str, steps: int, lr: float = 3e-3) -> Path:
+    """A fixed-rank adapter of ``method`` trained ``steps`` steps on the synthetic set; returns its directory."""
+    from mobilepeft.train.config import TrainConfig
+    from mobilepeft.train.trainer import Trainer
+
+    cfg = TrainConfig(model=str(ckpt), data=str(data / "train.json"), image_folder=str(data), output_dir=str(out),
+                      adapter=method, rank=4, alpha=8, max_steps=steps, batch_size=8, lr=lr, max_length=256,
+                      save_every=0, schedule="fixed")
+    cfg.validate()
+    Trainer(cfg, progress=False).run()
+    return out / "adapter"
+
+
+def val_questions(data: Path, n: int) -> list[tuple[str, Path]]:
+    records = json.loads((data / "val.json").read_text())[:n]
+    return [(r["conversations"][0]["value"], data / r["image"]) for r in records]
+
+
+def greedy_reference(model, question: str, image: Path, max_new_tokens: int = 8) -> list[int]:
+    """``model.generate`` greedy token ids for a question about an image."""
+    from PIL import Image
+
+    pixels = model.preprocess_images([Image.open(image)])
+    return model.generate(build_prompt_ids(question, model.tokenizer), pixels, max_new_tokens=max_new_tokens)[0]
+
+
+def piece_ids(tokenizer, pieces: list[str]) -> list[int]:
+    """Token ids of the runner's decoded pieces (one SentencePiece piece each; byte pieces verbatim)."""
+    sp = tokenizer._sp
+    return [sp.PieceToId(p if p.startswith("<0x") else p.replace(" ", "\u2581")) for p in pieces]
+
+
+def assert_runner_generates_like_pytorch(bundle_dir: Path, ckpt: Path, adapter: Path | None, data: Path,
+                                         n: int = 8) -> int:
+    """ExecuTorch's MultimodalRunner on the bundle gives ``model.generate``'s greedy tokens for ``n``
+    val questions; returns how many answers were non-empty (so callers can check the test has teeth)."""
+    from mobilepeft.export.bundle import read_bundle
+    from mobilepeft.export.et_runner import BundleRunner
+
+    bundle = read_bundle(bundle_dir, verify_hashes=True)
+    assert bundle.manifest["executorch"]["parity_rel_diff"] < 1e-3
+    model = mobilepeft.load_vlm(ckpt, adapter=adapter)
+    runner = BundleRunner(bundle)
+    answered = 0
+    for question, image in val_questions(data, n):
+        expected = greedy_reference(model, question, image)
+        got = runner.generate(question, image, max_new_tokens=8)
+        assert piece_ids(model.tokenizer, got.pieces)[: len(expected)] == expected, question
+        assert len(got.pieces) <= len(expected) + 1  # at most the EOS piece beyond
+        answered += bool(expected)
+    return answered

@@ -20,9 +20,10 @@ import mobilepeft
 from mobilepeft.data import SupervisedDataset, collate_batch, load_llava
 from mobilepeft.errors import UserError
 from mobilepeft.export.bundle import MANIFEST, read_bundle
+from mobilepeft.export.numerics import relative_error
 from mobilepeft.export.onnx_training import export_onnx_training
 from mobilepeft.export.ort_adapter import adapter_from_ort
-from mobilepeft.export.ort_runtime import OrtTrainer, load_checkpoint_state, relative_error
+from mobilepeft.export.ort_runtime import OrtTrainer, load_checkpoint_state
 from mobilepeft.export.personalize import (
     BatchBuilder,
     open_trainer,
