@@ -1,25 +1,48 @@
 """ExecuTorch's MultimodalRunner on merged models of the other adapter methods (multihead, dmlora,
 adaring) and on the real-format MobileVLM V2 sharded checkpoint: the same greedy tokens as
 ``model.generate``. Portable backend: the runner path is the one XNNPACK bundles take
-(test_executorch.py), and portable lowering is twice as fast."""
+(test_executorch.py), and portable lowering is twice as fast. The V2 case goes through the CLI
+(`export executorch`, `generate`) as a user would."""
 
 from __future__ import annotations
 
-import pytest
-from helpers import assert_runner_generates_like_pytorch, train_adapter
+import subprocess
+import sys
 
+import pytest
+from helpers import assert_runner_generates_like_pytorch, train_adapter, val_questions
+
+from mobilepeft.export.et_runner import BundleRunner
 from mobilepeft.export.executorch_export import export_executorch
+
+
+def _cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mobilepeft.export.cli", *map(str, args)], capture_output=True,
+                          text=True, check=False)
 
 
 @pytest.mark.parametrize("method", ["multihead", "dmlora", "adaring", None])
 def test_multimodal_runner_on_each_merged_method_and_the_v2_checkpoint(method, tiny_ckpt, v2_sharded_ckpt,
                                                                         synth_data, tmp_path):
+    bundle = tmp_path / "bundle"
     if method is None:
         ckpt, adapter = v2_sharded_ckpt, None
+        done = _cli("export", "executorch", "--model", ckpt, "--output-dir", bundle, "--backend", "portable",
+                    "--max-seq-len", 128)
+        assert done.returncode == 0, done.stderr
     else:
         # 30 steps at lr 1e-2: enough that every method answers (adaring's shared cores need the higher rate).
         ckpt, adapter = tiny_ckpt, train_adapter(tiny_ckpt, synth_data, tmp_path / "run", method, 30, lr=1e-2)
-    export_executorch(ckpt, tmp_path / "bundle", adapter_dir=adapter, backend="portable", max_seq_len=128,
-                      echo=lambda _: None)
-    answered = assert_runner_generates_like_pytorch(tmp_path / "bundle", ckpt, adapter, synth_data)
+        export_executorch(ckpt, bundle, adapter_dir=adapter, backend="portable", max_seq_len=128,
+                          echo=lambda _: None)
+    answered = assert_runner_generates_like_pytorch(bundle, ckpt, adapter, synth_data)
     assert answered >= (4 if method else 0)
+    if method is None:
+        question, image = val_questions(synth_data, 1)[0]
+        done = _cli("generate", "--bundle", bundle, "--image", image, "--prompt", question, "--max-new-tokens", 8)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == BundleRunner(bundle).generate(question, image, max_new_tokens=8).text
+        assert "Metadata" not in done.stdout + done.stderr  # ExecuTorch's own log stays out of the output
+        bad = _cli("export", "executorch", "--model", ckpt, "--output-dir", tmp_path / "x", "--quantize", "int3")
+        assert bad.returncode == 2 and "quantize" in bad.stderr and "Traceback" not in bad.stderr
+        assert not (tmp_path / "x").exists()
