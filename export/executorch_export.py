@@ -76,6 +76,7 @@ def export_executorch(model_dir: str | Path, out_dir: str | Path, *, adapter_dir
                         f"and not exceed the model's {limit} positions", field="max-seq-len")
     modules = _modules(model, max_seq_len)
     probe = _probe_inputs(model)
+    tokenizer, base, methods = model.tokenizer, base_manifest(model, model_dir, max_seq_len), _signatures(model)
     with torch.no_grad():
         fp32_logits = model(probe.ids[None], pixel_values=probe.pixels).logits
     reference, quantization = fp32_logits, {}
@@ -91,8 +92,7 @@ def export_executorch(model_dir: str | Path, out_dir: str | Path, *, adapter_dir
         # The weights live in the program now. Drop PyTorch's copies and the serialised buffer
         # before the runtime loads (and XNNPACK repacks) another: at 1.7B, fp32, keeping them
         # took the self-test past 20 GB.
-        del program, modules
-        model.to("meta")
+        del program, modules, model
         gc.collect()
         echo("[3/3] self-test: ExecuTorch runtime vs PyTorch")
         et_logits = _prefill(_executorch_methods(tmp / PTE_FILE), probe)
@@ -105,30 +105,33 @@ def export_executorch(model_dir: str | Path, out_dir: str | Path, *, adapter_dir
         if quantization:
             quantization["fp32_rel_diff"] = relative_error(et_logits.numpy(), fp32_logits.numpy())
             echo(f"      vs the fp32 model: prefill logits rel. diff {quantization['fp32_rel_diff']:.2f}")
-        model.tokenizer.save(tmp)
+        tokenizer.save(tmp)
         section = {
             "file": PTE_FILE,
             "backend": backend,
             "quantization": quantize,
             **({"quantization_detail": quantization} if quantization else {}),
             "dtype": "float32",
-            "methods": {
-                "vision_encoder": {"input": ["pixel_values", "float32", [1, 3, model.config.image_size,
-                                                                         model.config.image_size]],
-                                   "output": ["image_tokens", "float32", [1, model.config.num_image_tokens,
-                                                                          model.config.hidden_size]]},
-                "token_embedding": {"input": ["tokens", "int64", [1, "T"]],
-                                    "output": ["embeddings", "float32", [1, "T", model.config.hidden_size]]},
-                "text_decoder": {"input": ["embeddings", "float32", [1, "T", model.config.hidden_size],
-                                           "cache_position", "int64", ["T"]],
-                                 "output": ["logits", "float32", [1, "T", model.llm.config.vocab_size]]},
-            },
+            "methods": methods,
             "image_input": "normalised float pixels, NCHW, as image_preprocessing describes (not uint8)",
             "source": {"model": str(model_dir), "adapter": None if adapter_dir is None else str(adapter_dir)},
             "parity_rel_diff": gap,
         }
-        manifest = write_manifest(tmp, dict(base_manifest(model, model_dir, max_seq_len), executorch=section))
+        manifest = write_manifest(tmp, dict(base, executorch=section))
     return manifest
+
+
+def _signatures(model: MobileVLMForCausalLM) -> dict[str, Any]:
+    """The three methods' inputs and outputs as the manifest states them."""
+    size, hidden, tokens = model.config.image_size, model.config.hidden_size, model.config.num_image_tokens
+    return {
+        "vision_encoder": {"input": ["pixel_values", "float32", [1, 3, size, size]],
+                           "output": ["image_tokens", "float32", [1, tokens, hidden]]},
+        "token_embedding": {"input": ["tokens", "int64", [1, "T"]],
+                            "output": ["embeddings", "float32", [1, "T", hidden]]},
+        "text_decoder": {"input": ["embeddings", "float32", [1, "T", hidden], "cache_position", "int64", ["T"]],
+                         "output": ["logits", "float32", [1, "T", model.llm.config.vocab_size]]},
+    }
 
 
 def _modules(model: MobileVLMForCausalLM, max_seq_len: int) -> dict[str, torch.nn.Module]:
