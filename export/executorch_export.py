@@ -46,9 +46,11 @@ BACKENDS = ("xnnpack", "portable")
 QUANTIZATIONS = ("none", "8da4w")
 GROUP_SIZE = 32
 PTE_FILE = "model.pte"
-# XNNPACK reorders fp32 accumulations (measured ~1e-6); its int8 kernels round activations
-# differently from torchao's reference ops (measured 1.4e-2 on the demo model).
-PARITY_RTOL = {"none": 1e-3, "8da4w": 5e-2}
+# XNNPACK reorders fp32 accumulations (measured ~1e-6). Its int8/int4 kernels round scales and
+# activations differently from torchao's reference ops, and the differences compound with depth:
+# measured 1.4e-2 at 4 layers (demo model), 7.8e-2 at 24 (1.7B shape). A wrong lowering is off by
+# O(1) (asymmetric int4 groups, whose zero points XNNPACK ignores, were 0.18 off in ONE layer).
+PARITY_RTOL = {"none": 1e-3, "8da4w": 0.15}
 
 
 def export_executorch(model_dir: str | Path, out_dir: str | Path, *, adapter_dir: str | Path | None = None,
