@@ -168,6 +168,8 @@ def main() -> None:
     ap.add_argument("--max-seq-len", type=int, default=256)
     ap.add_argument("--work-dir", type=Path, default=Path("outputs/bench/deploy"))
     ap.add_argument("--no-llamacpp", action="store_true")
+    ap.add_argument("--runtimes", default="executorch_fp32,executorch_8da4w,executorch_8da4w_merged,eager_fp32",
+                    help="which to measure (e.g. executorch_8da4w,executorch_8da4w_merged for a longer merged-vs-base run)")
     ap.add_argument("--output", type=Path, default=RESULTS / "deploy_bench.json")
     args = ap.parse_args()
     settings = BenchSettings(threads=args.threads, prompt_len=args.prompt_len, gen_len=args.gen_len,
@@ -182,8 +184,11 @@ def main() -> None:
     bundles = {name: read_bundle(path) for name, path in paths.items()}
     pixels, prompt = bench_inputs(bundles["fp32"], settings)
     set_threads(args.threads)
-    runtimes = {f"executorch_{name}": load_runtime(bundle, "executorch") for name, bundle in bundles.items()}
-    runtimes["eager_fp32"] = load_runtime(bundles["fp32"], "eager")
+    wanted = args.runtimes.split(",")
+    runtimes = {f"executorch_{name}": load_runtime(bundle, "executorch") for name, bundle in bundles.items()
+                if f"executorch_{name}" in wanted}
+    if "eager_fp32" in wanted:
+        runtimes["eager_fp32"] = load_runtime(bundles["fp32"], "eager")
     print(f"measuring {', '.join(runtimes)} interleaved, {args.threads} threads", flush=True)
     summaries = measure(runtimes, pixels, prompt, settings)
     peak = peak_rss_mb()
@@ -195,18 +200,21 @@ def main() -> None:
     n_image = bundles["fp32"].manifest["model"]["num_image_tokens"]
     peer = None if args.no_llamacpp else llamacpp(model_dir, args.work_dir, settings, n_image + args.prompt_len)
 
-    ratios = {
-        "executorch_fp32_over_eager_decode": decode["executorch_fp32"] / decode["eager_fp32"],
-        "executorch_fp32_over_eager_prefill": (summaries["executorch_fp32"]["prefill_tokens_per_s"]
-                                               / summaries["eager_fp32"]["prefill_tokens_per_s"]),
-        "8da4w_over_fp32_decode": decode["executorch_8da4w"] / decode["executorch_fp32"],
-        "merged_over_base_decode_latency": decode["executorch_8da4w"] / decode["executorch_8da4w_merged"],
-        "merged_over_base_ttft": (summaries["executorch_8da4w_merged"]["time_to_first_token_ms"]
-                                  / summaries["executorch_8da4w"]["time_to_first_token_ms"]),
-        "bandwidth_fraction_fp32": per_token["fp32"] * decode["executorch_fp32"] / 1e9 / bandwidth,
-        "bandwidth_fraction_8da4w": per_token["8da4w"] * decode["executorch_8da4w"] / 1e9 / bandwidth,
+    def ratio(a: str, b: str, key: str = "decode_tokens_per_s") -> dict[str, float]:
+        return {} if a not in summaries or b not in summaries else {"v": summaries[a][key] / summaries[b][key]}
+
+    pairs = {
+        "executorch_fp32_over_eager_decode": ratio("executorch_fp32", "eager_fp32"),
+        "executorch_fp32_over_eager_prefill": ratio("executorch_fp32", "eager_fp32", "prefill_tokens_per_s"),
+        "8da4w_over_fp32_decode": ratio("executorch_8da4w", "executorch_fp32"),
+        "merged_over_base_decode_latency": ratio("executorch_8da4w", "executorch_8da4w_merged"),
+        "merged_over_base_ttft": ratio("executorch_8da4w_merged", "executorch_8da4w", "time_to_first_token_ms"),
     }
-    if peer:
+    ratios = {key: value["v"] for key, value in pairs.items() if value}
+    for name in ("fp32", "8da4w"):
+        if f"executorch_{name}" in decode:
+            ratios[f"bandwidth_fraction_{name}"] = per_token[name] * decode[f"executorch_{name}"] / 1e9 / bandwidth
+    if peer and "executorch_8da4w" in summaries:
         ratios["executorch_8da4w_over_llamacpp_decode"] = decode["executorch_8da4w"] / peer["decode_tokens_per_s"]
         ratios["executorch_8da4w_over_llamacpp_prefill"] = (summaries["executorch_8da4w"]["prefill_tokens_per_s"]
                                                             / peer["prefill_tokens_per_s"])

@@ -99,10 +99,10 @@ def export_executorch(model_dir: str | Path, out_dir: str | Path, *, adapter_dir
         echo("[3/3] self-test: ExecuTorch runtime vs PyTorch")
         et_logits = _prefill(_executorch_methods(tmp / PTE_FILE), probe)
         gap = relative_error(et_logits.numpy(), reference.numpy())
-        echo(f"      prefill logits rel. diff {gap:.1e} (tolerance {PARITY_RTOL[quantize]:.0e})")
+        echo(f"      prefill logits rel. diff {gap:.1e} (tolerance {PARITY_RTOL[quantize]:.2g})")
         if not gap <= PARITY_RTOL[quantize]:
             raise UserError(f"the lowered program disagrees with PyTorch (prefill logits rel. diff {gap:.1e}, "
-                            f"tolerance {PARITY_RTOL[quantize]:.0e}); no bundle was written",
+                            f"tolerance {PARITY_RTOL[quantize]:.2g}); no bundle was written",
                             hint="try --backend portable and report the model config")
         if quantization:
             quantization["fp32_rel_diff"] = relative_error(et_logits.numpy(), fp32_logits.numpy())

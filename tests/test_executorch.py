@@ -78,8 +78,9 @@ def test_8da4w_bundle_stays_close_to_fp32_and_shrinks(lora_bundles, tiny_ckpt, a
     bundle = read_bundle(lora_bundles["8da4w"], verify_hashes=True)
     section = bundle.section("executorch")
     assert section["quantization"] == "8da4w" and "int4" in section["quantization_detail"]["linear"]
-    # The program reproduces the torchao-quantized modules it was lowered from ...
-    assert section["parity_rel_diff"] <= PARITY_RTOL["8da4w"]
+    # The program reproduces the torchao-quantized modules it was lowered from (measured 1.4e-2 at
+    # these 4 layers; the exporter's 0.15 allows for rounding differences compounding in deep models) ...
+    assert section["parity_rel_diff"] < 5e-2 <= PARITY_RTOL["8da4w"]
     # ... and stays near the fp32 model (measured 0.18 on the demo model after 300 steps).
     assert section["quantization_detail"]["fp32_rel_diff"] < 0.5
     fp32_size = (lora_bundles["none"] / "model.pte").stat().st_size
