@@ -16,10 +16,11 @@ adapter merged 8da4w. Then, in this process and interleaved run by run with the 
   threads: ExecuTorch 8da4w decode / llama.cpp decode. Skipped, and said so, without
   llama-cpp-python.
 
-    python benchmarks/deploy_bench.py                       # ~1 h the first time on 2 cores
+    python benchmarks/deploy_bench.py
     python benchmarks/deploy_bench.py --preset tiny --runs 3  # the harness on the tiny model
 
-Prints a table and writes benchmarks/results/deploy_bench.json. Needs ~20 GB of RAM at 1.7B.
+Prints a table and writes benchmarks/results/deploy_bench.json. At 1.7B: ~22 GB of RAM (all four
+runtimes loaded at once; measured 21.6 GB peak), ~17 GB of disk, ~1 h the first time on 2 cores.
 """
 
 from __future__ import annotations
