@@ -76,7 +76,7 @@ def export_executorch(model_dir: str | Path, out_dir: str | Path, *, adapter_dir
     if not model.config.num_image_tokens < max_seq_len <= limit:
         raise UserError(f"--max-seq-len {max_seq_len} must exceed the {model.config.num_image_tokens} image tokens "
                         f"and not exceed the model's {limit} positions", field="max-seq-len")
-    modules = _modules(model, max_seq_len)
+    modules = export_modules(model, max_seq_len)
     probe = _probe_inputs(model)
     tokenizer, base, methods = model.tokenizer, base_manifest(model, model_dir, max_seq_len), _signatures(model)
     with torch.no_grad():
@@ -97,7 +97,7 @@ def export_executorch(model_dir: str | Path, out_dir: str | Path, *, adapter_dir
         del program, modules, model
         gc.collect()
         echo("[3/3] self-test: ExecuTorch runtime vs PyTorch")
-        et_logits = _prefill(_executorch_methods(tmp / PTE_FILE), probe)
+        et_logits = _prefill(executorch_methods(tmp / PTE_FILE), probe)
         gap = relative_error(et_logits.numpy(), reference.numpy())
         echo(f"      prefill logits rel. diff {gap:.1e} (tolerance {PARITY_RTOL[quantize]:.2g})")
         if not gap <= PARITY_RTOL[quantize]:
@@ -136,7 +136,8 @@ def _signatures(model: MobileVLMForCausalLM) -> dict[str, Any]:
     }
 
 
-def _modules(model: MobileVLMForCausalLM, max_seq_len: int) -> dict[str, torch.nn.Module]:
+def export_modules(model: MobileVLMForCausalLM, max_seq_len: int) -> dict[str, torch.nn.Module]:
+    """The three export-friendly modules, by method name, sharing the model's own weights."""
     return {
         "vision_encoder": VisionEncoder(model, include_projector=True).eval(),
         "token_embedding": TokenEmbedding(model).eval(),
@@ -214,7 +215,8 @@ def _probe_inputs(model: MobileVLMForCausalLM) -> _Probe:
     return _Probe(torch.tensor(build_prompt_ids("<image>\nWhat is in the picture?", model.tokenizer)), pixels)
 
 
-def _executorch_methods(pte: Path) -> dict[str, Callable]:
+def executorch_methods(pte: Path) -> dict[str, Callable]:
+    """The program's three methods as callables returning their first output (quantized kernels registered)."""
     from executorch.runtime import Runtime
 
     load_executorch_kernels()
