@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench-train-step bench-adapter-overhead bench-schedule-overhead bench-ondevice-train bench-deploy bench-quant-agreement clean
+.PHONY: demo test lint bench-train-step bench-adapter-overhead bench-schedule-overhead bench-ondevice-train bench-deploy bench-quant-agreement bench-coreml-sizes clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ bench-deploy: $(STAMP)
 
 bench-quant-agreement: $(STAMP)
 	$(BIN)/python benchmarks/quant_agreement.py
+
+bench-coreml-sizes: $(STAMP)
+	$(BIN)/python benchmarks/coreml_sizes.py
 
 clean:
 	rm -rf outputs runs .pytest_cache

@@ -62,7 +62,7 @@ def export_executorch_cmd(
     model: Annotated[Path, typer.Option(help="MobileVLM checkpoint directory (base or merged).")],
     output_dir: Annotated[Path, typer.Option(help="Bundle directory to write (replaced atomically).")],
     adapter: Annotated[Path | None, typer.Option(help="Adapter to merge first (any method).")] = None,
-    backend: Annotated[str, typer.Option(help="xnnpack (phone CPUs) or portable (reference kernels).")] = "xnnpack",
+    backend: Annotated[str, typer.Option(help="xnnpack (phone CPUs), coreml (Apple's Core ML delegate: iOS 18, fp16, runs on Apple hardware only) or portable (reference kernels).")] = "xnnpack",
     quantize: Annotated[str, typer.Option(help="none (fp32) or 8da4w: int4 weights in groups of 32 with int8 dynamic activations for the decoder's linears, int8 lm_head and embeddings, fp32 vision encoder.")] = "none",
     max_seq_len: Annotated[int | None, typer.Option(help="KV-cache length: prompt, image tokens and answer (default: the model's, at most 2048).")] = None,
 ) -> None:
@@ -80,6 +80,37 @@ def export_executorch_cmd(
     manifest = export_executorch(model, output_dir, adapter_dir=adapter, backend=backend, quantize=quantize,
                                  max_seq_len=max_seq_len, echo=typer.echo)
     typer.echo(f"wrote {output_dir}: {manifest['files']['model.pte']['bytes'] / 1e6:.1f} MB model.pte")
+    for method, counts in manifest["executorch"]["delegation"].items():
+        typer.echo(f"      {method}: {counts['delegated_nodes']} nodes delegated to {backend} in "
+                   f"{counts['delegated_subgraphs']} subgraph(s), {counts['non_delegated_nodes']} left to portable kernels")
+
+
+@export_app.command("coreml")
+def export_coreml_cmd(
+    model: Annotated[Path, typer.Option(help="MobileVLM checkpoint directory (base or merged).")],
+    output_dir: Annotated[Path, typer.Option(help="Bundle directory to write (replaced atomically).")],
+    adapter: Annotated[Path | None, typer.Option(help="Adapter to merge first (any method).")] = None,
+    compress: Annotated[str, typer.Option(help="Weight compression: none (fp16), int8 (per channel, iOS 16+), int4 (blocks of 32, iOS 18) or palettize4 (4-bit k-means palettes, iOS 18).")] = "none",
+    max_seq_len: Annotated[int | None, typer.Option(help="KV-cache length: prompt, image tokens and answer (default: the model's, at most 2048).")] = None,
+    target: Annotated[str, typer.Option(help="iOS18: KV cache as Core ML state (fast, in place); iOS17: caches as inputs/outputs the app feeds back.")] = "iOS18",
+) -> None:
+    """Convert the (merged) model to VisionEncoder.mlpackage + TextDecoder.mlpackage (fp16, token
+    embedding inside the decoder) for a native iOS app; the manifest states every input, output and
+    state.
+
+    Conversion runs anywhere; prediction needs Apple hardware. The export checks the graphs it
+    converts against the PyTorch model (prefill and decode steps through the KV cache) and that the
+    saved packages declare the manifest's interface. See docs/deploy-coreml.md.
+
+    Example: mobilepeft export coreml --model ckpt/ --adapter runs/lora/adapter --compress int4 --output-dir bundles/coreml
+    """
+    from mobilepeft.export.coreml_export import export_coreml
+
+    manifest = export_coreml(model, output_dir, adapter_dir=adapter, compress=compress, max_seq_len=max_seq_len,
+                             target=target, echo=typer.echo)
+    sizes = manifest["coreml"]["package_bytes"]
+    typer.echo(f"wrote {output_dir}: VisionEncoder.mlpackage {sizes['vision_encoder'] / 1e6:.1f} MB, "
+               f"TextDecoder.mlpackage {sizes['text_decoder'] / 1e6:.1f} MB ({compress}, {target})")
 
 
 @app.command("generate")

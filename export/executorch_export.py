@@ -17,10 +17,17 @@ blockwise kernels); ``lm_head`` keeps int8 per-channel weights (as llama.cpp kee
 layer above 4 bits: 4-bit logits cost the most agreement with the fp32 model for the least
 memory); token embeddings are int8 per row; the vision encoder, run once per image, stays fp32.
 
+``--backend coreml`` hands the three methods to ExecuTorch's Core ML delegate (iOS 18 target, fp16;
+the KV cache becomes Core ML state). Core ML has no ``index_copy``, so that decoder writes its cache
+as one slice at ``cache_position[0]`` (consecutive positions, as every runner passes). The manifest's
+``delegation`` counts, per method, the operator nodes inside delegate payloads and those left to
+ExecuTorch's portable kernels (for Core ML: none).
+
 The export verifies itself before the bundle appears: the program, run by ExecuTorch's runtime,
 must reproduce the PyTorch modules it was lowered from (fp32: the model itself; 8da4w: the
 torchao-quantized modules) on a real prompt + image; for 8da4w the distance to the fp32 model is
-recorded too.
+recorded too. A Core ML delegate runs only on Apple hardware, so there the exported graphs the
+partitioner received are checked instead (``parity_checked_on``).
 """
 
 from __future__ import annotations
@@ -28,7 +35,6 @@ from __future__ import annotations
 import gc
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +44,12 @@ from mobilepeft.errors import UserError
 from mobilepeft.export.bundle import base_manifest, write_manifest
 from mobilepeft.export.kv_decoder import StaticCacheDecoder, TokenEmbedding
 from mobilepeft.export.numerics import relative_error
+from mobilepeft.export.source_model import load_merged, prefill, probe_inputs, resolve_max_seq_len
 from mobilepeft.export.training_graph import VisionEncoder
 from mobilepeft.io import atomic_dir, atomic_file
 from mobilepeft.models.mobilevlm import MobileVLMForCausalLM
 
-BACKENDS = ("xnnpack", "portable")
+BACKENDS = ("xnnpack", "portable", "coreml")
 QUANTIZATIONS = ("none", "8da4w")
 GROUP_SIZE = 32
 PTE_FILE = "model.pte"
@@ -57,27 +64,20 @@ def export_executorch(model_dir: str | Path, out_dir: str | Path, *, adapter_dir
                       backend: str = "xnnpack", quantize: str = "none", max_seq_len: int | None = None,
                       echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Write the bundle ``out_dir`` (``model.pte``, tokenizer, ``manifest.json``) and return the manifest."""
-    from mobilepeft.adapters.inject import merge_and_unload
-    from mobilepeft.loading import load_vlm
-
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}", field="backend", hint=f"choose from {', '.join(BACKENDS)}")
     if quantize not in QUANTIZATIONS:
         raise UserError(f"unknown quantization {quantize!r}", field="quantize",
                         hint=f"choose from {', '.join(QUANTIZATIONS)}")
+    if backend == "coreml" and quantize != "none":
+        raise UserError("--quantize 8da4w is an XNNPACK scheme; the Core ML delegate runs fp16", field="quantize",
+                        hint="use --quantize none, or `mobilepeft export coreml --compress int4` for int4 weights")
     model_dir = Path(model_dir)
-    echo("[1/3] loading" + (" and merging the adapter" if adapter_dir else ""))
-    model = load_vlm(model_dir, adapter=adapter_dir)
-    if adapter_dir is not None:
-        merge_and_unload(model)
-    model.eval()
-    limit = model.llm.config.max_position_embeddings
-    max_seq_len = max_seq_len or min(limit, 2048)
-    if not model.config.num_image_tokens < max_seq_len <= limit:
-        raise UserError(f"--max-seq-len {max_seq_len} must exceed the {model.config.num_image_tokens} image tokens "
-                        f"and not exceed the model's {limit} positions", field="max-seq-len")
-    modules = export_modules(model, max_seq_len)
-    probe = _probe_inputs(model)
+    model = load_merged(model_dir, adapter_dir, echo)
+    max_seq_len = resolve_max_seq_len(model, max_seq_len)
+    coreml = backend == "coreml"
+    modules = export_modules(model, max_seq_len, contiguous_writes=coreml)
+    probe = probe_inputs(model)
     tokenizer, base, methods = model.tokenizer, base_manifest(model, model_dir, max_seq_len), _signatures(model)
     with torch.no_grad():
         fp32_logits = model(probe.ids[None], pixel_values=probe.pixels).logits
@@ -85,27 +85,35 @@ def export_executorch(model_dir: str | Path, out_dir: str | Path, *, adapter_dir
     if quantize == "8da4w":
         echo("      quantizing 8da4w (torchao)")
         quantization = quantize_8da4w(modules)
-        reference = _prefill(_eager_methods(modules), probe)
+        reference = prefill(_eager_methods(modules), probe)
     with atomic_dir(out_dir) as tmp:
         echo(f"[2/3] exporting and lowering to ExecuTorch ({backend}, {quantize}, max_seq_len {max_seq_len})")
-        program = _lower(modules, model, max_seq_len, backend)
+        exported = _export(modules, model, max_seq_len, contiguous_writes=coreml)
+        if coreml:
+            # ExecuTorch's Core ML delegate runs only on Apple hardware: check the exported graphs the
+            # partitioner receives (all of it goes to Core ML, see `delegation`) instead.
+            checked_on, logits = "exported_program", prefill({k: v.module() for k, v in exported.items()}, probe)
+        program, delegation = _lower(exported, model, max_seq_len, backend)
         with atomic_file(tmp / PTE_FILE, "wb") as fh:
             fh.write(program.buffer)
         # The weights live in the program now. Drop PyTorch's copies and the serialised buffer
         # before the runtime loads (and XNNPACK repacks) another: at 1.7B, fp32, keeping them
         # took the self-test past 20 GB.
-        del program, modules, model
+        del program, exported, modules, model
         gc.collect()
-        echo("[3/3] self-test: ExecuTorch runtime vs PyTorch")
-        et_logits = _prefill(executorch_methods(tmp / PTE_FILE), probe)
-        gap = relative_error(et_logits.numpy(), reference.numpy())
+        if coreml:
+            echo("[3/3] self-test: exported program vs PyTorch (the Core ML runtime needs Apple hardware)")
+        else:
+            echo("[3/3] self-test: ExecuTorch runtime vs PyTorch")
+            checked_on, logits = "executorch_runtime", prefill(executorch_methods(tmp / PTE_FILE), probe)
+        gap = relative_error(logits.numpy(), reference.numpy())
         echo(f"      prefill logits rel. diff {gap:.1e} (tolerance {PARITY_RTOL[quantize]:.2g})")
         if not gap <= PARITY_RTOL[quantize]:
             raise UserError(f"the lowered program disagrees with PyTorch (prefill logits rel. diff {gap:.1e}, "
                             f"tolerance {PARITY_RTOL[quantize]:.2g}); no bundle was written",
                             hint="try --backend portable and report the model config")
         if quantization:
-            quantization["fp32_rel_diff"] = relative_error(et_logits.numpy(), fp32_logits.numpy())
+            quantization["fp32_rel_diff"] = relative_error(logits.numpy(), fp32_logits.numpy())
             echo(f"      vs the fp32 model: prefill logits rel. diff {quantization['fp32_rel_diff']:.2f}")
         tokenizer.save(tmp)
         section = {
@@ -113,11 +121,14 @@ def export_executorch(model_dir: str | Path, out_dir: str | Path, *, adapter_dir
             "backend": backend,
             "quantization": quantize,
             **({"quantization_detail": quantization} if quantization else {}),
-            "dtype": "float32",
+            # The Core ML delegate computes in fp16 (as on the Neural Engine); the methods' I/O stays fp32.
+            "dtype": "float16" if coreml else "float32",
             "methods": methods,
+            "delegation": delegation,
             "image_input": "normalised float pixels, NCHW, as image_preprocessing describes (not uint8)",
             "source": {"model": str(model_dir), "adapter": None if adapter_dir is None else str(adapter_dir)},
             "parity_rel_diff": gap,
+            "parity_checked_on": checked_on,
         }
         manifest = write_manifest(tmp, dict(base, executorch=section))
     return manifest
@@ -136,12 +147,17 @@ def _signatures(model: MobileVLMForCausalLM) -> dict[str, Any]:
     }
 
 
-def export_modules(model: MobileVLMForCausalLM, max_seq_len: int) -> dict[str, torch.nn.Module]:
-    """The three export-friendly modules, by method name, sharing the model's own weights."""
+def export_modules(model: MobileVLMForCausalLM, max_seq_len: int, *, contiguous_writes: bool = False
+                   ) -> dict[str, torch.nn.Module]:
+    """The three export-friendly modules, by method name, sharing the model's own weights.
+
+    ``contiguous_writes``: cache writes as one slice (Core ML has no ``index_copy``; see
+    :class:`StaticCacheDecoder`).
+    """
     return {
         "vision_encoder": VisionEncoder(model, include_projector=True).eval(),
         "token_embedding": TokenEmbedding(model).eval(),
-        "text_decoder": StaticCacheDecoder(model, max_seq_len).eval(),
+        "text_decoder": StaticCacheDecoder(model, max_seq_len, contiguous_writes=contiguous_writes).eval(),
     }
 
 
@@ -169,50 +185,74 @@ def quantize_8da4w(modules: dict[str, torch.nn.Module]) -> dict[str, Any]:
     }
 
 
-def _lower(modules: dict[str, torch.nn.Module], model: MobileVLMForCausalLM, max_seq_len: int, backend: str):
-    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+def _export(modules: dict[str, torch.nn.Module], model: MobileVLMForCausalLM, max_seq_len: int, *,
+            contiguous_writes: bool) -> dict[str, Any]:
+    """``torch.export`` programs of the three methods, the sequence length dynamic."""
     from torch.export import Dim, export
 
     size, hidden = model.config.image_size, model.config.hidden_size
-    seq = Dim("seq", min=1, max=max_seq_len)
+    # A contiguous cache write needs room after the prompt: at most max_seq_len - 1 tokens per call.
+    seq = Dim("seq", min=1, max=max_seq_len - 1 if contiguous_writes else max_seq_len)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        programs = {
+        return {
             "vision_encoder": export(modules["vision_encoder"], (torch.zeros(1, 3, size, size),), strict=False),
             "token_embedding": export(modules["token_embedding"], (torch.zeros(1, 2, dtype=torch.long),),
                                       dynamic_shapes=({1: seq},), strict=False),
             "text_decoder": export(modules["text_decoder"], (torch.zeros(1, 2, hidden), torch.arange(2)),
                                    dynamic_shapes=({1: seq}, {0: seq}), strict=False),
         }
-        partitioner = []
-        if backend == "xnnpack":
-            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
-            partitioner = [XnnpackPartitioner()]
-        tok = model.tokenizer
+
+def _lower(programs: dict[str, Any], model: MobileVLMForCausalLM, max_seq_len: int, backend: str):
+    """The ExecuTorch program (``programs`` are consumed) and per-method delegation counts."""
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+
+    from mobilepeft.export.coreml_quiet import quiet_coremltools
+
+    tok = model.tokenizer
+    with torch.no_grad(), warnings.catch_warnings(), quiet_coremltools():
+        warnings.simplefilter("ignore")
         edge = to_edge_transform_and_lower(
-            programs, partitioner=partitioner, compile_config=EdgeCompileConfig(_check_ir_validity=False),
+            programs, partitioner=_partitioners(backend), compile_config=EdgeCompileConfig(_check_ir_validity=False),
             constant_methods={
                 "get_max_seq_len": max_seq_len, "get_max_context_len": max_seq_len,
                 "get_bos_id": tok.bos_id, "get_eos_ids": [tok.eos_id],
                 "get_vocab_size": model.llm.config.vocab_size, "use_kv_cache": True, "enable_dynamic_shape": True,
             })
+        delegation = {name: delegation_counts(edge.exported_program(name).graph_module) for name in programs}
         # Folds the quantize/dequantize pairs around weights into packed constants (8da4w).
-        return edge.to_executorch(ExecutorchBackendConfig(do_quant_fusion_and_const_prop=True))
+        return edge.to_executorch(ExecutorchBackendConfig(do_quant_fusion_and_const_prop=True)), delegation
 
 
-@dataclass
-class _Probe:
-    ids: torch.Tensor  # [T] prompt ids with one IMAGE_TOKEN_INDEX slot
-    pixels: torch.Tensor  # [1,3,S,S]
+def _partitioners(backend: str) -> list:
+    if backend == "xnnpack":
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+        return [XnnpackPartitioner()]
+    if backend == "coreml":
+        import coremltools as ct
+        from executorch.backends.apple.coreml.compiler import CoreMLBackend
+        from executorch.backends.apple.coreml.partition import CoreMLPartitioner
+
+        # iOS 18: the KV cache becomes Core ML state (MLState); fp16 as the Neural Engine computes.
+        specs = CoreMLBackend.generate_compile_specs(compute_precision=ct.precision.FLOAT16,
+                                                     minimum_deployment_target=ct.target.iOS18)
+        return [CoreMLPartitioner(compile_specs=specs, take_over_mutable_buffer=True)]
+    return []
 
 
-def _probe_inputs(model: MobileVLMForCausalLM) -> _Probe:
-    from mobilepeft.data.template import build_prompt_ids
+def delegation_counts(graph_module: torch.fx.GraphModule) -> dict[str, int]:
+    """Operator nodes inside delegate payloads vs left to ExecuTorch's own kernels (``getitem`` excluded:
+    it only unpacks a delegate's outputs)."""
+    from executorch.devtools.backend_debug import get_delegation_info
 
-    size = model.config.image_size
-    pixels = torch.zeros(1, 3, size, size).uniform_(-1.5, 1.5, generator=torch.Generator().manual_seed(0))
-    return _Probe(torch.tensor(build_prompt_ids("<image>\nWhat is in the picture?", model.tokenizer)), pixels)
+    info = get_delegation_info(graph_module)
+    table = info.get_operator_delegation_dataframe()
+    table = table[~table["op_type"].isin(["getitem", "Total"])]
+    return {"delegated_subgraphs": info.num_delegated_subgraphs,
+            "delegated_nodes": int(table["occurrences_in_delegated_graphs"].sum()),
+            "non_delegated_nodes": int(table["occurrences_in_non_delegated_graphs"].sum())}
 
 
 def executorch_methods(pte: Path) -> dict[str, Callable]:
@@ -232,18 +272,6 @@ def _eager_methods(modules: dict[str, torch.nn.Module]) -> dict[str, Callable]:
 
     return {"vision_encoder": modules["vision_encoder"], "token_embedding": modules["token_embedding"],
             "text_decoder": decode}
-
-
-@torch.no_grad()
-def _prefill(methods: dict[str, Callable], probe: _Probe) -> torch.Tensor:
-    """Prefill logits of the probe through one runtime's three methods, spliced as a runner splices."""
-    from mobilepeft.models.tokenizer import IMAGE_TOKEN_INDEX
-
-    slot = int((probe.ids == IMAGE_TOKEN_INDEX).nonzero()[0])
-    embed = methods["token_embedding"]
-    embeds = torch.cat([embed(probe.ids[None, :slot]), methods["vision_encoder"](probe.pixels),
-                        embed(probe.ids[None, slot + 1:])], dim=1)
-    return methods["text_decoder"](embeds, torch.arange(embeds.shape[1]))
 
 
 def load_executorch_kernels() -> None:

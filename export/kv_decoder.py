@@ -22,8 +22,12 @@ from mobilepeft.models.mobilevlm import MobileVLMForCausalLM
 class StaticCacheDecoder(nn.Module):
     """``(inputs_embeds [1,T,D], cache_position [T] int64) -> logits [1,T,V]``, caches updated in place."""
 
-    def __init__(self, model: MobileVLMForCausalLM, max_seq_len: int) -> None:
+    def __init__(self, model: MobileVLMForCausalLM, max_seq_len: int, *, contiguous_writes: bool = False) -> None:
         super().__init__()
+        # index_copy at arbitrary positions (ExecuTorch) or one slice starting at cache_position[0]
+        # (Core ML has no index_copy; its slice_update takes a runtime offset). Runners always write
+        # consecutive positions, so both compute the same thing.
+        self.contiguous_writes = contiguous_writes
         llm = model.llm
         cfg = llm.config
         self.decoder = llm.model
@@ -47,36 +51,64 @@ class StaticCacheDecoder(nn.Module):
                 buffer.zero_()
 
     def forward(self, inputs_embeds: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
+        caches = [(getattr(self, f"k_cache_{i}"), getattr(self, f"v_cache_{i}")) for i in range(len(self.decoder.layers))]
+        return self.decode(inputs_embeds, cache_position, caches, in_place=True)[0]
+
+    def decode(self, inputs_embeds: torch.Tensor, cache_position: torch.Tensor,
+               caches: list[tuple[torch.Tensor, torch.Tensor]], *, in_place: bool
+               ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Logits and the per-layer ``(keys, values)`` caches after writing this step's entries.
+
+        ``in_place`` writes into the given tensors (the module's buffers: a stateful program);
+        otherwise new caches are returned and the inputs are left alone (caches as model I/O).
+        """
         hidden = inputs_embeds
         positions = cache_position[None, :]
         cos, sin = self.decoder.rotary_emb(hidden, positions)
         keys = torch.arange(self.max_seq_len, device=hidden.device)
         mask = keys[None, :] <= cache_position[:, None]  # [T, max_seq_len]: causal over the cache
-        for i, layer in enumerate(self.decoder.layers):
+        updated = []
+        for layer, (k_cache, v_cache) in zip(self.decoder.layers, caches, strict=True):
             residual = hidden
-            hidden = residual + self._attention(i, layer.self_attn, layer.input_layernorm(hidden), cos, sin,
-                                                cache_position, mask)
+            out, k_cache, v_cache = self._attention(layer.self_attn, layer.input_layernorm(hidden), cos, sin,
+                                                    cache_position, mask, k_cache, v_cache, in_place)
+            hidden = residual + out
             residual = hidden
             hidden = residual + layer.mlp(layer.post_attention_layernorm(hidden))
-        return self.lm_head(self.decoder.norm(hidden))
+            updated.append((k_cache, v_cache))
+        return self.lm_head(self.decoder.norm(hidden)), updated
 
-    def _attention(self, index: int, attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                   cache_position: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _attention(self, attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   cache_position: torch.Tensor, mask: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                   in_place: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch, length, _ = x.shape
         q = attn.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
         k = attn.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = attn.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        # In-place update of this layer's slice: becomes a mutable buffer in torch.export.
-        keys, values = getattr(self, f"k_cache_{index}"), getattr(self, f"v_cache_{index}")
-        keys.index_copy_(2, cache_position, k)
-        values.index_copy_(2, cache_position, v)
+        keys = self._write(keys, k, cache_position, in_place)
+        values = self._write(values, v, cache_position, in_place)
         groups = self.num_heads // self.num_kv_heads
+        all_keys, all_values = keys, values
         if groups > 1:
-            keys = keys.repeat_interleave(groups, dim=1)
-            values = values.repeat_interleave(groups, dim=1)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[None, None])
-        return attn.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+            all_keys = keys.repeat_interleave(groups, dim=1)
+            all_values = values.repeat_interleave(groups, dim=1)
+        out = F.scaled_dot_product_attention(q, all_keys, all_values, attn_mask=mask[None, None])
+        return attn.o_proj(out.transpose(1, 2).reshape(batch, length, -1)), keys, values
+
+    def _write(self, cache: torch.Tensor, update: torch.Tensor, cache_position: torch.Tensor,
+               in_place: bool) -> torch.Tensor:
+        """Put ``update`` [1,H,T,Dh] at ``cache_position`` along the sequence axis of ``cache``."""
+        if not self.contiguous_writes:
+            # In place on a buffer, this becomes a mutable buffer in torch.export.
+            return cache.index_copy_(2, cache_position, update) if in_place else cache.index_copy(2, cache_position, update)
+        start = cache_position[0].item()
+        torch._check(start >= 0)
+        torch._check(start + update.shape[2] <= self.max_seq_len)
+        if in_place:
+            cache[:, :, start:start + update.shape[2]] = update
+            return cache
+        return torch.slice_scatter(cache, update, dim=2, start=start, end=start + update.shape[2])
 
 
 class TokenEmbedding(nn.Module):

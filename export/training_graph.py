@@ -50,7 +50,6 @@ class TextDecoderForTraining(nn.Module):
         super().__init__()
         self.llm = model.llm
         self.mm_projector = model.mm_projector if train_projector else None
-        self.num_image_tokens = model.config.num_image_tokens
 
     @property
     def image_input(self) -> str:
@@ -60,12 +59,7 @@ class TextDecoderForTraining(nn.Module):
                 image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         decoder = self.llm.model
         image_embeds = self.mm_projector(image) if self.mm_projector is not None else image
-        is_image = input_ids == IMAGE_TOKEN_INDEX
-        tokens = decoder.embed_tokens(input_ids.clamp(min=0))
-        slot = (is_image.long().cumsum(-1) - 1).clamp(0, self.num_image_tokens - 1)
-        picked = torch.gather(image_embeds.to(tokens.dtype), 1,
-                              slot[..., None].expand(-1, -1, tokens.shape[-1]))
-        hidden = torch.where(is_image[..., None], picked, tokens)
+        hidden = embed_with_image(decoder.embed_tokens.weight, input_ids, image_embeds)
 
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         length = input_ids.shape[1]
@@ -79,6 +73,16 @@ class TextDecoderForTraining(nn.Module):
             hidden = layer(hidden, attention_mask=mask, position_ids=positions, position_embeddings=rope)
         logits = self.llm.lm_head(decoder.norm(hidden))
         return logits, logits.reshape(-1, logits.shape[-1])
+
+
+def embed_with_image(embedding: torch.Tensor, input_ids: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+    """Token embeddings of ``input_ids`` [B,T], with image token k at the k-th ``IMAGE_TOKEN_INDEX``
+    position of each row (``image_embeds`` [B,P,D]; a whole image span lies in one call)."""
+    is_image = input_ids == IMAGE_TOKEN_INDEX
+    tokens = torch.nn.functional.embedding(input_ids.clamp(min=0), embedding)
+    slot = (is_image.long().cumsum(-1) - 1).clamp(0, image_embeds.shape[1] - 1)
+    picked = torch.gather(image_embeds.to(tokens.dtype), 1, slot[..., None].expand(-1, -1, tokens.shape[-1]))
+    return torch.where(is_image[..., None], picked, tokens)
 
 
 class _HardSwish(nn.Module):

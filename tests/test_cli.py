@@ -16,6 +16,17 @@ def _run(*args, cwd=None):
     return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
+def _run_in_process(*args) -> subprocess.CompletedProcess:
+    """A happy path through typer's runner: the same app, without paying for a new interpreter's imports."""
+    from typer.testing import CliRunner
+
+    from mobilepeft.export.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout,
+                                       result.stderr + ("" if result.exception is None else repr(result.exception)))
+
+
 @pytest.fixture()
 def broken_data(synth_data, tmp_path):
     """A copy of 6 good samples plus one whose image file is missing."""
@@ -74,22 +85,22 @@ def test_init_model_and_synth_commands(tmp_path):
 @pytest.mark.parametrize("method", ["multihead", "dmlora", "adaring"])
 def test_every_method_trains_from_the_cli(method, tiny_ckpt, synth_data, tmp_path):
     out = tmp_path / method
-    proc = _run("train", "--model", str(tiny_ckpt), "--data", str(synth_data / "train.json"), "--output-dir",
+    proc = _run_in_process("train", "--model", str(tiny_ckpt), "--data", str(synth_data / "train.json"), "--output-dir",
                 str(out), "--adapter", method, "--max-steps", "40", "--batch-size", "8", "--lr", "3e-3",
                 "--log-every", "1", "--save-every", "0", "--max-length", "256")
     assert proc.returncode == 0, proc.stderr
     losses = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert len(losses) == 40 and sum(losses[-5:]) / 5 < 0.5 * losses[0], losses
-    proc = _run("adapter", "info", str(out / "adapter"), "--json")
+    proc = _run_in_process("adapter", "info", str(out / "adapter"), "--json")
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert info["method"] == method and info["modules"] == 28
     if method == "multihead":  # the deployment commands, as users type them
-        proc = _run("merge", "--model", str(tiny_ckpt), "--adapter", str(out / "adapter"), "--output-dir",
+        proc = _run_in_process("merge", "--model", str(tiny_ckpt), "--adapter", str(out / "adapter"), "--output-dir",
                     str(tmp_path / "merged"))
         assert proc.returncode == 0, proc.stderr
         assert (tmp_path / "merged" / "model.safetensors").is_file()
-        proc = _run("adapter", "to-lora", str(out / "adapter"), "--output-dir", str(tmp_path / "lora"))
+        proc = _run_in_process("adapter", "to-lora", str(out / "adapter"), "--output-dir", str(tmp_path / "lora"))
         assert proc.returncode == 0, proc.stderr
         lowered = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
         assert lowered["peft_type"] == "LORA" and lowered["r"] % 2 == 0  # default schedule: ranks in granules

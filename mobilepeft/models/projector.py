@@ -125,9 +125,10 @@ class LDPNetV2Projector(nn.Module):
         if grid.shape[-1] % 2 == 0:
             # Equal to adaptive pooling to side/2 (windows [2i, 2i+2)); MobileVLM's grids (24, 8)
             # are even. Written as reshape + mean: exporters lower it with static shapes, and ORT's
-            # AveragePool gradient mis-sizes a dynamic batch (on-device projector training).
+            # AveragePool gradient mis-sizes a dynamic batch (on-device projector training). Batch
+            # and channels share one axis because Core ML tensors have at most 5 dimensions.
             c, side = grid.shape[1], grid.shape[-1] // 2
-            grid = grid.reshape(-1, c, side, 2, side, 2).mean((3, 5))
+            grid = grid.reshape(-1, side, 2, side, 2).mean((2, 4)).reshape(-1, c, side, side)
         else:
             side = (grid.shape[-1] + 1) // 2
             grid = F.adaptive_avg_pool2d(grid, (side, side))
