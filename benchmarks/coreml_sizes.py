@@ -5,7 +5,8 @@ offers to the saved packages (the exporter's own ``compress_weights``) and repor
 bytes, the ratio to fp16, and the relative RMS error of the decompressed weights against fp16.
 
     python benchmarks/coreml_sizes.py                                   # the demo model (make demo)
-    python benchmarks/coreml_sizes.py --model outputs/bench/deploy/model --max-seq-len 512
+    python benchmarks/coreml_sizes.py --model outputs/bench/deploy/model-mobilevlm-1.7b-shape \\
+        --max-seq-len 512 --modes int8,int4 --output benchmarks/results/coreml_sizes_1p7b.json
 
 Writes benchmarks/results/coreml_sizes.json.
 """
@@ -47,8 +48,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="outputs/demo/model", help="MobileVLM checkpoint directory")
     parser.add_argument("--max-seq-len", type=int, default=256)
+    parser.add_argument("--modes", default=",".join(COMPRESSIONS),
+                        help="comma-separated --compress modes (palettize4's k-means takes many minutes at 1B+ weights)")
     parser.add_argument("--output", default="benchmarks/results/coreml_sizes.json")
     args = parser.parse_args()
+    unknown = set(args.modes.split(",")) - set(COMPRESSIONS)
+    if unknown:
+        sys.exit(f"--modes: unknown {', '.join(sorted(unknown))}; choose from {', '.join(COMPRESSIONS)}")
     if not Path(args.model, "config.json").is_file():
         sys.exit(f"{args.model}: no checkpoint there (run `make demo` first, or pass --model)")
     with tempfile.TemporaryDirectory(prefix="coreml-sizes-") as scratch:
@@ -60,7 +66,7 @@ def main() -> None:
         for part, file in PACKAGES.items():
             fp16 = scratch / "fp16" / file
             reference = {w.name: w.value for w in stored_weights(fp16)}
-            for mode in COMPRESSIONS:
+            for mode in ["none", *(m for m in args.modes.split(",") if m != "none")]:
                 out = fp16 if mode == "none" else scratch / mode / file
                 if mode != "none":
                     start = time.perf_counter()

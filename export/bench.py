@@ -1,8 +1,9 @@
-"""``mobilepeft bench``: one latency harness for an ExecuTorch bundle, with the JSON keys of DESIGN.md §8.
+"""``mobilepeft bench``: one latency harness for a bundle, with the JSON keys of DESIGN.md §8.
 
 A run is what a chat turn costs: encode one image, prefill the image tokens plus ``prompt_len``
 text tokens in one ``text_decoder`` call, then ``gen_len`` greedy decode steps (token embedding +
-one-token decoder call each). ``--compare eager`` times the same three export-friendly modules
+one-token decoder call each). ``--coreml`` runs the bundle's Core ML packages instead (macOS only:
+Core ML predicts nowhere else; the cache is Core ML state). ``--compare eager`` times the same three export-friendly modules
 in PyTorch eager on the same inputs and threads, in the same process, and reports ratios.
 Figures are medians over ``runs`` after ``warmup`` runs, with min and max.
 """
@@ -36,10 +37,23 @@ class BenchSettings:
 
 
 class Methods:
-    """The three callables of one runtime: ``vision(pixels)``, ``embed(tokens)``, ``decode(embeds, positions)``."""
+    """One runtime's calls for a chat turn: ``vision(pixels)`` -> image tokens; ``prefill(image_tokens,
+    prompt_ids)`` -> logits of the whole prompt (a new conversation); ``step(token, position)`` -> logits."""
 
-    def __init__(self, vision: Callable, embed: Callable, decode: Callable) -> None:
-        self.vision, self.embed, self.decode = vision, embed, decode
+    def __init__(self, vision: Callable, prefill: Callable, step: Callable) -> None:
+        self.vision, self.prefill, self.step = vision, prefill, step
+
+
+def _three_methods(vision: Callable, embed: Callable, decode: Callable) -> Methods:
+    """ExecuTorch's convention (and its eager modules): embeddings in, image tokens spliced in front."""
+    def prefill(image_tokens: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        embeds = torch.cat([image_tokens, embed(prompt)], dim=1)
+        return decode(embeds, torch.arange(embeds.shape[1]))
+
+    def step(token: int, position: int) -> torch.Tensor:
+        return decode(embed(torch.tensor([[token]])), torch.tensor([position]))
+
+    return Methods(vision, prefill, step)
 
 
 def _load_executorch(bundle: Bundle) -> tuple[Methods, float]:
@@ -49,7 +63,7 @@ def _load_executorch(bundle: Bundle) -> tuple[Methods, float]:
     t0 = time.perf_counter()
     methods = executorch_methods(bundle.file(bundle.section("executorch")["file"]))
     load_ms = (time.perf_counter() - t0) * 1000
-    return Methods(methods["vision_encoder"], methods["token_embedding"], methods["text_decoder"]), load_ms
+    return _three_methods(methods["vision_encoder"], methods["token_embedding"], methods["text_decoder"]), load_ms
 
 
 def _load_eager(bundle: Bundle) -> tuple[Methods, float]:
@@ -57,14 +71,59 @@ def _load_eager(bundle: Bundle) -> tuple[Methods, float]:
     from mobilepeft.export.executorch_export import export_modules
     from mobilepeft.loading import load_vlm
 
-    source = bundle.section("executorch")["source"]
+    source = bundle.section(_runtime_section(bundle))["source"]
     t0 = time.perf_counter()
     model = load_vlm(source["model"], adapter=source.get("adapter"), load_tokenizer=False)
     if source.get("adapter"):
         merge_and_unload(model)
     modules = export_modules(model, bundle.manifest["max_seq_len"])
     load_ms = (time.perf_counter() - t0) * 1000
-    return Methods(modules["vision_encoder"], modules["token_embedding"], modules["text_decoder"]), load_ms
+    return _three_methods(modules["vision_encoder"], modules["token_embedding"], modules["text_decoder"]), load_ms
+
+
+def _load_coreml(bundle: Bundle) -> tuple[Methods, float]:
+    """The two packages through Core ML (macOS only: coremltools cannot predict elsewhere), the KV
+    cache as Core ML state, each on the compute units the manifest advises."""
+    section = bundle.section("coreml")
+    if platform.system() != "Darwin":
+        raise UserError("Core ML prediction needs macOS; coremltools can only convert and inspect on "
+                        f"{platform.system()}", field="coreml",
+                        hint="run `mobilepeft bench --coreml` on a Mac, or the iOS app's benchmark (docs/deploy-coreml.md)")
+    if not section["stateful_kv_cache"]:
+        raise UserError("--coreml measures the stateful (iOS 18) packages", field="coreml",
+                        hint="re-export with `mobilepeft export coreml --target iOS18`")
+    import coremltools as ct
+    import numpy as np
+
+    units = {"all": ct.ComputeUnit.ALL, "cpuAndGPU": ct.ComputeUnit.CPU_AND_GPU, "cpuOnly": ct.ComputeUnit.CPU_ONLY,
+             "cpuAndNeuralEngine": ct.ComputeUnit.CPU_AND_NE}
+    t0 = time.perf_counter()
+    vision, decoder = (ct.models.MLModel(str(bundle.file(section[part]["file"])),
+                                         compute_units=units[section["compute_units"][part]])
+                       for part in ("vision_encoder", "text_decoder"))
+    load_ms = (time.perf_counter() - t0) * 1000
+    image_id = bundle.manifest["prompt"]["image_token_id"]
+    turn: dict[str, Any] = {}
+
+    def decode(ids: np.ndarray, positions: np.ndarray) -> torch.Tensor:
+        out = decoder.predict({"input_ids": ids.astype(np.int32), "image_embeds": turn["image"],
+                               "cache_position": positions.astype(np.int32)}, turn["state"])
+        return torch.from_numpy(out["logits"].astype(np.float32))
+
+    def encode(pixels: torch.Tensor) -> torch.Tensor:
+        out = vision.predict({"pixel_values": pixels.numpy().astype(np.float16)})
+        return torch.from_numpy(out["image_embeds"].astype(np.float32))
+
+    def prefill(image_tokens: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        # The decoder takes ids: the image span is image_token_id, filled from image_embeds inside.
+        turn["state"], turn["image"] = decoder.make_state(), image_tokens.numpy().astype(np.float16)
+        ids = np.concatenate([np.full((1, image_tokens.shape[1]), image_id), prompt.numpy()], axis=1)
+        return decode(ids, np.arange(ids.shape[1]))
+
+    def step(token: int, position: int) -> torch.Tensor:
+        return decode(np.array([[token]]), np.array([position]))
+
+    return Methods(encode, prefill, step), load_ms
 
 
 def _one_run(methods: Methods, pixels: torch.Tensor, prompt: torch.Tensor, gen_len: int) -> dict[str, float]:
@@ -72,19 +131,17 @@ def _one_run(methods: Methods, pixels: torch.Tensor, prompt: torch.Tensor, gen_l
         t0 = time.perf_counter()
         image_tokens = methods.vision(pixels)
         t1 = time.perf_counter()
-        embeds = torch.cat([image_tokens, methods.embed(prompt)], dim=1)
-        logits = methods.decode(embeds, torch.arange(embeds.shape[1]))
+        logits = methods.prefill(image_tokens, prompt)
         token = int(logits[0, -1].argmax())
         t2 = time.perf_counter()
-        position = embeds.shape[1]
+        position = image_tokens.shape[1] + prompt.shape[1]
         for _ in range(gen_len):
-            logits = methods.decode(methods.embed(torch.tensor([[token]])), torch.tensor([position]))
-            token = int(logits[0, -1].argmax())
+            token = int(methods.step(token, position)[0, -1].argmax())
             position += 1
         t3 = time.perf_counter()
     return {
         "vision_encode_ms": (t1 - t0) * 1000,
-        "prefill_tokens_per_s": embeds.shape[1] / (t2 - t1),
+        "prefill_tokens_per_s": (image_tokens.shape[1] + prompt.shape[1]) / (t2 - t1),
         "decode_tokens_per_s": gen_len / (t3 - t2),
         "time_to_first_token_ms": (t2 - t0) * 1000,
     }
@@ -100,17 +157,22 @@ def _summary(samples: list[dict[str, float]], load_ms: float) -> dict[str, float
 
 
 def peak_rss_mb() -> float:
-    """This process's RSS high-water mark in MiB (Linux VmHWM)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    """This process's RSS high-water mark in MiB."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if platform.system() == "Darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def _runtime_section(bundle: Bundle) -> str:
+    """The manifest section a bundle is benchmarked from (an ExecuTorch bundle, else a Core ML one)."""
+    return "executorch" if "executorch" in bundle.manifest or "coreml" not in bundle.manifest else "coreml"
 
 
 def load_runtime(bundle: Bundle, kind: str) -> tuple[Methods, float]:
-    """The bundle's program on ExecuTorch (``executorch``) or its source model in PyTorch (``eager``)."""
-    return {"executorch": _load_executorch, "eager": _load_eager}[kind](bundle)
+    """The bundle's program on ExecuTorch (``executorch``), its Core ML packages (``coreml``, macOS) or its
+    source model in PyTorch (``eager``)."""
+    return {"executorch": _load_executorch, "coreml": _load_coreml, "eager": _load_eager}[kind](bundle)
 
 
 def bench_inputs(bundle: Bundle, settings: BenchSettings) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,25 +211,28 @@ def measure(runtimes: dict[str, tuple[Methods, float]], pixels: torch.Tensor, pr
 
 
 def bench_bundle(bundle_dir: str | Path, settings: BenchSettings, *, compare_eager: bool = False,
-                 echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure the bundle (and optionally PyTorch eager); returns the result JSON."""
+                 coreml: bool = False, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure the bundle's ExecuTorch program (or, with ``coreml``, its Core ML packages on macOS),
+    optionally beside PyTorch eager; returns the result JSON."""
     bundle = read_bundle(bundle_dir)
-    section = bundle.section("executorch")
+    runtime = "coreml" if coreml else "executorch"
+    section = bundle.section(runtime)
     pixels, prompt = bench_inputs(bundle, settings)
     set_threads(settings.threads)
-    runtimes = {"executorch": load_runtime(bundle, "executorch")}
+    runtimes = {runtime: load_runtime(bundle, runtime)}
     if compare_eager:
         runtimes["eager"] = load_runtime(bundle, "eager")
     summaries = measure(runtimes, pixels, prompt, settings, echo)
     result: dict[str, Any] = dict(
-        summaries["executorch"],
-        peak_rss_mb=peak_rss_mb(), threads=settings.threads, backend=section["backend"],
-        quantization=section["quantization"], device=f"host {platform.machine()} ({platform.node()})",
+        summaries[runtime],
+        peak_rss_mb=peak_rss_mb(), threads=settings.threads,
+        backend=section.get("backend", "coreml"), quantization=section.get("quantization", section.get("compression")),
+        device=f"host {platform.machine()} ({platform.node()})",
         prompt_tokens=bundle.manifest["model"]["num_image_tokens"] + settings.prompt_len,
         generated_tokens=settings.gen_len, runs=settings.runs,
     )
     if compare_eager:
         result["eager"] = eager = summaries["eager"]
-        result["executorch_over_eager"] = {k: result[k] / eager[k] for k in (*METRICS[2:4], "vision_encode_ms",
+        result[f"{runtime}_over_eager"] = {k: result[k] / eager[k] for k in (*METRICS[2:4], "vision_encode_ms",
                                                                              "time_to_first_token_ms")}
     return result

@@ -145,9 +145,11 @@ def bench_cmd(
     runs: Annotated[int, typer.Option(help="Measured runs (after one warm-up run).")] = 5,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result JSON here.")] = None,
     compare: Annotated[str | None, typer.Option(help="'eager': time PyTorch eager on the same inputs and threads and print ratios.")] = None,
+    coreml: Annotated[bool, typer.Option("--coreml", help="Measure the Core ML packages of a bundle from `export coreml` (macOS only: Core ML predicts nowhere else).")] = False,
 ) -> None:
     """Load time, vision encode, prefill and decode speed, time to first token and peak RSS of an
-    ExecuTorch bundle on this machine: medians over runs with min/max, JSON keys as on Android/iOS.
+    ExecuTorch bundle (or, with --coreml on a Mac, a Core ML bundle) on this machine: medians over
+    runs with min/max, JSON keys as on Android/iOS.
 
     Example: mobilepeft bench bundles/et --threads 4 --compare eager --json bench.json
     """
@@ -157,8 +159,8 @@ def bench_cmd(
     if compare not in (None, "eager"):
         raise UserError(f"unknown --compare {compare!r}", field="compare", hint="the only comparison is 'eager'")
     result = bench_bundle(bundle, BenchSettings(threads=threads, prompt_len=prompt_len, gen_len=gen_len, runs=runs),
-                          compare_eager=compare == "eager", echo=lambda _: None)
-    typer.echo(f"{'metric':<26}{'ExecuTorch':>14}" + (f"{'eager':>14}{'ratio':>10}" if compare else ""))
+                          compare_eager=compare == "eager", coreml=coreml, echo=lambda _: None)
+    typer.echo(f"{'metric':<26}{'Core ML' if coreml else 'ExecuTorch':>14}" + (f"{'eager':>14}{'ratio':>10}" if compare else ""))
     for key in METRICS:
         line = f"{key:<26}{result[key]:>14.1f}"
         if compare:

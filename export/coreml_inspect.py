@@ -34,9 +34,9 @@ def load_package(path: str | Path):
 def package_io(path: str | Path) -> dict[str, list[dict[str, Any]]]:
     """Inputs, outputs and states as ``{"name", "dtype", "shape"}``; a flexible dimension is ``"T"``,
     a shape the package leaves open (outputs of flexible inputs) is ``None``."""
+    description = load_package(path).get_spec().description  # first: imports coremltools quietly
     from coremltools.proto import FeatureTypes_pb2
 
-    description = load_package(path).get_spec().description
     names = FeatureTypes_pb2.ArrayFeatureType.ArrayDataType
 
     def array(feature, array_type) -> dict[str, Any]:
@@ -64,9 +64,9 @@ def specification_version(path: str | Path) -> int:
 
 def mil_program(path: str | Path):
     """The package's MIL program with its weights read from ``weights/weight.bin``."""
+    package = load_package(path)  # first: imports coremltools quietly
     from coremltools.converters.mil.frontend.milproto.load import load
 
-    package = load_package(path)
     spec = package.get_spec()
     return load(spec, spec.specificationVersion, file_weights_dir=package.weights_dir)
 

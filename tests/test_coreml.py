@@ -188,3 +188,12 @@ def test_executorch_core_ml_delegate_takes_the_whole_program(tiny_ckpt, tmp_path
     plans = {plan.name: [d.id for d in plan.delegates] for plan in getattr(program, "program", program).execution_plan}
     assert all(plans[m] == ["CoreMLBackend"] for m in ("vision_encoder", "token_embedding", "text_decoder"))
     assert plans["get_max_seq_len"] == []  # metadata methods stay plain constants for the runner
+
+
+def test_bench_coreml_says_it_needs_macos(tiny_bundle):
+    from mobilepeft.export.bench import BenchSettings, bench_bundle
+
+    with pytest.raises(UserError, match="needs macOS") as error:
+        bench_bundle(tiny_bundle, BenchSettings(prompt_len=4, gen_len=2, runs=1), coreml=True, echo=lambda _: None)
+    assert error.value.field == "coreml"
+
