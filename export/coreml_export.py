@@ -30,7 +30,6 @@ states the manifest states. :mod:`mobilepeft.export.coreml_inspect` reads the pa
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -121,7 +120,7 @@ def export_coreml(model_dir: str | Path, out_dir: str | Path, *, adapter_dir: st
         for name, file, program in (("vision_encoder", VISION_FILE, vision), ("text_decoder", DECODER_FILE, decoder)):
             echo(f"      converting {file}")
             package = compress_weights(convert(program, signature[name], target), compress)
-            _save(package, tmp / file)
+            package.save(str(tmp / file))
             sizes[name] = package_bytes(tmp / file)
         del vision, decoder
         echo("[3/3] checking the saved packages against the manifest")
@@ -301,9 +300,3 @@ def _io_agrees(found: dict[str, Any], declared: dict[str, Any]) -> bool:
             if got["shape"] is not None and got["shape"] != want["shape"]:
                 return False
     return True
-
-
-def _save(package, path: Path) -> None:
-    if path.exists():
-        shutil.rmtree(path)
-    package.save(str(path))
