@@ -68,14 +68,14 @@ def test_unknown_target_module_and_bad_yaml(tiny_ckpt, synth_data, tmp_path):
 
 
 def test_init_model_and_synth_commands(tmp_path):
-    proc = _run("init-model", "--preset", "tiny", "--projector", "ldpnet", "--weight-format", "sharded-bin",
+    proc = _run_in_process("init-model", "--preset", "tiny", "--projector", "ldpnet", "--weight-format", "sharded-bin",
                 "--output-dir", str(tmp_path / "m"))
     assert proc.returncode == 0, proc.stderr
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["mm_projector_type"] == "ldpnet" and cfg["model_type"] == "mobilevlm"
     assert (tmp_path / "m" / "pytorch_model.bin.index.json").is_file()
     assert (tmp_path / "m" / "tokenizer.model").is_file()
-    proc = _run("data", "synth", "--output-dir", str(tmp_path / "d"), "--n-train", "10", "--n-val", "4")
+    proc = _run_in_process("data", "synth", "--output-dir", str(tmp_path / "d"), "--n-train", "10", "--n-val", "4")
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads((tmp_path / "d" / "train.json").read_text())) == 10
     proc = _run("init-model", "--preset", "huge", "--output-dir", str(tmp_path / "x"))
