@@ -23,12 +23,19 @@ app.add_typer(export_app, name="export")
 bundle_app = typer.Typer(help="Inspect and verify exported bundles.", no_args_is_help=True)
 app.add_typer(bundle_app, name="bundle")
 
+# Options the export commands share, declared once so their help reads the same everywhere.
+BundleOut = Annotated[Path, typer.Option(help="Bundle directory to write (replaced atomically).")]
+InferenceModel = Annotated[Path, typer.Option(help="MobileVLM checkpoint directory (base or merged).")]
+MergedAdapter = Annotated[Path | None, typer.Option(help="Adapter to merge first (any method).")]
+KvCacheLength = Annotated[int | None, typer.Option(
+    help="KV-cache length: prompt, image tokens and answer (default: the model's, at most 2048).")]
+
 
 @export_app.command("onnx-training")
 def export_onnx_training_cmd(
     model: Annotated[Path, typer.Option(help="Base MobileVLM checkpoint directory.")],
     adapter: Annotated[Path, typer.Option(help="Trained adapter directory (any method; lowered to LoRA).")],
-    output_dir: Annotated[Path, typer.Option(help="Bundle directory to write (replaced atomically).")],
+    output_dir: BundleOut,
     seq_len: Annotated[int | None, typer.Option(help="Padded sequence length the app trains with, image tokens included (default: image tokens + 96, rounded up to 64).")] = None,
     train_projector: Annotated[bool, typer.Option("--train-projector/--no-train-projector", help="Train the LDP projector on device too (the graph then takes CLIP features).")] = False,
     optimizer: Annotated[str, typer.Option(help="adamw or sgd (both clip the gradient norm at 1).")] = "adamw",
@@ -59,12 +66,12 @@ def export_onnx_training_cmd(
 
 @export_app.command("executorch")
 def export_executorch_cmd(
-    model: Annotated[Path, typer.Option(help="MobileVLM checkpoint directory (base or merged).")],
-    output_dir: Annotated[Path, typer.Option(help="Bundle directory to write (replaced atomically).")],
-    adapter: Annotated[Path | None, typer.Option(help="Adapter to merge first (any method).")] = None,
+    model: InferenceModel,
+    output_dir: BundleOut,
+    adapter: MergedAdapter = None,
     backend: Annotated[str, typer.Option(help="xnnpack (phone CPUs), coreml (Apple's Core ML delegate: iOS 18, fp16, runs on Apple hardware only) or portable (reference kernels).")] = "xnnpack",
     quantize: Annotated[str, typer.Option(help="none (fp32) or 8da4w: int4 weights in groups of 32 with int8 dynamic activations for the decoder's linears, int8 lm_head and embeddings, fp32 vision encoder.")] = "none",
-    max_seq_len: Annotated[int | None, typer.Option(help="KV-cache length: prompt, image tokens and answer (default: the model's, at most 2048).")] = None,
+    max_seq_len: KvCacheLength = None,
 ) -> None:
     """Lower the (merged) model to one ExecuTorch .pte with ExecuTorch's multimodal methods
     (vision_encoder, token_embedding, text_decoder + metadata), so ExecuTorch's own
@@ -87,11 +94,11 @@ def export_executorch_cmd(
 
 @export_app.command("coreml")
 def export_coreml_cmd(
-    model: Annotated[Path, typer.Option(help="MobileVLM checkpoint directory (base or merged).")],
-    output_dir: Annotated[Path, typer.Option(help="Bundle directory to write (replaced atomically).")],
-    adapter: Annotated[Path | None, typer.Option(help="Adapter to merge first (any method).")] = None,
+    model: InferenceModel,
+    output_dir: BundleOut,
+    adapter: MergedAdapter = None,
     compress: Annotated[str, typer.Option(help="Weight compression: none (fp16), int8 (per channel, iOS 16+), int4 (blocks of 32, iOS 18) or palettize4 (4-bit k-means palettes, iOS 18).")] = "none",
-    max_seq_len: Annotated[int | None, typer.Option(help="KV-cache length: prompt, image tokens and answer (default: the model's, at most 2048).")] = None,
+    max_seq_len: KvCacheLength = None,
     target: Annotated[str, typer.Option(help="iOS18: KV cache as Core ML state (fast, in place); iOS17: caches as inputs/outputs the app feeds back.")] = "iOS18",
 ) -> None:
     """Convert the (merged) model to VisionEncoder.mlpackage + TextDecoder.mlpackage (fp16, token

@@ -167,8 +167,7 @@ def exported_programs(model: MobileVLMForCausalLM, max_seq_len: int, *, stateful
 
     size, hidden, tokens = model.config.image_size, model.config.hidden_size, model.config.num_image_tokens
     decoder = CoreMLTextDecoder(model, max_seq_len, stateful=stateful).eval()
-    # A contiguous cache write needs room after the prompt: at most max_seq_len - 1 tokens per call.
-    seq = Dim("seq", min=1, max=max_seq_len - 1)
+    seq = Dim("seq", min=1, max=decoder.decoder.max_tokens_per_call)
     args = (torch.ones(1, 2, dtype=torch.int32), torch.zeros(1, tokens, hidden), torch.arange(2, dtype=torch.int32))
     dynamic: tuple = ({1: seq}, None, {0: seq})
     if not stateful:

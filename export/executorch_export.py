@@ -88,7 +88,7 @@ def export_executorch(model_dir: str | Path, out_dir: str | Path, *, adapter_dir
         reference = prefill(_eager_methods(modules), probe)
     with atomic_dir(out_dir) as tmp:
         echo(f"[2/3] exporting and lowering to ExecuTorch ({backend}, {quantize}, max_seq_len {max_seq_len})")
-        exported = _export(modules, model, max_seq_len, contiguous_writes=coreml)
+        exported = _export(modules, model)
         if coreml:
             # ExecuTorch's Core ML delegate runs only on Apple hardware: check the exported graphs the
             # partitioner receives (all of it goes to Core ML, see `delegation`) instead.
@@ -185,14 +185,12 @@ def quantize_8da4w(modules: dict[str, torch.nn.Module]) -> dict[str, Any]:
     }
 
 
-def _export(modules: dict[str, torch.nn.Module], model: MobileVLMForCausalLM, max_seq_len: int, *,
-            contiguous_writes: bool) -> dict[str, Any]:
+def _export(modules: dict[str, torch.nn.Module], model: MobileVLMForCausalLM) -> dict[str, Any]:
     """``torch.export`` programs of the three methods, the sequence length dynamic."""
     from torch.export import Dim, export
 
     size, hidden = model.config.image_size, model.config.hidden_size
-    # A contiguous cache write needs room after the prompt: at most max_seq_len - 1 tokens per call.
-    seq = Dim("seq", min=1, max=max_seq_len - 1 if contiguous_writes else max_seq_len)
+    seq = Dim("seq", min=1, max=modules["text_decoder"].max_tokens_per_call)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return {

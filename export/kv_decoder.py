@@ -44,6 +44,11 @@ class StaticCacheDecoder(nn.Module):
             self.register_buffer(f"k_cache_{i}", torch.zeros(shape, dtype=dtype), persistent=False)
             self.register_buffer(f"v_cache_{i}", torch.zeros(shape, dtype=dtype), persistent=False)
 
+    @property
+    def max_tokens_per_call(self) -> int:
+        """Longest input a call takes: a contiguous write needs room after the prompt for one more token."""
+        return self.max_seq_len - 1 if self.contiguous_writes else self.max_seq_len
+
     def reset(self) -> None:
         """Empty the caches (a new conversation)."""
         for name, buffer in self.named_buffers(recurse=False):
