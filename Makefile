@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench-train-step bench-adapter-overhead bench-schedule-overhead bench-ondevice-train bench-deploy bench-quant-agreement bench-coreml-sizes clean
+.PHONY: demo test runner lint bench-train-step bench-adapter-overhead bench-schedule-overhead bench-ondevice-train bench-deploy bench-quant-agreement bench-coreml-sizes clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,15 @@ demo: $(STAMP)
 	$(BIN)/mobilepeft demo $(DEMO_ARGS)
 
 test: $(STAMP)
+	@command -v kotlinc >/dev/null 2>&1 || echo "NOTE: kotlinc not found: the Android core's Kotlin tests (android_demo/app/core) are SKIPPED; apt-get install kotlin"
 	# Two workers, one test file each at a time (module fixtures such as exported bundles are built once).
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
+
+# The native runner (android_demo/runner) against the installed executorch wheel: build/runner/mobilepeft_runner.
+runner: $(STAMP)
+	$(BIN)/cmake -S android_demo/runner -B build/runner -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(BIN)/ninja) \
+	    -DCMAKE_PREFIX_PATH=$$($(BIN)/python -c "import executorch; print(list(executorch.__path__)[0])")
+	$(BIN)/cmake --build build/runner -j2
 
 lint: $(STAMP)
 	$(BIN)/ruff check mobilepeft export tests benchmarks

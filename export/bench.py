@@ -10,6 +10,7 @@ Figures are medians over ``runs`` after ``warmup`` runs, with min and max.
 
 from __future__ import annotations
 
+import json
 import platform
 import statistics
 import time
@@ -23,6 +24,8 @@ import torch
 from mobilepeft.errors import UserError
 from mobilepeft.export.bundle import Bundle, read_bundle
 
+# The keys every harness writes (this one, android_demo/runner, the Android and iOS apps): DESIGN.md §8.
+BENCH_SCHEMA = json.loads(Path(__file__).with_name("bench.schema.json").read_text(encoding="utf-8"))
 METRICS = ("model_load_time_ms", "vision_encode_ms", "prefill_tokens_per_s", "decode_tokens_per_s",
            "time_to_first_token_ms")
 
@@ -227,7 +230,7 @@ def bench_bundle(bundle_dir: str | Path, settings: BenchSettings, *, compare_eag
         summaries[runtime],
         peak_rss_mb=peak_rss_mb(), threads=settings.threads,
         backend=section.get("backend", "coreml"), quantization=section.get("quantization", section.get("compression")),
-        device=f"host {platform.machine()} ({platform.node()})",
+        device=f"host {platform.machine()} ({platform.node()})", runtime=runtime, harness="python",
         prompt_tokens=bundle.manifest["model"]["num_image_tokens"] + settings.prompt_len,
         generated_tokens=settings.gen_len, runs=settings.runs,
     )

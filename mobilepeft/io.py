@@ -73,9 +73,10 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadat
 def atomic_dir(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``path`` as a whole once the block succeeds.
 
-    Readers see either the old directory or the complete new one, never a mix.
+    Readers see either the old directory or the complete new one, never a mix. The temporary
+    directory is absolute, so it stays valid for code that changes the working directory.
     """
-    path = Path(path)
+    path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and not overwrite:
         raise FileExistsError(path)

@@ -91,3 +91,29 @@ def assert_runner_generates_like_pytorch(bundle_dir: Path, ckpt: Path, adapter: 
         assert len(got.pieces) <= len(expected) + 1  # at most the EOS piece beyond
         answered += bool(expected)
     return answered
+
+
+RUNNER_SOURCE = Path(__file__).resolve().parent.parent / "android_demo" / "runner"
+
+
+def build_native_runner(build_dir: Path) -> Path:
+    """Configure and build android_demo/runner against the installed executorch wheel; returns the binary.
+
+    Uses the CMake (>= 3.28, the dev extra's) and Ninja next to this interpreter when present."""
+    import shutil
+    import subprocess
+    import sys
+
+    import executorch
+
+    bin_dir = Path(sys.executable).parent
+    cmake = shutil.which("cmake", path=str(bin_dir)) or shutil.which("cmake")
+    ninja = shutil.which("ninja", path=str(bin_dir)) or shutil.which("ninja")
+    configure = [cmake, "-S", str(RUNNER_SOURCE), "-B", str(build_dir),
+                 f"-DCMAKE_PREFIX_PATH={list(executorch.__path__)[0]}"]
+    if ninja:
+        configure += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
+    for command in (configure, [cmake, "--build", str(build_dir), "-j2"]):
+        done = subprocess.run(command, capture_output=True, text=True)
+        assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return build_dir / "mobilepeft_runner"

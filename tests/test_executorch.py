@@ -1,5 +1,7 @@
 """ExecuTorch deployment (issue 6): the static-KV-cache decoder reproduces the model; a merged LoRA
-model lowered to XNNPACK (fp32 and 8da4w) is driven by ExecuTorch's own MultimodalRunner; bench.
+model lowered to XNNPACK (fp32 and 8da4w) is driven by ExecuTorch's own MultimodalRunner; bench; the
+native C++ runner (android_demo/runner, issue 8) built here against the wheel's runtime generates exactly
+what the Python ExecuTorch path generates.
 
 Lowering is the slow part, so each bundle is exported once per module. The other adapter methods
 and the real-format V2 checkpoint go through the runner in test_executorch_methods.py (a separate
@@ -7,10 +9,17 @@ file so the two halves run on separate pytest-xdist workers)."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from helpers import (
     assert_runner_generates_like_pytorch,
+    build_native_runner,
     greedy_reference,
     piece_ids,
     train_adapter,
@@ -25,6 +34,8 @@ from mobilepeft.export.bundle import read_bundle
 from mobilepeft.export.et_runner import BundleRunner
 from mobilepeft.export.executorch_export import PARITY_RTOL, export_executorch
 from mobilepeft.export.kv_decoder import StaticCacheDecoder, TokenEmbedding, greedy_generate
+from mobilepeft.models.image_processing import preprocess_images
+from mobilepeft.models.tokenizer import Tokenizer
 
 METHODS = ["lora", "multihead", "dmlora", "adaring"]
 
@@ -94,7 +105,9 @@ def test_8da4w_bundle_stays_close_to_fp32_and_shrinks(lora_bundles, tiny_ckpt, a
 
 
 def test_bench_reports_the_design_keys_and_compares_with_eager(lora_bundles):
-    from mobilepeft.export.bench import METRICS, BenchSettings, bench_bundle
+    import jsonschema
+
+    from mobilepeft.export.bench import BENCH_SCHEMA, METRICS, BenchSettings, bench_bundle
 
     path = lora_bundles["none"]
     result = bench_bundle(path, BenchSettings(threads=1, prompt_len=8, gen_len=4, runs=2), compare_eager=True,
@@ -105,5 +118,94 @@ def test_bench_reports_the_design_keys_and_compares_with_eager(lora_bundles):
     assert result["decode_tokens_per_s_min"] <= result["decode_tokens_per_s"] <= result["decode_tokens_per_s_max"]
     assert result["backend"] == "xnnpack" and result["threads"] == 1 and result["prompt_tokens"] == 16 + 8
     assert set(result["executorch_over_eager"]) >= {"prefill_tokens_per_s", "decode_tokens_per_s"}
+    jsonschema.validate(result, BENCH_SCHEMA)  # the same keys the native runner and the apps write
+    assert result["harness"] == "python" and result["runtime"] == "executorch"
     with pytest.raises(mobilepeft.UserError, match="max_seq_len"):
         bench_bundle(path, BenchSettings(prompt_len=100, gen_len=100), echo=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def native_runner(tmp_path_factory):
+    """android_demo/runner built with CMake against the executorch wheel's C++ runtime."""
+    return build_native_runner(tmp_path_factory.mktemp("runner-build"))
+
+
+def _native(runner, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run([str(runner), *map(str, args)], capture_output=True, text=True, timeout=120)
+    if check:
+        assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+@pytest.mark.parametrize("quantize", ["none", "8da4w"])
+def test_native_runner_generates_what_the_python_executorch_path_generates(quantize, lora_bundles, native_runner,
+                                                                           synth_data, tmp_path):
+    bundle = lora_bundles[quantize]
+    runner = BundleRunner(bundle)
+    tokenizer = Tokenizer(bundle)
+    spec = read_bundle(bundle).manifest["prompt"]
+    answered = 0
+    for question, image in val_questions(synth_data, 8):
+        ppm = tmp_path / f"{image.stem}.ppm"
+        Image.open(image).convert("RGB").save(ppm)
+        native = json.loads(_native(native_runner, "generate", "--bundle", bundle, "--prompt", question,
+                                    "--image", ppm, "--max-new-tokens", 8).stdout)
+        python = runner.generate(question, image, max_new_tokens=8)
+        expected = piece_ids(tokenizer, python.pieces)
+        if expected and expected[-1] == tokenizer.eos_id:  # MultimodalRunner hands over the EOS piece too
+            expected.pop()
+        assert native["tokens"] == expected, question
+        assert native["text"] == python.text, question
+        # The prompt: BOS + the template's text around the image, each piece tokenised on its own.
+        placeholder = spec["image_placeholder"]
+        text = spec["first_turn"].format(system=spec["system"],
+                                         question=f"{placeholder}\n{question.replace(placeholder, '').strip()}")
+        before, after = text.split(placeholder)
+        assert native["prompt_tokens"] == [tokenizer.bos_id] + tokenizer.encode(before) + tokenizer.encode(after)
+        answered += bool(expected)
+    assert answered >= 4
+
+
+def test_native_tokenizer_and_preprocessing_match_the_host(lora_bundles, native_runner, tmp_path):
+    bundle = lora_bundles["none"]
+    tokenizer = Tokenizer(bundle)
+    strings = ["Which shape is shown?", "  two  spaces ", "x\n\ty 12345 !!", "日本語 ok 🙂", "", "ASSISTANT: a red circle</s>",
+               "Ünïcödé façade — naïve", "tab\tand\r\nnewline", "<image>\nHow many?"]
+    (tmp_path / "strings.json").write_text(json.dumps(strings))
+    ids = json.loads(_native(native_runner, "tokenize", "--bundle", bundle, "--text-file", tmp_path / "strings.json").stdout)
+    assert ids == [tokenizer.encode(s) for s in strings]
+    # Letterboxing and PIL's bicubic resize, up and down, in the same fixed-point arithmetic: bit-equal pixels.
+    rng = np.random.default_rng(0)
+    for width, height in [(97, 41), (200, 150), (30, 64), (64, 64)]:
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        image.save(tmp_path / "image.ppm")
+        _native(native_runner, "preprocess", "--bundle", bundle, "--image", tmp_path / "image.ppm",
+                "--output", tmp_path / "pixels.f32")
+        pixels = np.fromfile(tmp_path / "pixels.f32", dtype=np.float32).reshape(1, 3, 64, 64)
+        np.testing.assert_array_equal(pixels, preprocess_images([image], 64).numpy())
+
+
+def test_native_bench_json_validates_and_bad_bundles_are_named(lora_bundles, native_runner, tmp_path):
+    import jsonschema
+
+    from mobilepeft.export.bench import BENCH_SCHEMA
+
+    out = tmp_path / "result.json"
+    done = _native(native_runner, "bench", "--bundle", lora_bundles["8da4w"], "--threads", 1, "--prompt-len", 8,
+                   "--gen-len", 4, "--runs", 3, "--output", out)
+    result = json.loads(done.stdout)
+    assert json.loads(out.read_text()) == result
+    jsonschema.validate(result, BENCH_SCHEMA)
+    assert result["quantization"] == "8da4w" and result["harness"] == "native-runner" and result["threads"] == 1
+    assert result["prompt_tokens"] == 16 + 8 and result["generated_tokens"] == 4 and result["runs"] == 3
+    assert result["decode_tokens_per_s_min"] <= result["decode_tokens_per_s"] <= result["decode_tokens_per_s_max"]
+
+    broken = Path(shutil.copytree(lora_bundles["none"], tmp_path / "broken"))
+    with (broken / "model.pte").open("r+b") as fh:
+        fh.truncate(1000)
+    done = _native(native_runner, "bench", "--bundle", broken, check=False)
+    assert done.returncode == 1 and "model.pte" in done.stderr and "bytes" in done.stderr
+    done = _native(native_runner, "bench", "--bundle", lora_bundles["none"], "--prompt-len", 200, check=False)
+    assert done.returncode == 1 and "max_seq_len" in done.stderr
+    done = _native(native_runner, "bench", "--bundle", lora_bundles["none"], "--runs", "zero", check=False)
+    assert done.returncode == 2 and "--runs" in done.stderr

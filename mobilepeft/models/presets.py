@@ -101,6 +101,9 @@ def train_tokenizer(out_dir: Path, vocab_size: int) -> None:
             sentence_iterator=iter(corpus_lines()), model_prefix=str(prefix), vocab_size=vocab_size,
             model_type="bpe", character_coverage=1.0, byte_fallback=True, unk_id=0, bos_id=1, eos_id=2,
             pad_id=-1, hard_vocab_limit=False, num_threads=1, minloglevel=2,
+            # LLaMA's (so MobileVLM's) normaliser, no NFKC: what the apps' native tokenisers (C++,
+            # Kotlin, Swift) implement.
+            normalization_rule_name="identity",
         )
         (out_dir / "tokenizer.model").write_bytes(prefix.with_suffix(".model").read_bytes())
     write_json(out_dir / "tokenizer_config.json", {

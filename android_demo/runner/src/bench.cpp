@@ -1,0 +1,143 @@
+#include "bench.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include <sys/utsname.h>
+#include <unistd.h>
+#ifdef __ANDROID__
+#include <sys/system_properties.h>
+#endif
+
+#if __has_include(<executorch/extension/threadpool/threadpool.h>)
+#include <executorch/extension/threadpool/threadpool.h>
+#else
+// The pip wheel ships libexecutorch_threadpool.so but not this header; these are its exported
+// symbols (a source build of ExecuTorch, e.g. for Android, has the header and takes the branch above).
+namespace executorch::extension::threadpool {
+class ThreadPool {
+ public:
+  bool _unsafe_reset_threadpool(uint32_t num_threads);
+};
+ThreadPool* get_threadpool();
+}  // namespace executorch::extension::threadpool
+#endif
+
+#include "json.h"
+
+namespace mobilepeft {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
+
+struct Turn {
+  double vision_encode_ms, prefill_tokens_per_s, decode_tokens_per_s, time_to_first_token_ms;
+};
+
+Turn one_turn(VlmProgram& program, const std::vector<float>& pixels, const std::vector<int64_t>& prompt, int gen_len) {
+  const auto t0 = Clock::now();
+  std::vector<float> embeds = program.encode_image(pixels);
+  const double vision_ms = ms_since(t0);
+  const auto t1 = Clock::now();
+  std::vector<float> text = program.embed(prompt);
+  embeds.insert(embeds.end(), text.begin(), text.end());
+  int token = argmax(program.decode(embeds, 0));
+  const double prefill_ms = ms_since(t1);
+  const auto t2 = Clock::now();
+  int64_t position = program.image_tokens() + int64_t(prompt.size());
+  for (int k = 0; k < gen_len; ++k) token = argmax(program.decode(program.embed({token}), position++));
+  const double decode_ms = ms_since(t2);
+  const double prompt_tokens = program.image_tokens() + double(prompt.size());
+  return {vision_ms, prompt_tokens / (prefill_ms / 1000), gen_len / (decode_ms / 1000), vision_ms + prefill_ms};
+}
+
+void put_stats(JsonWriter& out, const std::string& key, std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  out.put(key, n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2);
+  out.put(key + "_min", values.front());
+  out.put(key + "_max", values.back());
+}
+
+}  // namespace
+
+std::string bench_json(VlmProgram& program, const Manifest& manifest, const BenchSettings& s) {
+  const int max_seq = int(manifest.integer("max_seq_len"));
+  if (program.image_tokens() + s.prompt_len + s.gen_len + 1 > max_seq)
+    throw BundleError("image tokens (" + std::to_string(program.image_tokens()) + ") + --prompt-len + --gen-len exceed "
+                      "the bundle's max_seq_len " + std::to_string(max_seq) + "; shorten them or re-export with a larger --max-seq-len");
+  if (s.prompt_len + program.image_tokens() > program.max_tokens_per_call())
+    throw BundleError("image tokens + --prompt-len exceed the decoder's " + std::to_string(program.max_tokens_per_call()) +
+                      " tokens per call; shorten --prompt-len");
+  // A fixed pseudo-random image and prompt (same on every device): timings do not depend on values.
+  const int size = int(manifest.integer("image_preprocessing.size"));
+  const long long vocab = manifest.integer("model.vocab_size");
+  uint64_t state = 0x9E3779B97F4A7C15ull;
+  auto next = [&state]() { state = state * 6364136223846793005ull + 1442695040888963407ull; return state >> 33; };
+  std::vector<float> pixels(size_t(3) * size * size);
+  for (float& p : pixels) p = float(next() % 3001) / 1000.0f - 1.5f;
+  std::vector<int64_t> prompt(size_t(s.prompt_len));
+  for (int64_t& id : prompt) id = 3 + int64_t(next() % uint64_t(std::min<long long>(vocab, 500) - 3));
+
+  std::vector<double> vision, prefill, decode, ttft;
+  for (int run = 0; run < s.warmup + s.runs; ++run) {
+    Turn t = one_turn(program, pixels, prompt, s.gen_len);
+    if (run < s.warmup) continue;
+    vision.push_back(t.vision_encode_ms);
+    prefill.push_back(t.prefill_tokens_per_s);
+    decode.push_back(t.decode_tokens_per_s);
+    ttft.push_back(t.time_to_first_token_ms);
+  }
+  JsonWriter out;
+  out.put("model_load_time_ms", program.load_ms());
+  put_stats(out, "vision_encode_ms", vision);
+  put_stats(out, "prefill_tokens_per_s", prefill);
+  put_stats(out, "decode_tokens_per_s", decode);
+  put_stats(out, "time_to_first_token_ms", ttft);
+  out.put("peak_rss_mb", peak_rss_mb());
+  out.put("threads", s.threads);
+  out.put("backend", manifest.string("executorch.backend"));
+  out.put("quantization", manifest.string("executorch.quantization"));
+  out.put("device", device_description());
+  out.put("runtime", "executorch");
+  out.put("harness", "native-runner");
+  out.put("prompt_tokens", program.image_tokens() + s.prompt_len);
+  out.put("generated_tokens", s.gen_len);
+  out.put("runs", s.runs);
+  return out.str();
+}
+
+void set_threads(int threads) {
+  executorch::extension::threadpool::get_threadpool()->_unsafe_reset_threadpool(uint32_t(threads));
+}
+
+double peak_rss_mb() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;  // kB
+  return 0;
+}
+
+std::string device_description() {
+#ifdef __ANDROID__
+  char brand[PROP_VALUE_MAX] = {}, model[PROP_VALUE_MAX] = {}, release[PROP_VALUE_MAX] = {};
+  __system_property_get("ro.product.brand", brand);
+  __system_property_get("ro.product.model", model);
+  __system_property_get("ro.build.version.release", release);
+  return std::string(brand) + " " + model + " (Android " + release + ")";
+#else
+  utsname u{};
+  uname(&u);
+  char host[256] = {};
+  gethostname(host, sizeof host - 1);
+  return std::string("host ") + u.machine + " (" + host + ")";
+#endif
+}
+
+}  // namespace mobilepeft

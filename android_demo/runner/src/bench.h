@@ -1,0 +1,28 @@
+// The chat-turn benchmark of `mobilepeft bench` (export/bench.py), natively: encode one image,
+// prefill image tokens + prompt in one text_decoder call, then gen_len greedy one-token steps.
+// Figures are medians over the measured runs after warm-up, with min and max, under the keys
+// of export/bench.schema.json (DESIGN.md §8).
+#pragma once
+
+#include <string>
+
+#include "manifest.h"
+#include "vlm_program.h"
+
+namespace mobilepeft {
+
+struct BenchSettings {
+  int threads = 2;
+  int prompt_len = 32;
+  int gen_len = 32;
+  int runs = 5;
+  int warmup = 1;
+};
+
+std::string bench_json(VlmProgram& program, const Manifest& manifest, const BenchSettings& settings);
+
+void set_threads(int threads);  // ExecuTorch's (XNNPACK's) thread pool
+double peak_rss_mb();  // VmHWM: this process's resident high-water mark
+std::string device_description();
+
+}  // namespace mobilepeft

@@ -1,0 +1,94 @@
+#include "generate.h"
+
+#include "image.h"
+#include "json.h"
+
+namespace mobilepeft {
+namespace {
+
+std::string replace_all(std::string s, const std::string& from, const std::string& to) {
+  for (size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size())) s.replace(at, from.size(), to);
+  return s;
+}
+
+std::string strip(const std::string& s) {
+  const char* ws = " \t\n\r";
+  size_t a = s.find_first_not_of(ws);
+  if (a == std::string::npos) return "";
+  return s.substr(a, s.find_last_not_of(ws) - a + 1);
+}
+
+}  // namespace
+
+Generation Generator::generate(const std::string& prompt, const std::string& image_path, int max_new_tokens) {
+  const std::string placeholder = manifest_.string("prompt.image_placeholder");
+  std::string question = strip(replace_all(prompt, placeholder, ""));
+  if (!image_path.empty()) question = placeholder + "\n" + question;
+  std::string text = replace_all(manifest_.string("prompt.first_turn"), "{system}", manifest_.string("prompt.system"));
+  text = replace_all(text, "{question}", question);
+
+  Generation out;
+  const int bos = int(manifest_.integer("tokenizer.bos_id"));
+  const int eos = int(manifest_.integer("tokenizer.eos_id"));
+  const long long max_seq = manifest_.integer("max_seq_len");
+  int64_t position = 0;
+  std::vector<float> logits;
+  size_t from = 0;
+  for (bool first = true;; first = false) {
+    size_t at = text.find(placeholder, from);
+    const std::string piece = text.substr(from, at == std::string::npos ? std::string::npos : at - from);
+    if (!piece.empty()) {
+      std::vector<int> ids = tokenizer_.encode(piece);
+      if (first) ids.insert(ids.begin(), bos);
+      out.prompt_tokens.insert(out.prompt_tokens.end(), ids.begin(), ids.end());
+      logits = program_.decode(program_.embed(std::vector<int64_t>(ids.begin(), ids.end())), position);
+      position += int64_t(ids.size());
+    }
+    if (at == std::string::npos) break;
+    if (image_path.empty()) throw BundleError("the prompt template holds an image placeholder but no --image was given");
+    logits = program_.decode(program_.encode_image(load_pixel_values(image_path, manifest_)), position);
+    position += program_.image_tokens();
+    from = at + placeholder.size();
+  }
+  out.num_prompt_positions = int(position);
+  if (position >= max_seq)
+    throw BundleError("the prompt takes " + std::to_string(position) + " positions, the bundle's max_seq_len is " +
+                      std::to_string(max_seq) + "; shorten the prompt or re-export with a larger --max-seq-len");
+  for (int k = 0; k < max_new_tokens && position < max_seq; ++k) {
+    const int token = argmax(logits);
+    if (token == eos) break;
+    out.tokens.push_back(token);
+    out.pieces.push_back(tokenizer_.piece_text(token));
+    if (k + 1 == max_new_tokens || position + 1 >= max_seq) break;
+    logits = program_.decode(program_.embed({token}), position++);
+  }
+  std::string joined;
+  for (const std::string& p : out.pieces) joined += p;
+  joined = strip(joined);
+  const std::string stop = manifest_.string("prompt.stop");
+  if (!stop.empty() && joined.size() >= stop.size() && joined.compare(joined.size() - stop.size(), stop.size(), stop) == 0)
+    joined = strip(joined.substr(0, joined.size() - stop.size()));
+  out.text = joined;
+  return out;
+}
+
+std::string Generation::to_json() const {
+  auto ints = [](const std::vector<int>& v) {
+    std::string s = "[";
+    for (size_t k = 0; k < v.size(); ++k) s += (k ? ", " : "") + std::to_string(v[k]);
+    return s + "]";
+  };
+  std::string pieces_json = "[";
+  for (size_t k = 0; k < pieces.size(); ++k) pieces_json += (k ? ", " : "") + json_quote(pieces[k]);
+  pieces_json += "]";
+  JsonWriter w;
+  w.put("text", text);
+  w.put_raw("tokens", ints(tokens));
+  w.put_raw("pieces", pieces_json);
+  w.put_raw("prompt_tokens", ints(prompt_tokens));
+  w.put("num_prompt_positions", num_prompt_positions);
+  w.put("num_generated_tokens", int(tokens.size()));
+  return w.str();
+}
+
+}  // namespace mobilepeft

@@ -1,0 +1,168 @@
+// mobilepeft_runner: generate with, or benchmark, a mobilepeft ExecuTorch bundle from a shell,
+// the way ExecuTorch models are benchmarked over adb. Reads only the bundle's manifest.json.
+//
+//   mobilepeft_runner generate --bundle DIR --prompt "What colour?" [--image photo.ppm] [--max-new-tokens 64]
+//   mobilepeft_runner bench    --bundle DIR [--threads 2 --prompt-len 32 --gen-len 32 --runs 5 --warmup 1]
+//                              [--output result.json]
+//   mobilepeft_runner tokenize --bundle DIR --text-file strings.json      (a JSON array of strings)
+//   mobilepeft_runner preprocess --bundle DIR --image photo.ppm --output pixels.f32
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "bench.h"
+#include "generate.h"
+#include "image.h"
+#include "json.h"
+#include "manifest.h"
+#include "vlm_program.h"
+
+using namespace mobilepeft;
+
+namespace {
+
+const char* kUsage =
+    "usage: mobilepeft_runner generate --bundle DIR --prompt TEXT [--image FILE.ppm|FILE.f32] [--max-new-tokens N] [--threads N]\n"
+    "       mobilepeft_runner bench --bundle DIR [--threads N] [--prompt-len N] [--gen-len N] [--runs N] [--warmup N] [--output FILE]\n"
+    "       mobilepeft_runner tokenize --bundle DIR --text-file STRINGS.json\n"
+    "       mobilepeft_runner preprocess --bundle DIR --image FILE.ppm --output PIXELS.f32\n"
+    "\n"
+    "generate  answer a prompt (about an image) greedily; prints {\"text\", \"tokens\", \"pieces\", ...} as JSON\n"
+    "bench     time a chat turn (vision encode, prefill, decode); prints the benchmark JSON of DESIGN.md section 8\n"
+    "tokenize  token ids of each string of a JSON array with the bundle's tokenizer (to check it against the host's)\n"
+    "preprocess  write the pixel_values the runner feeds the vision encoder for an image (float32, NCHW)\n"
+    "\n"
+    "--bundle          a directory written by `mobilepeft export executorch` (manifest.json, model.pte, tokenizer.model)\n"
+    "--image           binary PPM (P6; `convert photo.jpg photo.ppm`), preprocessed as the manifest says, or raw float32\n"
+    "                  pixel_values [1,3,S,S] (.f32)\n"
+    "--threads         ExecuTorch/XNNPACK threads (default 2)\n"
+    "--output          also write the JSON to FILE (atomically: FILE.tmp, then renamed)\n";
+
+struct Args {
+  std::string command;
+  std::map<std::string, std::string> options;
+
+  std::string get(const std::string& name, const std::string& fallback = "") const {
+    auto it = options.find(name);
+    return it == options.end() ? fallback : it->second;
+  }
+  int int_option(const std::string& name, int fallback, int minimum) const {
+    const std::string value = get(name);
+    if (value.empty()) return fallback;
+    char* end = nullptr;
+    long v = std::strtol(value.c_str(), &end, 10);
+    if (*end != '\0' || v < minimum)
+      throw std::invalid_argument("--" + name + " must be an integer >= " + std::to_string(minimum) + ", got '" + value + "'");
+    return int(v);
+  }
+};
+
+Args parse(int argc, char** argv) {
+  Args args;
+  if (argc < 2) throw std::invalid_argument("missing command");
+  args.command = argv[1];
+  static const std::vector<std::string> known = {"bundle", "prompt", "image", "max-new-tokens", "threads",
+                                                 "prompt-len", "gen-len", "runs", "warmup", "output", "text-file"};
+  for (int i = 2; i < argc; ++i) {
+    std::string flag = argv[i];
+    if (flag.rfind("--", 0) != 0 || std::find(known.begin(), known.end(), flag.substr(2)) == known.end())
+      throw std::invalid_argument("unknown option '" + flag + "'");
+    if (i + 1 >= argc) throw std::invalid_argument(flag + " needs a value");
+    args.options[flag.substr(2)] = argv[++i];
+  }
+  if (args.get("bundle").empty()) throw std::invalid_argument("--bundle is required");
+  return args;
+}
+
+std::string tokenize_json(const Manifest& manifest, const std::string& text_file) {
+  if (text_file.empty()) throw std::invalid_argument("tokenize needs --text-file");
+  const SentencePieceBpe tokenizer = SentencePieceBpe::load(manifest.file(manifest.string("tokenizer.file")));
+  Json strings;
+  try {
+    strings = Json::parse(read_file(text_file));
+  } catch (const std::runtime_error& e) {
+    throw BundleError(text_file + ": " + e.what());
+  }
+  if (!strings.is(Json::Type::Array)) throw BundleError(text_file + ": expected a JSON array of strings");
+  std::string out = "[";
+  for (size_t k = 0; k < strings.items().size(); ++k) {
+    const Json& s = strings.items()[k];
+    if (!s.is(Json::Type::String)) throw BundleError(text_file + ": item " + std::to_string(k) + " is not a string");
+    std::string ids;
+    for (int id : tokenizer.encode(s.str())) ids += (ids.empty() ? "" : ", ") + std::to_string(id);
+    out += std::string(k ? ", " : "") + "[" + ids + "]";
+  }
+  return out + "]";
+}
+
+void write_atomically(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (!f || std::fwrite(text.data(), 1, text.size(), f) != text.size() || std::fclose(f) != 0)
+    throw std::runtime_error(tmp + ": cannot write the result");
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error(path + ": cannot rename " + tmp + " into place");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args args;
+  try {
+    if (argc >= 2 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h")) {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    args = parse(argc, argv);
+    static const std::vector<std::string> commands = {"generate", "bench", "tokenize", "preprocess"};
+    if (std::find(commands.begin(), commands.end(), args.command) == commands.end()) throw std::invalid_argument("unknown command '" + args.command + "'");
+  } catch (const std::invalid_argument& e) {
+    std::fprintf(stderr, "error: %s\n\n%s", e.what(), kUsage);
+    return 2;
+  }
+  try {
+    const Manifest manifest = Manifest::load(args.get("bundle"));
+    std::string json;
+    if (args.command == "tokenize") {
+      json = tokenize_json(manifest, args.get("text-file"));
+    } else if (args.command == "preprocess") {
+      if (args.get("image").empty() || args.get("output").empty()) throw std::invalid_argument("preprocess needs --image and --output");
+      const std::vector<float> pixels = load_pixel_values(args.get("image"), manifest);
+      write_atomically(args.get("output"), std::string(reinterpret_cast<const char*>(pixels.data()), pixels.size() * sizeof(float)));
+      return 0;
+    } else {
+      if (!manifest.has("executorch"))
+        throw BundleError(manifest.file("manifest.json") + ": no executorch section; export the bundle with `mobilepeft export executorch`");
+      manifest.check_files();
+      const int threads = args.int_option("threads", 2, 1);
+      set_threads(threads);
+      VlmProgram program(manifest);
+      if (args.command == "generate") {
+        if (args.get("prompt").empty()) throw std::invalid_argument("generate needs --prompt");
+        const SentencePieceBpe tokenizer = SentencePieceBpe::load(manifest.file(manifest.string("tokenizer.file")));
+        Generator generator(program, tokenizer, manifest);
+        json = generator.generate(args.get("prompt"), args.get("image"), args.int_option("max-new-tokens", 64, 1)).to_json();
+      } else {
+        BenchSettings settings;
+        settings.threads = threads;
+        settings.prompt_len = args.int_option("prompt-len", settings.prompt_len, 1);
+        settings.gen_len = args.int_option("gen-len", settings.gen_len, 1);
+        settings.runs = args.int_option("runs", settings.runs, 1);
+        settings.warmup = args.int_option("warmup", settings.warmup, 0);
+        json = bench_json(program, manifest, settings);
+      }
+    }
+    if (!args.get("output").empty()) write_atomically(args.get("output"), json + "\n");
+    std::printf("%s\n", json.c_str());
+    return 0;
+  } catch (const std::invalid_argument& e) {
+    std::fprintf(stderr, "error: %s\n\n%s", e.what(), kUsage);
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,86 @@
+#include "vlm_program.h"
+
+#include <chrono>
+
+#include <executorch/extension/tensor/tensor.h>
+
+namespace mobilepeft {
+
+using executorch::aten::ScalarType;
+using executorch::extension::from_blob;
+using executorch::extension::module::Module;
+using executorch::runtime::Error;
+using executorch::runtime::EValue;
+
+namespace {
+const char* kMethods[] = {"vision_encoder", "token_embedding", "text_decoder"};
+}
+
+VlmProgram::VlmProgram(const Manifest& manifest)
+    : pte_(manifest.file(manifest.string("executorch.file"))),
+      hidden_(int(manifest.integer("model.hidden_size"))),
+      image_tokens_(int(manifest.integer("model.num_image_tokens"))),
+      image_size_(int(manifest.integer("image_preprocessing.size"))),
+      vocab_(int(manifest.integer("model.vocab_size"))) {
+  const auto t0 = std::chrono::steady_clock::now();
+  module_ = std::make_unique<Module>(pte_, Module::LoadMode::MmapUseMlockIgnoreErrors);
+  if (module_->load() != Error::Ok)
+    throw BundleError(pte_ + ": ExecuTorch cannot load the program (is it a .pte from `mobilepeft export executorch`, "
+                      "and was the runner built with the kernels and backend it needs?)");
+  for (const char* method : kMethods)
+    if (module_->load_method(method) != Error::Ok)
+      throw BundleError(pte_ + ": cannot load method " + method + " (missing operator or backend? see the log above)");
+  load_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  // The upper bound of the decoder's dynamic token dimension, as the program states it.
+  auto meta = module_->method_meta("text_decoder");
+  if (meta.ok()) {
+    auto input = meta->input_tensor_meta(0);
+    if (input.ok() && input->sizes().size() == 3) max_tokens_per_call_ = int(input->sizes()[1]);
+  }
+}
+
+std::vector<float> VlmProgram::run(const std::string& method, const std::vector<EValue>& inputs) {
+  auto result = module_->execute(method, inputs);
+  if (!result.ok())
+    throw std::runtime_error(pte_ + ": method " + method + " failed (ExecuTorch error " +
+                             std::to_string(int(result.error())) + ")");
+  const auto& out = result.get()[0].toTensor();
+  const float* data = out.const_data_ptr<float>();
+  return std::vector<float>(data, data + out.numel());
+}
+
+std::vector<float> VlmProgram::encode_image(std::vector<float> pixels) {
+  auto tensor = from_blob(pixels.data(), {1, 3, image_size_, image_size_}, ScalarType::Float);
+  return run("vision_encoder", {tensor});
+}
+
+std::vector<float> VlmProgram::embed(std::vector<int64_t> ids) {
+  auto tensor = from_blob(ids.data(), {1, int(ids.size())}, ScalarType::Long);
+  return run("token_embedding", {tensor});
+}
+
+std::vector<float> VlmProgram::decode(const std::vector<float>& embeds, int64_t start) {
+  const size_t total = embeds.size() / size_t(hidden_);
+  std::vector<float> logits;
+  for (size_t done = 0; done < total;) {
+    const size_t n = std::min(total - done, size_t(max_tokens_per_call_));
+    std::vector<float> chunk(embeds.begin() + long(done * hidden_), embeds.begin() + long((done + n) * hidden_));
+    std::vector<int64_t> positions(n);
+    for (size_t k = 0; k < n; ++k) positions[k] = start + int64_t(done + k);
+    auto x = from_blob(chunk.data(), {1, int(n), hidden_}, ScalarType::Float);
+    auto pos = from_blob(positions.data(), {int(n)}, ScalarType::Long);
+    logits = run("text_decoder", {x, pos});
+    done += n;
+  }
+  // [1, n, V] -> the last position's row.
+  return std::vector<float>(logits.end() - vocab_, logits.end());
+}
+
+int argmax(const std::vector<float>& logits) {
+  int best = 0;
+  for (size_t k = 1; k < logits.size(); ++k)
+    if (logits[k] > logits[best]) best = int(k);
+  return best;
+}
+
+}  // namespace mobilepeft
