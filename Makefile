@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test runner lint bench-train-step bench-adapter-overhead bench-schedule-overhead bench-ondevice-train bench-deploy bench-quant-agreement bench-coreml-sizes clean
+.PHONY: demo test runner lint bench-train-step bench-adapter-overhead bench-schedule-overhead bench-ondevice-train bench-deploy bench-quant-agreement bench-coreml-sizes bench-native-runner clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,5 +56,8 @@ bench-quant-agreement: $(STAMP)
 bench-coreml-sizes: $(STAMP)
 	$(BIN)/python benchmarks/coreml_sizes.py
 
+bench-native-runner: runner
+	$(BIN)/python benchmarks/native_runner.py
+
 clean:
-	rm -rf outputs runs .pytest_cache
+	rm -rf outputs runs build .pytest_cache

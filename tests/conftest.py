@@ -64,7 +64,7 @@ def synth_data(tmp_path_factory) -> Path:
 # a long file collected last would run alone at the end (measured: the suite's wall time varied
 # 549-614 s with the alphabetical order).
 LONGEST_FIRST = ("test_executorch.py", "test_executorch_methods.py", "test_coreml.py", "test_cli.py",
-                 "test_training.py", "test_onnx_training.py", "test_schedule.py")
+                 "test_training.py", "test_onnx_training.py", "test_android_core.py", "test_schedule.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
