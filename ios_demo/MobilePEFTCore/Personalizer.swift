@@ -59,25 +59,6 @@ public struct PersonalizeReport: Codable {
         case evalLossAfter = "eval_loss_after", trainLosses = "train_losses", stepTimesMs = "step_times_ms"
         case stoppedEarly = "stopped_early", plannedSteps = "planned_steps"
     }
-
-    /// The training benchmark JSON (export/bench.schema.json's training keys).
-    public func benchResult(harness: String, threads: Int) throws -> BenchResult {
-        let stepStats = try BenchStats(stepTimesMs)
-        var result = BenchResult()
-        result.put("train_step_ms", stepStats.median)
-        result.put("train_step_ms_min", stepStats.min)
-        result.put("train_step_ms_max", stepStats.max)
-        result.put("train_peak_rss_mb", DeviceInfo.peakRSSMegabytes())
-        result.put("train_steps", steps)
-        result.put("batch_size", batchSize)
-        result.put("threads", threads)
-        result.put("backend", "cpu")
-        result.put("quantization", "none")
-        result.put("device", DeviceInfo.description)
-        result.put("runtime", "onnxruntime-training")
-        result.put("harness", harness)
-        return result
-    }
 }
 
 /// The phone's training loop, as `mobilepeft personalize` (export/personalize.py) replays it on

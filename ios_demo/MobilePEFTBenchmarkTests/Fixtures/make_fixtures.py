@@ -29,11 +29,32 @@ NUM_IMAGE_TOKENS = 4
 SEQ_LEN = 64
 
 TEXTS = [
-    "", " ", "a", "  two  spaces  ", "Hello world", "hello\nworld", "tab\there", "What is in the picture?",
-    "A red square.", "12345 apples", "café", "cafe\u0301", "日本語のテキスト", "emoji 🙂 ok", "</s> and <s>",
-    "<image>", "USER: hi ASSISTANT:", SYSTEM_PROMPT, "\nWhat color is the car? ASSISTANT:",
+    "",
+    " ",
+    "a",
+    "  two  spaces  ",
+    "Hello world",
+    "hello\nworld",
+    "tab\there",
+    "What is in the picture?",
+    "A red square.",
+    "12345 apples",
+    "café",
+    "cafe\u0301",
+    "日本語のテキスト",
+    "emoji 🙂 ok",
+    "</s> and <s>",
+    "<image>",
+    "USER: hi ASSISTANT:",
+    SYSTEM_PROMPT,
+    "\nWhat color is the car? ASSISTANT:",
 ]
-QUESTIONS = ["<image>\nWhat is in the picture?", "What is in the picture? <image>", "No image here?", "  <image> spaced  "]
+QUESTIONS = [
+    "<image>\nWhat is in the picture?",
+    "What is in the picture? <image>",
+    "No image here?",
+    "  <image> spaced  ",
+]
 CONVERSATIONS = [
     [("<image>\nWhat is in the picture?", "A red square on a grey background.")],
     [("What colour is it?", "Red."), ("And the shape?", "A square.")],
@@ -60,19 +81,45 @@ def main() -> None:
 
 def manifest(tokenizer: Tokenizer) -> dict:
     return {
-        "format": "mobilepeft-bundle", "manifest_version": 1, "created_by": "make_fixtures.py",
-        "model": {"family": "mobilevlm", "projector_type": "ldpnetv2", "hidden_size": 8, "num_hidden_layers": 1,
-                  "vocab_size": tokenizer.vocab_size, "num_image_tokens": NUM_IMAGE_TOKENS, "mm_hidden_size": 8,
-                  "base_model": "fixture"},
-        "tokenizer": {"file": "tokenizer.model", "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id,
-                      "pad_id": tokenizer.pad_id},
-        "prompt": {"template": "v1", "system": SYSTEM_PROMPT, "first_turn": "{system} USER: {question} ASSISTANT:",
-                   "next_turn": "USER: {question} ASSISTANT:", "stop": "</s>", "image_placeholder": "<image>",
-                   "image_token_id": IMAGE_TOKEN_INDEX},
-        "image_preprocessing": {"size": 16, "aspect": "pad", "pad_color": [122, 116, 104],
-                                "resize": "shortest_side_bicubic", "crop": "center", "rescale": 1 / 255,
-                                "mean": [0.48145466, 0.4578275, 0.40821073],
-                                "std": [0.26862954, 0.26130258, 0.27577711], "layout": "NCHW"},
+        "format": "mobilepeft-bundle",
+        "manifest_version": 1,
+        "created_by": "make_fixtures.py",
+        "model": {
+            "family": "mobilevlm",
+            "projector_type": "ldpnetv2",
+            "hidden_size": 8,
+            "num_hidden_layers": 1,
+            "vocab_size": tokenizer.vocab_size,
+            "num_image_tokens": NUM_IMAGE_TOKENS,
+            "mm_hidden_size": 8,
+            "base_model": "fixture",
+        },
+        "tokenizer": {
+            "file": "tokenizer.model",
+            "bos_id": tokenizer.bos_id,
+            "eos_id": tokenizer.eos_id,
+            "pad_id": tokenizer.pad_id,
+        },
+        "prompt": {
+            "template": "v1",
+            "system": SYSTEM_PROMPT,
+            "first_turn": "{system} USER: {question} ASSISTANT:",
+            "next_turn": "USER: {question} ASSISTANT:",
+            "stop": "</s>",
+            "image_placeholder": "<image>",
+            "image_token_id": IMAGE_TOKEN_INDEX,
+        },
+        "image_preprocessing": {
+            "size": 16,
+            "aspect": "pad",
+            "pad_color": [122, 116, 104],
+            "resize": "shortest_side_bicubic",
+            "crop": "center",
+            "rescale": 1 / 255,
+            "mean": [0.48145466, 0.4578275, 0.40821073],
+            "std": [0.26862954, 0.26130258, 0.27577711],
+            "layout": "NCHW",
+        },
         "max_seq_len": SEQ_LEN,
         "files": {},
     }
@@ -81,18 +128,45 @@ def manifest(tokenizer: Tokenizer) -> dict:
 def cases(tokenizer: Tokenizer) -> dict:
     encode = [{"text": text, "ids": tokenizer.encode(text)} for text in TEXTS]
     decode = [{"ids": case["ids"], "text": tokenizer.decode(case["ids"])} for case in encode]
+    # Special and negative ids are skipped (a generated answer ends with EOS, a prompt holds -200).
+    specials = [
+        tokenizer.bos_id,
+        *encode[4]["ids"],
+        tokenizer.unk_id,
+        IMAGE_TOKEN_INDEX,
+        *encode[5]["ids"],
+        tokenizer.eos_id,
+    ]
+    decode.append({"ids": specials, "text": tokenizer.decode(specials)})
     prompts = [{"question": q, "ids": build_prompt_ids(q, tokenizer)} for q in QUESTIONS]
     rows = []
     for k, turns in enumerate(CONVERSATIONS):
-        row = encode_sample(Conversation(id=str(k), index=k, image=None, turns=turns), tokenizer,
-                            num_image_tokens=NUM_IMAGE_TOKENS, seq_len=SEQ_LEN, pad_id=tokenizer.pad_id)
-        rows.append({"turns": turns, "seq_len": SEQ_LEN, "input_ids": row.input_ids.tolist(),
-                     "attention_mask": row.attention_mask.tolist(), "labels": row.labels.tolist()})
+        row = encode_sample(
+            Conversation(id=str(k), index=k, image=None, turns=turns),
+            tokenizer,
+            num_image_tokens=NUM_IMAGE_TOKENS,
+            seq_len=SEQ_LEN,
+            pad_id=tokenizer.pad_id,
+        )
+        rows.append(
+            {
+                "turns": turns,
+                "seq_len": SEQ_LEN,
+                "input_ids": row.input_ids.tolist(),
+                "attention_mask": row.attention_mask.tolist(),
+                "labels": row.labels.tolist(),
+            }
+        )
     too_long = []
     for k, turns in enumerate(TOO_LONG):
         try:
-            encode_sample(Conversation(id=str(k), index=k, image=None, turns=turns), tokenizer,
-                          num_image_tokens=NUM_IMAGE_TOKENS, seq_len=SEQ_LEN, pad_id=tokenizer.pad_id)
+            encode_sample(
+                Conversation(id=str(k), index=k, image=None, turns=turns),
+                tokenizer,
+                num_image_tokens=NUM_IMAGE_TOKENS,
+                seq_len=SEQ_LEN,
+                pad_id=tokenizer.pad_id,
+            )
         except UserError:
             too_long.append({"turns": turns, "seq_len": SEQ_LEN})
         else:
