@@ -67,9 +67,6 @@ def write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]
 def base_manifest(model, model_dir: Path, max_seq_len: int) -> dict[str, Any]:
     """The sections every bundle shares: model dims, tokenizer, prompt template, image preprocessing."""
     from mobilepeft import __version__
-    from mobilepeft.data.template import SYSTEM_PROMPT
-    from mobilepeft.models.image_processing import CLIP_MEAN, CLIP_STD, PAD_COLOR
-    from mobilepeft.models.tokenizer import IMAGE_TOKEN_INDEX
 
     cfg, tok = model.config, model.tokenizer
     llama = cfg.llama_config()
@@ -88,27 +85,42 @@ def base_manifest(model, model_dir: Path, max_seq_len: int) -> dict[str, Any]:
             "base_model": str(model_dir),
         },
         "tokenizer": {"file": tok.file.name, "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id},
-        "prompt": {
-            "template": "v1",
-            "system": SYSTEM_PROMPT,
-            "first_turn": "{system} USER: {question} ASSISTANT:",
-            "next_turn": "USER: {question} ASSISTANT:",
-            "stop": "</s>",
-            "image_placeholder": "<image>",
-            "image_token_id": IMAGE_TOKEN_INDEX,
-        },
-        "image_preprocessing": {
-            "size": cfg.image_size,
-            "aspect": "pad",
-            "pad_color": list(PAD_COLOR),
-            "resize": "shortest_side_bicubic",
-            "crop": "center",
-            "rescale": 1 / 255,
-            "mean": list(CLIP_MEAN),
-            "std": list(CLIP_STD),
-            "layout": "NCHW",
-        },
+        "prompt": prompt_section(),
+        "image_preprocessing": image_preprocessing_section(cfg.image_size),
         "max_seq_len": max_seq_len,
+    }
+
+
+def prompt_section() -> dict[str, Any]:
+    """The v1 conversation template as the apps apply it (mobilepeft.data.template)."""
+    from mobilepeft.data.template import IMAGE_PLACEHOLDER, SYSTEM_PROMPT
+    from mobilepeft.models.tokenizer import IMAGE_TOKEN_INDEX
+
+    return {
+        "template": "v1",
+        "system": SYSTEM_PROMPT,
+        "first_turn": "{system} USER: {question} ASSISTANT:",
+        "next_turn": "USER: {question} ASSISTANT:",
+        "stop": "</s>",
+        "image_placeholder": IMAGE_PLACEHOLDER,
+        "image_token_id": IMAGE_TOKEN_INDEX,
+    }
+
+
+def image_preprocessing_section(size: int) -> dict[str, Any]:
+    """MobileVLM's "pad" preprocessing (mobilepeft.models.image_processing) at ``size`` pixels."""
+    from mobilepeft.models.image_processing import CLIP_MEAN, CLIP_STD, PAD_COLOR
+
+    return {
+        "size": size,
+        "aspect": "pad",
+        "pad_color": list(PAD_COLOR),
+        "resize": "shortest_side_bicubic",
+        "crop": "center",
+        "rescale": 1 / 255,
+        "mean": list(CLIP_MEAN),
+        "std": list(CLIP_STD),
+        "layout": "NCHW",
     }
 
 

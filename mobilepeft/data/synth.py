@@ -95,13 +95,20 @@ def write_synthetic_dataset(
 
 
 def corpus_lines() -> list[str]:
-    """Text covering every word the generator and the v1 template can emit (tokenizer training)."""
-    # Whole first turns, so the system prompt is as frequent as the questions and BPE merges it
-    # into few tokens: short sequences keep the demo model fast.
+    """Text covering every word the generator and the v1 template can emit (tokenizer training).
+
+    The lines are the pieces the template tokenises one by one (text before the image, the
+    question after it, which starts with the newline of ``<image>\\n``, the answer), each as often
+    as a whole first turn, so BPE merges the system prompt into few tokens (short sequences keep
+    the demo model fast) and learns the question words as they follow a newline. Text-only turns
+    are covered too.
+    """
     lines = []
     for phrasings, answers in QUESTIONS.values():
         lines.extend(answers)
-        lines.extend(f"{SYSTEM_PROMPT} USER: {q} ASSISTANT: {a}" for q in phrasings for a in answers)
+        for q in phrasings:
+            for a in answers:
+                lines += [f"{SYSTEM_PROMPT} USER: ", f"\n{q} ASSISTANT:", a, f"USER: {q} ASSISTANT: {a}"]
     return lines
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from mobilepeft.data.llava import Conversation
 from mobilepeft.data.template import SYSTEM_PROMPT, build_prompt_ids
 from mobilepeft.errors import UserError
+from mobilepeft.export.bundle import image_preprocessing_section, prompt_section
 from mobilepeft.export.ort_batch import encode_sample
 from mobilepeft.models.presets import train_tokenizer
 from mobilepeft.models.tokenizer import IMAGE_TOKEN_INDEX, Tokenizer
@@ -100,26 +101,8 @@ def manifest(tokenizer: Tokenizer) -> dict:
             "eos_id": tokenizer.eos_id,
             "pad_id": tokenizer.pad_id,
         },
-        "prompt": {
-            "template": "v1",
-            "system": SYSTEM_PROMPT,
-            "first_turn": "{system} USER: {question} ASSISTANT:",
-            "next_turn": "USER: {question} ASSISTANT:",
-            "stop": "</s>",
-            "image_placeholder": "<image>",
-            "image_token_id": IMAGE_TOKEN_INDEX,
-        },
-        "image_preprocessing": {
-            "size": 16,
-            "aspect": "pad",
-            "pad_color": [122, 116, 104],
-            "resize": "shortest_side_bicubic",
-            "crop": "center",
-            "rescale": 1 / 255,
-            "mean": [0.48145466, 0.4578275, 0.40821073],
-            "std": [0.26862954, 0.26130258, 0.27577711],
-            "layout": "NCHW",
-        },
+        "prompt": prompt_section(),
+        "image_preprocessing": image_preprocessing_section(16),
         "max_seq_len": SEQ_LEN,
         "files": {},
     }
