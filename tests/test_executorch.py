@@ -208,5 +208,8 @@ def test_native_bench_json_validates_and_bad_bundles_are_named(lora_bundles, nat
     assert done.returncode == 1 and "model.pte" in done.stderr and "bytes" in done.stderr
     done = _native(native_runner, "bench", "--bundle", lora_bundles["none"], "--prompt-len", 200, check=False)
     assert done.returncode == 1 and "max_seq_len" in done.stderr
+    done = _native(native_runner, "generate", "--bundle", lora_bundles["none"], "--prompt", "many words " * 80,
+                   check=False)
+    assert done.returncode == 1 and "positions, the bundle's max_seq_len is 128" in done.stderr
     done = _native(native_runner, "bench", "--bundle", lora_bundles["none"], "--runs", "zero", check=False)
     assert done.returncode == 2 and "--runs" in done.stderr

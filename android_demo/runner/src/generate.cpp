@@ -31,29 +31,38 @@ Generation Generator::generate(const std::string& prompt, const std::string& ima
   const int bos = int(manifest_.integer("tokenizer.bos_id"));
   const int eos = int(manifest_.integer("tokenizer.eos_id"));
   const long long max_seq = manifest_.integer("max_seq_len");
-  int64_t position = 0;
-  std::vector<float> logits;
-  size_t from = 0;
-  for (bool first = true;; first = false) {
-    size_t at = text.find(placeholder, from);
-    const std::string piece = text.substr(from, at == std::string::npos ? std::string::npos : at - from);
-    if (!piece.empty()) {
-      std::vector<int> ids = tokenizer_.encode(piece);
-      if (first) ids.insert(ids.begin(), bos);
-      out.prompt_tokens.insert(out.prompt_tokens.end(), ids.begin(), ids.end());
-      logits = program_.decode(program_.embed(std::vector<int64_t>(ids.begin(), ids.end())), position);
-      position += int64_t(ids.size());
-    }
+  // The turn's text pieces around the image placeholder(s), tokenised before anything runs so a
+  // prompt that cannot fit is refused up front.
+  std::vector<std::vector<int>> pieces;
+  for (size_t from = 0;;) {
+    const size_t at = text.find(placeholder, from);
+    std::vector<int> ids = tokenizer_.encode(text.substr(from, at == std::string::npos ? std::string::npos : at - from));
+    if (pieces.empty()) ids.insert(ids.begin(), bos);
+    pieces.push_back(std::move(ids));
     if (at == std::string::npos) break;
-    if (image_path.empty()) throw BundleError("the prompt template holds an image placeholder but no --image was given");
-    logits = program_.decode(program_.encode_image(load_pixel_values(image_path, manifest_)), position);
-    position += program_.image_tokens();
     from = at + placeholder.size();
   }
-  out.num_prompt_positions = int(position);
-  if (position >= max_seq)
-    throw BundleError("the prompt takes " + std::to_string(position) + " positions, the bundle's max_seq_len is " +
+  if (pieces.size() > 1 && image_path.empty())
+    throw BundleError("the prompt template holds an image placeholder but no --image was given");
+  long long needed = (long long)(pieces.size() - 1) * program_.image_tokens();
+  for (const auto& ids : pieces) needed += (long long)ids.size();
+  if (needed >= max_seq)
+    throw BundleError("the prompt takes " + std::to_string(needed) + " positions, the bundle's max_seq_len is " +
                       std::to_string(max_seq) + "; shorten the prompt or re-export with a larger --max-seq-len");
+
+  int64_t position = 0;
+  std::vector<float> logits;
+  for (size_t k = 0; k < pieces.size(); ++k) {
+    if (k) {
+      logits = program_.decode(program_.encode_image(load_pixel_values(image_path, manifest_)), position);
+      position += program_.image_tokens();
+    }
+    if (pieces[k].empty()) continue;
+    out.prompt_tokens.insert(out.prompt_tokens.end(), pieces[k].begin(), pieces[k].end());
+    logits = program_.decode(program_.embed(std::vector<int64_t>(pieces[k].begin(), pieces[k].end())), position);
+    position += int64_t(pieces[k].size());
+  }
+  out.num_prompt_positions = int(position);
   for (int k = 0; k < max_new_tokens && position < max_seq; ++k) {
     const int token = argmax(logits);
     if (token == eos) break;

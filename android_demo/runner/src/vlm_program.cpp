@@ -61,6 +61,7 @@ std::vector<float> VlmProgram::embed(std::vector<int64_t> ids) {
 
 std::vector<float> VlmProgram::decode(const std::vector<float>& embeds, int64_t start) {
   const size_t total = embeds.size() / size_t(hidden_);
+  if (total == 0) throw std::invalid_argument("text_decoder needs at least one token");
   std::vector<float> logits;
   for (size_t done = 0; done < total;) {
     const size_t n = std::min(total - done, size_t(max_tokens_per_call_));

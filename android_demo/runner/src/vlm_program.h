@@ -20,7 +20,6 @@ class VlmProgram {
   double load_ms() const { return load_ms_; }
   int hidden_size() const { return hidden_; }
   int image_tokens() const { return image_tokens_; }
-  int max_tokens_per_call() const { return max_tokens_per_call_; }
 
   std::vector<float> encode_image(std::vector<float> pixels);  // [1,3,S,S] -> [P*D]
   std::vector<float> embed(std::vector<int64_t> ids);  // [T] -> [T*D]
