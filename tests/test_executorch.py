@@ -171,10 +171,27 @@ def test_native_tokenizer_and_preprocessing_match_the_host(lora_bundles, native_
     bundle = lora_bundles["none"]
     tokenizer = Tokenizer(bundle)
     strings = ["Which shape is shown?", "  two  spaces ", "x\n\ty 12345 !!", "日本語 ok 🙂", "", "ASSISTANT: a red circle</s>",
-               "Ünïcödé façade — naïve", "tab\tand\r\nnewline", "<image>\nHow many?"]
+               "Ünïcödé façade — naïve", "tab\tand\r\nnewline", "<image>\nHow many?", "   ", "a  ASSISTANT:ASSISTANT: b"]
     (tmp_path / "strings.json").write_text(json.dumps(strings))
     ids = json.loads(_native(native_runner, "tokenize", "--bundle", bundle, "--text-file", tmp_path / "strings.json").stdout)
     assert ids == [tokenizer.encode(s) for s in strings]
+    # LLaMA's own settings (whitespace kept as written, digits split, whitespace-only and
+    # user-defined pieces) on a copy of the bundle with that tokenizer.model in place.
+    import sentencepiece as spm
+
+    from mobilepeft.data.synth import corpus_lines
+
+    llama_like = Path(shutil.copytree(bundle, tmp_path / "llama-like"))
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus_lines()), model_prefix=str(tmp_path / "llama"), vocab_size=400,
+        model_type="bpe", byte_fallback=True, character_coverage=1.0, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, split_digits=True, allow_whitespace_only_pieces=True,
+        user_defined_symbols=["<image>", "ASSISTANT:"], hard_vocab_limit=False, num_threads=1, minloglevel=2)
+    shutil.copyfile(tmp_path / "llama.model", llama_like / "tokenizer.model")
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "llama.model"))
+    ids = json.loads(_native(native_runner, "tokenize", "--bundle", llama_like, "--text-file",
+                             tmp_path / "strings.json").stdout)
+    assert ids == [sp.encode(s) for s in strings]
     # Letterboxing and PIL's bicubic resize, up and down, in the same fixed-point arithmetic: bit-equal pixels.
     rng = np.random.default_rng(0)
     for width, height in [(97, 41), (200, 150), (30, 64), (64, 64)]:

@@ -104,6 +104,8 @@ std::vector<double> Manifest::numbers(const std::string& path, PathArgs args) co
 }
 size_t Manifest::count(const std::string& path, PathArgs args) const {
   const Json& node = *resolve(path, args, true);
+  if (!node.is(Json::Type::Array) && !node.is(Json::Type::Object))
+    throw BundleError(file("manifest.json") + ": field " + path + " is a " + node.type_name() + ", not a list");
   return node.is(Json::Type::Array) ? node.items().size() : node.members().size();
 }
 bool Manifest::has(const std::string& path, PathArgs args) const { return resolve(path, args, false) != nullptr; }
