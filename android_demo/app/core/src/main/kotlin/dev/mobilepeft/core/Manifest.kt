@@ -402,29 +402,22 @@ class BundleSpec(val manifest: Manifest) {
         if (actual != wanted) throw BundleError("${manifest.source}: $path is '$actual'; this app supports '$wanted'")
     }
 
+    /** A method's inputs or outputs, stated as flat (name, dtype, shape) triples. */
+    private fun triples(method: String, side: String, n: Int, text: (Int) -> String,
+                        shape: (Int) -> List<String>): List<TensorSpec> {
+        if (n % 3 != 0) throw BundleError("${manifest.source}: executorch.methods.$method.$side must hold name, dtype, shape triples")
+        return (0 until n / 3).map { k -> TensorSpec(text(3 * k), text(3 * k + 1), shape(3 * k + 2).map { Dim.parse(it) }) }
+    }
+
     private fun readMethods(): Map<String, MethodSpec> {
         val methods = LinkedHashMap<String, MethodSpec>()
         for (name in manifest.keys("executorch.methods{}")) {
-            val inputs = ArrayList<TensorSpec>()
-            val nIn = manifest.count("executorch.methods{}.input[]", name)
-            if (nIn % 3 != 0) throw BundleError("${manifest.source}: executorch.methods.$name.input must hold name, dtype, shape triples")
-            for (k in 0 until nIn / 3) {
-                inputs.add(TensorSpec(
-                    manifest.string("executorch.methods{}.input[]", name, 3 * k),
-                    manifest.string("executorch.methods{}.input[]", name, 3 * k + 1),
-                    manifest.strings("executorch.methods{}.input[]", name, 3 * k + 2).map { Dim.parse(it) }
-                ))
-            }
-            val outputs = ArrayList<TensorSpec>()
-            val nOut = manifest.count("executorch.methods{}.output[]", name)
-            if (nOut % 3 != 0) throw BundleError("${manifest.source}: executorch.methods.$name.output must hold name, dtype, shape triples")
-            for (k in 0 until nOut / 3) {
-                outputs.add(TensorSpec(
-                    manifest.string("executorch.methods{}.output[]", name, 3 * k),
-                    manifest.string("executorch.methods{}.output[]", name, 3 * k + 1),
-                    manifest.strings("executorch.methods{}.output[]", name, 3 * k + 2).map { Dim.parse(it) }
-                ))
-            }
+            val inputs = triples(name, "input", manifest.count("executorch.methods{}.input[]", name),
+                { k -> manifest.string("executorch.methods{}.input[]", name, k) },
+                { k -> manifest.strings("executorch.methods{}.input[]", name, k) })
+            val outputs = triples(name, "output", manifest.count("executorch.methods{}.output[]", name),
+                { k -> manifest.string("executorch.methods{}.output[]", name, k) },
+                { k -> manifest.strings("executorch.methods{}.output[]", name, k) })
             methods[name] = MethodSpec(name, inputs, outputs)
         }
         for (required in listOf("vision_encoder", "token_embedding", "text_decoder")) {
