@@ -30,12 +30,9 @@ APP = ROOT / "android_demo" / "app"
 CORE_MAIN = APP / "core" / "src" / "main" / "kotlin"
 CORE_TEST = APP / "core" / "src" / "test" / "kotlin"
 APP_SRC = APP / "app" / "src" / "main"
-BUNDLE_SCHEMA = ROOT / "export" / "bundle.schema.json"
 BENCH_SCHEMA = ROOT / "export" / "bench.schema.json"
 MIN_KOTLIN_TESTS = 20
 
-READ_FNS = ("string", "int", "long", "double", "bool", "strings", "ints", "longs", "doubles", "count", "has", "keys")
-MANIFEST_READ = re.compile(r"\bmanifest\.(" + "|".join(READ_FNS) + r")\(\s*\"([^\"]*)\"")
 
 TOKENIZER_TEXTS = [
     "Hello world", "hello", " hello", "  hello", "hello ", "hello  ", "a  b   c", " ", "   ", "\n", "a\nb",
@@ -317,73 +314,17 @@ def test_kotlin_adapter_equals_adapter_from_ort(kotlin_run, fixture_dir):
     assert sorted(p.name for p in ours_dir.iterdir()) == sorted(p.name for p in expected_dir.iterdir())
 
 
-def _schema_node(schema: dict, node: dict) -> dict:
-    while "$ref" in node:
-        target = schema
-        for part in node["$ref"].lstrip("#/").split("/"):
-            target = target[part]
-        node = target
-    return node
-
-
-def _types(node: dict) -> set[str]:
-    if "type" in node:
-        return {node["type"]} if isinstance(node["type"], str) else set(node["type"])
-    for key in ("const", "enum"):
-        if key in node:
-            values = [node[key]] if key == "const" else node[key]
-            return {"boolean" if isinstance(v, bool) else "integer" if isinstance(v, int) else
-                    "number" if isinstance(v, float) else "string" if isinstance(v, str) else "null" for v in values}
-    return set()
-
-
-def _check_path(schema: dict, fn: str, path: str) -> str | None:
-    node = schema
-    segments = path.split(".")
-    for i, segment in enumerate(segments):
-        suffix = segment[-2:] if segment.endswith(("[]", "{}")) else ""
-        name = segment[: len(segment) - len(suffix)]
-        node = _schema_node(schema, node)
-        props = node.get("properties", {})
-        if name not in props:
-            return f"'{name}' is not a field of {'.'.join(segments[:i]) or 'the manifest'}"
-        node = _schema_node(schema, props[name])
-        if suffix == "[]":
-            if "array" not in _types(node):
-                return f"'{name}' is not an array"
-            if i < len(segments) - 1 or fn != "count":
-                node = _schema_node(schema, node.get("items", {}))
-        elif suffix == "{}":
-            extra = node.get("additionalProperties")
-            if not isinstance(extra, dict):
-                return f"'{name}' is not a map with arbitrary keys"
-            if i < len(segments) - 1 or fn != "keys":
-                node = _schema_node(schema, extra)
-    wanted = {"string": {"string"}, "int": {"integer"}, "long": {"integer"}, "double": {"number", "integer"},
-              "bool": {"boolean"}, "strings": {"array"}, "ints": {"array"}, "longs": {"array"}, "doubles": {"array"},
-              "count": {"array"}, "keys": {"object"}, "has": None}[fn]
-    types = _types(node)
-    if wanted is not None and types and not wanted & types:
-        return f"{fn}() on a field of type {sorted(types)}"
-    if fn in ("ints", "longs", "doubles") and "items" in node:
-        item_types = _types(_schema_node(schema, node["items"]))
-        if item_types and not ({"integer"} if fn != "doubles" else {"number", "integer"}) & item_types:
-            return f"{fn}() on an array of {sorted(item_types)}"
-    return None
-
-
 def test_every_manifest_read_is_a_schema_path():
-    schema = json.loads(BUNDLE_SCHEMA.read_text())
+    from test_app_manifest_keys import check_manifest_reads
+
     reads, problems = [], []
     sources = _kotlin_files(CORE_MAIN, APP_SRC)
     for file in sources:
-        for fn, path in MANIFEST_READ.findall(file.read_text()):
-            reads.append((fn, path))
-            problem = _check_path(schema, fn, path)
-            if problem:
-                problems.append(f"{file.name}: manifest.{fn}(\"{path}\"): {problem}")
+        found, bad = check_manifest_reads(file.read_text())
+        reads += found
+        problems += [f"{file.name}: {p}" for p in bad]
     assert not problems, "\n".join(problems)
-    paths = {p for _, p in reads}
+    paths = set(reads)
     assert len(reads) >= 60 and {"executorch.methods{}.input[]", "onnx_training.inputs[].shape",
                                  "onnx_training.trainable[].adapter_key", "files{}.bytes"} <= paths
     # Nothing else reads the manifest by key: JSON is parsed only by Manifest (and the adapter metadata update).
@@ -393,10 +334,11 @@ def test_every_manifest_read_is_a_schema_path():
 
 
 def test_benchmark_keys_are_the_schema_keys():
-    schema = json.loads(BENCH_SCHEMA.read_text())
-    keys = set(re.findall(r"\bput\(\"([^\"]+)\"", (CORE_MAIN / "dev" / "mobilepeft" / "core" / "BenchStats.kt").read_text()))
-    unknown = keys - set(schema["properties"])
-    assert not unknown, f"keys not in bench.schema.json: {sorted(unknown)}"
+    from test_app_manifest_keys import check_bench_writes
+
+    found, unknown = check_bench_writes((CORE_MAIN / "dev" / "mobilepeft" / "core" / "BenchStats.kt").read_text())
+    assert not unknown, unknown
+    keys = set(found)
     design = {"model_load_time_ms", "vision_encode_ms", "prefill_tokens_per_s", "decode_tokens_per_s",
               "time_to_first_token_ms", "peak_rss_mb", "threads", "backend", "quantization", "device",
               "train_step_ms", "train_peak_rss_mb", "runtime", "harness", "prompt_tokens", "generated_tokens",

@@ -32,14 +32,23 @@ READERS = {
     "string": {"string"}, "int": {"integer"}, "long": {"integer"}, "integer": {"integer"},
     "double": {"number", "integer"}, "number": {"number", "integer"}, "bool": {"boolean"}, "boolean": {"boolean"},
     "strings": {"array"}, "ints": {"array"}, "longs": {"array"}, "doubles": {"array"}, "numbers": {"array"},
-    "count": {"array", "object"}, "keys": {"object"}, "has": None,
+    "count": {"array"}, "keys": {"object"}, "has": None,
 }
+# List readers whose items must be numbers.
+NUMBER_LISTS = {"ints": {"integer"}, "longs": {"integer"}, "doubles": {"number", "integer"},
+                "numbers": {"number", "integer"}}
 MANIFEST_READ = re.compile(r"\.(" + "|".join(READERS) + r")\(\s*\"([A-Za-z0-9_.\[\]{}]+)\"")
-BENCH_WRITE = re.compile(r"\bput(?:_stats|Stats)?\(\s*(?:\w+\s*,\s*)?\"([a-z0-9_]+)\"")
+BENCH_WRITE = re.compile(r"\bput(_stats|Stats)?\(\s*(?:\w+\s*,\s*)?\"([a-z0-9_]+)\"")
 
 
-def node_ref(ref: str) -> list[str]:
-    return ref.removeprefix("#/").split("/")
+def resolve_ref(node: dict, schema: dict = BUNDLE_SCHEMA) -> dict:
+    """``node`` with its ``$ref`` chain followed."""
+    while "$ref" in node:
+        target = schema
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = target
+    return node
 
 
 def resolve(path: str, schema: dict = BUNDLE_SCHEMA, *, container: bool = False) -> dict:
@@ -49,12 +58,7 @@ def resolve(path: str, schema: dict = BUNDLE_SCHEMA, *, container: bool = False)
     arrays and objects: ``count``, ``keys``, ``ints``, ...) the array or object itself."""
 
     def deref(node: dict) -> dict:
-        while "$ref" in node:
-            target = schema
-            for part in node_ref(node["$ref"]):
-                target = target[part]
-            node = target
-        return node
+        return resolve_ref(node, schema)
 
     node = deref(schema)
     walked = []
@@ -103,11 +107,17 @@ def check_manifest_reads(source: str) -> tuple[list[str], list[str]]:
         allowed, types = READERS[fn], _types(node)
         if allowed is not None and types is not None and not types & allowed:
             problems.append(f"{fn}({path!r}): the schema says {sorted(types)}")
+        elif fn in NUMBER_LISTS and isinstance(node.get("items"), dict):
+            items = _types(resolve_ref(node["items"]))
+            if items is not None and not items & NUMBER_LISTS[fn]:
+                problems.append(f"{fn}({path!r}): the schema's items are {sorted(items)}")
     return paths, problems
 
 
 def check_bench_writes(source: str) -> tuple[list[str], list[str]]:
-    keys = BENCH_WRITE.findall(source)
+    # put_stats/putStats write key, key_min and key_max.
+    keys = [k + suffix for stats, key in BENCH_WRITE.findall(source)
+            for k, suffix in ([(key, "")] if not stats else [(key, ""), (key, "_min"), (key, "_max")])]
     known = BENCH_SCHEMA["properties"]
     return keys, [f"put({k!r}): not a benchmark key (export/bench.schema.json)" for k in keys if k not in known]
 
@@ -122,14 +132,20 @@ def test_checker_rejects_unknown_keys_and_wrong_types():
     _, problems = check_manifest_reads('m.string("executorch.file"); m.string("executorch.flie"); '
                                        'm.int("onnx_training.inputs[].name", i); m.keys("files{}"); '
                                        'm.ints("onnx_training.trainable[].shape", i); m.count("onnx_training.inputs[]"); '
-                                       'm.int("onnx_training.trainable[].shape[]", i, 0); m.count("model.family")')
+                                       'm.int("onnx_training.trainable[].shape[]", i, 0); m.count("model.family"); '
+                                       'm.ints("onnx_training.inference_outputs"); m.count("files{}")')
     assert problems == ["string('executorch.flie'): executorch.flie is not in the schema",
                         "int('onnx_training.inputs[].name'): the schema says ['string']",
-                        "count('model.family'): the schema says ['string']"]
+                        "count('model.family'): the schema says ['string']",
+                        "ints('onnx_training.inference_outputs'): the schema's items are ['string']",
+                        "count('files{}'): the schema says ['object']"]
     assert resolve("files{}.sha256")["type"] == "string"
     assert resolve("coreml.text_decoder.inputs[].shape")["type"] == "array"  # through $ref
-    _, problems = check_bench_writes('out.put("decode_tokens_per_s", x); put("tokens_per_second", y)')
-    assert problems == ["put('tokens_per_second'): not a benchmark key (export/bench.schema.json)"]
+    _, problems = check_bench_writes('out.put("decode_tokens_per_s", x); put("tokens_per_second", y); '
+                                     'o.putStats("train_step_ms", s); put_stats(out, "peak_rss_mb", v)')
+    assert problems == ["put('tokens_per_second'): not a benchmark key (export/bench.schema.json)",
+                        "put('peak_rss_mb_min'): not a benchmark key (export/bench.schema.json)",
+                        "put('peak_rss_mb_max'): not a benchmark key (export/bench.schema.json)"]
 
 
 @pytest.mark.parametrize("language", list(SOURCES))

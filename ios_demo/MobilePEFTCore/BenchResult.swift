@@ -11,6 +11,12 @@ public struct BenchResult {
     public mutating func put(_ key: String, _ value: Double) { values[key] = value }
     public mutating func put(_ key: String, _ value: Int) { values[key] = value }
     public mutating func put(_ key: String, _ value: String) { values[key] = value }
+    /// `key` (the median), `key_min` and `key_max`: how every harness reports a measured series.
+    public mutating func putStats(_ key: String, _ stats: BenchStats) {
+        put(key, stats.median)
+        put(key + "_min", stats.min)
+        put(key + "_max", stats.max)
+    }
 
     public var keys: [String] { values.keys.sorted() }
 

@@ -5,9 +5,7 @@ public extension PersonalizeReport {
     func benchResult(harness: String, threads: Int) throws -> BenchResult {
         let stepStats = try BenchStats(stepTimesMs)
         var result = BenchResult()
-        result.put("train_step_ms", stepStats.median)
-        result.put("train_step_ms_min", stepStats.min)
-        result.put("train_step_ms_max", stepStats.max)
+        result.putStats("train_step_ms", stepStats)
         result.put("train_peak_rss_mb", DeviceInfo.peakRSSMegabytes())
         result.put("train_steps", steps)
         result.put("batch_size", batchSize)

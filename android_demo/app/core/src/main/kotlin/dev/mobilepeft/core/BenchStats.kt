@@ -1,6 +1,10 @@
 package dev.mobilepeft.core
 
 /** Median, min and max of the measured (post-warm-up) runs of one metric. */
+/** `key` (the median), `key_min` and `key_max`: how every harness reports a measured series. */
+fun JsonObjectBuilder.putStats(key: String, summary: Summary): JsonObjectBuilder =
+    put(key, summary.median).put(key + "_min", summary.min).put(key + "_max", summary.max)
+
 class Summary(val median: Double, val min: Double, val max: Double) {
     companion object {
         /** Python's statistics.median: the middle value, or the mean of the two middle ones. */
@@ -64,32 +68,12 @@ class BenchResult(
     fun toJsonObject(): JsonObject {
         val o = JsonObjectBuilder()
         modelLoadTimeMs?.let { o.put("model_load_time_ms", it) }
-        visionEncodeMs?.let {
-            o.put("vision_encode_ms", it.median)
-            o.put("vision_encode_ms_min", it.min)
-            o.put("vision_encode_ms_max", it.max)
-        }
-        prefillTokensPerS?.let {
-            o.put("prefill_tokens_per_s", it.median)
-            o.put("prefill_tokens_per_s_min", it.min)
-            o.put("prefill_tokens_per_s_max", it.max)
-        }
-        decodeTokensPerS?.let {
-            o.put("decode_tokens_per_s", it.median)
-            o.put("decode_tokens_per_s_min", it.min)
-            o.put("decode_tokens_per_s_max", it.max)
-        }
-        timeToFirstTokenMs?.let {
-            o.put("time_to_first_token_ms", it.median)
-            o.put("time_to_first_token_ms_min", it.min)
-            o.put("time_to_first_token_ms_max", it.max)
-        }
+        visionEncodeMs?.let { o.putStats("vision_encode_ms", it) }
+        prefillTokensPerS?.let { o.putStats("prefill_tokens_per_s", it) }
+        decodeTokensPerS?.let { o.putStats("decode_tokens_per_s", it) }
+        timeToFirstTokenMs?.let { o.putStats("time_to_first_token_ms", it) }
         peakRssMb?.let { o.put("peak_rss_mb", it) }
-        trainStepMs?.let {
-            o.put("train_step_ms", it.median)
-            o.put("train_step_ms_min", it.min)
-            o.put("train_step_ms_max", it.max)
-        }
+        trainStepMs?.let { o.putStats("train_step_ms", it) }
         trainPeakRssMb?.let { o.put("train_peak_rss_mb", it) }
         o.put("threads", threads)
         o.put("backend", backend)
