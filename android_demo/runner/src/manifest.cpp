@@ -91,9 +91,6 @@ double Manifest::number(const std::string& path, PathArgs args) const {
 long long Manifest::integer(const std::string& path, PathArgs args) const {
   return static_cast<long long>(number(path, args));
 }
-bool Manifest::boolean(const std::string& path, PathArgs args) const {
-  return require(path, args, Json::Type::Bool).boolean();
-}
 std::vector<double> Manifest::numbers(const std::string& path, PathArgs args) const {
   std::vector<double> out;
   for (const Json& item : require(path, args, Json::Type::Array).items()) {

@@ -198,11 +198,5 @@ std::string SentencePieceBpe::piece_text(int id) const {
   return out;
 }
 
-std::string SentencePieceBpe::decode(const std::vector<int>& ids) const {
-  std::string out;
-  for (int id : ids) out += piece_text(id);
-  if (add_dummy_prefix_ && !out.empty() && out[0] == ' ') out.erase(0, 1);
-  return out;
-}
 
 }  // namespace mobilepeft

@@ -18,7 +18,6 @@ class SentencePieceBpe {
 
   std::vector<int> encode(const std::string& text) const;  // no BOS/EOS
   std::string piece_text(int id) const;  // the bytes one token contributes when decoding
-  std::string decode(const std::vector<int>& ids) const;  // control tokens skipped
   int size() const { return static_cast<int>(pieces_.size()); }
 
  private:

@@ -18,7 +18,6 @@ class VlmProgram {
   explicit VlmProgram(const Manifest& manifest);  // loads the program and its three methods
 
   double load_ms() const { return load_ms_; }
-  int hidden_size() const { return hidden_; }
   int image_tokens() const { return image_tokens_; }
 
   std::vector<float> encode_image(std::vector<float> pixels);  // [1,3,S,S] -> [P*D]
