@@ -5,9 +5,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_ARGS ?=
+QUALITY_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test runner lint bench-train-step bench-adapter-overhead bench-schedule-overhead bench-ondevice-train bench-deploy bench-quant-agreement bench-coreml-sizes bench-native-runner clean
+.PHONY: demo test runner lint bench-train-step bench-adapter-overhead bench-schedule-overhead bench-ondevice-train bench-deploy bench-quant-agreement bench-coreml-sizes bench-native-runner bench-quality clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +59,10 @@ bench-coreml-sizes: $(STAMP)
 
 bench-native-runner: runner
 	$(BIN)/python benchmarks/native_runner.py
+
+# Every adapter method at one budget, 3 seeds, 2 tasks: docs/results.md (~40 min on 2 cores; cached runs are reused).
+bench-quality: $(STAMP)
+	$(BIN)/python -m benchmarks.quality.run $(QUALITY_ARGS)
 
 clean:
 	rm -rf outputs runs build .pytest_cache

@@ -63,7 +63,7 @@ def train_cmd(
     output_dir: Annotated[str | None, typer.Option(help="Run directory: adapter/, checkpoints/, metrics.jsonl.")] = None,
     eval_data: Annotated[str | None, typer.Option(help="LLaVA-format validation JSON (loss + exact-match accuracy).")] = None,
     eval_image_folder: Annotated[str | None, typer.Option(help="Image folder of --eval-data (default: --image-folder).")] = None,
-    stage: Annotated[str | None, typer.Option(help="finetune (adapters + projector) or pretrain (projector only, MobileVLM stage I).")] = None,
+    stage: Annotated[str | None, typer.Option(help="finetune (adapters + projector), pretrain (projector only, MobileVLM stage I) or full (every LLM weight + projector, MobileVLM stage II; writes OUT/model/).")] = None,
     adapter: Annotated[str | None, typer.Option(help="Adapter method: lora, multihead (Hydra), dmlora or adaring (docs/methods.md).")] = None,
     rank: Annotated[int | None, typer.Option(help="LoRA rank r (MobileVLM recipe: 128).")] = None,
     alpha: Annotated[float | None, typer.Option(help="LoRA alpha; scaling = alpha/r (MobileVLM recipe: 256).")] = None,
@@ -97,6 +97,7 @@ def train_cmd(
     warmup_ratio: Annotated[float | None, typer.Option(help="Fraction of steps of linear warmup.")] = None,
     max_grad_norm: Annotated[float | None, typer.Option(help="Gradient clipping norm.")] = None,
     precision: Annotated[str | None, typer.Option(help="fp32 or bf16 (autocast).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto (a CUDA GPU when torch sees one, else CPU), cpu, cuda or cuda:N.")] = None,
     gradient_checkpointing: Annotated[bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute LLM activations in backward to save memory.")] = None,
     max_length: Annotated[int | None, typer.Option(help="Max sequence length including the image tokens.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for init, data order and dropout.")] = None,
@@ -135,9 +136,54 @@ def _report_training(result) -> None:
         typer.echo(f"val accuracy {b['accuracy']:.3f} -> {a['accuracy']:.3f}  ({a['n']} samples, exact match)")
     if result.skipped:
         typer.echo(f"skipped {len(result.skipped)} bad samples (first: {result.skipped[0]})")
-    typer.echo(f"adapter: {result.adapter_dir}")
+    typer.echo(f"{result.adapter_dir.name}: {result.adapter_dir}")
     if (result.output_dir / "rank_history.png").is_file():
         typer.echo(f"rank history: {result.output_dir / 'rank_history.json'} (+ .png)")
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[Path, typer.Option(help="MobileVLM checkpoint directory (a merged or fully fine-tuned one too).")],
+    data: Annotated[Path, typer.Option(help="Questions: LLaVA conversation JSON, or a LLaVA question file (.jsonl: question_id, image, text), e.g. GQA/TextVQA/ScienceQA.")],
+    adapter: Annotated[Path | None, typer.Option(help="Adapter directory to apply (any method; from `mobilepeft train`).")] = None,
+    image_folder: Annotated[Path | None, typer.Option(help="Folder the 'image' paths are relative to (default: the data file's folder).")] = None,
+    answers: Annotated[Path | None, typer.Option(help="Reference answers kept apart from the questions: GQA's {qid: {answer}}, TextVQA's {data: [{question_id, answers}]}.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Questions answered per batch.")] = 16,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer generated (greedy).")] = 16,
+    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N questions.")] = None,
+    output: Annotated[Path | None, typer.Option(help="Write every answer as JSON Lines (LLaVA answers-file fields + scores).")] = None,
+    metrics_json: Annotated[Path | None, typer.Option(help="Write the scores (overall + per question type) as JSON.")] = None,
+) -> None:
+    """Answer an evaluation set greedily and score it: exact match and VQA accuracy, per question type.
+
+    Example: mobilepeft eval --model ckpt/ --adapter runs/lora/adapter --data data/val.json --image-folder data/
+    """
+    import json
+
+    from mobilepeft.evaluation.eval_set import load_eval_set
+    from mobilepeft.evaluation.vqa import evaluate_answers
+    from mobilepeft.io import atomic_file, write_json
+    from mobilepeft.loading import load_vlm
+
+    if batch_size < 1 or max_new_tokens < 1 or (limit is not None and limit < 1):
+        raise UserError("--batch-size, --max-new-tokens and --limit must be >= 1")
+    folder = image_folder or data.parent
+    items = load_eval_set(data, folder, answers)[:limit]
+    vlm = load_vlm(model, adapter=adapter)
+    report = evaluate_answers(vlm, items, folder, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=True)
+    typer.echo(f"{'question type':<24}{'n':>7}{'exact match':>14}{'VQA acc':>10}")
+    for name, s in [*report.by_type.items(), ("overall", report.overall)]:
+        typer.echo(f"{name:<24}{s.n:>7}{s.exact_match:>14.2%}{s.vqa_accuracy:>10.2%}")
+    model_id = f"{model}" + (f"+{adapter}" if adapter else "")
+    if output is not None:
+        with atomic_file(output, "w") as fh:
+            for row in report.predictions:
+                fh.write(json.dumps({**row, "model_id": model_id}) + "\n")
+        typer.echo(f"answers: {output}")
+    if metrics_json is not None:
+        write_json(metrics_json, {"model": str(model), "adapter": str(adapter) if adapter else None,
+                                  "data": str(data), **report.to_dict()})
+        typer.echo(f"scores: {metrics_json}")
 
 
 @app.command("init-model")

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from mobilepeft.adapters.files import read_adapter_spec, resolve_base_model, save_adapter
-from mobilepeft.adapters.inject import adapter_layers, merge_and_unload
+from mobilepeft.adapters.inject import merge_and_unload
 from mobilepeft.errors import UserError
 
 VISION_KEY_PREFIX = "model.vision_tower."
@@ -22,6 +22,25 @@ VISION_KEY_PREFIX = "model.vision_tower."
 def merge_adapter(model_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> Path:
     """Write ``out_dir``: the checkpoint at ``model_dir`` with the adapter (and projector) folded in."""
     from mobilepeft.loading import load_vlm
+    from mobilepeft.models.checkpoint import read_state_dict
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if out_dir.resolve() == model_dir.resolve():
+        raise UserError("--output-dir is the input checkpoint", path=out_dir, hint="write the merged model elsewhere")
+    original = read_state_dict(model_dir)
+    model = load_vlm(model_dir, adapter=adapter_dir, load_tokenizer=False, state=original)
+    merge_and_unload(model)
+    return save_like_input(model, model_dir, out_dir, original)
+
+
+def save_like_input(model: torch.nn.Module, model_dir: str | Path, out_dir: str | Path,
+                    original: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``model``'s weights as a checkpoint in ``model_dir``'s own layout (its key names,
+    weight format, dtypes, shard size, config, tokenizer and CLIP config).
+
+    Used for merged adapters and for full fine-tuning. A CLIP tower that ``model_dir`` reads from a
+    local directory is written only if it changed (a partial tower would not load, so all of it).
+    """
     from mobilepeft.models.checkpoint import (
         largest_shard_bytes,
         read_state_dict,
@@ -31,24 +50,27 @@ def merge_adapter(model_dir: str | Path, adapter_dir: str | Path, out_dir: str |
     from mobilepeft.models.config import MobileVLMConfig
     from mobilepeft.models.mobilevlm import to_checkpoint_key
 
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    if out_dir.resolve() == model_dir.resolve():
-        raise UserError("--output-dir is the input checkpoint", path=out_dir, hint="write the merged model elsewhere")
+    model_dir = Path(model_dir)
     weight_format, _ = weight_layout(model_dir)
-    original = read_state_dict(model_dir)
-    model = load_vlm(model_dir, adapter=adapter_dir, load_tokenizer=False, state=original)
-    adapted = {to_checkpoint_key(path) for path in adapter_layers(model)}
-    merge_and_unload(model)
-    merged = {to_checkpoint_key(k): v for k, v in model.state_dict().items()}
+    original = read_state_dict(model_dir) if original is None else original
+    current = {to_checkpoint_key(k): v.cpu() for k, v in model.state_dict().items()}
     state: dict[str, torch.Tensor] = {}
     for key, tensor in original.items():  # every input tensor, in the input's dtype
-        state[key] = merged[key].to(tensor.dtype) if key in merged else tensor
-    if any(k not in original and k.rpartition(".")[0] in adapted for k in merged):
-        # The input read its CLIP tower from a local directory and the adapter changed it: the
-        # merged checkpoint carries the whole tower (a partial one would not load).
-        state.update({k: v for k, v in merged.items() if k.startswith(VISION_KEY_PREFIX) and k not in state})
+        state[key] = current[key].to(tensor.dtype) if key in current else tensor
+    tower = {k: v for k, v in current.items() if k.startswith(VISION_KEY_PREFIX) and k not in state}
+    if tower and not _same_as_directory_tower(model_dir, tower):
+        state.update(tower)
     return save_checkpoint(state, MobileVLMConfig.from_dir(model_dir), out_dir, tokenizer_dir=model_dir,
                            weight_format=weight_format, max_shard_bytes=largest_shard_bytes(model_dir))
+
+
+def _same_as_directory_tower(model_dir: Path, tower: dict[str, torch.Tensor]) -> bool:
+    from mobilepeft.models.checkpoint import directory_tower_weights
+    from mobilepeft.models.config import MobileVLMConfig
+
+    tower_dir = MobileVLMConfig.from_dir(model_dir).vision_tower_dir
+    saved = directory_tower_weights(tower_dir) if tower_dir is not None else {}
+    return all(k in saved and torch.equal(saved[k], v) for k, v in tower.items())
 
 
 def lower_adapter(adapter_dir: str | Path, out_dir: str | Path, model_dir: str | Path | None = None) -> Path:

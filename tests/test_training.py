@@ -116,6 +116,36 @@ def test_pretrain_stage_trains_only_the_projector(tiny_ckpt, synth_data, tmp_pat
     assert max((proj2[k] - proj[k]).abs().max().item() for k in proj) < 1e-6
 
 
+def test_full_stage_trains_every_llm_weight_and_writes_a_loadable_checkpoint(tiny_ckpt, synth_data, tmp_path):
+    """MobileVLM stage II: the LLM and projector train, the vision tower does not; OUT/model/ is a
+    checkpoint in the input's layout that computes what the trained model computed."""
+    from mobilepeft.loading import load_vlm
+    from mobilepeft.models.checkpoint import read_state_dict
+
+    cfg = _cfg(tiny_ckpt, synth_data, tmp_path / "full", stage="full", max_steps=30, lr=1e-3, batch_size=16,
+               eval_data=str(synth_data / "val.json"), eval_batch_size=48)
+    assert cfg.schedule == "fixed"
+    trainer = Trainer(cfg, progress=False)
+    result = trainer.run()
+    print(f"full fine-tuning val loss {result.eval_before['loss']:.3f} -> {result.eval_after['loss']:.3f}")
+    assert result.eval_after["loss"] < 0.5 * result.eval_before["loss"]
+    assert result.adapter_dir == tmp_path / "full" / "model"
+    base, tuned = read_state_dict(tiny_ckpt), read_state_dict(result.adapter_dir)
+    assert set(tuned) == set(base)
+    changed = {k for k in base if not torch.equal(base[k], tuned[k])}
+    llm = {k for k in base if not k.startswith(("model.vision_tower.", "model.mm_projector."))}
+    assert changed >= llm  # every LLM tensor (embeddings, norms, head) moved
+    assert not any(k.startswith("model.vision_tower.") for k in changed)
+    assert any(k.startswith("model.mm_projector.") for k in changed)
+    reloaded = load_vlm(result.adapter_dir)
+    batch = torch.tensor([[1, 5, 9, 13, 2]])
+    with torch.no_grad():
+        gap = (reloaded(batch).logits - trainer.model.eval()(batch).logits).abs().max().item()
+    assert gap < 1e-5
+    with pytest.raises(UserError, match="--stage full trains no adapters"):
+        _cfg(tiny_ckpt, synth_data, tmp_path / "x", stage="full", schedule="hydra")
+
+
 def test_yaml_config_and_flag_precedence(tmp_path):
     f = tmp_path / "run.yaml"
     f.write_text(yaml.safe_dump({"model": "m", "data": "d/train.json", "output-dir": "o", "rank": 16,

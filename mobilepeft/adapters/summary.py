@@ -80,18 +80,23 @@ def describe_model_adapters(model: torch.nn.Module, spec: AdapterSpec, *, base_m
 
 def summarize_adapter(adapter_dir: str | Path, model_dir: str | Path | None = None) -> AdapterSummary:
     """Summary of an adapter directory; ``model_dir`` defaults to the base model it records."""
+    spec, meta = read_adapter_spec(adapter_dir)
+    model_dir = resolve_base_model(adapter_dir, meta, model_dir, "needed for the module shapes")
+    return summarize_spec(spec, model_dir, projector_trained=bool(meta.get("projector_trained")),
+                          nominal_rank=meta.get("nominal_rank"))
+
+
+def summarize_spec(spec: AdapterSpec, model_dir: str | Path, *, projector_trained: bool = False,
+                   nominal_rank: int | None = None) -> AdapterSummary:
+    """What ``spec`` would cost on the model at ``model_dir`` (built on ``meta``: nothing is read)."""
     from mobilepeft.models.config import MobileVLMConfig
     from mobilepeft.models.mobilevlm import MobileVLMForCausalLM
 
-    spec, meta = read_adapter_spec(adapter_dir)
-    model_dir = resolve_base_model(adapter_dir, meta, model_dir, "needed for the module shapes")
-    config = MobileVLMConfig.from_dir(model_dir)
     with torch.device("meta"):
-        model = MobileVLMForCausalLM(config)
+        model = MobileVLMForCausalLM(MobileVLMConfig.from_dir(model_dir))
         inject_adapters(model, spec)
-    return describe_model_adapters(model, spec, base_model=str(model_dir),
-                                   projector_trained=bool(meta.get("projector_trained")),
-                                   nominal_rank=meta.get("nominal_rank"))
+    return describe_model_adapters(model, spec, base_model=str(model_dir), projector_trained=projector_trained,
+                                   nominal_rank=nominal_rank)
 
 
 def format_summary(s: AdapterSummary, adapter_dir: str | Path) -> str:

@@ -63,7 +63,7 @@ def load_llava(
     """
     json_path = Path(json_path)
     image_folder = Path(image_folder)
-    records = _read_records(json_path)
+    records = read_records(json_path)
     if any(isinstance(r, dict) and r.get("image") for r in records) and not image_folder.is_dir():
         raise UserError(
             "image folder not found (the samples reference images relative to it)",
@@ -74,7 +74,7 @@ def load_llava(
     parsed: list[Conversation | UserError] = []
     for index, record in enumerate(records):
         try:
-            parsed.append(_parse_record(record, index, json_path))
+            parsed.append(parse_record(record, index, json_path))
         except UserError as err:
             if not skip_bad:
                 raise
@@ -82,7 +82,7 @@ def load_llava(
 
     image_files = sorted({image_folder / c.image for c in parsed if isinstance(c, Conversation) and c.image})
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        image_problems = dict(zip(image_files, pool.map(_image_problem, image_files), strict=True))
+        image_problems = dict(zip(image_files, pool.map(image_problem, image_files), strict=True))
 
     conversations: list[Conversation] = []
     skipped: list[str] = []
@@ -115,7 +115,7 @@ def _sample_label(index: int, sample_id: str | None) -> str:
     return str(index) if sample_id is None else f"{index} (id {sample_id!r})"
 
 
-def _read_records(json_path: Path) -> list[Any]:
+def read_records(json_path: Path) -> list[Any]:
     if not json_path.is_file():
         raise UserError(
             "data file not found",
@@ -123,11 +123,15 @@ def _read_records(json_path: Path) -> list[Any]:
             hint="give the path of a LLaVA-format JSON file (a list of samples)",
         )
     try:
-        data = json.loads(json_path.read_text(encoding="utf-8"))
+        text = json_path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise UserError(
             f"not UTF-8 text ({exc})", path=json_path, hint="save the file as UTF-8 JSON"
         ) from exc
+    if json_path.suffix == ".jsonl":
+        return _read_jsonl(text, json_path)
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(
             f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
@@ -145,6 +149,25 @@ def _read_records(json_path: Path) -> list[Any]:
     return data
 
 
+def _read_jsonl(text: str, json_path: Path) -> list[Any]:
+    """JSON Lines (LLaVA's evaluation question files): one sample per non-empty line."""
+    records = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise UserError(
+                f"invalid JSON on line {lineno}, column {exc.colno}: {exc.msg}",
+                path=json_path,
+                hint="a .jsonl file holds one JSON object per line",
+            ) from exc
+    if not records:
+        raise UserError("the file contains no samples", path=json_path)
+    return records
+
+
 def _json_kind(value: Any) -> str:
     if isinstance(value, dict):
         return "object"
@@ -159,7 +182,7 @@ def _json_kind(value: Any) -> str:
     return "number"
 
 
-def _parse_record(record: Any, index: int, json_path: Path) -> Conversation:
+def parse_record(record: Any, index: int, json_path: Path) -> Conversation:
     """Structural checks of one sample (everything except opening its image)."""
 
     def fail(message: str, field: str | None, hint: str, sample_id: str | None = None) -> UserError:
@@ -289,7 +312,7 @@ def _check_placeholders(
         )
 
 
-def _image_problem(path: Path) -> str | None:
+def image_problem(path: Path) -> str | None:
     """Why ``path`` is not a usable image, or None. Decodes the whole file to catch truncation."""
     if not path.is_file():
         return f"image file not found: {path}"

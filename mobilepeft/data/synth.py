@@ -155,7 +155,7 @@ def _make_sample(rng: random.Random, split: str, index: int, size: int, out_dir:
     image.save(buffer, format="PNG")
     with atomic_file(out_dir / name, "wb") as fh:
         fh.write(buffer.getvalue())
-    return {"id": f"{split}-{index:05d}", "image": name, "conversations": conversations}
+    return {"id": f"{split}-{index:05d}", "image": name, "question_type": qtype, "conversations": conversations}
 
 
 def _draw_scene(rng: random.Random, n_shapes: int, size: int) -> tuple[Image.Image, dict[str, str]]:
@@ -171,7 +171,7 @@ def _draw_scene(rng: random.Random, n_shapes: int, size: int) -> tuple[Image.Ima
         cx = cx if side == "left" else size - cx
         cy = rng.uniform(0.30, 0.70) * size
         color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
-        _draw_shape(draw, shape, COLORS[color], cx, cy, radius)
+        draw_shape(draw, shape, COLORS[color], cx, cy, radius)
         facts.update(color=color, shape=shape, position=side)
     else:
         # Smaller shapes in distinct cells of a 3x3 grid, so they never overlap.
@@ -181,11 +181,11 @@ def _draw_scene(rng: random.Random, n_shapes: int, size: int) -> tuple[Image.Ima
             jitter = cell / 2 - radius - 1
             cx = (slot % 3 + 0.5) * cell + rng.uniform(-jitter, jitter)
             cy = (slot // 3 + 0.5) * cell + rng.uniform(-jitter, jitter)
-            _draw_shape(draw, rng.choice(SHAPES), COLORS[rng.choice(list(COLORS))], cx, cy, radius)
+            draw_shape(draw, rng.choice(SHAPES), COLORS[rng.choice(list(COLORS))], cx, cy, radius)
     return image, facts
 
 
-def _draw_shape(
+def draw_shape(
     draw: ImageDraw.ImageDraw, shape: str, color: tuple[int, int, int], cx: float, cy: float, radius: float
 ) -> None:
     if shape == "circle":

@@ -96,7 +96,7 @@ def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor], config: 
     state = dict(state)
     vision_keys = [k for k in expected if k.startswith("model.vision_tower.")]
     if not any(k in state for k in vision_keys) and config.vision_tower_dir is not None:
-        state.update(_vision_weights_from_dir(config.vision_tower_dir))
+        state.update(directory_tower_weights(config.vision_tower_dir))
     missing = sorted(k for k in expected if k not in state)
     unexpected = sorted(k for k in state if k not in expected and not k.endswith(_BENIGN_EXTRA)
                         and not (tied and k == "lm_head.weight"))
@@ -119,7 +119,7 @@ def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor], config: 
         model.llm.tie_weights()
 
 
-def _vision_weights_from_dir(vision_dir: Path) -> dict[str, torch.Tensor]:
+def directory_tower_weights(vision_dir: Path) -> dict[str, torch.Tensor]:
     """Tower weights from a local CLIP directory when the MobileVLM checkpoint does not carry them."""
     try:
         state = read_state_dict(vision_dir)

@@ -195,7 +195,7 @@ class MobileVLMForCausalLM(nn.Module):
         cache = DynamicCache(config=self.llm.config)
         attn = sp.attention_mask
         out = self.llm(inputs_embeds=sp.embeds, attention_mask=attn, position_ids=sp.position_ids,
-                       past_key_values=cache, use_cache=True, logits_to_keep=1)
+                       cache=cache, use_cache=True, logits_to_keep=1)
         positions = sp.position_ids[:, -1:]
         finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
         generated: list[list[int]] = [[] for _ in prompts]
@@ -212,7 +212,7 @@ class MobileVLMForCausalLM(nn.Module):
             positions = positions + 1
             attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
             out = self.llm(input_ids=next_tok[:, None], attention_mask=attn, position_ids=positions,
-                           past_key_values=cache, use_cache=True)
+                           cache=cache, use_cache=True)
         return generated
 
     def num_parameters(self, trainable_only: bool = False) -> int:

@@ -89,8 +89,9 @@ def mobilevlm_config_dict(llm: dict[str, Any], vocab_size: int, projector_type: 
     }
 
 
-def train_tokenizer(out_dir: Path, vocab_size: int) -> None:
-    """Train a LLaMA-style SentencePiece model on the built-in corpus and write its configs."""
+def train_tokenizer(out_dir: Path, vocab_size: int, corpus: list[str] | None = None) -> None:
+    """Train a LLaMA-style SentencePiece model on ``corpus`` (default: the built-in dataset's text)
+    and write its configs."""
     import sentencepiece as spm
 
     from mobilepeft.data.synth import corpus_lines
@@ -98,7 +99,7 @@ def train_tokenizer(out_dir: Path, vocab_size: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         prefix = Path(tmp) / "tokenizer"
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(corpus_lines()), model_prefix=str(prefix), vocab_size=vocab_size,
+            sentence_iterator=iter(corpus if corpus is not None else corpus_lines()), model_prefix=str(prefix), vocab_size=vocab_size,
             model_type="bpe", character_coverage=1.0, byte_fallback=True, unk_id=0, bos_id=1, eos_id=2,
             pad_id=-1, hard_vocab_limit=False, num_threads=1, minloglevel=2,
             # LLaMA's (so MobileVLM's) normaliser, no NFKC: what the apps' native tokenisers (C++,
@@ -124,18 +125,20 @@ def write_preset(preset: str, out_dir: str | Path, *, projector_type: str = "ldp
 
 
 def write_model(spec: dict[str, Any], out_dir: str | Path, *, projector_type: str = "ldpnetv2", seed: int = 0,
-                weight_format: str = "safetensors", max_shard_bytes: int = 2 * 1024**3) -> Path:
+                weight_format: str = "safetensors", max_shard_bytes: int = 2 * 1024**3,
+                corpus: list[str] | None = None) -> Path:
     """Create a randomly initialised MobileVLM checkpoint from a spec shaped like ``PRESETS`` values.
 
     ``spec["vocab_size"]``, if given, sets the LLM vocabulary (e.g. LLaMA's 32000, to get a real
-    model's embedding and head cost); the tokenizer still has ``tokenizer_vocab`` pieces.
+    model's embedding and head cost); the tokenizer still has ``tokenizer_vocab`` pieces, learnt
+    from ``corpus`` (default: the built-in dataset's text).
     """
     if projector_type not in PROJECTOR_TYPES:
         raise ValueError(f"projector must be one of {PROJECTOR_TYPES}")
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory() as tmp:
         staging = Path(tmp)
-        train_tokenizer(staging, spec["tokenizer_vocab"])
+        train_tokenizer(staging, spec["tokenizer_vocab"], corpus)
         import sentencepiece as spm
 
         vocab = spec.get("vocab_size") or spm.SentencePieceProcessor(

@@ -9,11 +9,14 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from mobilepeft.adapters.spec import AdapterSpec
 from mobilepeft.adapters.targets import LLM_LINEARS
 from mobilepeft.errors import UserError
+
+STAGES = ("finetune", "pretrain", "full")
 
 
 @dataclass
@@ -25,7 +28,9 @@ class TrainConfig:
     eval_data: str | None = None
     eval_image_folder: str | None = None
     # what is trained
-    stage: str = "finetune"  # finetune: adapters (+ projector); pretrain: projector only (MobileVLM stage I)
+    # finetune: adapters (+ projector); pretrain: projector only (MobileVLM stage I);
+    # full: every LLM weight + the projector (MobileVLM stage II; the vision tower stays frozen)
+    stage: str = "finetune"
     adapter: str = "lora"
     rank: int = 8
     alpha: float = 16.0
@@ -62,6 +67,7 @@ class TrainConfig:
     warmup_ratio: float = 0.03
     max_grad_norm: float = 1.0
     precision: str = "fp32"  # fp32 | bf16 (autocast)
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
     gradient_checkpointing: bool = False
     max_length: int = 2048
     seed: int = 0
@@ -77,7 +83,7 @@ class TrainConfig:
     resume: bool = False
 
     #: fields that may differ between a run and its --resume without changing the maths
-    RESUME_FREE = ("resume", "save_every", "keep_checkpoints", "log_every", "eval_every", "num_workers",
+    RESUME_FREE = ("resume", "save_every", "keep_checkpoints", "log_every", "eval_every", "num_workers", "device",
                    "eval_batch_size", "eval_max_new_tokens", "skip_bad_samples")
 
     def validate(self) -> None:
@@ -86,7 +92,7 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} is required", field=name)
         if self.data and not self.image_folder:
             self.image_folder = str(Path(self.data).parent)
-        choices = {"stage": ("finetune", "pretrain"), "precision": ("fp32", "bf16")}
+        choices = {"stage": STAGES, "precision": ("fp32", "bf16")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"must be one of {', '.join(allowed)} (got {getattr(self, name)!r})", field=name)
@@ -110,6 +116,12 @@ class TrainConfig:
                 raise UserError(f"branch ranks must be >= 0 with a positive sum (got {par} + {seq})",
                                 field="rank_parallel", hint="--rank-parallel + --rank-sequential sets the total rank")
             self.rank_parallel, self.rank_sequential, self.rank = par, seq, par + seq
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError as exc:
+                raise UserError(f"not a torch device: {self.device!r}", field="device",
+                                hint="auto, cpu, cuda or cuda:N") from exc
         self._validate_schedule()
         if self.branches < 1:
             raise UserError(f"must be >= 1 (got {self.branches})", field="branches")
@@ -122,10 +134,13 @@ class TrainConfig:
         from mobilepeft.schedule.scheduler import SCHEDULES
 
         if self.schedule is None:
-            self.schedule = "fixed" if self.adapter == "adaring" or self.stage == "pretrain" else "hydra"
+            self.schedule = "fixed" if self.adapter == "adaring" or self.stage != "finetune" else "hydra"
         if self.schedule not in SCHEDULES:
             raise UserError(f"must be one of {', '.join(SCHEDULES)} (got {self.schedule!r})", field="schedule")
-        if self.schedule == "fixed" or self.stage == "pretrain":
+        if self.stage != "finetune" and self.schedule != "fixed":
+            raise UserError(f"--schedule {self.schedule} allocates adapter ranks; --stage {self.stage} trains no adapters",
+                            field="schedule", hint="drop --schedule, or use --stage finetune")
+        if self.schedule == "fixed":
             return
         if self.adapter == "adaring":
             raise UserError(f"--schedule {self.schedule} needs per-module ranks; adaring has ring ranks per group",
@@ -145,6 +160,15 @@ class TrainConfig:
         if len(self.realloc_window) != 2 or not 0.0 <= self.realloc_window[0] <= self.realloc_window[1] <= 1.0:
             raise UserError(f"expected two fractions start,end in [0, 1] (got {self.realloc_window})",
                             field="realloc_window", hint="e.g. --realloc-window 0.1,0.7")
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device(self.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError("--device cuda but torch sees no CUDA GPU", field="device",
+                            hint="install a CUDA build of torch on a GPU machine, or use --device cpu")
+        return device
 
     def schedule_settings(self):
         from mobilepeft.schedule.scheduler import ScheduleSettings

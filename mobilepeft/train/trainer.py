@@ -38,6 +38,7 @@ from mobilepeft.data.llava import load_llava
 from mobilepeft.errors import UserError
 from mobilepeft.io import atomic_dir, save_safetensors, torch_save, write_json, write_text
 from mobilepeft.loading import load_vlm
+from mobilepeft.merge import save_like_input
 from mobilepeft.models.mobilevlm import MobileVLMForCausalLM
 from mobilepeft.schedule.plot import plot_rank_history
 from mobilepeft.schedule.scheduler import RankScheduler
@@ -52,6 +53,7 @@ class TrainingDiverged(UserError):
 @dataclass
 class TrainResult:
     output_dir: Path
+    #: what the stage produced: adapter/ (finetune), projector/ (pretrain) or model/ (full)
     adapter_dir: Path
     steps: int
     final_loss: float
@@ -110,11 +112,13 @@ class Trainer:
             inject_adapters(model, self.spec)
             for p in adapter_parameters(model).values():
                 p.requires_grad_(True)
+        elif cfg.stage == "full":
+            model.llm.requires_grad_(True)
         self.train_projector = cfg.stage == "pretrain" or cfg.train_projector
         model.mm_projector.requires_grad_(self.train_projector)
         if cfg.gradient_checkpointing:
             model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        return model
+        return model.to(self.device)
 
     def _dataset(self, model: MobileVLMForCausalLM, json_path: str, image_folder: str) -> tuple[SupervisedDataset, list[str]]:
         convs, skipped = load_llava(json_path, image_folder, skip_bad=self.cfg.skip_bad_samples)
@@ -149,14 +153,16 @@ class Trainer:
     # --- checkpoints ---------------------------------------------------------------------
     def _trainable_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         params = dict(model.named_parameters())
-        return {n: params[n].detach() for n in self.trainable_names}
+        return {n: params[n].detach().cpu() for n in self.trainable_names}
 
     def _save_checkpoint(self, model, optimizer, scheduler, step: int) -> Path:
         path = self.ckpt_root / f"step-{step:07d}"
         with atomic_dir(path) as tmp:
             save_safetensors(self._trainable_state(model), tmp / "trainable.safetensors")
             torch_save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+                        "torch_rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
+                       tmp / "optimizer.pt")
             write_json(tmp / "trainer_state.json", {"step": step, "config": self.cfg.to_dict()})
             if self.ranker is not None:
                 torch_save(self.ranker.state_dict(), tmp / "rank_schedule.pt")
@@ -194,12 +200,15 @@ class Trainer:
         optimizer.load_state_dict(extra["optimizer"])
         scheduler.load_state_dict(extra["scheduler"])
         torch.set_rng_state(extra["torch_rng"])
+        if extra.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(extra["cuda_rng"])
         return int(state["step"])
 
     # --- the loop ------------------------------------------------------------------------
     def run(self) -> TrainResult:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
+        self.device = cfg.torch_device()
         self.model = model = self._build_model()
         train_ds, skipped = self._dataset(model, cfg.data, cfg.image_folder)
         eval_ds = None
@@ -245,7 +254,7 @@ class Trainer:
                             collate_fn=partial(collate_batch, pad_id=model.tokenizer.pad_id),
                             generator=torch.Generator().manual_seed(cfg.seed))
         batches = iter(loader)
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         model.train()
         # A live bar on a terminal; in logs (CI, nohup) a plain line every ~10% instead of \r spam.
         interactive = self.progress and sys.stderr.isatty()
@@ -260,7 +269,7 @@ class Trainer:
             step_loss = 0.0
             with self.ranker.tap(step) if self.ranker else contextlib.nullcontext() as tap:
                 for _ in range(cfg.grad_accum):
-                    batch = next(batches)
+                    batch = to_device(next(batches), self.device)
                     with autocast:
                         out = model(batch["input_ids"], pixel_values=batch["pixel_values"],
                                     attention_mask=batch["attention_mask"], labels=batch["labels"])
@@ -322,6 +331,8 @@ class Trainer:
             if self.ranker:
                 self.ranker.write_history(self.out / "rank_history.json")
                 plot_rank_history(self.out / "rank_history.json", self.out / "rank_history.png")
+        elif cfg.stage == "full":
+            adapter_dir = save_like_input(model, cfg.model, self.out / "model")
         else:
             adapter_dir = self.out / "projector"
             with atomic_dir(adapter_dir) as tmp:
@@ -329,6 +340,11 @@ class Trainer:
         if not self.latest_checkpoint() or int(self.latest_checkpoint().name.split("-")[1]) != total_steps:
             self._save_checkpoint(model, optimizer, scheduler, total_steps)
         return TrainResult(self.out, adapter_dir, total_steps, loss_value, eval_before, eval_after, skipped)
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """A collated batch's tensors on ``device`` (no copy when already there, e.g. on CPU)."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def _load_projector(model: MobileVLMForCausalLM, file: Path) -> None:

@@ -1,0 +1,105 @@
+"""The compared methods as ``mobilepeft train`` settings, and the equal-budget rule.
+
+Every LoRA-family method gets the trainable-parameter budget of plain LoRA at rank ``r0`` on the
+same modules: LoRA, the HyDRA schedules (which keep that budget by construction, docs/hydra.md),
+Hydra multi-head (parallel + sequential branches sharing r0) and DMLoRA (branches sharing r0)
+hit it exactly; AdaRing's budget is set by its ring ranks, so they are chosen per module type to
+come closest to it. Full fine-tuning trains every LLM weight. All of them train the projector,
+as MobileVLM's fine-tuning recipes do.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from mobilepeft.adapters.summary import summarize_spec
+from mobilepeft.adapters.targets import LLM_LINEARS
+from mobilepeft.train.config import TrainConfig
+
+#: name -> (label in the table, TrainConfig overrides)
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "full": ("Full fine-tuning", {"stage": "full"}),
+    "lora": ("LoRA (fixed rank)", {"adapter": "lora", "schedule": "fixed"}),
+    "hydra": ("HyDRA (--schedule hydra)", {"adapter": "lora", "schedule": "hydra"}),
+    "hierarchical": ("HyDRA: hierarchical only", {"adapter": "lora", "schedule": "hierarchical"}),
+    "dynamic": ("HyDRA: dynamic only", {"adapter": "lora", "schedule": "dynamic"}),
+    "multihead": ("Hydra multi-head", {"adapter": "multihead", "schedule": "fixed"}),
+    "dmlora": ("DMLoRA", {"adapter": "dmlora", "schedule": "fixed"}),
+    "adaring": ("AdaRing", {"adapter": "adaring", "schedule": "fixed"}),
+}
+
+
+def adapter_budget(model_dir: Path, overrides: dict[str, Any], rank: int) -> int:
+    """Adapter parameters of a method at the start of training (schedules keep this number)."""
+    cfg = TrainConfig(model=str(model_dir), data="x", output_dir="x", rank=rank, **overrides)
+    cfg.validate()
+    return summarize_spec(cfg.adapter_spec(), model_dir).trainable_parameters
+
+
+def match_ring_ranks(model_dir: Path, rank: int) -> tuple[dict[str, int], int, int]:
+    """AdaRing ring ranks per module type whose budget is closest to LoRA at ``rank``.
+
+    A group of L same-shaped modules costs R^2 (in + out + L) against LoRA's L r (in + out), so R
+    is near sqrt(L r); start every type at the floor and raise types one at a time while that
+    brings the total closer. Returns (pattern, AdaRing parameters, LoRA parameters).
+    """
+    target = adapter_budget(model_dir, {"adapter": "lora", "schedule": "fixed"}, rank)
+
+    def cost(pattern: dict[str, int]) -> int:
+        return adapter_budget(model_dir, {"adapter": "adaring", "ring_rank_pattern": pattern}, rank)
+
+    from mobilepeft.models.config import MobileVLMConfig
+
+    layers = MobileVLMConfig.from_dir(model_dir).raw["num_hidden_layers"]
+    low = max(1, math.isqrt(layers * rank))
+    pattern = {t: low for t in LLM_LINEARS}
+    best = cost(pattern)
+    for module_type in reversed(LLM_LINEARS):  # down/up/gate (the widest groups) first
+        trial = {**pattern, module_type: low + 1}
+        c = cost(trial)
+        if abs(c - target) < abs(best - target):
+            pattern, best = trial, c
+    return pattern, best, target
+
+
+def train_config(method: str, *, model: Path, data: Path, image_folder: Path, output_dir: Path, seed: int,
+                 steps: int, rank: int, lr: float, full_lr: float, batch_size: int,
+                 ring_rank_pattern: dict[str, int]) -> TrainConfig:
+    _, overrides = METHODS[method]
+    extra: dict[str, Any] = {"ring_rank_pattern": ring_rank_pattern} if method == "adaring" else {}
+    cfg = TrainConfig(model=str(model), data=str(data), image_folder=str(image_folder), output_dir=str(output_dir),
+                      seed=seed, max_steps=steps, rank=rank, alpha=2.0 * rank, batch_size=batch_size,
+                      lr=full_lr if method == "full" else lr, warmup_ratio=0.05, max_length=256, save_every=0,
+                      log_every=10, **overrides, **extra)
+    cfg.validate()
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print each method's adapter budget on a checkpoint (and AdaRing's matching ring ranks)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--model", type=Path, required=True, help="MobileVLM checkpoint directory")
+    parser.add_argument("--rank", type=int, default=8, help="the budget: LoRA at this rank on every LLM linear")
+    parser.add_argument("--ring-pattern", action="store_true",
+                        help="print only AdaRing's ring ranks as NAME=R,... (for --ring-rank-pattern)")
+    args = parser.parse_args(argv)
+    pattern, ring, lora = match_ring_ranks(args.model, args.rank)
+    if args.ring_pattern:
+        print(",".join(f"{k}={v}" for k, v in pattern.items()))
+        return 0
+    print(f"budget: LoRA rank {args.rank} on {', '.join(LLM_LINEARS)} = {lora:,} adapter parameters")
+    for name, (label, overrides) in METHODS.items():
+        if name == "full":
+            continue
+        extra = {"ring_rank_pattern": pattern} if name == "adaring" else {}
+        n = adapter_budget(args.model, {**overrides, **extra}, args.rank)
+        print(f"  {label:<28} {n:>14,}  ({n / lora - 1:+.2%})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Answer-level evaluation: ``mobilepeft eval`` on LLaVA-format and VQA-style question sets."""
