@@ -13,9 +13,9 @@ TRAIN=${TRAIN:?LLaVA-format training JSON}
 IMAGES=${IMAGES:?image folder of TRAIN}
 EVALS=${EVALS:?one or more "name|questions|image folder|answers file (or empty)" separated by spaces}
 OUT=${OUT:-runs/quality-gpu}
-RANK=${RANK:-128}             # MobileVLM's LoRA recipe: r=128, alpha=256, lr 2e-4
-LR=${LR:-2e-4}
-FULL_LR=${FULL_LR:-2e-5}      # MobileVLM's stage-II learning rate
+RANK=${RANK:-128}             # MobileVLM's LoRA recipe for 1.7B: r=128, alpha=256, lr 1e-4
+LR=${LR:-1e-4}
+FULL_LR=${FULL_LR:-2e-5}      # LLaVA-style stage-II rate for full fine-tuning
 SEEDS=${SEEDS:-"0 1 2"}
 METHODS=${METHODS:-"full lora hydra hierarchical dynamic multihead dmlora adaring"}
 BATCH=${BATCH:-16}

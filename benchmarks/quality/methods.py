@@ -66,13 +66,13 @@ def match_ring_ranks(model_dir: Path, rank: int) -> tuple[dict[str, int], int, i
 
 def train_config(method: str, *, model: Path, data: Path, image_folder: Path, output_dir: Path, seed: int,
                  steps: int, rank: int, lr: float, full_lr: float, batch_size: int,
-                 ring_rank_pattern: dict[str, int]) -> TrainConfig:
+                 ring_rank_pattern: dict[str, int], temperature: float = 0.5) -> TrainConfig:
     _, overrides = METHODS[method]
     extra: dict[str, Any] = {"ring_rank_pattern": ring_rank_pattern} if method == "adaring" else {}
     cfg = TrainConfig(model=str(model), data=str(data), image_folder=str(image_folder), output_dir=str(output_dir),
                       seed=seed, max_steps=steps, rank=rank, alpha=2.0 * rank, batch_size=batch_size,
                       lr=full_lr if method == "full" else lr, warmup_ratio=0.05, max_length=256, save_every=0,
-                      log_every=10, **overrides, **extra)
+                      log_every=10, temperature=temperature, **overrides, **extra)
     cfg.validate()
     return cfg
 

@@ -107,6 +107,8 @@ def render_markdown(results: dict[str, Any], *, json_link: str, png_link: str) -
                      f" | {_pct(mean)} | {secs:.0f} s |")
     lines += ["", f"![accuracy per method and task]({png_link})", ""]
 
+    lines += ["What the numbers say about HyDRA, and where its gap to LoRA comes from: "
+              "[hydra.md, \"The quality benchmark\"](hydra.md#the-quality-benchmark).", ""]
     lines += ["## Differences against the reference (accuracy points, ± standard error of the difference)", "",
               "\"better\"/\"worse\": the difference exceeds twice its standard error; otherwise \"within noise\".", "",
               "| Comparison | " + " | ".join(tlabels[t] for t in task_names) + " |",
@@ -151,7 +153,7 @@ def render_markdown(results: dict[str, Any], *, json_link: str, png_link: str) -
         f"learning rate {s['lr']:g} for every adapter method, {s['full_lr']:g} for full fine-tuning; "
         f"alpha = 2 x rank; seeds {', '.join(str(x) for x in s['seeds'])} change the adapter initialisation, "
         "data order and dropout. Schedules (HyDRA and its ablations) use their defaults "
-        "(docs/hydra.md). AdaRing's ring ranks per module type "
+        f"(docs/hydra.md; temperature {s.get('temperature', 0.5):g}). AdaRing's ring ranks per module type "
         f"{budget['adaring_ring_ranks']} give {budget['adaring_parameters']:,} parameters "
         f"({budget['adaring_parameters'] / budget['lora_parameters'] - 1:+.1%} of the budget): the closest its "
         "R^2 (in + out + L) cost gets.",
@@ -181,7 +183,7 @@ def render_plot(results: dict[str, Any], path: Path) -> None:
         ax.bar(xs, [100 * summary[t][m]["accuracy_mean"] for m in methods], width,
                yerr=[100 * summary[t][m]["accuracy_std"] for m in methods], capsize=3, label=results["task_labels"][t])
         ax.axhline(100 * results["chance"][t], color=f"C{k}", linestyle=":", linewidth=1)
-    ax.set_xticks(range(len(methods)), [results["method_labels"][m].replace(" (", "\n(") for m in methods], fontsize=8)
+    ax.set_xticks(range(len(methods)), [results["method_labels"][m].replace(" (", "\n(").replace(": ", ":\n") for m in methods], fontsize=8)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"Equal adapter budget (LoRA r={results['budget']['lora_rank']}), mean ± std over "
                  f"{len(s['seeds'])} seeds; dotted: chance")

@@ -52,6 +52,7 @@ class QualitySettings:
     batch_size: int = 16
     lr: float = 3e-3
     full_lr: float = 1.5e-3
+    temperature: float = 0.5  # the schedules' sensitivity skew (HyDRA's default)
     n_train: int = 3000
     n_test: int = 450
     pretrain: PretrainSettings = field(default_factory=PretrainSettings)
@@ -77,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma separated subset of " + ",".join(METHODS))
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma separated subset of " + ",".join(TASKS))
     parser.add_argument("--steps", type=int, default=QualitySettings.steps, help="fine-tuning steps per run")
+    parser.add_argument("--temperature", type=float, default=QualitySettings.temperature,
+                        help="the schedules' temperature (0 = fixed LoRA); for ablations")
     parser.add_argument("--n-train", type=int, default=QualitySettings.n_train, help="training questions per task")
     parser.add_argument("--lr", type=float, default=QualitySettings.lr, help="learning rate of the adapter methods")
     parser.add_argument("--full-lr", type=float, default=QualitySettings.full_lr, help="learning rate of full fine-tuning")
@@ -95,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             if value not in known:
                 parser.error(f"unknown {name} {value!r}; choose from {', '.join(known)}")
     settings = QualitySettings(seeds=tuple(range(args.seeds)), methods=methods, tasks=task_names, steps=args.steps,
-                               lr=args.lr, full_lr=args.full_lr, n_train=args.n_train)
+                               lr=args.lr, full_lr=args.full_lr, n_train=args.n_train,
+                               temperature=args.temperature)
     t0 = time.perf_counter()
     results = run(settings, args.work, workers=args.workers)
     results["wall_seconds"] = time.perf_counter() - t0
@@ -168,7 +172,7 @@ def run(settings: QualitySettings, work: Path, *, workers: int = 2) -> dict[str,
                 cfg = train_config(m, model=base, data=data[name]["train"], image_folder=data[name]["folder"],
                                    output_dir=out, seed=seed, steps=settings.steps, rank=settings.rank,
                                    lr=settings.lr, full_lr=settings.full_lr, batch_size=settings.batch_size,
-                                   ring_rank_pattern=pattern)
+                                   ring_rank_pattern=pattern, temperature=settings.temperature)
                 jobs.append({"task": name, "method": m, "seed": seed, "config": cfg.to_dict(),
                              "test": str(data[name]["test"]), "folder": str(data[name]["folder"])})
     runs = []

@@ -128,16 +128,10 @@ def read_records(json_path: Path) -> list[Any]:
         raise UserError(
             f"not UTF-8 text ({exc})", path=json_path, hint="save the file as UTF-8 JSON"
         ) from exc
-    if json_path.suffix == ".jsonl":
-        return _read_jsonl(text, json_path)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(
-            f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
-            path=json_path,
-            hint="fix the syntax there (a JSON validator such as `python -m json.tool` shows it too)",
-        ) from exc
+    if json_path.suffix == ".jsonl":  # JSON Lines (LLaVA's evaluation question files): one sample per line
+        data = [_loads(line, json_path, n) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    else:
+        data = _loads(text, json_path)
     if not isinstance(data, list):
         raise UserError(
             f"the top level must be a list of samples, got a JSON {_json_kind(data)}",
@@ -149,23 +143,16 @@ def read_records(json_path: Path) -> list[Any]:
     return data
 
 
-def _read_jsonl(text: str, json_path: Path) -> list[Any]:
-    """JSON Lines (LLaVA's evaluation question files): one sample per non-empty line."""
-    records = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise UserError(
-                f"invalid JSON on line {lineno}, column {exc.colno}: {exc.msg}",
-                path=json_path,
-                hint="a .jsonl file holds one JSON object per line",
-            ) from exc
-    if not records:
-        raise UserError("the file contains no samples", path=json_path)
-    return records
+def _loads(text: str, json_path: Path, lineno: int | None = None) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        if lineno is None:
+            where, hint = (f"at line {exc.lineno}, column {exc.colno}",
+                           "fix the syntax there (a JSON validator such as `python -m json.tool` shows it too)")
+        else:
+            where, hint = f"on line {lineno}, column {exc.colno}", "a .jsonl file holds one JSON object per line"
+        raise UserError(f"invalid JSON {where}: {exc.msg}", path=json_path, hint=hint) from exc
 
 
 def _json_kind(value: Any) -> str:
