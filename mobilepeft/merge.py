@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from mobilepeft.adapters.files import read_adapter_spec, resolve_base_model, save_adapter
-from mobilepeft.adapters.inject import merge_and_unload
+from mobilepeft.adapters.inject import adapter_layers, merge_and_unload
 from mobilepeft.errors import UserError
 
 VISION_KEY_PREFIX = "model.vision_tower."
@@ -23,23 +23,26 @@ def merge_adapter(model_dir: str | Path, adapter_dir: str | Path, out_dir: str |
     """Write ``out_dir``: the checkpoint at ``model_dir`` with the adapter (and projector) folded in."""
     from mobilepeft.loading import load_vlm
     from mobilepeft.models.checkpoint import read_state_dict
+    from mobilepeft.models.mobilevlm import to_checkpoint_key
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if out_dir.resolve() == model_dir.resolve():
         raise UserError("--output-dir is the input checkpoint", path=out_dir, hint="write the merged model elsewhere")
     original = read_state_dict(model_dir)
     model = load_vlm(model_dir, adapter=adapter_dir, load_tokenizer=False, state=original)
+    tower_adapted = any(to_checkpoint_key(path).startswith(VISION_KEY_PREFIX) for path in adapter_layers(model))
     merge_and_unload(model)
-    return save_like_input(model, model_dir, out_dir, original)
+    return save_like_input(model, model_dir, out_dir, original, tower_changed=tower_adapted)
 
 
 def save_like_input(model: torch.nn.Module, model_dir: str | Path, out_dir: str | Path,
-                    original: dict[str, torch.Tensor] | None = None) -> Path:
+                    original: dict[str, torch.Tensor] | None = None, *, tower_changed: bool = False) -> Path:
     """Write ``model``'s weights as a checkpoint in ``model_dir``'s own layout (its key names,
     weight format, dtypes, shard size, config, tokenizer and CLIP config).
 
     Used for merged adapters and for full fine-tuning. A CLIP tower that ``model_dir`` reads from a
-    local directory is written only if it changed (a partial tower would not load, so all of it).
+    local directory is written only when ``tower_changed`` (then all of it: a partial tower would
+    not load).
     """
     from mobilepeft.models.checkpoint import (
         largest_shard_bytes,
@@ -57,20 +60,10 @@ def save_like_input(model: torch.nn.Module, model_dir: str | Path, out_dir: str 
     state: dict[str, torch.Tensor] = {}
     for key, tensor in original.items():  # every input tensor, in the input's dtype
         state[key] = current[key].to(tensor.dtype) if key in current else tensor
-    tower = {k: v for k, v in current.items() if k.startswith(VISION_KEY_PREFIX) and k not in state}
-    if tower and not _same_as_directory_tower(model_dir, tower):
-        state.update(tower)
+    if tower_changed:
+        state.update({k: v for k, v in current.items() if k.startswith(VISION_KEY_PREFIX) and k not in state})
     return save_checkpoint(state, MobileVLMConfig.from_dir(model_dir), out_dir, tokenizer_dir=model_dir,
                            weight_format=weight_format, max_shard_bytes=largest_shard_bytes(model_dir))
-
-
-def _same_as_directory_tower(model_dir: Path, tower: dict[str, torch.Tensor]) -> bool:
-    from mobilepeft.models.checkpoint import directory_tower_weights
-    from mobilepeft.models.config import MobileVLMConfig
-
-    tower_dir = MobileVLMConfig.from_dir(model_dir).vision_tower_dir
-    saved = directory_tower_weights(tower_dir) if tower_dir is not None else {}
-    return all(k in saved and torch.equal(saved[k], v) for k, v in tower.items())
 
 
 def lower_adapter(adapter_dir: str | Path, out_dir: str | Path, model_dir: str | Path | None = None) -> Path:

@@ -4,6 +4,7 @@ counts, and each method's own mechanics (Hydra branches, DMLoRA schedule, AdaRin
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -239,3 +240,27 @@ def test_adaring_shares_cores_and_matches_the_trace_formula(tiny_ckpt):
     with torch.no_grad():
         assert torch.allclose(layer.eval()(x), layer.base_layer(x) + x @ delta.T, atol=1e-5)
     assert layer.to_lora().rank == 9
+
+
+def test_merge_carries_a_directory_tower_only_when_the_adapter_changed_it(tiny_ckpt, synth_data, tmp_path):
+    """A checkpoint that reads its CLIP tower from a local directory: merging an LLM-only adapter
+    leaves the tower there; merging one that adapts the tower writes the whole merged tower."""
+    from safetensors.torch import load_file, save_file
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, ckpt)
+    state = load_file(str(ckpt / "model.safetensors"))
+    prefix = "model.vision_tower.vision_tower."
+    save_file({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
+              str(ckpt / "clip_vision" / "model.safetensors"))
+    save_file({k: v for k, v in state.items() if not k.startswith(prefix)}, str(ckpt / "model.safetensors"))
+    batch = _image_batch(mobilepeft.load_vlm(ckpt), synth_data)
+    for name, targets, tower_written in (("llm", ["q_proj"], False), ("vision", ["q_proj", "vision:q_proj"], True)):
+        spec = AdapterSpec(method="lora", rank=4, alpha=8, target_modules=targets)
+        model = _random_adapter(mobilepeft.load_vlm(ckpt), spec)
+        save_adapter(model, spec, tmp_path / name, base_model=str(ckpt), projector_trained=False)
+        merged_dir = merge_adapter(ckpt, tmp_path / name, tmp_path / f"merged-{name}")
+        keys = load_file(str(merged_dir / "model.safetensors")).keys()
+        assert any(k.startswith(prefix) for k in keys) is tower_written, name
+        merged = mobilepeft.load_vlm(merged_dir)
+        assert (_logits(merged, batch) - _logits(model.eval(), batch)).abs().max().item() <= 1e-4, name

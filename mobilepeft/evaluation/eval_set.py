@@ -63,8 +63,8 @@ def load_eval_set(path: str | Path, image_folder: str | Path, answers_file: str 
 def _parse(record: Any, index: int, path: Path, external: dict[str, list[str]]) -> EvalItem:
     if isinstance(record, dict) and "conversations" in record:
         conv = parse_record(record, index, path)
-        qid, question, answers = conv.id, conv.turns[0][0], [conv.turns[0][1]]
-        image = conv.image
+        qid, question, image = conv.id, conv.turns[0][0], conv.image
+        answers = _answers_of(record) or [conv.turns[0][1]]  # an "answers" list (VQA-style) wins
     else:
         if not isinstance(record, dict):
             raise UserError("a sample must be a JSON object", path=path, sample=index,
@@ -86,8 +86,6 @@ def _parse(record: Any, index: int, path: Path, external: dict[str, list[str]]) 
         if image is not None and IMAGE_PLACEHOLDER not in question:
             question = f"{IMAGE_PLACEHOLDER}\n{question}"
         question = move_image_to_front(question)
-        answers = _answers_of(record)
-    if isinstance(record.get("answers"), list):
         answers = _answers_of(record)
     if qid in external:
         answers = external[qid]

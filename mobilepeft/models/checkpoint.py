@@ -42,13 +42,18 @@ def weight_layout(path: str | Path) -> tuple[str, Path]:
     )
 
 
-def largest_shard_bytes(path: str | Path) -> int:
-    """Size of the biggest weight file, so a rewrite can shard the same way."""
+def weight_files(path: str | Path) -> list[Path]:
+    """Every file holding a directory's weights: the single file, or the index and its shards."""
     fmt, file = weight_layout(path)
     if not fmt.startswith("sharded"):
-        return file.stat().st_size
-    shards = set(json.loads(file.read_text())["weight_map"].values())
-    return max((Path(path) / shard).stat().st_size for shard in shards)
+        return [file]
+    return [file, *(Path(path) / shard for shard in sorted(set(json.loads(file.read_text())["weight_map"].values())))]
+
+
+def largest_shard_bytes(path: str | Path) -> int:
+    """Size of the biggest weight file, so a rewrite can shard the same way."""
+    files = weight_files(path)
+    return max(f.stat().st_size for f in files[1:] or files)  # shards, not their index
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -96,7 +101,7 @@ def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor], config: 
     state = dict(state)
     vision_keys = [k for k in expected if k.startswith("model.vision_tower.")]
     if not any(k in state for k in vision_keys) and config.vision_tower_dir is not None:
-        state.update(directory_tower_weights(config.vision_tower_dir))
+        state.update(_vision_weights_from_dir(config.vision_tower_dir))
     missing = sorted(k for k in expected if k not in state)
     unexpected = sorted(k for k in state if k not in expected and not k.endswith(_BENIGN_EXTRA)
                         and not (tied and k == "lm_head.weight"))
@@ -119,7 +124,7 @@ def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor], config: 
         model.llm.tie_weights()
 
 
-def directory_tower_weights(vision_dir: Path) -> dict[str, torch.Tensor]:
+def _vision_weights_from_dir(vision_dir: Path) -> dict[str, torch.Tensor]:
     """Tower weights from a local CLIP directory when the MobileVLM checkpoint does not carry them."""
     try:
         state = read_state_dict(vision_dir)
@@ -175,6 +180,14 @@ def save_checkpoint(
         if config.vision_tower_dir is not None and not Path(tower).is_absolute():
             (tmp / tower).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(config.vision_tower_dir / "config.json", tmp / tower / "config.json")
+            # Tower weights that the main files do not carry come from the directory: take them along.
+            if not any(k.startswith("model.vision_tower.") for k in state):
+                try:
+                    files = weight_files(config.vision_tower_dir)
+                except UserError:
+                    files = []  # an architecture-only CLIP directory
+                for file in files:
+                    shutil.copyfile(file, tmp / tower / file.name)
     return out_dir
 
 

@@ -332,7 +332,7 @@ class Trainer:
                 self.ranker.write_history(self.out / "rank_history.json")
                 plot_rank_history(self.out / "rank_history.json", self.out / "rank_history.png")
         elif cfg.stage == "full":
-            adapter_dir = save_like_input(model, cfg.model, self.out / "model")
+            adapter_dir = save_like_input(model, cfg.model, self.out / "model")  # the tower stayed frozen
         else:
             adapter_dir = self.out / "projector"
             with atomic_dir(adapter_dir) as tmp:
