@@ -155,3 +155,13 @@ def test_yaml_config_and_flag_precedence(tmp_path):
     f.write_text("batch_sise: 3\n")
     with pytest.raises(UserError, match="unknown option 'batch_sise'"):
         TrainConfig.from_sources(f, {})
+
+
+def test_device_option_is_checked(tiny_ckpt, synth_data, tmp_path):
+    assert _cfg(tiny_ckpt, synth_data, tmp_path / "a").torch_device() == torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(UserError, match="not a torch device: 'gpu0'"):
+        _cfg(tiny_ckpt, synth_data, tmp_path / "b", device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="torch sees no CUDA GPU"):
+            _cfg(tiny_ckpt, synth_data, tmp_path / "c", device="cuda").torch_device()
