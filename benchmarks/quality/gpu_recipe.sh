@@ -23,9 +23,9 @@ ACCUM=${ACCUM:-8}             # global batch 128, as MobileVLM's fine-tuning
 EPOCHS=${EPOCHS:-1}
 PY=${PY:-python}
 
-RING=$($PY -m benchmarks.quality.methods --model "$MODEL" --rank "$RANK" --ring-pattern)
 mkdir -p "$OUT"
-$PY -m benchmarks.quality.methods --model "$MODEL" --rank "$RANK" | tee "$OUT/budget.txt"
+RING=$($PY -m benchmarks.quality.methods --model "$MODEL" --rank "$RANK" --ring-pattern --table "$OUT/budget.txt")
+cat "$OUT/budget.txt"
 
 for method in $METHODS; do
   case $method in

@@ -86,18 +86,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rank", type=int, default=8, help="the budget: LoRA at this rank on every LLM linear")
     parser.add_argument("--ring-pattern", action="store_true",
                         help="print only AdaRing's ring ranks as NAME=R,... (for --ring-rank-pattern)")
+    parser.add_argument("--table", type=Path, help="also write the budget table to this file")
     args = parser.parse_args(argv)
     pattern, ring, lora = match_ring_ranks(args.model, args.rank)
-    if args.ring_pattern:
-        print(",".join(f"{k}={v}" for k, v in pattern.items()))
-        return 0
-    print(f"budget: LoRA rank {args.rank} on {', '.join(LLM_LINEARS)} = {lora:,} adapter parameters")
+    lines = [f"budget: LoRA rank {args.rank} on {', '.join(LLM_LINEARS)} = {lora:,} adapter parameters"]
     for name, (label, overrides) in METHODS.items():
         if name == "full":
             continue
         extra = {"ring_rank_pattern": pattern} if name == "adaring" else {}
         n = adapter_budget(args.model, {**overrides, **extra}, args.rank)
-        print(f"  {label:<28} {n:>14,}  ({n / lora - 1:+.2%})")
+        lines.append(f"  {label:<28} {n:>14,}  ({n / lora - 1:+.2%})")
+    if args.table is not None:
+        from mobilepeft.io import write_text
+
+        write_text(args.table, "\n".join(lines) + "\n")
+    print(",".join(f"{k}={v}" for k, v in pattern.items()) if args.ring_pattern else "\n".join(lines))
     return 0
 
 
