@@ -49,7 +49,7 @@ class Conversation:
     @property
     def label(self) -> str:
         """How messages refer to this sample: ``3 (id 'abc')``."""
-        return _sample_label(self.index, self.id)
+        return sample_label(self.index, self.id)
 
 
 def load_llava(
@@ -111,7 +111,7 @@ def load_llava(
     return conversations, skipped
 
 
-def _sample_label(index: int, sample_id: str | None) -> str:
+def sample_label(index: int, sample_id: str | None) -> str:
     return str(index) if sample_id is None else f"{index} (id {sample_id!r})"
 
 
@@ -174,7 +174,7 @@ def parse_record(record: Any, index: int, json_path: Path) -> Conversation:
 
     def fail(message: str, field: str | None, hint: str, sample_id: str | None = None) -> UserError:
         return UserError(
-            message, path=json_path, sample=_sample_label(index, sample_id), field=field, hint=hint
+            message, path=json_path, sample=sample_label(index, sample_id), field=field, hint=hint
         )
 
     if not isinstance(record, dict):

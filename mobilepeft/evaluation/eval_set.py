@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mobilepeft.data.llava import image_problem, parse_record, read_records
+from mobilepeft.data.llava import image_problem, parse_record, read_records, sample_label
 from mobilepeft.data.template import IMAGE_PLACEHOLDER, move_image_to_front
 from mobilepeft.errors import UserError
 
@@ -55,7 +55,7 @@ def load_eval_set(path: str | Path, image_folder: str | Path, answers_file: str 
                         hint="pass --image-folder, the folder the 'image' paths are relative to")
     for index, item in enumerate(items):
         if item.image is not None and (problem := image_problem(image_folder / item.image)):
-            raise UserError(problem, path=path, sample=f"{index} (id {item.question_id!r})", field="image",
+            raise UserError(problem, path=path, sample=sample_label(index, item.question_id), field="image",
                             hint="fix the path or the image, or check --image-folder")
     return items
 
@@ -76,12 +76,12 @@ def _parse(record: Any, index: int, path: Path, external: dict[str, list[str]]) 
         qid = str(raw_id)
         question = record.get("text", record.get("question"))
         if not isinstance(question, str) or not question.strip():
-            raise UserError("missing or empty question", path=path, sample=f"{index} (id {qid!r})", field="text",
+            raise UserError("missing or empty question", path=path, sample=sample_label(index, qid), field="text",
                             hint="put the question in 'text' (LLaVA question files) or 'question'")
         image = record.get("image")
         if image is not None and (not isinstance(image, str) or not image.strip()):
             raise UserError(f"'image' must be a non-empty path string, got {image!r}", path=path,
-                            sample=f"{index} (id {qid!r})", field="image")
+                            sample=sample_label(index, qid), field="image")
         image = None if image is None else Path(image)
         if image is not None and IMAGE_PLACEHOLDER not in question:
             question = f"{IMAGE_PLACEHOLDER}\n{question}"
@@ -90,7 +90,7 @@ def _parse(record: Any, index: int, path: Path, external: dict[str, list[str]]) 
     if qid in external:
         answers = external[qid]
     if not answers:
-        raise UserError("no reference answer", path=path, sample=f"{index} (id {qid!r})", field="answer",
+        raise UserError("no reference answer", path=path, sample=sample_label(index, qid), field="answer",
                         hint="add 'answer'/'answers' to the record, or pass --answers with the benchmark's answer file")
     qtype = next((str(record[f]) for f in TYPE_FIELDS if record.get(f) not in (None, "")), "all")
     return EvalItem(qid, image, question, tuple(answers), qtype)
