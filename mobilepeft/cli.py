@@ -6,6 +6,7 @@ with status 2; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -89,8 +90,9 @@ def train_cmd(
     projector: Annotated[str | None, typer.Option(help="Initialise the projector from a stage-I mm_projector.safetensors.")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Optimizer steps (overrides --epochs).")] = None,
     epochs: Annotated[float | None, typer.Option(help="Epochs over the training data.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Samples per micro-batch.")] = None,
-    grad_accum: Annotated[int | None, typer.Option(help="Micro-batches per optimizer step.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Samples per micro-batch (per process under torchrun).")] = None,
+    grad_accum: Annotated[int | None, typer.Option(help="Micro-batches per optimizer step, per process.")] = None,
+    global_batch_size: Annotated[int | None, typer.Option(help="Samples per optimizer step over all torchrun processes; sets --grad-accum to fit the world size, so the same command gives the same run on 1 or N GPUs.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (cosine schedule with warmup).")] = None,
     projector_lr: Annotated[float | None, typer.Option(help="Learning rate of the projector (default: --lr).")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay.")] = None,
@@ -99,9 +101,11 @@ def train_cmd(
     precision: Annotated[str | None, typer.Option(help="fp32 or bf16 (autocast).")] = None,
     device: Annotated[str | None, typer.Option(help="auto (a CUDA GPU when torch sees one, else CPU), cpu, cuda or cuda:N.")] = None,
     gradient_checkpointing: Annotated[bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute LLM activations in backward to save memory.")] = None,
+    fsdp: Annotated[bool | None, typer.Option("--fsdp/--no-fsdp", help="Under torchrun: shard the frozen base over the processes with FSDP2 (adapters and projector stay replicated); default DDP. See docs/distributed.md.")] = None,
+    compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile every transformer block (pays off on GPUs; a rank schedule recompiles after each reallocation).")] = None,
     max_length: Annotated[int | None, typer.Option(help="Max sequence length including the image tokens.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for init, data order and dropout.")] = None,
-    num_workers: Annotated[int | None, typer.Option(help="DataLoader worker processes.")] = None,
+    num_workers: Annotated[int | None, typer.Option(help="DataLoader worker processes (default: 0 on CPU, 4 with pinned memory on CUDA).")] = None,
     save_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps (0: only at the end).")] = None,
     keep_checkpoints: Annotated[int | None, typer.Option(help="How many recent checkpoints to keep.")] = None,
     eval_every: Annotated[int | None, typer.Option(help="Evaluate every N steps (0: before and after only).")] = None,
@@ -115,8 +119,11 @@ def train_cmd(
     """Fine-tune adapters (and the projector) on LLaVA-format data.
 
     Example: mobilepeft train --model ckpt/ --data data/train.json --eval-data data/val.json --output-dir runs/lora
+
+    On N GPUs, the same flags under torchrun: torchrun --nproc-per-node N -m mobilepeft train ... (docs/distributed.md).
     """
     overrides = {k: v for k, v in locals().items() if k != "config"}
+    from mobilepeft.distributed import from_environment
     from mobilepeft.train.config import TrainConfig
     from mobilepeft.train.trainer import Trainer
 
@@ -125,7 +132,8 @@ def train_cmd(
     overrides["realloc_window"] = _fractions(realloc_window, "realloc_window")
     cfg = TrainConfig.from_sources(config, overrides)
     result = Trainer(cfg, progress=True).run()
-    _report_training(result)
+    if from_environment().is_root:
+        _report_training(result)
 
 
 def _report_training(result) -> None:
@@ -291,7 +299,9 @@ def main() -> None:
     try:
         app()
     except UserError as err:
-        typer.echo(f"error: {err.render()}", err=True)
+        world = os.environ.get("WORLD_SIZE", "1")  # under torchrun, say which process failed
+        where = f"[rank {os.environ.get('RANK', '?')}/{world}] " if world != "1" else ""
+        typer.echo(f"{where}error: {err.render()}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted; the last checkpoint is intact (use --resume to continue)", err=True)

@@ -141,8 +141,8 @@ def resize_branch(branch: RankBranch, new_rank: int, grow_directions: torch.Tens
         extra = new_rank - old
         dirs = _new_directions(a, extra, grow_directions, generator)
         norm = a.norm(dim=1).median()  # new rows on the scale of the existing ones
-        new_a = torch.cat([a, dirs.to(a.dtype) * norm], dim=0)
-        new_b = torch.cat([b, torch.zeros(b.shape[0], extra, dtype=b.dtype)], dim=1)
+        new_a = torch.cat([a, dirs.to(a.device, a.dtype) * norm], dim=0)
+        new_b = torch.cat([b, torch.zeros(b.shape[0], extra, dtype=b.dtype, device=b.device)], dim=1)
         kind = "grow"
     _set_factors(branch, new_a, new_b)
     return kind
@@ -150,8 +150,9 @@ def resize_branch(branch: RankBranch, new_rank: int, grow_directions: torch.Tens
 
 def _new_directions(a: torch.Tensor, k: int, given: torch.Tensor | None,
                     generator: torch.Generator | None) -> torch.Tensor:
-    """``k`` unit rows orthogonal to A's row space and to each other: given ones first, then random."""
-    q = torch.linalg.qr(a.T.to(torch.float64))[0]  # in × r, orthonormal basis of A's rows
+    """``k`` unit rows orthogonal to A's row space and to each other: given ones first, then random
+    (on CPU, where the generator and the measured directions live)."""
+    q = torch.linalg.qr(a.T.to(torch.float64).cpu())[0]  # in × r, orthonormal basis of A's rows
     cands = torch.randn(k + 4, a.shape[1], generator=generator, dtype=torch.float64)
     if given is not None:
         cands = torch.cat([given.to(torch.float64), cands])
@@ -224,6 +225,7 @@ def _set_factors(branch: RankBranch, new_a: torch.Tensor, new_b: torch.Tensor) -
     callers holding the old ones (optimizers) are updated by :func:`swap_in_optimizer`."""
     branch.resized_from = (branch.A.weight, branch.B.weight)
     for linear, new in ((branch.A, new_a), (branch.B, new_b)):
-        linear.weight = nn.Parameter(new.contiguous(), requires_grad=linear.weight.requires_grad)
+        linear.weight = nn.Parameter(new.to(linear.weight.device).contiguous(),
+                                     requires_grad=linear.weight.requires_grad)
     branch.A.out_features = branch.B.in_features = new_a.shape[0]
     _after_resize(branch)

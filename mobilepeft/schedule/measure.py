@@ -21,6 +21,7 @@ from functools import partial
 
 import torch
 
+from mobilepeft.distributed import Dist
 from mobilepeft.schedule.branches import RankBranch, branch_svd
 
 
@@ -63,14 +64,15 @@ class GradientTap:
         if output.requires_grad:
             output.register_hook(lambda g: self.grads.setdefault(name, []).append(g.detach()))
 
-    def tensors(self, branch: RankBranch) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(X, D) of a branch over all recorded passes, tokens flattened; None if nothing recorded."""
+    def tensors(self, branch: RankBranch) -> tuple[torch.Tensor, torch.Tensor, list[int]] | None:
+        """(X, D, rows of each pass) of a branch over all recorded passes, tokens flattened; None
+        if nothing was recorded."""
         name = branch.name.split(":")[0]
         key = name + ":base_output" if branch.reads_base_output else name
         xs, ds = self.inputs.get(key), self.grads.get(name)
         if not xs or not ds or len(xs) != len(ds):
             return None
-        return self._flatten(xs), self._flatten(ds)
+        return self._flatten(xs), self._flatten(ds), [t.numel() // t.shape[-1] for t in xs]
 
     def _flatten(self, parts: list[torch.Tensor]) -> torch.Tensor:
         key = tuple((t.data_ptr(), t.shape) for t in parts)
@@ -79,14 +81,57 @@ class GradientTap:
         return self._flat[key]
 
 
-def sample_tokens(x: torch.Tensor, d: torch.Tensor, limit: int, generator: torch.Generator | None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """At most ``limit`` tokens, drawn without replacement, rescaled so Dᵀ X keeps its expectation."""
-    n = x.shape[0]
-    if n <= limit:
-        return x, d
-    idx = torch.randperm(n, generator=generator)[:limit]
-    return x[idx] * (n / limit), d[idx]
+def sampled_tokens(tap: GradientTap, branches: dict[str, RankBranch], limit: int, generator: torch.Generator,
+                   dist: Dist) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Every branch's (X, D) over the global batch, at most ``limit`` tokens drawn without
+    replacement (X rescaled so Dᵀ X keeps its expectation), on CPU; on rank 0 only.
+
+    Exactly what one process running all the micro-batches would see: pass j of rank r is
+    micro-batch j·world + r of the step (the sampler's order), each rank's D is rescaled from
+    its own ``loss / grad_accum`` to the global ``loss / micro-batches``, and the draw uses rank
+    0's generator on every rank. Only the drawn rows travel (``limit`` × width, not the batch).
+    """
+    local = {n: tap.tensors(b) for n, b in branches.items()}
+    shared = dist.all_gather(({n: t[2] for n, t in local.items() if t is not None},
+                              generator.get_state() if dist.is_root else None))
+    generator.set_state(shared[0][1])
+    mine: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    totals: dict[str, tuple[int, int]] = {}
+    for n in branches:
+        rows = [counts.get(n, []) for counts, _ in shared]
+        if not any(rows):
+            continue
+        # global row offsets of every (rank, pass), in the order one process would have run them
+        passes = [(r, j) for j in range(max(map(len, rows))) for r in range(dist.world) if j < len(rows[r])]
+        owner = torch.full((sum(map(sum, rows)),), -1, dtype=torch.long)
+        start, local_start = 0, [0] * dist.world
+        for r, j in passes:
+            if r == dist.rank:
+                owner[start:start + rows[r][j]] = torch.arange(local_start[r], local_start[r] + rows[r][j])
+            local_start[r] += rows[r][j]
+            start += rows[r][j]
+        total = owner.shape[0]
+        idx = torch.randperm(total, generator=generator)[:limit] if total > limit else torch.arange(total)
+        totals[n] = (total, idx.shape[0])
+        picked = owner[idx]
+        keep = (picked >= 0).nonzero().flatten()
+        if local[n] is None:
+            continue
+        x, d, _ = local[n]
+        sel = picked[keep].to(x.device)
+        mine[n] = (keep, x[sel].cpu(), d[sel].cpu() / dist.world)
+    gathered = dist.gather_to_root(mine)
+    if gathered is None:
+        return {}
+    out = {}
+    for n, (total, count) in totals.items():
+        parts = [g[n] for g in gathered if n in g]
+        x = torch.empty(count, parts[0][1].shape[1])
+        d = torch.empty(count, parts[0][2].shape[1])
+        for keep, xr, dr in parts:
+            x[keep], d[keep] = xr, dr
+        out[n] = (x * (total / count) if total > count else x, d)
+    return out
 
 
 def gradient_norm(x: torch.Tensor, d: torch.Tensor, generator: torch.Generator | None = None,
@@ -108,7 +153,7 @@ def branch_stats(branch: RankBranch, x: torch.Tensor, d: torch.Tensor, k: int, i
                  generator: torch.Generator | None = None) -> BranchStats:
     s = branch.scaling
     with torch.no_grad():
-        u, sig, v = (t.float() for t in branch_svd(branch))
+        u, sig, v = (t.float().cpu() for t in branch_svd(branch))  # x, d are the sampled rows, on CPU
         # u_iᵀ G v_i = s Σ_t (D u_i)_t (X v_i)_t
         proj = s * ((d @ u) * (x @ v)).sum(0)
         removal = sig * proj.abs()

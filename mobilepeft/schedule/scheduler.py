@@ -8,6 +8,10 @@ allocation resizes every branch (function-preserving, so training just continues
 every ``realloc_every`` steps inside the window, the dynamic phase moves rank granules.
 ``state_dict``/``load_state_dict`` make ``--resume`` exact.
 
+Under torchrun the statistics are those of the global batch: every rank contributes its share
+of the sampled tokens, rank 0 computes and decides, and every rank applies rank 0's decision
+(ranks, growth directions, RNG state), so all ranks hold identical adapters.
+
 Schedules: ``fixed`` (plain LoRA, no scheduler at all), ``hierarchical`` (probe + allocation
 once), ``dynamic`` (start from fixed ranks, reallocate during training), ``hydra`` (both).
 """
@@ -25,6 +29,7 @@ import torch
 from mobilepeft.adapters.multihead import MultiHeadLinear
 from mobilepeft.adapters.spec import AdapterSpec
 from mobilepeft.adapters.targets import pattern_path
+from mobilepeft.distributed import Dist
 from mobilepeft.io import write_json
 from mobilepeft.schedule.branches import (
     RankBranch,
@@ -42,7 +47,7 @@ from mobilepeft.schedule.budget import (
     round_to_budget,
     spent,
 )
-from mobilepeft.schedule.measure import GradientTap, branch_stats, gradient_norm, sample_tokens
+from mobilepeft.schedule.measure import GradientTap, branch_stats, gradient_norm, sampled_tokens
 
 SCHEDULES = ("fixed", "hierarchical", "dynamic", "hydra")
 
@@ -83,8 +88,10 @@ class _Event:
 
 
 class RankScheduler:
-    def __init__(self, model: torch.nn.Module, settings: ScheduleSettings, total_steps: int) -> None:
+    def __init__(self, model: torch.nn.Module, settings: ScheduleSettings, total_steps: int,
+                 dist: Dist | None = None) -> None:
         self.settings = settings
+        self.dist = dist or Dist()
         self.branches: dict[str, RankBranch] = collect_branches(model)
         self.infos = {n: BranchInfo(cost=b.cost, base_rank=b.rank, max_rank=b.max_rank, group=b.group, block=b.block)
                       for n, b in self.branches.items()}
@@ -132,17 +139,14 @@ class RankScheduler:
         if not isinstance(tap, GradientTap):
             return
         t0 = time.perf_counter()
-        self._measure(step, tap)
+        self._measure(step, sampled_tokens(tap, self.branches, self.settings.max_tokens, self.generator, self.dist))
         self.seconds["statistics"] += time.perf_counter() - t0
 
-    def _measure(self, step: int, tap: GradientTap) -> None:
+    def _measure(self, step: int, sampled: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
         need_values = step in self.realloc_steps or step == self.probe_steps - 1
         k, w = 2 * self.settings.granule, self.settings.ema
-        for n, b in self.branches.items():
-            xd = tap.tensors(b)
-            if xd is None:
-                continue
-            x, d = sample_tokens(*xd, self.settings.max_tokens, self.generator)
+        for n, (x, d) in sampled.items():
+            b = self.branches[n]
             if step < self.probe_steps:
                 self._sens_sum[n] = self._sens_sum.get(n, 0.0) + gradient_norm(x, d, self.generator) * abs(b.scaling)
             if not need_values:
@@ -155,14 +159,11 @@ class RankScheduler:
             self.directions[n] = st.directions
 
     # --- hierarchical: coarse -> fine, once the probe has seen its steps -------------------
-    def _allocate_hierarchically(self, step: int, optimizer: torch.optim.Optimizer) -> _Event:
+    def _allocate_hierarchically(self, step: int) -> _Event:
         self.sensitivity = {n: self._sens_sum.get(n, 0.0) / self.probe_steps for n in self.branches}
         targets = hierarchical_targets(self.infos, self.sensitivity, self.settings.temperature)
         ranks = round_to_budget(targets, self.infos, self.bounds, self.budget)
-        self._apply(ranks, optimizer)
-        event = _Event(step + 1, "hierarchical", self.ranks(), budget_used=spent(self.ranks(), self.infos))
-        self.history.append(event)
-        return event
+        return _Event(step + 1, "hierarchical", ranks, budget_used=spent(ranks, self.infos))
 
     def _apply(self, ranks: dict[str, int], optimizer: torch.optim.Optimizer) -> None:
         """Function-preserving resizes to ``ranks``; the optimizer follows."""
@@ -179,12 +180,19 @@ class RankScheduler:
         self.losses.append((step, loss))
         self.losses = self.losses[-4 * self.every:]
         self._observe(step)
+        if step != self.probe_steps - 1 and step not in self.realloc_steps:
+            return None
         t0 = time.perf_counter()
         event = None
-        if step == self.probe_steps - 1:
-            event = self._allocate_hierarchically(step, optimizer)
-        elif step in self.realloc_steps:
-            event = self._reallocate(step, optimizer, lr)
+        if self.dist.is_root:
+            event = self._allocate_hierarchically(step) if step == self.probe_steps - 1 else self._reallocate(step, lr)
+        grown = {n for n, r in (event.ranks if event else {}).items() if r > self.branches[n].rank}
+        event, directions, rng = self.dist.broadcast(
+            (event, {n: self.directions[n] for n in grown if n in self.directions}, self.generator.get_state()))
+        self.directions.update(directions)
+        self.generator.set_state(rng)
+        self._apply(event.ranks, optimizer)
+        self.history.append(event)
         self.seconds["reallocation"] += time.perf_counter() - t0
         return event
 
@@ -202,7 +210,7 @@ class RankScheduler:
                 add[n] = float(self.addition[n][:g].sum()) * step_size
         return remove, add
 
-    def _reallocate(self, step: int, optimizer: torch.optim.Optimizer, lr: float) -> _Event:
+    def _reallocate(self, step: int, lr: float) -> _Event:
         g = self.settings.granule
         raw_remove, raw_add = self._unit_values(lr)
         remove = {n: v * self.calibration["removal"] for n, v in raw_remove.items()}
@@ -247,10 +255,8 @@ class RankScheduler:
                 used.add(r)
                 raw_a += raw_add[r]
                 moves.append({"to": r, "from": [], "predicted_gain": add[r], "predicted_loss": 0.0})
-        self._apply(ranks, optimizer)
         predicted = (self.calibration["removal"] * raw_r - self.calibration["addition"] * raw_a) if moves else 0.0
-        event = _Event(step + 1, "dynamic", self.ranks(), moves, predicted, budget_used=spent(self.ranks(), self.infos))
-        self.history.append(event)
+        event = _Event(step + 1, "dynamic", ranks, moves, predicted, budget_used=spent(ranks, self.infos))
         self._pending = (event, (raw_r, raw_a)) if moves else None
         return event
 

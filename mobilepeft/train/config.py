@@ -59,8 +59,9 @@ class TrainConfig:
     # optimisation
     max_steps: int | None = None
     epochs: float = 1.0
-    batch_size: int = 8
-    grad_accum: int = 1
+    batch_size: int = 8  # per process (per GPU under torchrun)
+    grad_accum: int = 1  # micro-batches per optimizer step, per process
+    global_batch_size: int | None = None  # samples per optimizer step over all processes; sets grad_accum
     lr: float = 1e-4
     projector_lr: float | None = None
     weight_decay: float = 0.0
@@ -69,9 +70,11 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
     gradient_checkpointing: bool = False
+    fsdp: bool = False  # under torchrun: shard the frozen base with FSDP2 (adapters stay replicated)
+    compile: bool = False  # torch.compile every transformer block
     max_length: int = 2048
     seed: int = 0
-    num_workers: int = 0
+    num_workers: int | None = None  # None: 0 on CPU, 4 (with pinned memory) on CUDA
     # bookkeeping
     save_every: int = 100
     keep_checkpoints: int = 2
@@ -83,8 +86,11 @@ class TrainConfig:
     resume: bool = False
 
     #: fields that may differ between a run and its --resume without changing the maths
-    RESUME_FREE = ("resume", "save_every", "keep_checkpoints", "log_every", "eval_every", "num_workers", "device",
-                   "eval_batch_size", "eval_max_new_tokens", "skip_bad_samples")
+    #: (grad_accum and global_batch_size may change with the world size: the trainer checks that
+    #: the micro-batches per optimizer step, which fix the maths, stay the same)
+    RESUME_FREE = ("resume", "output_dir", "save_every", "keep_checkpoints", "log_every", "eval_every", "num_workers", "device",
+                   "eval_batch_size", "eval_max_new_tokens", "skip_bad_samples", "fsdp", "compile", "grad_accum",
+                   "global_batch_size")
 
     def validate(self) -> None:
         for name in ("model", "data", "output_dir"):
@@ -102,6 +108,17 @@ class TrainConfig:
                 raise UserError(f"must be >= 1 (got {getattr(self, name)})", field=name)
         if self.max_steps is not None and self.max_steps < 1:
             raise UserError("must be >= 1", field="max_steps")
+        if self.global_batch_size is not None and self.grad_accum != 1:
+            raise UserError("--global-batch-size sets the gradient accumulation; do not pass --grad-accum too",
+                            field="global_batch_size")
+        if self.global_batch_size is not None and self.global_batch_size % self.batch_size:
+            raise UserError(f"must be a multiple of --batch-size {self.batch_size} (got {self.global_batch_size})",
+                            field="global_batch_size", hint="global batch = batch size x grad accum x processes")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise UserError(f"must be >= 0 (got {self.num_workers})", field="num_workers")
+        if self.fsdp and self.stage == "full":
+            raise UserError("--fsdp shards the frozen base model, and --stage full trains all of it",
+                            field="fsdp", hint="drop --fsdp: --stage full runs data parallel (DDP) under torchrun")
         if self.lr <= 0:
             raise UserError("must be > 0", field="lr")
         from mobilepeft.adapters.inject import ADAPTERS
@@ -161,14 +178,33 @@ class TrainConfig:
             raise UserError(f"expected two fractions start,end in [0, 1] (got {self.realloc_window})",
                             field="realloc_window", hint="e.g. --realloc-window 0.1,0.7")
 
-    def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        device = torch.device(self.device)
+    def torch_device(self, local_rank: int = 0, world: int = 1) -> torch.device:
+        """The device of this process; under torchrun "auto" and "cuda" mean GPU ``LOCAL_RANK``."""
+        name = self.device
+        if name == "auto":
+            name = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(name)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise UserError("--device cuda but torch sees no CUDA GPU", field="device",
                             hint="install a CUDA build of torch on a GPU machine, or use --device cpu")
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", local_rank)
+        elif device.type == "cuda" and world > 1:
+            raise UserError(f"--device {self.device} pins every process to one GPU", field="device",
+                            hint="use --device cuda (or auto): each torchrun process takes GPU LOCAL_RANK")
         return device
+
+    def micro_batches_per_step(self, world: int) -> int:
+        """Micro-batches in one optimizer step over all ``world`` processes: what fixes the maths."""
+        if self.global_batch_size is not None:
+            micro = self.global_batch_size // self.batch_size
+        else:
+            micro = self.grad_accum * world
+        if micro % world:
+            raise UserError(f"global batch {micro * self.batch_size} (= {micro} micro-batches of {self.batch_size}) "
+                            f"does not split over {world} processes", field="global_batch_size",
+                            hint=f"use a --global-batch-size that is a multiple of {self.batch_size * world}")
+        return micro
 
     def schedule_settings(self):
         from mobilepeft.schedule.scheduler import ScheduleSettings

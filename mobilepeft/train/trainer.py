@@ -35,6 +35,7 @@ from mobilepeft.adapters.inject import (
 from mobilepeft.data.collate import collate_batch
 from mobilepeft.data.dataset import SupervisedDataset
 from mobilepeft.data.llava import load_llava
+from mobilepeft.distributed import from_environment, process_group
 from mobilepeft.errors import UserError
 from mobilepeft.io import atomic_dir, save_safetensors, torch_save, write_json, write_text
 from mobilepeft.loading import load_vlm
@@ -44,6 +45,7 @@ from mobilepeft.schedule.plot import plot_rank_history
 from mobilepeft.schedule.scheduler import RankScheduler
 from mobilepeft.train.config import TrainConfig
 from mobilepeft.train.evaluate import evaluate
+from mobilepeft.train.parallel import ParallelModel, compile_blocks
 
 
 class TrainingDiverged(UserError):
@@ -63,15 +65,25 @@ class TrainResult:
 
 
 class ResumableBatchSampler(Sampler[list[int]]):
-    """Batches for micro-steps ``start, start+1, ...``: epoch e is a permutation seeded by (seed, e)."""
+    """Micro-batches ``start, start+1, ...`` of one process: epoch e is a permutation seeded by
+    (seed, e); under torchrun, rank r of ``world`` takes micro-batches r, r+world, ...
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, total: int) -> None:
+    With ``world`` dividing the micro-batches per optimizer step, a step's micro-batches over
+    all ranks are the ones a single process takes for that step, whatever the world size.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, total: int, rank: int = 0,
+                 world: int = 1) -> None:
         self.n, self.batch_size, self.seed, self.start, self.total = n, batch_size, seed, start, total
+        self.rank, self.world = rank, world
         self.per_epoch = math.ceil(n / batch_size)
+
+    def micro_batches(self) -> range:
+        return range(self.start + self.rank, self.total, self.world)
 
     def __iter__(self) -> Iterator[list[int]]:
         perm, perm_epoch = None, -1
-        for k in range(self.start, self.total):
+        for k in self.micro_batches():
             epoch, pos = divmod(k, self.per_epoch)
             if epoch != perm_epoch:
                 g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
@@ -79,7 +91,13 @@ class ResumableBatchSampler(Sampler[list[int]]):
             yield perm[pos * self.batch_size:(pos + 1) * self.batch_size]
 
     def __len__(self) -> int:
-        return self.total - self.start
+        return len(self.micro_batches())
+
+
+def micro_batch_seed(seed: int, k: int) -> int:
+    """The RNG seed of micro-batch ``k`` (dropout, DMLoRA's branch drop): a function of the
+    micro-batch alone, so the stream is the same on any number of ranks and after ``--resume``."""
+    return (seed * 1_000_003 + k) % (2**63)
 
 
 def cosine_with_warmup(warmup: int, total: int) -> Callable[[int], float]:
@@ -159,11 +177,11 @@ class Trainer:
         path = self.ckpt_root / f"step-{step:07d}"
         with atomic_dir(path) as tmp:
             save_safetensors(self._trainable_state(model), tmp / "trainable.safetensors")
-            torch_save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "torch_rng": torch.get_rng_state(),
-                        "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
-                       tmp / "optimizer.pt")
-            write_json(tmp / "trainer_state.json", {"step": step, "config": self.cfg.to_dict()})
+            # No RNG states: dropout is seeded per micro-batch (micro_batch_seed), the schedule
+            # keeps its own generator in rank_schedule.pt.
+            torch_save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+            write_json(tmp / "trainer_state.json", {"step": step, "micro_batches_per_step": self.micro_per_step,
+                                                    "world_size": self.dist.world, "config": self.cfg.to_dict()})
             if self.ranker is not None:
                 torch_save(self.ranker.state_dict(), tmp / "rank_schedule.pt")
         for old in sorted(self.ckpt_root.glob("step-*"))[: -self.cfg.keep_checkpoints]:
@@ -175,13 +193,23 @@ class Trainer:
         if ckpt is None:
             raise UserError("--resume: no checkpoint found", path=self.ckpt_root,
                             hint="run without --resume to start from scratch")
-        saved, now = json.loads((ckpt / "trainer_state.json").read_text())["config"], self.cfg.to_dict()
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        saved, now = state["config"], self.cfg.to_dict()
         diff = [k for k in now if k not in TrainConfig.RESUME_FREE and saved.get(k) != now[k]]
         if diff:
             k = diff[0]
             raise UserError(f"--resume with a different setting: {k} was {saved.get(k)!r}, now {now[k]!r}",
                             path=ckpt / "trainer_state.json", field=k,
                             hint="resume with the original options, or use a new --output-dir")
+        micro = state.get("micro_batches_per_step", saved["grad_accum"])
+        if micro != self.micro_per_step:
+            b, world = self.cfg.batch_size, self.dist.world
+            raise UserError(
+                f"--resume with a different global batch: the checkpoint took {micro} micro-batches of {b} per step "
+                f"(global batch {micro * b}, {state.get('world_size', 1)} process(es)); {world} process(es) with these "
+                f"options take {self.micro_per_step}", path=ckpt / "trainer_state.json", field="grad_accum",
+                hint=f"pass --global-batch-size {micro * b}" + (f" (or --grad-accum {micro // world})"
+                                                                  if micro % world == 0 else ""))
         return ckpt
 
     def latest_checkpoint(self) -> Path | None:
@@ -199,28 +227,37 @@ class Trainer:
         extra = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=False)
         optimizer.load_state_dict(extra["optimizer"])
         scheduler.load_state_dict(extra["scheduler"])
-        torch.set_rng_state(extra["torch_rng"])
-        if extra.get("cuda_rng") is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(extra["cuda_rng"])
         return int(state["step"])
 
     # --- the loop ------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.device = cfg.torch_device()
+        """Train; under ``torchrun`` every process runs this, rank 0 alone writes files."""
+        env = from_environment()
+        device = self.cfg.torch_device(env.local_rank, env.world)
+        with process_group(device) as self.dist:
+            self.device = device
+            result = self._run()
+            self.dist.barrier()  # rank 0's outputs exist when any rank returns
+            return result
+
+    def _run(self) -> TrainResult:
+        cfg, dist, root = self.cfg, self.dist, self.dist.is_root
+        if root:
+            self.out.mkdir(parents=True, exist_ok=True)
         self.model = model = self._build_model()
         train_ds, skipped = self._dataset(model, cfg.data, cfg.image_folder)
         eval_ds = None
         if cfg.eval_data:
             eval_ds, eval_skipped = self._dataset(model, cfg.eval_data, cfg.eval_image_folder or cfg.image_folder)
             skipped += eval_skipped
+        self.micro_per_step = micro = cfg.micro_batches_per_step(dist.world)
+        accum = micro // dist.world  # this process's micro-batches per step
         micro_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
-        total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * micro_per_epoch / cfg.grad_accum))
+        total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * micro_per_epoch / micro))
         self.ranker = None
         resume_from = self._resume_checkpoint() if cfg.resume else None
         if cfg.stage == "finetune" and cfg.schedule != "fixed":
-            self.ranker = RankScheduler(model, cfg.schedule_settings(), total_steps)
+            self.ranker = RankScheduler(model, cfg.schedule_settings(), total_steps, dist)
             if resume_from is not None:  # the checkpoint's ranks (shapes) before the optimizer sees them
                 self.ranker.load_state_dict(torch.load(resume_from / "rank_schedule.pt", map_location="cpu",
                                                        weights_only=False))
@@ -232,33 +269,46 @@ class Trainer:
         metrics_file = self.out / "metrics.jsonl"
         if resume_from is not None:
             start = self._restore(resume_from, model, optimizer, scheduler)
-            _truncate_metrics(metrics_file, start)
-        else:
+            if root:
+                _truncate_metrics(metrics_file, start)
+        elif root:
             if self.ckpt_root.exists():
                 shutil.rmtree(self.ckpt_root)
             metrics_file.unlink(missing_ok=True)
-        write_text(self.out / "train_config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if root:
+            write_text(self.out / "train_config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if cfg.compile:
+            compile_blocks(model)
+        # Text-only samples leave the vision side (projector, tower adapters) out of the graph.
+        parallel = ParallelModel(model, dist, self.device, fsdp=cfg.fsdp,
+                                 find_unused=any(c.image is None for c in train_ds.conversations))
+        if dist.active and root:
+            print(f"torchrun: {dist.world} processes, {parallel.describe()} on {self.device.type}; global batch "
+                  f"{micro * cfg.batch_size} = {dist.world} x {accum} micro-batches x {cfg.batch_size}",
+                  file=sys.stderr, flush=True)
 
         eval_before = None
         if eval_ds is not None and start == 0:
-            eval_before = evaluate(model, eval_ds, batch_size=cfg.eval_batch_size,
-                                   max_new_tokens=cfg.eval_max_new_tokens)
-            _append_metrics(metrics_file, {"step": 0, "eval_loss": eval_before["loss"],
-                                           "eval_accuracy": eval_before["accuracy"]})
+            eval_before = self._evaluate(eval_ds)
+            if root:
+                _append_metrics(metrics_file, {"step": 0, "eval_loss": eval_before["loss"],
+                                               "eval_accuracy": eval_before["accuracy"]})
 
-        sampler = ResumableBatchSampler(len(train_ds), cfg.batch_size, cfg.seed,
-                                        start * cfg.grad_accum, total_steps * cfg.grad_accum)
-        # A private generator: DataLoader would otherwise draw its worker base seed from the global
-        # RNG, shifting the dropout stream of a resumed run by one draw.
-        loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=cfg.num_workers,
+        sampler = ResumableBatchSampler(len(train_ds), cfg.batch_size, cfg.seed, start * micro, total_steps * micro,
+                                        dist.rank, dist.world)
+        micro_ids = iter(sampler.micro_batches())
+        on_gpu = self.device.type == "cuda"
+        workers = cfg.num_workers if cfg.num_workers is not None else (4 if on_gpu else 0)
+        # A private generator: DataLoader would otherwise draw its worker base seed from the global RNG.
+        loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=workers, pin_memory=on_gpu,
                             collate_fn=partial(collate_batch, pad_id=model.tokenizer.pad_id),
                             generator=torch.Generator().manual_seed(cfg.seed))
         batches = iter(loader)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         model.train()
         # A live bar on a terminal; in logs (CI, nohup) a plain line every ~10% instead of \r spam.
-        interactive = self.progress and sys.stderr.isatty()
-        plain_every = max(1, total_steps // 10) if self.progress and not interactive else 0
+        interactive = self.progress and root and sys.stderr.isatty()
+        plain_every = max(1, total_steps // 10) if self.progress and root and not interactive else 0
         bar = tqdm(total=total_steps, initial=start, disable=not interactive, desc="train", unit="step",
                    dynamic_ncols=True, mininterval=0.5)
         loss_value = float("nan")
@@ -266,25 +316,28 @@ class Trainer:
         layers = list(adapter_layers(model).values())  # resizes swap parameters, never layers
         for step in range(start, total_steps):
             set_progress(layers, step, total_steps)
-            step_loss = 0.0
+            local_loss, local_samples = 0.0, 0
             with self.ranker.tap(step) if self.ranker else contextlib.nullcontext() as tap:
-                for _ in range(cfg.grad_accum):
+                for j in range(accum):
+                    torch.manual_seed(micro_batch_seed(cfg.seed, next(micro_ids)))
                     batch = to_device(next(batches), self.device)
-                    with autocast:
-                        out = model(batch["input_ids"], pixel_values=batch["pixel_values"],
-                                    attention_mask=batch["attention_mask"], labels=batch["labels"])
-                    (out.loss / cfg.grad_accum).backward()
-                    step_loss += float(out.loss.detach()) / cfg.grad_accum
-                    samples_since += batch["input_ids"].shape[0]
+                    with parallel.accumulating(last=j == accum - 1), autocast:
+                        out = parallel(batch)
+                        (out.loss / accum).backward()
+                    local_loss += float(out.loss.detach()) / accum
+                    local_samples += batch["input_ids"].shape[0]
+            params = [p for g in optimizer.param_groups for p in g["params"]]  # resizes swap parameters
+            parallel.reduce_gradients(params)
             if self.ranker:
                 self.ranker.after_backward(step, tap)
+            step_loss, step_samples = dist.all_sum([local_loss / dist.world, local_samples], self.device)
+            samples_since += int(step_samples)
             if not math.isfinite(step_loss):
                 last = self.latest_checkpoint()
                 raise TrainingDiverged(
                     f"loss became {step_loss} at step {step + 1}; training stopped. Last good checkpoint: "
                     f"{last if last else 'none yet'}",
                     hint="lower --lr, use --precision fp32, or check the data; --resume restarts from that checkpoint")
-            params = [p for g in optimizer.param_groups for p in g["params"]]  # resizes swap parameters
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
             optimizer.step()
             scheduler.step()
@@ -294,13 +347,18 @@ class Trainer:
             record: dict[str, Any] = {"step": done, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
                                       "grad_norm": grad_norm}
             if self.ranker and self.ranker.after_step(step, step_loss, optimizer, scheduler.get_last_lr()[0]):
+                before = set(map(id, params))
+                parallel.resized([p for g in optimizer.param_groups for p in g["params"] if id(p) not in before],
+                                 optimizer)
                 record["rank_moves"] = len(self.ranker.history[-1].moves)
-                self.ranker.write_history(self.out / "rank_history.json")
+                if root:
+                    self.ranker.write_history(self.out / "rank_history.json")
             if done % cfg.log_every == 0 or done == total_steps:
                 now = time.perf_counter()
                 record["samples_per_s"] = samples_since / max(now - t_last, 1e-9)
                 t_last, samples_since = now, 0
-                _append_metrics(metrics_file, record)
+                if root:
+                    _append_metrics(metrics_file, record)
                 bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{record['lr']:.2e}",
                                 sps=f"{record['samples_per_s']:.1f}")
             bar.update(1)
@@ -308,9 +366,11 @@ class Trainer:
                 print(f"step {done}/{total_steps}  loss {step_loss:.4f}  lr {record['lr']:.2e}", file=sys.stderr,
                       flush=True)
             if cfg.eval_every and done % cfg.eval_every == 0 and eval_ds is not None and done != total_steps:
-                ev = evaluate(model, eval_ds, batch_size=cfg.eval_batch_size, max_new_tokens=cfg.eval_max_new_tokens)
-                _append_metrics(metrics_file, {"step": done, "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"]})
-            if cfg.save_every and done % cfg.save_every == 0:
+                ev = self._evaluate(eval_ds)
+                if root:
+                    _append_metrics(metrics_file, {"step": done, "eval_loss": ev["loss"],
+                                                   "eval_accuracy": ev["accuracy"]})
+            if cfg.save_every and done % cfg.save_every == 0 and root:
                 self._save_checkpoint(model, optimizer, scheduler, done)
             for cb in self.callbacks:
                 cb(self, done, record)
@@ -318,28 +378,42 @@ class Trainer:
 
         eval_after = None
         if eval_ds is not None:
-            eval_after = evaluate(model, eval_ds, batch_size=cfg.eval_batch_size,
-                                  max_new_tokens=cfg.eval_max_new_tokens)
-            _append_metrics(metrics_file, {"step": total_steps, "eval_loss": eval_after["loss"],
-                                           "eval_accuracy": eval_after["accuracy"]})
+            eval_after = self._evaluate(eval_ds)
+            if root:
+                _append_metrics(metrics_file, {"step": total_steps, "eval_loss": eval_after["loss"],
+                                               "eval_accuracy": eval_after["accuracy"]})
         model.eval()
-        adapter_dir = self.out / "adapter"
+        adapter_dir = self._save_outputs(model) if root else self._output_dir()
+        last = self.latest_checkpoint()
+        if root and (last is None or int(last.name.split("-")[1]) != total_steps):
+            self._save_checkpoint(model, optimizer, scheduler, total_steps)
+        return TrainResult(self.out, adapter_dir, total_steps, loss_value, eval_before, eval_after, skipped)
+
+    def _evaluate(self, eval_ds: SupervisedDataset) -> dict[str, float]:
+        """Every rank evaluates the whole set (FSDP's collectives need all of them in step; the
+        sets are validation-sized); the numbers are the same on every rank."""
+        return evaluate(self.model, eval_ds, batch_size=self.cfg.eval_batch_size,
+                        max_new_tokens=self.cfg.eval_max_new_tokens)
+
+    def _output_dir(self) -> Path:
+        """What the stage produces: adapter/ (finetune), model/ (full) or projector/ (pretrain)."""
+        return self.out / {"finetune": "adapter", "full": "model", "pretrain": "projector"}[self.cfg.stage]
+
+    def _save_outputs(self, model: MobileVLMForCausalLM) -> Path:
+        cfg, out = self.cfg, self._output_dir()
         if cfg.stage == "finetune":
             spec = self.ranker.final_spec(self.spec) if self.ranker else self.spec
-            save_adapter(model, spec, adapter_dir, base_model=str(Path(cfg.model).resolve()),
+            save_adapter(model, spec, out, base_model=str(Path(cfg.model).resolve()),
                          projector_trained=self.train_projector)
             if self.ranker:
                 self.ranker.write_history(self.out / "rank_history.json")
                 plot_rank_history(self.out / "rank_history.json", self.out / "rank_history.png")
         elif cfg.stage == "full":
-            adapter_dir = save_like_input(model, cfg.model, self.out / "model")  # the tower stayed frozen
+            out = save_like_input(model, cfg.model, out)  # the tower stayed frozen
         else:
-            adapter_dir = self.out / "projector"
-            with atomic_dir(adapter_dir) as tmp:
+            with atomic_dir(out) as tmp:
                 save_projector(model, tmp / PROJECTOR_FILE)
-        if not self.latest_checkpoint() or int(self.latest_checkpoint().name.split("-")[1]) != total_steps:
-            self._save_checkpoint(model, optimizer, scheduler, total_steps)
-        return TrainResult(self.out, adapter_dir, total_steps, loss_value, eval_before, eval_after, skipped)
+        return out
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

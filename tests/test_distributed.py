@@ -1,0 +1,108 @@
+"""`mobilepeft train` under torchrun (two gloo processes on CPU) against one process with the same
+global batch: DDP and FSDP2 give the same adapter, HyDRA reallocations included, and a run
+resumes on a different number of processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from mobilepeft.errors import UserError
+from mobilepeft.train.config import TrainConfig
+from mobilepeft.train.trainer import ResumableBatchSampler, Trainer
+
+# Per process 4 samples, 2 processes: one process needs 2 micro-batches for the same step.
+# Probe 2 steps, then a reallocation every 2 steps: events after steps 2 (hierarchical), 4 and 6.
+FLAGS = {"batch_size": 4, "global_batch_size": 8, "max_steps": 8, "lr": 3e-3, "max_length": 256,
+         "schedule": "hydra", "probe_steps": 2, "realloc_every": 2, "realloc_window": [0.1, 0.9],
+         "save_every": 4, "keep_checkpoints": 2, "log_every": 1}
+TOL = 1e-5
+
+
+def _cfg(ckpt, data, out, **kw) -> TrainConfig:
+    cfg = TrainConfig(model=str(ckpt), data=str(data / "train.json"), image_folder=str(data), output_dir=str(out),
+                      **{**FLAGS, **kw})
+    cfg.validate()
+    return cfg
+
+
+def _torchrun(ckpt, data, out, *extra: str) -> subprocess.CompletedProcess:
+    flags = []
+    for key, value in FLAGS.items():
+        flags += [f"--{key.replace('_', '-')}", ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "mobilepeft",
+           "train", "--model", str(ckpt), "--data", str(data / "train.json"), "--output-dir", str(out), *flags, *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def _adapter(run) -> dict:
+    return {**load_file(str(run / "adapter" / "adapter_model.safetensors")),
+            **load_file(str(run / "adapter" / "mm_projector.safetensors"))}
+
+
+def _assert_same_run(run, ref) -> None:
+    ours, theirs = _adapter(run), _adapter(ref)
+    assert ours.keys() == theirs.keys()
+    diff = max(float((ours[k] - theirs[k]).abs().max()) for k in ours)
+    print(f"{run.name}: max |adapter - one process| = {diff:.2e}")
+    assert diff < TOL
+    events = [e["ranks"] for e in json.loads((run / "rank_history.json").read_text())["events"]]
+    assert events == [e["ranks"] for e in json.loads((ref / "rank_history.json").read_text())["events"]]
+    losses = [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    ref_losses = [r["loss"] for r in map(json.loads, (ref / "metrics.jsonl").read_text().splitlines())]
+    assert max(abs(a - b) for a, b in zip(losses, ref_losses, strict=True)) < TOL
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_ckpt, synth_data, tmp_path_factory):
+    """The reference: one process, 2 micro-batches of 4 per step (dropout 0.05 on)."""
+    out = tmp_path_factory.mktemp("one") / "run"
+    Trainer(_cfg(tiny_ckpt, synth_data, out), progress=False).run()
+    history = json.loads((out / "rank_history.json").read_text())["events"]
+    assert [(e["step"], e["kind"]) for e in history] == [(0, "initial"), (2, "hierarchical"), (4, "dynamic"),
+                                                        (6, "dynamic")]
+    assert sum(len(e["moves"]) for e in history) >= 1 and history[-1]["ranks"] != history[0]["ranks"]
+    return out
+
+
+def test_sampler_splits_each_step_over_ranks_as_one_process_takes_it():
+    one = list(ResumableBatchSampler(50, 4, seed=3, start=8, total=40))  # 4 micro-batches per step, 2 epochs
+    for world in (2, 4):
+        ranks = [list(ResumableBatchSampler(50, 4, seed=3, start=8, total=40, rank=r, world=world))
+                 for r in range(world)]
+        assert [ranks[k % world][k // world] for k in range(32)] == one
+
+
+def test_ddp_equals_one_process_and_resumes_on_one(one_process, tiny_ckpt, synth_data, tmp_path):
+    run = tmp_path / "ddp"
+    proc = _torchrun(tiny_ckpt, synth_data, run)
+    assert "torchrun: 2 processes, DDP on cpu; global batch 8 = 2 x 1 micro-batches x 4" in proc.stderr
+    assert proc.stdout.count("trained 8 steps") == 1  # rank 0 reports, rank 1 stays quiet
+    _assert_same_run(run, one_process)
+
+    # The checkpoint of step 4 (2 processes) continued by one process: the same run.
+    shutil.rmtree(run / "checkpoints" / "step-0000008")
+    shutil.rmtree(run / "adapter")
+    with pytest.raises(UserError, match="global batch 8.*1 process.*take 1") as err:
+        Trainer(_cfg(tiny_ckpt, synth_data, run, resume=True, global_batch_size=None), progress=False).run()
+    assert "--global-batch-size 8" in err.value.hint
+    Trainer(_cfg(tiny_ckpt, synth_data, run, resume=True), progress=False).run()
+    _assert_same_run(run, one_process)
+
+
+def test_fsdp_equals_one_process(one_process, tiny_ckpt, synth_data, tmp_path):
+    run = tmp_path / "fsdp"
+    proc = _torchrun(tiny_ckpt, synth_data, run, "--fsdp")
+    line = next(s for s in proc.stderr.splitlines() if s.startswith("torchrun:"))
+    held, total = (float(v) for v in line.split("FSDP2, ")[1].split(" parameters")[0].replace("M", "").split(
+        " of the model's "))
+    assert held < 0.6 * total  # the frozen base is sharded over the 2 processes
+    _assert_same_run(run, one_process)
