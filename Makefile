@@ -8,7 +8,7 @@ DEMO_ARGS ?=
 QUALITY_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test runner lint bench-train-step bench-adapter-overhead bench-schedule-overhead bench-ondevice-train bench-deploy bench-quant-agreement bench-coreml-sizes bench-native-runner bench-quality clean
+.PHONY: demo test runner lint bench-train-step bench-train-throughput bench-adapter-overhead bench-schedule-overhead bench-ondevice-train bench-deploy bench-quant-agreement bench-coreml-sizes bench-native-runner bench-quality clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ lint: $(STAMP)
 
 bench-train-step: $(STAMP)
 	$(BIN)/python benchmarks/train_step.py
+
+bench-train-throughput: $(STAMP)
+	$(BIN)/python benchmarks/train_throughput.py
 
 bench-adapter-overhead: $(STAMP)
 	$(BIN)/python benchmarks/adapter_overhead.py

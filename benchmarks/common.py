@@ -9,6 +9,7 @@ steps alone (what an adapter implementation controls).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import resource
@@ -74,10 +75,13 @@ def make_batches(model_dir: Path, data_dir: Path, batch_size: int, count: int) -
     return batches
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, Any]) -> float:
-    """Forward, backward, clip, AdamW step: what one optimizer step of ``mobilepeft train`` does."""
-    out = model(batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"],
-                labels=batch["labels"])
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, Any],
+               autocast: contextlib.AbstractContextManager | None = None) -> float:
+    """Forward (under ``autocast``, e.g. bf16), backward, clip, AdamW step: what one optimizer step
+    of ``mobilepeft train`` does."""
+    with autocast or contextlib.nullcontext():
+        out = model(batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"],
+                    labels=batch["labels"])
     out.loss.backward()
     torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
     optimizer.step()
@@ -125,8 +129,9 @@ def measure_memory_in_subprocess(script: str, variant: str, args: argparse.Names
     """Run ``script --memory-worker VARIANT`` with the same arguments and return the JSON it prints last."""
     argv = ["--work-dir", str(work)]
     for name, value in vars(args).items():
-        if name not in ("memory_worker", "work_dir", "output") and value is not None:
-            argv += [f"--{name.replace('_', '-')}", str(value)]
+        if name in ("memory_worker", "work_dir", "output") or value is None or value is False:
+            continue
+        argv += [f"--{name.replace('_', '-')}"] + ([] if value is True else [str(value)])
     run = subprocess.run([sys.executable, script, "--memory-worker", variant, *argv], capture_output=True,
                          text=True, check=False)
     if run.returncode != 0:

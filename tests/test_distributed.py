@@ -106,3 +106,17 @@ def test_fsdp_equals_one_process(one_process, tiny_ckpt, synth_data, tmp_path):
         " of the model's "))
     assert held < 0.6 * total  # the frozen base is sharded over the 2 processes
     _assert_same_run(run, one_process)
+
+
+def test_world_size_settings_are_checked(tiny_ckpt, synth_data, tmp_path):
+    cfg = _cfg(tiny_ckpt, synth_data, tmp_path, global_batch_size=24, batch_size=4)
+    assert [cfg.micro_batches_per_step(w) for w in (1, 2, 3, 6)] == [6, 6, 6, 6]
+    with pytest.raises(UserError, match="global batch 24 .* does not split over 4 processes") as err:
+        cfg.micro_batches_per_step(4)
+    assert err.value.field == "global_batch_size"
+    assert _cfg(tiny_ckpt, synth_data, tmp_path, global_batch_size=None, grad_accum=3).micro_batches_per_step(2) == 6
+    for bad, message in [({"global_batch_size": 10}, "multiple of --batch-size 4"),
+                         ({"grad_accum": 2}, "do not pass --grad-accum too"),
+                         ({"stage": "full", "schedule": None, "fsdp": True}, "--stage full trains all of it")]:
+        with pytest.raises(UserError, match=message):
+            _cfg(tiny_ckpt, synth_data, tmp_path, **bad)

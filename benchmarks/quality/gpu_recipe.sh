@@ -18,10 +18,14 @@ LR=${LR:-1e-4}
 FULL_LR=${FULL_LR:-2e-5}      # LLaVA-style stage-II rate for full fine-tuning
 SEEDS=${SEEDS:-"0 1 2"}
 METHODS=${METHODS:-"full lora hydra hierarchical dynamic multihead dmlora adaring"}
-BATCH=${BATCH:-16}
-ACCUM=${ACCUM:-8}             # global batch 128, as MobileVLM's fine-tuning
+BATCH=${BATCH:-16}            # per GPU
+GLOBAL_BATCH=${GLOBAL_BATCH:-128}  # as MobileVLM's fine-tuning; accumulation fills it on any number of GPUs
+GPUS=${GPUS:-1}               # GPUs of this node: more than one runs every `mobilepeft train` under torchrun
 EPOCHS=${EPOCHS:-1}
 PY=${PY:-python}
+
+TRAIN_CMD=(mobilepeft train)
+[ "$GPUS" -gt 1 ] && TRAIN_CMD=(torchrun --standalone --nproc-per-node "$GPUS" -m mobilepeft train)
 
 mkdir -p "$OUT"
 RING=$($PY -m benchmarks.quality.methods --model "$MODEL" --rank "$RANK" --ring-pattern --table "$OUT/budget.txt")
@@ -43,9 +47,9 @@ for method in $METHODS; do
     run="$OUT/$method/seed$seed"
     if [ ! -d "$run/adapter" ] && [ ! -d "$run/model" ]; then  # not finished: start, or continue exactly
       resume=(); [ -d "$run/checkpoints" ] && resume=(--resume)
-      mobilepeft train --model "$MODEL" --data "$TRAIN" --image-folder "$IMAGES" --output-dir "$run" \
+      "${TRAIN_CMD[@]}" --model "$MODEL" --data "$TRAIN" --image-folder "$IMAGES" --output-dir "$run" \
         --rank "$RANK" --alpha $((2 * RANK)) --lr "$LR" --epochs "$EPOCHS" --batch-size "$BATCH" \
-        --grad-accum "$ACCUM" --precision bf16 --gradient-checkpointing --num-workers 4 --save-every 500 \
+        --global-batch-size "$GLOBAL_BATCH" --precision bf16 --gradient-checkpointing --num-workers 4 --save-every 500 \
         --seed "$seed" "${args[@]}" "${resume[@]}"
     fi
     if [ "$method" = full ]; then weights=(--model "$run/model"); else weights=(--model "$MODEL" --adapter "$run/adapter"); fi
