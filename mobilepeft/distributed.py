@@ -94,9 +94,12 @@ class Dist:
 
 
 def from_environment() -> Dist:
-    """Rank and world size as ``torchrun`` exports them (a single process when unset)."""
+    """Rank and world size as ``torchrun`` exports them. Without ``WORLD_SIZE`` this is a single
+    process, whatever else the environment holds (``RANK`` alone is a common variable name)."""
+    if "WORLD_SIZE" not in os.environ:
+        return Dist()
     try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        world = int(os.environ["WORLD_SIZE"])
         rank = int(os.environ.get("RANK", "0"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     except ValueError as exc:

@@ -86,11 +86,11 @@ def test_init_model_and_synth_commands(tmp_path):
 def test_every_method_trains_from_the_cli(method, tiny_ckpt, synth_data, tmp_path):
     out = tmp_path / method
     proc = _run_in_process("train", "--model", str(tiny_ckpt), "--data", str(synth_data / "train.json"), "--output-dir",
-                str(out), "--adapter", method, "--max-steps", "40", "--batch-size", "8", "--lr", "3e-3",
+                str(out), "--adapter", method, "--max-steps", "25", "--batch-size", "8", "--lr", "3e-3",
                 "--log-every", "1", "--save-every", "0", "--max-length", "256")
     assert proc.returncode == 0, proc.stderr
     losses = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
-    assert len(losses) == 40 and sum(losses[-5:]) / 5 < 0.5 * losses[0], losses
+    assert len(losses) == 25 and sum(losses[-5:]) / 5 < 0.5 * losses[0], losses
     proc = _run_in_process("adapter", "info", str(out / "adapter"), "--json")
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)

@@ -13,6 +13,7 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
+from mobilepeft.distributed import Dist, from_environment
 from mobilepeft.errors import UserError
 from mobilepeft.train.config import TrainConfig
 from mobilepeft.train.trainer import ResumableBatchSampler, Trainer
@@ -120,3 +121,15 @@ def test_world_size_settings_are_checked(tiny_ckpt, synth_data, tmp_path):
                          ({"stage": "full", "schedule": None, "fsdp": True}, "--stage full trains all of it")]:
         with pytest.raises(UserError, match=message):
             _cfg(tiny_ckpt, synth_data, tmp_path, **bad)
+
+
+def test_only_torchrun_makes_a_run_distributed(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("RANK", "4")  # a user's own variable, e.g. a LoRA rank in a shell script
+    assert from_environment() == Dist()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="RANK=4 is not in a WORLD_SIZE=2 world"):
+        from_environment()
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert from_environment() == Dist(rank=1, world=2, local_rank=1)

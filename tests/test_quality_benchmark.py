@@ -122,7 +122,7 @@ def test_gpu_recipe_runs_every_step_on_a_tiny_model(tiny_ckpt, synth_data, tmp_p
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "PY": sys.executable,
            "MODEL": str(tiny_ckpt), "TRAIN": str(train), "IMAGES": str(synth_data), "OUT": str(tmp_path / "out"),
-           "EVALS": f"synth|{val}|{synth_data}|", "METHODS": "lora adaring full", "SEEDS": "0", "RANK": "4",
+           "EVALS": f"synth|{val}|{synth_data}|", "METHODS": "lora adaring full", "SEEDS": "0", "LORA_RANK": "4",
            "BATCH": "8", "GLOBAL_BATCH": "8"}
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "quality" / "gpu_recipe.sh")], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=600)

@@ -13,7 +13,7 @@ TRAIN=${TRAIN:?LLaVA-format training JSON}
 IMAGES=${IMAGES:?image folder of TRAIN}
 EVALS=${EVALS:?one or more "name|questions|image folder|answers file (or empty)" separated by spaces}
 OUT=${OUT:-runs/quality-gpu}
-RANK=${RANK:-128}             # MobileVLM's LoRA recipe for 1.7B: r=128, alpha=256, lr 1e-4
+LORA_RANK=${LORA_RANK:-128}           # MobileVLM's LoRA recipe for 1.7B: r=128, alpha=256, lr 1e-4
 LR=${LR:-1e-4}
 FULL_LR=${FULL_LR:-2e-5}      # LLaVA-style stage-II rate for full fine-tuning
 SEEDS=${SEEDS:-"0 1 2"}
@@ -28,7 +28,7 @@ TRAIN_CMD=(mobilepeft train)
 [ "$GPUS" -gt 1 ] && TRAIN_CMD=(torchrun --standalone --nproc-per-node "$GPUS" -m mobilepeft train)
 
 mkdir -p "$OUT"
-RING=$($PY -m benchmarks.quality.methods --model "$MODEL" --rank "$RANK" --ring-pattern --table "$OUT/budget.txt")
+RING=$($PY -m benchmarks.quality.methods --model "$MODEL" --rank "$LORA_RANK" --ring-pattern --table "$OUT/budget.txt")
 cat "$OUT/budget.txt"
 
 for method in $METHODS; do
@@ -48,7 +48,7 @@ for method in $METHODS; do
     if [ ! -d "$run/adapter" ] && [ ! -d "$run/model" ]; then  # not finished: start, or continue exactly
       resume=(); [ -d "$run/checkpoints" ] && resume=(--resume)
       "${TRAIN_CMD[@]}" --model "$MODEL" --data "$TRAIN" --image-folder "$IMAGES" --output-dir "$run" \
-        --rank "$RANK" --alpha $((2 * RANK)) --lr "$LR" --epochs "$EPOCHS" --batch-size "$BATCH" \
+        --rank "$LORA_RANK" --alpha $((2 * LORA_RANK)) --lr "$LR" --epochs "$EPOCHS" --batch-size "$BATCH" \
         --global-batch-size "$GLOBAL_BATCH" --precision bf16 --gradient-checkpointing --num-workers 4 --save-every 500 \
         --seed "$seed" "${args[@]}" "${resume[@]}"
     fi
