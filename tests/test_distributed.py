@@ -22,13 +22,13 @@ from mobilepeft.train.trainer import ResumableBatchSampler, Trainer
 # Probe 2 steps, then a reallocation every 2 steps: events after steps 2 (hierarchical), 4 and 6.
 FLAGS = {"batch_size": 4, "global_batch_size": 8, "max_steps": 8, "lr": 3e-3, "max_length": 256,
          "schedule": "hydra", "probe_steps": 2, "realloc_every": 2, "realloc_window": [0.1, 0.9],
-         "save_every": 4, "keep_checkpoints": 2, "log_every": 1}
+         "save_every": 4, "keep_checkpoints": 2, "log_every": 1, "eval_batch_size": 16, "eval_max_new_tokens": 4}
 TOL = 1e-5
 
 
 def _cfg(ckpt, data, out, **kw) -> TrainConfig:
     cfg = TrainConfig(model=str(ckpt), data=str(data / "train.json"), image_folder=str(data), output_dir=str(out),
-                      **{**FLAGS, **kw})
+                      eval_data=str(data / "val16.json"), **{**FLAGS, **kw})
     cfg.validate()
     return cfg
 
@@ -38,7 +38,8 @@ def _torchrun(ckpt, data, out, *extra: str) -> subprocess.CompletedProcess:
     for key, value in FLAGS.items():
         flags += [f"--{key.replace('_', '-')}", ",".join(map(str, value)) if isinstance(value, list) else str(value)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "mobilepeft",
-           "train", "--model", str(ckpt), "--data", str(data / "train.json"), "--output-dir", str(out), *flags, *extra]
+           "train", "--model", str(ckpt), "--data", str(data / "train.json"), "--eval-data", str(data / "val16.json"),
+           "--output-dir", str(out), *flags, *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
@@ -57,16 +58,28 @@ def _assert_same_run(run, ref) -> None:
     assert diff < TOL
     events = [e["ranks"] for e in json.loads((run / "rank_history.json").read_text())["events"]]
     assert events == [e["ranks"] for e in json.loads((ref / "rank_history.json").read_text())["events"]]
-    losses = [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
-    ref_losses = [r["loss"] for r in map(json.loads, (ref / "metrics.jsonl").read_text().splitlines())]
-    assert max(abs(a - b) for a, b in zip(losses, ref_losses, strict=True)) < TOL
+    # the loss curve, and the evaluations before and after (greedy decoding through FSDP too)
+    for key in ("loss", "eval_loss", "eval_accuracy"):
+        ours, theirs = ([r[key] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if key in r]
+                        for d in (run, ref))
+        assert len(ours) == len(theirs) and max(abs(a - b) for a, b in zip(ours, theirs)) < TOL, key
 
 
 @pytest.fixture(scope="module")
-def one_process(tiny_ckpt, synth_data, tmp_path_factory):
+def data(synth_data, tmp_path_factory):
+    """The synthetic set with a 16-question validation file (evaluation runs on every rank)."""
+    out = tmp_path_factory.mktemp("dist-data")
+    (out / "images").symlink_to(synth_data / "images")
+    shutil.copy(synth_data / "train.json", out / "train.json")
+    (out / "val16.json").write_text(json.dumps(json.loads((synth_data / "val.json").read_text())[:16]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_ckpt, data, tmp_path_factory):
     """The reference: one process, 2 micro-batches of 4 per step (dropout 0.05 on)."""
     out = tmp_path_factory.mktemp("one") / "run"
-    Trainer(_cfg(tiny_ckpt, synth_data, out), progress=False).run()
+    Trainer(_cfg(tiny_ckpt, data, out), progress=False).run()
     history = json.loads((out / "rank_history.json").read_text())["events"]
     assert [(e["step"], e["kind"]) for e in history] == [(0, "initial"), (2, "hierarchical"), (4, "dynamic"),
                                                         (6, "dynamic")]
@@ -82,9 +95,9 @@ def test_sampler_splits_each_step_over_ranks_as_one_process_takes_it():
         assert [ranks[k % world][k // world] for k in range(32)] == one
 
 
-def test_ddp_equals_one_process_and_resumes_on_one(one_process, tiny_ckpt, synth_data, tmp_path):
+def test_ddp_equals_one_process_and_resumes_on_one(one_process, tiny_ckpt, data, tmp_path):
     run = tmp_path / "ddp"
-    proc = _torchrun(tiny_ckpt, synth_data, run)
+    proc = _torchrun(tiny_ckpt, data, run)
     assert "torchrun: 2 processes, DDP on cpu; global batch 8 = 2 x 1 micro-batches x 4" in proc.stderr
     assert proc.stdout.count("trained 8 steps") == 1  # rank 0 reports, rank 1 stays quiet
     _assert_same_run(run, one_process)
@@ -93,15 +106,15 @@ def test_ddp_equals_one_process_and_resumes_on_one(one_process, tiny_ckpt, synth
     shutil.rmtree(run / "checkpoints" / "step-0000008")
     shutil.rmtree(run / "adapter")
     with pytest.raises(UserError, match="global batch 8.*1 process.*take 1") as err:
-        Trainer(_cfg(tiny_ckpt, synth_data, run, resume=True, global_batch_size=None), progress=False).run()
+        Trainer(_cfg(tiny_ckpt, data, run, resume=True, global_batch_size=None), progress=False).run()
     assert "--global-batch-size 8" in err.value.hint
-    Trainer(_cfg(tiny_ckpt, synth_data, run, resume=True), progress=False).run()
+    Trainer(_cfg(tiny_ckpt, data, run, resume=True), progress=False).run()
     _assert_same_run(run, one_process)
 
 
-def test_fsdp_equals_one_process(one_process, tiny_ckpt, synth_data, tmp_path):
+def test_fsdp_equals_one_process(one_process, tiny_ckpt, data, tmp_path):
     run = tmp_path / "fsdp"
-    proc = _torchrun(tiny_ckpt, synth_data, run, "--fsdp")
+    proc = _torchrun(tiny_ckpt, data, run, "--fsdp")
     line = next(s for s in proc.stderr.splitlines() if s.startswith("torchrun:"))
     held, total = (float(v) for v in line.split("FSDP2, ")[1].split(" parameters")[0].replace("M", "").split(
         " of the model's "))
@@ -109,18 +122,18 @@ def test_fsdp_equals_one_process(one_process, tiny_ckpt, synth_data, tmp_path):
     _assert_same_run(run, one_process)
 
 
-def test_world_size_settings_are_checked(tiny_ckpt, synth_data, tmp_path):
-    cfg = _cfg(tiny_ckpt, synth_data, tmp_path, global_batch_size=24, batch_size=4)
+def test_world_size_settings_are_checked(tiny_ckpt, data, tmp_path):
+    cfg = _cfg(tiny_ckpt, data, tmp_path, global_batch_size=24, batch_size=4)
     assert [cfg.micro_batches_per_step(w) for w in (1, 2, 3, 6)] == [6, 6, 6, 6]
     with pytest.raises(UserError, match="global batch 24 .* does not split over 4 processes") as err:
         cfg.micro_batches_per_step(4)
     assert err.value.field == "global_batch_size"
-    assert _cfg(tiny_ckpt, synth_data, tmp_path, global_batch_size=None, grad_accum=3).micro_batches_per_step(2) == 6
+    assert _cfg(tiny_ckpt, data, tmp_path, global_batch_size=None, grad_accum=3).micro_batches_per_step(2) == 6
     for bad, message in [({"global_batch_size": 10}, "multiple of --batch-size 4"),
                          ({"grad_accum": 2}, "do not pass --grad-accum too"),
                          ({"stage": "full", "schedule": None, "fsdp": True}, "--stage full trains all of it")]:
         with pytest.raises(UserError, match=message):
-            _cfg(tiny_ckpt, synth_data, tmp_path, **bad)
+            _cfg(tiny_ckpt, data, tmp_path, **bad)
 
 
 def test_only_torchrun_makes_a_run_distributed(monkeypatch):
