@@ -67,20 +67,23 @@ class Dist:
         dist.all_reduce(t)
         return t.tolist()
 
-    def average_grads(self, params: list[torch.nn.Parameter]) -> None:
-        """All-reduce the gradients of replicated parameters (one flat buffer, one collective)."""
-        if not self.active:
+    def average_grads(self, params: list[torch.Tensor]) -> None:
+        """Average the gradients of replicated parameters over the ranks, in one flat all-reduce.
+
+        A parameter some ranks did not use (text-only batches leave the vision side out) counts
+        as a zero gradient there, as in DDP; one no rank used keeps ``grad = None``.
+        """
+        if not self.active or not params:
             return
-        grads = [p.grad for p in params if p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        seen = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
+                         + [seen.to(params[0].dtype)])
         dist.all_reduce(flat)
-        flat /= self.world
         offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
+        for p, used in zip(params, flat[-len(params):].tolist(), strict=True):
+            if used:
+                p.grad = flat[offset:offset + p.numel()].view_as(p) / self.world
+            offset += p.numel()
 
     def broadcast_tensors(self, tensors: list[torch.Tensor]) -> None:
         """Overwrite ``tensors`` in place with rank 0's values."""

@@ -2,10 +2,12 @@
 
 - **DDP** (the default): every process holds the whole model; gradients of the trainable
   parameters are all-reduced in the backward of a step's last micro-batch.
-- **FSDP2** (``--fsdp``): ``fully_shard`` on every transformer block (LLM and CLIP) and on the
-  root shards the *frozen* base over the processes; the trainable parameters (adapters,
-  projector) are left out of the sharding, stay replicated, and their gradients are averaged
-  with one flat all-reduce. A rank schedule can then resize adapters in place as in one process.
+- **FSDP2** (``--fsdp``): ``fully_shard`` on every LLM decoder layer and on the root shards the
+  *frozen* base over the processes; the trainable parameters (adapters, projector) are left out
+  of the sharding, stay replicated, and their gradients are averaged with one flat all-reduce.
+  A rank schedule can then resize adapters in place as in one process. The CLIP tower belongs
+  to the root unit, gathered on every rank each step: a text-only micro-batch skips the tower,
+  and per-layer units there would leave the ranks' all-gathers out of step.
 
 Either way a rank schedule's resize swaps parameter objects, so :meth:`ParallelModel.resized`
 copies rank 0's new values and Adam moments to every rank and rebuilds DDP over them.
@@ -26,8 +28,8 @@ from mobilepeft.models.mobilevlm import MobileVLMForCausalLM, VLMOutput
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    """The LLM's decoder layers and the CLIP tower's encoder layers: the units FSDP shards and
-    ``--compile`` compiles (each block one graph, reused by the blocks of the same shapes)."""
+    """The LLM's decoder layers and the CLIP tower's encoder layers: what ``--compile`` compiles
+    (each block one graph, reused by the blocks of the same shapes)."""
     return [m for m in model.modules() if isinstance(m, LlamaDecoderLayer | CLIPEncoderLayer)]
 
 
@@ -40,7 +42,7 @@ def shard_frozen_base(model: MobileVLMForCausalLM) -> None:
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     trainable = {p for p in model.parameters() if p.requires_grad}
-    for block in transformer_blocks(model):
+    for block in model.llm.model.layers:  # run on every rank for every batch
         fully_shard(block, ignored_params=trainable & set(block.parameters()))
     fully_shard(model, ignored_params=trainable)
     register_fsdp_forward_method(model, "generate")  # evaluation decodes through generate()

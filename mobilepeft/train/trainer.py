@@ -282,6 +282,8 @@ class Trainer:
         # Text-only samples leave the vision side (projector, tower adapters) out of the graph.
         parallel = ParallelModel(model, dist, self.device, fsdp=cfg.fsdp,
                                  find_unused=any(c.image is None for c in train_ds.conversations))
+        if cfg.fsdp and not dist.active:
+            print("--fsdp: a single process, nothing to shard (launch with torchrun)", file=sys.stderr, flush=True)
         if dist.active and root:
             print(f"torchrun: {dist.world} processes, {parallel.describe()} on {self.device.type}; global batch "
                   f"{micro * cfg.batch_size} = {dist.world} x {accum} micro-batches x {cfg.batch_size}",
