@@ -38,13 +38,16 @@ def compile_blocks(model: nn.Module) -> None:
         block.compile()
 
 
-def shard_frozen_base(model: MobileVLMForCausalLM) -> None:
+def shard_frozen_base(model: MobileVLMForCausalLM, device: torch.device, world: int) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
+    # the run's device type, not FSDP's default (CUDA whenever present, even for --device cpu)
+    mesh = init_device_mesh(device.type, (world,))
     trainable = {p for p in model.parameters() if p.requires_grad}
     for block in model.llm.model.layers:  # run on every rank for every batch
-        fully_shard(block, ignored_params=trainable & set(block.parameters()))
-    fully_shard(model, ignored_params=trainable)
+        fully_shard(block, mesh=mesh, ignored_params=trainable & set(block.parameters()))
+    fully_shard(model, mesh=mesh, ignored_params=trainable)
     register_fsdp_forward_method(model, "generate")  # evaluation decodes through generate()
 
 
@@ -57,7 +60,7 @@ class ParallelModel:
         self.fsdp = fsdp and dist.active
         self.ddp: nn.parallel.DistributedDataParallel | None = None
         if self.fsdp:
-            shard_frozen_base(model)
+            shard_frozen_base(model, device, dist.world)
         elif dist.active:
             self.ddp = self._data_parallel(init_sync=True)
 
