@@ -114,12 +114,12 @@ def from_environment() -> Dist:
 
 
 @contextlib.contextmanager
-def process_group(device: torch.device) -> Iterator[Dist]:
-    """Join the ``torchrun`` process group for the run's duration (nothing to join for one process).
+def process_group(env: Dist, device: torch.device) -> Iterator[Dist]:
+    """Join the ``torchrun`` process group of ``env`` (from :func:`from_environment`) for the run's
+    duration; nothing to join for one process.
 
     A group someone else started (a notebook, a launcher) is used as it is and left running.
     """
-    env = from_environment()
     if not env.active:
         yield env
         return

@@ -234,7 +234,7 @@ class Trainer:
         """Train; under ``torchrun`` every process runs this, rank 0 alone writes files."""
         env = from_environment()
         device = self.cfg.torch_device(env.local_rank, env.world)
-        with process_group(device) as self.dist:
+        with process_group(env, device) as self.dist:
             self.device = device
             result = self._run()
             self.dist.barrier()  # rank 0's outputs exist when any rank returns
