@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from mobilepeft.cli import adapter_app, app
+from mobilepeft.cli import Overwrite, adapter_app, app, claim_output
 from mobilepeft.cli import main as _main
 from mobilepeft.errors import UserError
 
@@ -24,7 +24,7 @@ bundle_app = typer.Typer(help="Inspect and verify exported bundles.", no_args_is
 app.add_typer(bundle_app, name="bundle")
 
 # Options the export commands share, declared once so their help reads the same everywhere.
-BundleOut = Annotated[Path, typer.Option(help="Bundle directory to write (replaced atomically).")]
+BundleOut = Annotated[Path, typer.Option(help="Bundle directory to write (a new or empty one; a previous bundle with --overwrite).")]
 InferenceModel = Annotated[Path, typer.Option(help="MobileVLM checkpoint directory (base or merged).")]
 MergedAdapter = Annotated[Path | None, typer.Option(help="Adapter to merge first (any method).")]
 KvCacheLength = Annotated[int | None, typer.Option(
@@ -43,6 +43,7 @@ def export_onnx_training_cmd(
     ort_format: Annotated[bool, typer.Option("--ort-format", help="Also write .ort copies of the graphs (smaller, faster to load on device).")] = False,
     sample_data: Annotated[Path | None, typer.Option(help="LLaVA JSON whose first sample becomes selftest.npz (default: a built-in synthetic sample).")] = None,
     image_folder: Annotated[Path | None, typer.Option(help="Image folder of --sample-data (default: its folder).")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Write ONNX Runtime on-device training artifacts: training/eval/optimizer graphs, checkpoint,
     nominal checkpoint, vision encoder, tokenizer, manifest.json and a self-test batch.
@@ -54,6 +55,7 @@ def export_onnx_training_cmd(
     """
     from mobilepeft.export.onnx_training import export_onnx_training
 
+    claim_output(output_dir, "bundle", overwrite, model, adapter, sample_data, image_folder)
     manifest = export_onnx_training(model, adapter, output_dir, seq_len=seq_len, train_projector=train_projector,
                                     optimizer=optimizer, learning_rate=lr, ort_format=ort_format,
                                     sample_data=sample_data, image_folder=image_folder, echo=typer.echo)
@@ -72,6 +74,7 @@ def export_executorch_cmd(
     backend: Annotated[str, typer.Option(help="xnnpack (phone CPUs), coreml (Apple's Core ML delegate: iOS 18, fp16, runs on Apple hardware only) or portable (reference kernels).")] = "xnnpack",
     quantize: Annotated[str, typer.Option(help="none (fp32) or 8da4w: int4 weights in groups of 32 with int8 dynamic activations for the decoder's linears, int8 lm_head and embeddings, fp32 vision encoder.")] = "none",
     max_seq_len: KvCacheLength = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Lower the (merged) model to one ExecuTorch .pte with ExecuTorch's multimodal methods
     (vision_encoder, token_embedding, text_decoder + metadata), so ExecuTorch's own
@@ -84,6 +87,7 @@ def export_executorch_cmd(
     """
     from mobilepeft.export.executorch_export import export_executorch
 
+    claim_output(output_dir, "bundle", overwrite, model, adapter)
     manifest = export_executorch(model, output_dir, adapter_dir=adapter, backend=backend, quantize=quantize,
                                  max_seq_len=max_seq_len, echo=typer.echo)
     typer.echo(f"wrote {output_dir}: {manifest['files']['model.pte']['bytes'] / 1e6:.1f} MB model.pte")
@@ -100,6 +104,7 @@ def export_coreml_cmd(
     compress: Annotated[str, typer.Option(help="Weight compression: none (fp16), int8 (per channel, iOS 16+), int4 (blocks of 32, iOS 18) or palettize4 (4-bit k-means palettes, iOS 18).")] = "none",
     max_seq_len: KvCacheLength = None,
     target: Annotated[str, typer.Option(help="iOS18: KV cache as Core ML state (fast, in place); iOS17: caches as inputs/outputs the app feeds back.")] = "iOS18",
+    overwrite: Overwrite = False,
 ) -> None:
     """Convert the (merged) model to VisionEncoder.mlpackage + TextDecoder.mlpackage (fp16, token
     embedding inside the decoder) for a native iOS app; the manifest states every input, output and
@@ -113,6 +118,7 @@ def export_coreml_cmd(
     """
     from mobilepeft.export.coreml_export import export_coreml
 
+    claim_output(output_dir, "bundle", overwrite, model, adapter)
     manifest = export_coreml(model, output_dir, adapter_dir=adapter, compress=compress, max_seq_len=max_seq_len,
                              target=target, echo=typer.echo)
     sizes = manifest["coreml"]["package_bytes"]
@@ -192,7 +198,8 @@ def personalize_cmd(
     batch_size: Annotated[int, typer.Option(help="Samples per step.")] = 4,
     seed: Annotated[int, typer.Option(help="Seed of the sample order.")] = 0,
     checkpoint: Annotated[Path | None, typer.Option(help="Continue from this ORT checkpoint (e.g. an earlier OUT/checkpoint) instead of the bundle's.")] = None,
-    threads: Annotated[int | None, typer.Option(help="ORT intra-op threads (default: all cores).")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="ORT intra-op threads (default: all cores).")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Replay the phone's training loop with onnxruntime.training on the bundle's artifacts.
 
@@ -204,6 +211,7 @@ def personalize_cmd(
     """
     from mobilepeft.export.personalize import personalize
 
+    claim_output(output_dir, "personalization", overwrite, bundle, data, image_folder, eval_data, eval_image_folder, checkpoint)
     report = personalize(bundle, data, output_dir, image_folder=image_folder, eval_data=eval_data,
                          eval_image_folder=eval_image_folder, steps=steps, lr=lr, batch_size=batch_size,
                          seed=seed, checkpoint=checkpoint, threads=threads, echo=typer.echo)
@@ -216,6 +224,7 @@ def adapter_from_ort_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="ORT checkpoint saved on the device (or by `mobilepeft personalize`).")],
     bundle: Annotated[Path, typer.Option(help="The bundle the device trained with.")],
     output_dir: Annotated[Path, typer.Option(help="Where the PEFT LoRA adapter goes.")],
+    overwrite: Overwrite = False,
 ) -> None:
     """Turn an on-device checkpoint back into a PEFT LoRA adapter (merge it, re-export it, load it in PEFT).
 
@@ -223,6 +232,7 @@ def adapter_from_ort_cmd(
     """
     from mobilepeft.export.ort_adapter import adapter_from_ort
 
+    claim_output(output_dir, "adapter", overwrite, checkpoint, bundle)
     path = adapter_from_ort(checkpoint, bundle, output_dir)
     typer.echo(f"wrote PEFT LoRA adapter to {path}")
 

@@ -115,7 +115,7 @@ def export_coreml(model_dir: str | Path, out_dir: str | Path, *, adapter_dir: st
     base = base_manifest(model, model_dir, max_seq_len)
     tokenizer = model.tokenizer
     del model
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind="bundle") as tmp:
         sizes = {}
         for name, file, program in (("vision_encoder", VISION_FILE, vision), ("text_decoder", DECODER_FILE, decoder)):
             echo(f"      converting {file}")

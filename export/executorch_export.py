@@ -86,7 +86,7 @@ def export_executorch(model_dir: str | Path, out_dir: str | Path, *, adapter_dir
         echo("      quantizing 8da4w (torchao)")
         quantization = quantize_8da4w(modules)
         reference = prefill(_eager_methods(modules), probe)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind="bundle") as tmp:
         echo(f"[2/3] exporting and lowering to ExecuTorch ({backend}, {quantize}, max_seq_len {max_seq_len})")
         exported = _export(modules, model)
         if coreml:

@@ -88,7 +88,7 @@ def export_onnx_training(
     if learning_rate is not None and not learning_rate > 0:
         raise UserError(f"learning rate must be positive, got {learning_rate}", field="lr")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    with atomic_dir(out_dir) as tmp, tempfile.TemporaryDirectory(prefix="mobilepeft-onnx-") as scratch_name:
+    with atomic_dir(out_dir, kind="bundle") as tmp, tempfile.TemporaryDirectory(prefix="mobilepeft-onnx-") as scratch_name:
         scratch = Path(scratch_name)
         echo("[1/5] lowering the adapter to LoRA")
         lower_adapter(adapter_dir, tmp / ADAPTER_DIR, model_dir)

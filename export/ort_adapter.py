@@ -44,7 +44,7 @@ def adapter_from_ort(checkpoint: str | Path, bundle_dir: str | Path, out_dir: st
         target = projector if entry["adapter_key"].startswith("model.mm_projector.") else lora
         target[entry["adapter_key"]] = torch.from_numpy(value)
     source = bundle.file(sec["adapter_dir"])
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind="adapter") as tmp:
         for file in source.iterdir():
             if file.is_file():
                 shutil.copyfile(file, tmp / file.name)

@@ -184,7 +184,7 @@ def personalize(bundle_dir: str | Path, data: str | Path, out_dir: str | Path, *
     after = mean_loss(trainer, builder, eval_rows, eval_folder, batch_size)
     echo(f"eval loss after {steps} steps: {after:.4f}")
 
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind="personalization") as tmp:
         trainer.save_checkpoint(tmp / "checkpoint")
         inference = tmp / "inference_model.onnx"
         trainer.export_inference(inference, sec["inference_outputs"])

@@ -1,13 +1,15 @@
 """The ``mobilepeft`` command line (typer).
 
-Expected user errors (:class:`~mobilepeft.errors.UserError`) print one clear message and exit
-with status 2; anything else is a bug and keeps its traceback.
+Expected user errors (:class:`~mobilepeft.errors.UserError`, bad flags) print one clear message
+and exit with status 2; anything else is a bug: one line, status 1, and ``--debug`` shows its
+traceback.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +17,10 @@ import typer
 
 from mobilepeft import _quiet  # noqa: F401
 from mobilepeft.errors import UserError
+from mobilepeft.train.config import TrainConfig
+
+#: the defaults `mobilepeft train --help` shows: TrainConfig's own (it declares every setting once)
+DEFAULTS = TrainConfig()
 
 app = typer.Typer(
     help="On-device fine-tuning and deployment toolkit for small vision-language models (MobileVLM).",
@@ -26,6 +32,16 @@ data_app = typer.Typer(help="Datasets: generate the built-in synthetic VQA set."
 app.add_typer(data_app, name="data")
 adapter_app = typer.Typer(help="Inspect adapters, lower them to plain PEFT LoRA, read them back from a device.", no_args_is_help=True)
 app.add_typer(adapter_app, name="adapter")
+
+
+#: every command that writes a directory takes this flag (the rule: mobilepeft/outputs.py)
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a previous output of this command in --output-dir (a folder mobilepeft did not write is never replaced).")]
+
+
+def claim_output(output_dir: Path, kind: str, overwrite: bool, *inputs: Path | str | None) -> Path:
+    from mobilepeft.outputs import claim_output_dir
+
+    return claim_output_dir(output_dir, kind, overwrite=overwrite, inputs=inputs)
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -58,62 +74,64 @@ def _fractions(value: str | None, field: str) -> list[float] | None:
 
 @app.command("train")
 def train_cmd(
+    ctx: typer.Context,
     model: Annotated[str | None, typer.Option(help="MobileVLM checkpoint directory.")] = None,
     data: Annotated[str | None, typer.Option(help="LLaVA-format training JSON.")] = None,
     image_folder: Annotated[str | None, typer.Option(help="Folder the JSON's image paths are relative to (default: the JSON's folder).")] = None,
     output_dir: Annotated[str | None, typer.Option(help="Run directory: adapter/, checkpoints/, metrics.jsonl.")] = None,
     eval_data: Annotated[str | None, typer.Option(help="LLaVA-format validation JSON (loss + exact-match accuracy).")] = None,
     eval_image_folder: Annotated[str | None, typer.Option(help="Image folder of --eval-data (default: --image-folder).")] = None,
-    stage: Annotated[str | None, typer.Option(help="finetune (adapters + projector), pretrain (projector only, MobileVLM stage I) or full (every LLM weight + projector, MobileVLM stage II; writes OUT/model/).")] = None,
-    adapter: Annotated[str | None, typer.Option(help="Adapter method: lora, multihead (Hydra), dmlora or adaring (docs/methods.md).")] = None,
-    rank: Annotated[int | None, typer.Option(help="LoRA rank r (MobileVLM recipe: 128).")] = None,
-    alpha: Annotated[float | None, typer.Option(help="LoRA alpha; scaling = alpha/r (MobileVLM recipe: 256).")] = None,
-    lora_dropout: Annotated[float | None, typer.Option(help="Dropout on the adapter input.")] = None,
-    use_rslora: Annotated[bool | None, typer.Option("--use-rslora/--no-use-rslora", help="Scale by alpha/sqrt(r).")] = None,
-    target_modules: Annotated[list[str] | None, typer.Option(help="Linear layers to adapt, comma separated (default: q,k,v,o,gate,up,down_proj of the LLM; 'vision:q_proj' targets the CLIP tower).")] = None,
+    stage: Annotated[str, typer.Option(help="finetune (adapters + projector), pretrain (projector only, MobileVLM stage I) or full (every LLM weight + projector, MobileVLM stage II; writes OUT/model/).")] = DEFAULTS.stage,
+    adapter: Annotated[str, typer.Option(help="Adapter method: lora, multihead (Hydra), dmlora or adaring (docs/methods.md).")] = DEFAULTS.adapter,
+    rank: Annotated[int, typer.Option(help="LoRA rank r (MobileVLM recipe: 128).")] = DEFAULTS.rank,
+    alpha: Annotated[float, typer.Option(help="LoRA alpha; scaling = alpha/r (MobileVLM recipe: 256).")] = DEFAULTS.alpha,
+    lora_dropout: Annotated[float, typer.Option(help="Dropout on the adapter input.")] = DEFAULTS.lora_dropout,
+    use_rslora: Annotated[bool, typer.Option("--use-rslora/--no-use-rslora", help="Scale by alpha/sqrt(r).")] = DEFAULTS.use_rslora,
+    target_modules: Annotated[list[str], typer.Option(help="Linear layers to adapt, comma separated (default: q,k,v,o,gate,up,down_proj of the LLM; 'vision:q_proj' targets the CLIP tower).")] = DEFAULTS.target_modules,
     rank_parallel: Annotated[int | None, typer.Option(help="multihead: rank of the parallel branch (default: half of --rank).")] = None,
     rank_sequential: Annotated[int | None, typer.Option(help="multihead: rank of the sequential branch (default: the rest of --rank).")] = None,
-    branches: Annotated[int | None, typer.Option(help="dmlora: number of LoRA branches sharing --rank.")] = None,
-    branch_drop_max: Annotated[float | None, typer.Option(help="dmlora: branch-drop probability reached at the end of training.")] = None,
-    scalar_lr_ratio: Annotated[float | None, typer.Option(help="dmlora: LR of the per-layer learning scalar, as a fraction of --lr.")] = None,
-    ring_rank: Annotated[int | None, typer.Option(help="adaring: ring rank of the shared cores.")] = None,
+    branches: Annotated[int, typer.Option(help="dmlora: number of LoRA branches sharing --rank.")] = DEFAULTS.branches,
+    branch_drop_max: Annotated[float, typer.Option(help="dmlora: branch-drop probability reached at the end of training.")] = DEFAULTS.branch_drop_max,
+    scalar_lr_ratio: Annotated[float, typer.Option(help="dmlora: LR of the per-layer learning scalar, as a fraction of --lr.")] = DEFAULTS.scalar_lr_ratio,
+    ring_rank: Annotated[int, typer.Option(help="adaring: ring rank of the shared cores.")] = DEFAULTS.ring_rank,
     ring_rank_pattern: Annotated[list[str] | None, typer.Option(help="adaring: per module type ring ranks, e.g. 'down_proj=6,q_proj=2'.")] = None,
     schedule: Annotated[str | None, typer.Option(help="Rank schedule at the budget of fixed --rank: fixed (plain LoRA), hierarchical, dynamic or hydra (both; the default; fixed for adaring). See docs/hydra.md.")] = None,
     rank_min: Annotated[int | None, typer.Option(help="Schedules: smallest rank of a branch (default: --rank-granule).")] = None,
     rank_max: Annotated[int | None, typer.Option(help="Schedules: largest rank of a branch (default: 4 x --rank).")] = None,
-    rank_granule: Annotated[int | None, typer.Option(help="Schedules: ranks move in multiples of this.")] = None,
-    temperature: Annotated[float | None, typer.Option(help="Schedules: how strongly sensitivity skews the allocation (0 = fixed LoRA).")] = None,
-    probe_steps: Annotated[int | None, typer.Option(help="Schedules: batches the sensitivity probe looks at before training.")] = None,
-    realloc_every: Annotated[int | None, typer.Option(help="Schedules: steps between reallocations (0: 5 percent of the run, at least 5).")] = None,
-    realloc_window: Annotated[str | None, typer.Option(help="Schedules: fractions of the run between which reallocations happen, e.g. 0.1,0.7.")] = None,
-    train_projector: Annotated[bool | None, typer.Option("--train-projector/--no-train-projector", help="Train the LDP projector too (MobileVLM recipe: yes).")] = None,
+    rank_granule: Annotated[int, typer.Option(help="Schedules: ranks move in multiples of this.")] = DEFAULTS.rank_granule,
+    temperature: Annotated[float, typer.Option(help="Schedules: how strongly sensitivity skews the allocation (0 = fixed LoRA).")] = DEFAULTS.temperature,
+    probe_steps: Annotated[int, typer.Option(help="Schedules: batches the sensitivity probe looks at before training.")] = DEFAULTS.probe_steps,
+    realloc_every: Annotated[int, typer.Option(help="Schedules: steps between reallocations (0: 5 percent of the run, at least 5).")] = DEFAULTS.realloc_every,
+    realloc_window: Annotated[str, typer.Option(help="Schedules: fractions of the run between which reallocations happen, e.g. 0.1,0.7.")] = ",".join(map(str, DEFAULTS.realloc_window)),
+    train_projector: Annotated[bool, typer.Option("--train-projector/--no-train-projector", help="Train the LDP projector too (MobileVLM recipe: yes).")] = DEFAULTS.train_projector,
     projector: Annotated[str | None, typer.Option(help="Initialise the projector from a stage-I mm_projector.safetensors.")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Optimizer steps (overrides --epochs).")] = None,
-    epochs: Annotated[float | None, typer.Option(help="Epochs over the training data.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Samples per micro-batch (per process under torchrun).")] = None,
-    grad_accum: Annotated[int | None, typer.Option(help="Micro-batches per optimizer step, per process.")] = None,
+    epochs: Annotated[float, typer.Option(help="Epochs over the training data.")] = DEFAULTS.epochs,
+    batch_size: Annotated[int, typer.Option(help="Samples per micro-batch (per process under torchrun).")] = DEFAULTS.batch_size,
+    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step, per process.")] = DEFAULTS.grad_accum,
     global_batch_size: Annotated[int | None, typer.Option(help="Samples per optimizer step over all torchrun processes; sets --grad-accum to fit the world size, so the same command gives the same run on 1 or N GPUs.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate (cosine schedule with warmup).")] = None,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine schedule with warmup).")] = DEFAULTS.lr,
     projector_lr: Annotated[float | None, typer.Option(help="Learning rate of the projector (default: --lr).")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay.")] = None,
-    warmup_ratio: Annotated[float | None, typer.Option(help="Fraction of steps of linear warmup.")] = None,
-    max_grad_norm: Annotated[float | None, typer.Option(help="Gradient clipping norm.")] = None,
-    precision: Annotated[str | None, typer.Option(help="fp32 or bf16 (autocast).")] = None,
-    device: Annotated[str | None, typer.Option(help="auto (a CUDA GPU when torch sees one, else CPU), cpu, cuda or cuda:N.")] = None,
-    gradient_checkpointing: Annotated[bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute LLM activations in backward to save memory.")] = None,
-    fsdp: Annotated[bool | None, typer.Option("--fsdp/--no-fsdp", help="Under torchrun: shard the frozen base over the processes with FSDP2 (adapters and projector stay replicated); default DDP. See docs/distributed.md.")] = None,
-    compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile every transformer block (pays off on GPUs; a rank schedule recompiles after each reallocation).")] = None,
-    max_length: Annotated[int | None, typer.Option(help="Max sequence length including the image tokens.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for init, data order and dropout.")] = None,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = DEFAULTS.weight_decay,
+    warmup_ratio: Annotated[float, typer.Option(help="Fraction of steps of linear warmup.")] = DEFAULTS.warmup_ratio,
+    max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping norm.")] = DEFAULTS.max_grad_norm,
+    precision: Annotated[str, typer.Option(help="fp32 or bf16 (autocast).")] = DEFAULTS.precision,
+    device: Annotated[str, typer.Option(help="auto (a CUDA GPU when torch sees one, else CPU), cpu, cuda or cuda:N.")] = DEFAULTS.device,
+    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute LLM activations in backward to save memory.")] = DEFAULTS.gradient_checkpointing,
+    fsdp: Annotated[bool, typer.Option("--fsdp/--no-fsdp", help="Under torchrun: shard the frozen base over the processes with FSDP2 (adapters and projector stay replicated); default DDP. See docs/distributed.md.")] = DEFAULTS.fsdp,
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile every transformer block (pays off on GPUs; a rank schedule recompiles after each reallocation).")] = DEFAULTS.compile,
+    max_length: Annotated[int, typer.Option(help="Max sequence length including the image tokens.")] = DEFAULTS.max_length,
+    seed: Annotated[int, typer.Option(help="Seed for init, data order and dropout.")] = DEFAULTS.seed,
     num_workers: Annotated[int | None, typer.Option(help="DataLoader worker processes (default: 0 on CPU, 4 with pinned memory on CUDA).")] = None,
-    save_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps (0: only at the end).")] = None,
-    keep_checkpoints: Annotated[int | None, typer.Option(help="How many recent checkpoints to keep.")] = None,
-    eval_every: Annotated[int | None, typer.Option(help="Evaluate every N steps (0: before and after only).")] = None,
-    eval_max_new_tokens: Annotated[int | None, typer.Option(help="Generation length for exact-match eval.")] = None,
-    eval_batch_size: Annotated[int | None, typer.Option(help="Batch size of evaluation.")] = None,
-    log_every: Annotated[int | None, typer.Option(help="Write a metrics.jsonl record every N steps.")] = None,
-    skip_bad_samples: Annotated[bool | None, typer.Option("--skip-bad-samples/--no-skip-bad-samples", help="Skip invalid samples (counted at the end) instead of stopping.")] = None,
-    resume: Annotated[bool | None, typer.Option("--resume/--no-resume", help="Continue from the latest checkpoint in --output-dir, exactly.")] = None,
+    save_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0: only at the end).")] = DEFAULTS.save_every,
+    keep_checkpoints: Annotated[int, typer.Option(help="How many recent checkpoints to keep.")] = DEFAULTS.keep_checkpoints,
+    eval_every: Annotated[int, typer.Option(help="Evaluate every N steps (0: before and after only).")] = DEFAULTS.eval_every,
+    eval_max_new_tokens: Annotated[int, typer.Option(help="Generation length for exact-match eval.")] = DEFAULTS.eval_max_new_tokens,
+    eval_batch_size: Annotated[int, typer.Option(help="Batch size of evaluation.")] = DEFAULTS.eval_batch_size,
+    log_every: Annotated[int, typer.Option(help="Write a metrics.jsonl record every N steps.")] = DEFAULTS.log_every,
+    skip_bad_samples: Annotated[bool, typer.Option("--skip-bad-samples/--no-skip-bad-samples", help="Skip invalid samples (counted at the end) instead of stopping.")] = DEFAULTS.skip_bad_samples,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the latest checkpoint in --output-dir, exactly.")] = DEFAULTS.resume,
+    overwrite: Annotated[bool, typer.Option("--overwrite/--no-overwrite", help="Start again in an --output-dir that holds a previous run (its checkpoints, metrics and rank history are deleted).")] = DEFAULTS.overwrite,
     config: Annotated[Path | None, typer.Option(help="YAML file with the same keys as these flags; flags override it.")] = None,
 ) -> None:
     """Fine-tune adapters (and the projector) on LLaVA-format data.
@@ -122,14 +140,15 @@ def train_cmd(
 
     On N GPUs, the same flags under torchrun: torchrun --nproc-per-node N -m mobilepeft train ... (docs/distributed.md).
     """
-    overrides = {k: v for k, v in locals().items() if k != "config"}
+    # Flags given on the command line win over --config; the defaults shown in --help are TrainConfig's.
+    given = {k: v for k, v in locals().items()
+             if k not in ("config", "ctx") and ctx.get_parameter_source(k).name == "COMMANDLINE"}
     from mobilepeft.distributed import from_environment
-    from mobilepeft.train.config import TrainConfig
     from mobilepeft.train.trainer import Trainer
 
-    overrides["target_modules"] = _split(target_modules)
-    overrides["ring_rank_pattern"] = _key_values(ring_rank_pattern, "ring_rank_pattern")
-    overrides["realloc_window"] = _fractions(realloc_window, "realloc_window")
+    parsers = {"target_modules": _split, "ring_rank_pattern": lambda v: _key_values(v, "ring_rank_pattern"),
+               "realloc_window": lambda v: _fractions(v, "realloc_window")}
+    overrides = {k: parsers[k](v) if k in parsers else v for k, v in given.items()}
     cfg = TrainConfig.from_sources(config, overrides)
     result = Trainer(cfg, progress=True).run()
     if from_environment().is_root:
@@ -201,6 +220,7 @@ def init_model_cmd(
     projector: Annotated[str, typer.Option(help="ldpnetv2 (MobileVLM V2) or ldpnet (V1).")] = "ldpnetv2",
     weight_format: Annotated[str, typer.Option(help="safetensors, sharded, bin or sharded-bin.")] = "safetensors",
     seed: Annotated[int, typer.Option(help="Seed of the random initialisation.")] = 0,
+    overwrite: Overwrite = False,
 ) -> None:
     """Write a randomly initialised model in the exact MobileVLM checkpoint format."""
     from mobilepeft.models.checkpoint import WEIGHT_FORMATS
@@ -213,6 +233,7 @@ def init_model_cmd(
                         hint=f"choose from {', '.join(WEIGHT_FORMATS)}")
     if projector not in ("ldpnet", "ldpnetv2"):
         raise UserError(f"unknown projector {projector!r}", field="projector", hint="ldpnet (V1) or ldpnetv2 (V2)")
+    claim_output(output_dir, "checkpoint", overwrite)
     path = write_preset(preset, output_dir, projector_type=projector, seed=seed, weight_format=weight_format)
     typer.echo(f"wrote {preset} MobileVLM ({projector}) to {path}")
 
@@ -220,14 +241,16 @@ def init_model_cmd(
 @data_app.command("synth")
 def data_synth_cmd(
     output_dir: Annotated[Path, typer.Option(help="Dataset directory (images/, train.json, val.json).")],
-    n_train: Annotated[int, typer.Option(help="Training samples.")] = 800,
-    n_val: Annotated[int, typer.Option(help="Validation samples.")] = 160,
-    image_size: Annotated[int, typer.Option(help="Image side in pixels.")] = 64,
+    n_train: Annotated[int, typer.Option(min=1, help="Training samples.")] = 800,
+    n_val: Annotated[int, typer.Option(min=1, help="Validation samples.")] = 160,
+    image_size: Annotated[int, typer.Option(min=16, help="Image side in pixels.")] = 64,
     seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
+    overwrite: Overwrite = False,
 ) -> None:
     """Write the built-in synthetic visual-question dataset in LLaVA format."""
     from mobilepeft.data.synth import write_synthetic_dataset
 
+    claim_output(output_dir, "dataset", overwrite)
     info = write_synthetic_dataset(output_dir, n_train=n_train, n_val=n_val, image_size=image_size, seed=seed)
     typer.echo(f"wrote synthetic dataset to {output_dir}: {info}")
 
@@ -237,6 +260,7 @@ def merge_cmd(
     model: Annotated[Path, typer.Option(help="Base MobileVLM checkpoint directory the adapter was trained on.")],
     adapter: Annotated[Path, typer.Option(help="Adapter directory (OUT/adapter from mobilepeft train).")],
     output_dir: Annotated[Path, typer.Option(help="Where the merged checkpoint goes.")],
+    overwrite: Overwrite = False,
 ) -> None:
     """Fold an adapter (any method) and its trained projector into a full MobileVLM checkpoint.
 
@@ -247,6 +271,7 @@ def merge_cmd(
     """
     from mobilepeft.merge import merge_adapter
 
+    claim_output(output_dir, "checkpoint", overwrite, model, adapter)
     path = merge_adapter(model, adapter, output_dir)
     typer.echo(f"merged {adapter} into {model} -> {path}")
 
@@ -271,6 +296,7 @@ def adapter_to_lora_cmd(
     adapter_dir: Annotated[Path, typer.Argument(help="Adapter directory of any method.")],
     output_dir: Annotated[Path, typer.Option(help="Where the PEFT LoRA adapter goes.")],
     model: Annotated[Path | None, typer.Option(help="Base checkpoint (default: the one the adapter records).")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Write the exactly equivalent PEFT LoRA adapter (per-module rank_pattern/alpha_pattern).
 
@@ -278,6 +304,7 @@ def adapter_to_lora_cmd(
     """
     from mobilepeft.merge import lower_adapter
 
+    claim_output(output_dir, "adapter", overwrite, adapter_dir, model)
     path = lower_adapter(adapter_dir, output_dir, model)
     typer.echo(f"wrote PEFT LoRA adapter to {path}")
 
@@ -295,17 +322,50 @@ def demo_cmd(
     run_demo(output_dir, steps=steps, adapter=adapter, schedule=schedule, echo=typer.echo)
 
 
-def main() -> None:
+@app.callback(invoke_without_command=True)
+def root_options(
+    ctx: typer.Context,
+    version: Annotated[bool, typer.Option("--version", is_eager=True, help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an unexpected error (also MOBILEPEFT_DEBUG=1).")] = False,
+) -> None:
+    """On-device fine-tuning and deployment toolkit for small vision-language models (MobileVLM)."""
+    if version:
+        from mobilepeft import __version__
+
+        typer.echo(f"mobilepeft {__version__}")
+        raise typer.Exit()
+    if not ctx.invoked_subcommand:
+        typer.echo(ctx.get_help())
+        raise typer.Exit()
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI on ``argv`` and return its exit status (``main`` exits with it)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("MOBILEPEFT_DEBUG", "") not in ("", "0")
+    world = os.environ.get("WORLD_SIZE", "1")  # under torchrun, say which process failed
+    where = f"[rank {os.environ.get('RANK', '?')}/{world}] " if world != "1" else ""
     try:
-        app()
+        typer.main.get_command(app).main(args=args, prog_name="mobilepeft", standalone_mode=True)
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     except UserError as err:
-        world = os.environ.get("WORLD_SIZE", "1")  # under torchrun, say which process failed
-        where = f"[rank {os.environ.get('RANK', '?')}/{world}] " if world != "1" else ""
         typer.echo(f"{where}error: {err.render()}", err=True)
-        sys.exit(2)
+        return 2
     except KeyboardInterrupt:
         typer.echo("interrupted; the last checkpoint is intact (use --resume to continue)", err=True)
-        sys.exit(130)
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        typer.echo(f"{where}error: unexpected {type(exc).__name__}: {exc}\n"
+                   "  rerun with --debug for the traceback, and please report it", err=True)
+        return 1
+    return 0
+
+
+def main() -> None:
+    sys.exit(run())
 
 
 if __name__ == "__main__":

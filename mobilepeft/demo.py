@@ -17,9 +17,11 @@ from PIL import Image
 
 from mobilepeft.data.synth import chance_accuracy, write_synthetic_dataset
 from mobilepeft.data.template import build_prompt_ids
+from mobilepeft.io import write_json
 from mobilepeft.loading import load_vlm
 from mobilepeft.merge import merge_adapter
 from mobilepeft.models.presets import write_preset
+from mobilepeft.outputs import MARKER, claim_output_dir, marker_record
 from mobilepeft.train.config import TrainConfig
 from mobilepeft.train.trainer import Trainer
 
@@ -30,7 +32,9 @@ DEMO_TRAIN = dict(rank=8, alpha=16.0, batch_size=16, lr=3e-3, warmup_ratio=0.05,
 
 def run_demo(output_dir: Path, *, steps: int = 300, adapter: str = "lora", schedule: str | None = None,
              echo: Callable[[str], None] = print) -> Path:
-    output_dir = Path(output_dir)
+    output_dir = claim_output_dir(output_dir, "demo", overwrite=True)  # the demo's own folder is scratch
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_json(output_dir / MARKER, marker_record("demo"))
     t0 = time.perf_counter()
     model_dir, data_dir, run_dir = output_dir / "model", output_dir / "data", output_dir / f"run-{adapter}"
     echo(f"[1/5] tiny MobileVLM V2 checkpoint (real MobileVLM format) -> {model_dir}")
@@ -41,7 +45,7 @@ def run_demo(output_dir: Path, *, steps: int = 300, adapter: str = "lora", sched
         write_synthetic_dataset(data_dir)
     cfg = TrainConfig(model=str(model_dir), data=str(data_dir / "train.json"), image_folder=str(data_dir),
                       eval_data=str(data_dir / "val.json"), output_dir=str(run_dir), adapter=adapter,
-                      max_steps=steps, schedule=schedule, **DEMO_TRAIN)
+                      max_steps=steps, schedule=schedule, overwrite=True, **DEMO_TRAIN)
     cfg.validate()
     echo(f"[3/5] training {adapter} with the {cfg.schedule} rank schedule for {steps} steps -> {run_dir}")
     result = Trainer(cfg).run()

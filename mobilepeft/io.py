@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     """Open a temp file next to ``path``; on clean exit fsync it and rename onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     os.chmod(tmp, 0o666 & ~_umask())
     try:
         with os.fdopen(fd, mode) as fh:
@@ -69,21 +70,69 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadat
         fh.write(blob)
 
 
+def _temp_prefix(path: Path) -> str:
+    """Temporaries carry the writer's pid, so a later run can tell a killed writer's leftovers
+    from a live one's (:func:`clean_stale_temporaries`)."""
+    return f".{path.name}.{os.getpid()}-"
+
+
+_TEMPORARY = re.compile(r"\..+\.(\d+)-[A-Za-z0-9_]+\.tmp|\..+\.old-(\d+)")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temporaries(parent: Path) -> list[str]:
+    """Remove the temporary files and directories that killed writers left in ``parent``.
+
+    Only names this module creates are touched, and only when the process that created them is
+    gone. Returns one line per removal, for the command to report.
+    """
+    notes = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return notes
+    for entry in entries:
+        match = _TEMPORARY.fullmatch(entry.name)
+        if match is None or _alive(int(match.group(1) or match.group(2))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+        notes.append(f"removed {entry}, left by an interrupted earlier run")
+    return notes
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
+def atomic_dir(path: str | Path, *, kind: str | None = None) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``path`` as a whole once the block succeeds.
 
     Readers see either the old directory or the complete new one, never a mix. The temporary
-    directory is absolute, so it stays valid for code that changes the working directory.
+    directory is absolute, so it stays valid for code that changes the working directory. With
+    ``kind``, the output marker (:mod:`mobilepeft.outputs`) is written last, so only a complete
+    output carries it. Whether ``path`` may be replaced at all is the command's decision
+    (:func:`mobilepeft.outputs.claim_output_dir`), made before it starts.
     """
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and not overwrite:
-        raise FileExistsError(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
+        if kind is not None:
+            from mobilepeft.outputs import MARKER, marker_record
+
+            write_json(tmp / MARKER, marker_record(kind))
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")

@@ -14,7 +14,6 @@ import torch
 
 from mobilepeft.adapters.files import read_adapter_spec, resolve_base_model, save_adapter
 from mobilepeft.adapters.inject import adapter_layers, merge_and_unload
-from mobilepeft.errors import UserError
 
 VISION_KEY_PREFIX = "model.vision_tower."
 
@@ -26,8 +25,6 @@ def merge_adapter(model_dir: str | Path, adapter_dir: str | Path, out_dir: str |
     from mobilepeft.models.mobilevlm import to_checkpoint_key
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    if out_dir.resolve() == model_dir.resolve():
-        raise UserError("--output-dir is the input checkpoint", path=out_dir, hint="write the merged model elsewhere")
     original = read_state_dict(model_dir)
     model = load_vlm(model_dir, adapter=adapter_dir, load_tokenizer=False, state=original)
     tower_adapted = any(to_checkpoint_key(path).startswith(VISION_KEY_PREFIX) for path in adapter_layers(model))

@@ -426,7 +426,7 @@ def test_synth_is_deterministic(tmp_path: Path) -> None:
     write_synthetic_dataset(tmp_path / "b", n_train=30, n_val=6, seed=5)
     write_synthetic_dataset(tmp_path / "c", n_train=30, n_val=6, seed=6)
     files = _files(tmp_path / "a")
-    assert len(files) == 36 + 2 and files == _files(tmp_path / "b")
+    assert len(files) == 36 + 2 + 1 and files == _files(tmp_path / "b")  # + the output marker
     assert files["train.json"] != _files(tmp_path / "c")["train.json"]
     assert not [p for p in (tmp_path / "a").rglob("*.tmp")]
     assert a["n_train"] == 30 and a["n_val"] == 6 and a["train_json"] == tmp_path / "a" / "train.json"

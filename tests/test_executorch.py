@@ -9,9 +9,12 @@ file so the two halves run on separate pytest-xdist workers)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +34,7 @@ from PIL import Image
 import mobilepeft
 from mobilepeft.adapters.inject import merge_and_unload
 from mobilepeft.data.template import build_prompt_ids
-from mobilepeft.export.bundle import read_bundle
+from mobilepeft.export.bundle import file_record, read_bundle
 from mobilepeft.export.et_runner import BundleRunner
 from mobilepeft.export.executorch_export import PARITY_RTOL, export_executorch
 from mobilepeft.export.kv_decoder import StaticCacheDecoder, TokenEmbedding, greedy_generate
@@ -127,12 +130,17 @@ def test_bench_reports_the_design_keys_and_compares_with_eager(lora_bundles):
 
 @pytest.fixture(scope="module")
 def native_runner(tmp_path_factory):
-    """android_demo/runner built with CMake against the executorch wheel's C++ runtime."""
-    return build_native_runner(tmp_path_factory.mktemp("runner-build"))
+    """android_demo/runner built with CMake against the executorch wheel's C++ runtime; the stamps
+    of its bundle verification go to a temporary cache directory, not ~/.cache."""
+    runner = build_native_runner(tmp_path_factory.mktemp("runner-build"))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("runner-cache")))
+        yield runner
 
 
-def _native(runner, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run([str(runner), *map(str, args)], capture_output=True, text=True, timeout=120)
+def _native(runner, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    done = subprocess.run([str(runner), *map(str, args)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
     if check:
         assert done.returncode == 0, done.stderr[-2000:]
     return done
@@ -188,6 +196,9 @@ def test_native_tokenizer_and_preprocessing_match_the_host(lora_bundles, native_
         remove_extra_whitespaces=False, split_digits=True, allow_whitespace_only_pieces=True,
         user_defined_symbols=["<image>", "ASSISTANT:"], hard_vocab_limit=False, num_threads=1, minloglevel=2)
     shutil.copyfile(tmp_path / "llama.model", llama_like / "tokenizer.model")
+    manifest = json.loads((llama_like / "manifest.json").read_text())
+    manifest["files"]["tokenizer.model"] = file_record(llama_like / "tokenizer.model")  # or the runner refuses it
+    (llama_like / "manifest.json").write_text(json.dumps(manifest))
     sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "llama.model"))
     ids = json.loads(_native(native_runner, "tokenize", "--bundle", llama_like, "--text-file",
                              tmp_path / "strings.json").stdout)
@@ -230,3 +241,71 @@ def test_native_bench_json_validates_and_bad_bundles_are_named(lora_bundles, nat
     assert done.returncode == 1 and "positions, the bundle's max_seq_len is 128" in done.stderr
     done = _native(native_runner, "bench", "--bundle", lora_bundles["none"], "--runs", "zero", check=False)
     assert done.returncode == 2 and "--runs" in done.stderr
+
+
+def test_native_sha256_agrees_with_hashlib(native_runner, tmp_path):
+    """FIPS 180-4 padding edges (55/56 bytes: the length still fits the block or not; 63-65, 119/120)
+    and the runner's 1 MiB read blocks."""
+    rng = np.random.default_rng(0)
+    files = []
+    for size in (0, 1, 55, 56, 63, 64, 65, 119, 120, 1_000_000, (1 << 20) + 1):
+        files.append(tmp_path / f"{size}.bin")
+        files[-1].write_bytes(rng.bytes(size))
+    printed = _native(native_runner, "sha256", *files).stdout.splitlines()
+    assert printed == [f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f}" for f in files]
+
+
+def _overwrite_middle(path: Path, size: int = 4096) -> None:
+    """Flips ``size`` bytes in the middle of ``path`` in place: same length, different content."""
+    with path.open("r+b") as fh:
+        fh.seek(path.stat().st_size // 2)
+        old = fh.read(size)
+        fh.seek(-len(old), os.SEEK_CUR)
+        fh.write(bytes(b ^ 0xFF for b in old))
+
+
+def test_native_runner_refuses_a_file_overwritten_in_place(lora_bundles, native_runner, tmp_path):
+    bundle = Path(shutil.copytree(lora_bundles["none"], tmp_path / "tampered"))
+    pte = bundle / "model.pte"
+    size = pte.stat().st_size
+    _overwrite_middle(pte)
+    assert pte.stat().st_size == size  # the size check alone passes it
+    done = _native(native_runner, "generate", "--bundle", bundle, "--prompt", "Which shape is shown?",
+                   "--max-new-tokens", 2, check=False)
+    assert done.returncode == 1 and done.stdout == ""
+    expected = json.loads((bundle / "manifest.json").read_text())["files"]["model.pte"]["sha256"]
+    assert f"model.pte: SHA-256 is {file_record(pte)['sha256']}, manifest.json records {expected}" in done.stderr
+    assert "copy the bundle again, or re-export it" in done.stderr
+    # --verify size checks sizes only (documented as unsafe): the same bundle gets past the check.
+    done = _native(native_runner, "generate", "--bundle", bundle, "--prompt", "Which shape is shown?",
+                   "--max-new-tokens", 2, "--verify", "size", check=False)
+    assert "SHA-256" not in done.stderr
+
+
+def test_native_runner_stamp_skips_unchanged_files_and_still_catches_tampering(lora_bundles, native_runner, tmp_path):
+    bundle = Path(shutil.copytree(lora_bundles["8da4w"], tmp_path / "bundle"))
+    listed = json.loads((bundle / "manifest.json").read_text())["files"]
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "MOBILEPEFT_RUNNER_LOG": "info"}
+    generate = ("generate", "--bundle", bundle, "--prompt", "Which shape is shown?", "--max-new-tokens", 2)
+    time.sleep(2.1)  # files changed in the last 2 s are hashed every time (their timestamps could repeat)
+
+    first = _native(native_runner, *generate, env=env)
+    assert f"{len(listed)} files hashed" in first.stderr and "0 unchanged since the stamp" in first.stderr
+    stamp = tmp_path / "cache" / "mobilepeft" / "verified" / f"{hashlib.sha256(str(bundle.resolve()).encode()).hexdigest()}.json"
+    recorded = json.loads(stamp.read_text())
+    assert recorded["format"] == "mobilepeft-verified" and recorded["bundle"] == str(bundle.resolve())
+    assert sorted(recorded["files"]) == sorted(listed)
+    for name, entry in recorded["files"].items():
+        st = (bundle / name).stat()
+        assert entry == {"sha256": listed[name]["sha256"], "bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
+                         "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}, name
+
+    second = _native(native_runner, *generate, env=env)
+    assert f"0 files hashed (0.0 MB), {len(listed)} unchanged since the stamp" in second.stderr
+    assert json.loads(second.stdout)["tokens"] == json.loads(first.stdout)["tokens"]
+    full = _native(native_runner, *generate, "--verify", "full", env=env)
+    assert f"{len(listed)} files hashed" in full.stderr
+
+    _overwrite_middle(bundle / "model.pte")
+    done = _native(native_runner, *generate, env=env, check=False)
+    assert done.returncode == 1 and done.stdout == "" and "model.pte: SHA-256 is" in done.stderr

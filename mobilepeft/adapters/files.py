@@ -73,7 +73,7 @@ def save_adapter(model: nn.Module, spec: AdapterSpec, out_dir: str | Path, *, ba
                  projector_trained: bool, lowered_from: str | None = None) -> Path:
     """Write the adapter directory atomically (see module docstring for the layout)."""
     nominal_rank = spec.rank  # the budget-defining rank, before lowering picks the most common one
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind="adapter") as tmp:
         if spec.method == "lora" or lowered_from:
             spec = _write_peft_lora(model, spec, tmp, base_model)
         else:

@@ -11,10 +11,12 @@ paths ``vision_model.encoder.layers.N.self_attn.q_proj``.
 from __future__ import annotations
 
 import re
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from mobilepeft.errors import UserError
+
+if TYPE_CHECKING:  # torch loads only where modules are searched: the CLI reads the names without it
+    from torch import nn
 
 LLM_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 VISION_PREFIX = "vision:"
@@ -47,6 +49,8 @@ def pattern_path(internal_path: str) -> str:
 
 def find_targets(model: nn.Module, target_modules: list[str]) -> dict[str, nn.Linear]:
     """Internal module path -> nn.Linear for every target; errors on names that match nothing."""
+    from torch import nn
+
     found: dict[str, nn.Linear] = {}
     for name in target_modules:
         vision = name.startswith(VISION_PREFIX)

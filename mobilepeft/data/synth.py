@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 
 from mobilepeft.data.template import IMAGE_PLACEHOLDER, SYSTEM_PROMPT
 from mobilepeft.errors import UserError
-from mobilepeft.io import atomic_file, write_json
+from mobilepeft.io import atomic_dir, write_json
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -76,21 +76,24 @@ def write_synthetic_dataset(
 ) -> dict[str, Any]:
     """Write ``images/*.png``, ``train.json`` and ``val.json`` under ``out_dir``.
 
-    Image paths in the JSON are relative to ``out_dir`` (the image folder to train with).
-    Every file is written atomically and the JSON files last, so an interrupted run never
-    leaves a JSON that references a missing image.
+    Image paths in the JSON are relative to ``out_dir`` (the image folder to train with). The
+    directory appears whole or not at all, so an interrupted run never leaves a JSON that
+    references a missing image.
     """
+    for name, value, least in (("n_train", n_train, 1), ("n_val", n_val, 1), ("image_size", image_size, 16)):
+        if value < least:
+            raise UserError(f"must be >= {least} (got {value})", field=name.replace("_", "-"))
     out_dir = Path(out_dir)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"image_folder": out_dir}
-    for split, count in (("train", n_train), ("val", n_val)):
-        rng = random.Random(f"mobilepeft-synth/{seed}/{split}")
-        records = [_make_sample(rng, split, i, image_size, out_dir) for i in range(count)]
-        json_path = out_dir / f"{split}.json"
-        write_json(json_path, records)
-        result[f"{split}_json"] = json_path
-        result[f"n_{split}"] = count
-        result[f"n_{split}_multi_turn"] = sum(len(r["conversations"]) > 2 for r in records)
+    with atomic_dir(out_dir, kind="dataset") as tmp:
+        (tmp / "images").mkdir()
+        for split, count in (("train", n_train), ("val", n_val)):
+            rng = random.Random(f"mobilepeft-synth/{seed}/{split}")
+            records = [_make_sample(rng, split, i, image_size, tmp) for i in range(count)]
+            write_json(tmp / f"{split}.json", records)
+            result[f"{split}_json"] = out_dir / f"{split}.json"
+            result[f"n_{split}"] = count
+            result[f"n_{split}_multi_turn"] = sum(len(r["conversations"]) > 2 for r in records)
     return result
 
 
@@ -153,8 +156,7 @@ def _make_sample(rng: random.Random, split: str, index: int, size: int, out_dir:
     name = f"images/{split}_{index:05d}.png"
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    with atomic_file(out_dir / name, "wb") as fh:
-        fh.write(buffer.getvalue())
+    (out_dir / name).write_bytes(buffer.getvalue())  # inside the dataset's atomic directory
     return {"id": f"{split}-{index:05d}", "image": name, "question_type": qtype, "conversations": conversations}
 
 

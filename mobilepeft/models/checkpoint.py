@@ -162,7 +162,7 @@ def save_checkpoint(
     if materialize is not None and weight_format not in ("sharded", "sharded-bin"):
         raise ValueError("materialize needs a sharded weight format")
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind="checkpoint") as tmp:
         write_json(tmp / "config.json", config.to_json_dict())
         if materialize is None:
             state = {k: v.detach().contiguous() for k, v in state.items()}

@@ -37,10 +37,18 @@ from mobilepeft.data.dataset import SupervisedDataset
 from mobilepeft.data.llava import load_llava
 from mobilepeft.distributed import from_environment, process_group
 from mobilepeft.errors import UserError
-from mobilepeft.io import atomic_dir, save_safetensors, torch_save, write_json, write_text
+from mobilepeft.io import (
+    atomic_dir,
+    clean_stale_temporaries,
+    save_safetensors,
+    torch_save,
+    write_json,
+    write_text,
+)
 from mobilepeft.loading import load_vlm
 from mobilepeft.merge import save_like_input
 from mobilepeft.models.mobilevlm import MobileVLMForCausalLM
+from mobilepeft.outputs import MARKER, claim_output_dir, marker_record
 from mobilepeft.schedule.plot import plot_rank_history
 from mobilepeft.schedule.scheduler import RankScheduler
 from mobilepeft.train.config import TrainConfig
@@ -49,7 +57,8 @@ from mobilepeft.train.parallel import ParallelModel, compile_blocks
 
 
 class TrainingDiverged(UserError):
-    """Loss became NaN/inf; the last good checkpoint is left untouched."""
+    """Loss or parameters became NaN/inf; no checkpoint holding them is written, so the last one
+    on disk is good."""
 
 
 @dataclass
@@ -165,6 +174,10 @@ class Trainer:
                             hint="use --train-projector or --stage finetune with --target-modules")
         #: what checkpoints hold: every parameter the optimizer owns, even while frozen for a stage
         self.trainable_names = [n for named in groups.values() for n, _ in named]
+        #: the group whose learning rate is the run's --lr (logged, and seen by the rank schedule);
+        #: DMLoRA's learning scalars and the projector may run at other rates
+        keys = list(groups)
+        self.main_group = next((i for i, (lr, _) in enumerate(keys) if lr == cfg.lr), 0)
         return torch.optim.AdamW([{"params": [p for _, p in named], "lr": lr, "weight_decay": wd}
                                   for (lr, wd), named in groups.items()], betas=(0.9, 0.999), eps=1e-8)
 
@@ -173,10 +186,29 @@ class Trainer:
         params = dict(model.named_parameters())
         return {n: params[n].detach().cpu() for n in self.trainable_names}
 
-    def _save_checkpoint(self, model, optimizer, scheduler, step: int) -> Path:
+    def _finite_state(self, model: torch.nn.Module, step: int) -> dict[str, torch.Tensor]:
+        """The trainable tensors, refused if any holds NaN/inf: such a state is never written."""
+        state = self._trainable_state(model)
+        bad = [n for n, t in state.items() if not bool(torch.isfinite(t).all())]
+        if bad:
+            raise self._diverged(f"{len(bad)} trained tensors hold NaN/inf after step {step} (first: {bad[0]})")
+        return state
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        last = self.latest_checkpoint()
+        kept = f"the last good checkpoint, {last}, is intact" if last else "no checkpoint was written"
+        bf16 = "; or train with --precision fp32" if self.cfg.precision == "bf16" else ""
+        return TrainingDiverged(
+            f"{what}: training stopped and nothing non-finite was saved; {kept}",
+            hint=f"start again with a lower learning rate, e.g. --lr {self.cfg.lr / 10:g} --overwrite{bf16} "
+                 "(--resume would repeat the same steps and diverge again)")
+
+    def _save_checkpoint(self, state: dict[str, torch.Tensor], optimizer, scheduler, step: int) -> Path:
+        """Write ``state`` (from :meth:`_finite_state`, which every rank runs) with the optimizer,
+        LR schedule and rank schedule of ``step``."""
         path = self.ckpt_root / f"step-{step:07d}"
         with atomic_dir(path) as tmp:
-            save_safetensors(self._trainable_state(model), tmp / "trainable.safetensors")
+            save_safetensors(state, tmp / "trainable.safetensors")
             # No RNG states: dropout is seeded per micro-batch (micro_batch_seed), the schedule
             # keeps its own generator in rank_schedule.pt.
             torch_save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
@@ -224,7 +256,7 @@ class Trainer:
         with torch.no_grad():
             for name, tensor in load_file(str(ckpt / "trainable.safetensors")).items():
                 params[name].copy_(tensor)
-        extra = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=False)
+        extra = load_plain(ckpt / "optimizer.pt")
         optimizer.load_state_dict(extra["optimizer"])
         scheduler.load_state_dict(extra["scheduler"])
         return int(state["step"])
@@ -240,10 +272,36 @@ class Trainer:
             self.dist.barrier()  # rank 0's outputs exist when any rank returns
             return result
 
+    def _claim_run_dir(self) -> None:
+        """Rank 0 checks --output-dir (mobilepeft/outputs.py) before anything is loaded; every rank
+        stops on its refusal."""
+        cfg, refusal = self.cfg, None
+        if self.dist.is_root:
+            try:
+                claim_output_dir(self.out, "run", overwrite=cfg.overwrite, resume=cfg.resume,
+                                 inputs=(cfg.model, cfg.data, cfg.eval_data, cfg.image_folder, cfg.eval_image_folder,
+                                         cfg.projector))
+            except UserError as err:
+                refusal = err.render()
+        refusal = self.dist.broadcast(refusal)
+        if refusal:
+            raise UserError(refusal)
+
+    def _start_run_dir(self) -> None:
+        """A fresh run replaces the claimed directory (empty, or a previous run with --overwrite)
+        only now that the model and data have loaded, so a refused input leaves it as it was."""
+        if self.cfg.resume:
+            clean_stale_temporaries(self.ckpt_root)
+            return
+        if self.out.exists():
+            shutil.rmtree(self.out)
+        self.out.mkdir(parents=True)
+        write_json(self.out / MARKER, marker_record("run"))
+
     def _run(self) -> TrainResult:
         cfg, dist, root = self.cfg, self.dist, self.dist.is_root
-        if root:
-            self.out.mkdir(parents=True, exist_ok=True)
+        self._claim_run_dir()
+        self._say(f"loading the model from {cfg.model}")
         self.model = model = self._build_model()
         train_ds, skipped = self._dataset(model, cfg.data, cfg.image_folder)
         eval_ds = None
@@ -259,22 +317,19 @@ class Trainer:
         if cfg.stage == "finetune" and cfg.schedule != "fixed":
             self.ranker = RankScheduler(model, cfg.schedule_settings(), total_steps, dist)
             if resume_from is not None:  # the checkpoint's ranks (shapes) before the optimizer sees them
-                self.ranker.load_state_dict(torch.load(resume_from / "rank_schedule.pt", map_location="cpu",
-                                                       weights_only=False))
+                self.ranker.load_state_dict(load_plain(resume_from / "rank_schedule.pt"))
         optimizer = self._optimizer(model)
         warmup = int(cfg.warmup_ratio * total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(warmup, total_steps))
 
         start = 0
         metrics_file = self.out / "metrics.jsonl"
+        if root:
+            self._start_run_dir()
         if resume_from is not None:
             start = self._restore(resume_from, model, optimizer, scheduler)
             if root:
                 _truncate_metrics(metrics_file, start)
-        elif root:
-            if self.ckpt_root.exists():
-                shutil.rmtree(self.ckpt_root)
-            metrics_file.unlink(missing_ok=True)
         if root:
             write_text(self.out / "train_config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         if cfg.compile:
@@ -291,6 +346,7 @@ class Trainer:
 
         eval_before = None
         if eval_ds is not None and start == 0:
+            self._say(f"evaluating before training ({len(eval_ds)} samples)")
             eval_before = self._evaluate(eval_ds)
             if root:
                 _append_metrics(metrics_file, {"step": 0, "eval_loss": eval_before["loss"],
@@ -335,20 +391,16 @@ class Trainer:
             step_loss, step_samples = dist.all_sum([local_loss / dist.world, local_samples], self.device)
             samples_since += int(step_samples)
             if not math.isfinite(step_loss):
-                last = self.latest_checkpoint()
-                raise TrainingDiverged(
-                    f"loss became {step_loss} at step {step + 1}; training stopped. Last good checkpoint: "
-                    f"{last if last else 'none yet'}",
-                    hint="lower --lr, use --precision fp32, or check the data; --resume restarts from that checkpoint")
+                raise self._diverged(f"the loss became {step_loss} at step {step + 1}")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             loss_value = step_loss
             done = step + 1
-            record: dict[str, Any] = {"step": done, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
-                                      "grad_norm": grad_norm}
-            if self.ranker and self.ranker.after_step(step, step_loss, optimizer, scheduler.get_last_lr()[0]):
+            lr_now = scheduler.get_last_lr()[self.main_group]
+            record: dict[str, Any] = {"step": done, "loss": step_loss, "lr": lr_now, "grad_norm": grad_norm}
+            if self.ranker and self.ranker.after_step(step, step_loss, optimizer, lr_now):
                 before = set(map(id, params))
                 parallel.resized([p for g in optimizer.param_groups for p in g["params"] if id(p) not in before],
                                  optimizer)
@@ -372,24 +424,33 @@ class Trainer:
                 if root:
                     _append_metrics(metrics_file, {"step": done, "eval_loss": ev["loss"],
                                                    "eval_accuracy": ev["accuracy"]})
-            if cfg.save_every and done % cfg.save_every == 0 and root:
-                self._save_checkpoint(model, optimizer, scheduler, done)
+            if cfg.save_every and done % cfg.save_every == 0:
+                state = self._finite_state(model, done)  # on every rank: a refusal stops them all
+                if root:
+                    self._save_checkpoint(state, optimizer, scheduler, done)
             for cb in self.callbacks:
                 cb(self, done, record)
         bar.close()
 
         eval_after = None
         if eval_ds is not None:
+            self._say(f"evaluating after training ({len(eval_ds)} samples)")
             eval_after = self._evaluate(eval_ds)
             if root:
                 _append_metrics(metrics_file, {"step": total_steps, "eval_loss": eval_after["loss"],
                                                "eval_accuracy": eval_after["accuracy"]})
         model.eval()
+        state = self._finite_state(model, total_steps)
         adapter_dir = self._save_outputs(model) if root else self._output_dir()
         last = self.latest_checkpoint()
         if root and (last is None or int(last.name.split("-")[1]) != total_steps):
-            self._save_checkpoint(model, optimizer, scheduler, total_steps)
+            self._save_checkpoint(state, optimizer, scheduler, total_steps)
         return TrainResult(self.out, adapter_dir, total_steps, loss_value, eval_before, eval_after, skipped)
+
+    def _say(self, what: str) -> None:
+        """One line per long phase on stderr, so a piped or logged run is never silent for minutes."""
+        if self.progress and self.dist.is_root:
+            print(f"{what} ...", file=sys.stderr, flush=True)
 
     def _evaluate(self, eval_ds: SupervisedDataset) -> dict[str, float]:
         """Every rank evaluates the whole set (FSDP's collectives need all of them in step; the
@@ -430,6 +491,22 @@ def _load_projector(model: MobileVLMForCausalLM, file: Path) -> None:
         raise UserError("projector weights not found", path=file,
                         hint="pass OUT/projector/mm_projector.safetensors from a --stage pretrain run")
     load_projector(model, file)
+
+
+def load_plain(file: Path) -> Any:
+    """A checkpoint's ``.pt`` state: tensors and plain Python values only (``weights_only``), so a
+    checkpoint directory from anywhere cannot run code; anything else is refused, not executed."""
+    import pickle
+
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UserError("holds Python objects other than tensors and plain values; refused without running them "
+                        "(tampered, or written by another program)", path=file,
+                        hint="resume only from checkpoints written by mobilepeft train; start again with --overwrite") from exc
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise UserError(f"cannot read the checkpoint state ({exc})", path=file,
+                        hint="the file is truncated or corrupt; resume from an earlier checkpoint or start again") from exc
 
 
 def _append_metrics(path: Path, record: dict[str, Any]) -> None:
