@@ -1,24 +1,32 @@
 """The bundle: one directory per exported model, described by ``manifest.json`` (DESIGN.md §7).
 
 The manifest is validated against ``bundle.schema.json`` when written and when read, and
-records every file's size and SHA-256, so a missing, truncated or corrupted file is reported by
-name before a runtime trips over it. Reading checks sizes (cheap); ``verify_hashes`` (used by
-``mobilepeft bundle check``) also re-hashes every file.
+records every file's size and SHA-256, so a missing, truncated, corrupted or tampered file is
+refused by name before a runtime runs it (docs/mobile.md, "Verifying a bundle before it runs").
+
+Hashing a 1 GB program costs about a second, so a full verification leaves a stamp outside the
+bundle (:func:`stamp_file`) with each file's identity (size, mtime, ctime, inode, device); a file
+whose identity is unchanged is not hashed again. Any write to a file changes its mtime and ctime,
+and ctime cannot be set back, so a modified file is always hashed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mobilepeft.errors import UserError
 from mobilepeft.io import write_json
 
 MANIFEST = "manifest.json"
+#: full: hash every file; cached: hash the files changed since the last full hash (the default);
+#: size: sizes only (for code that has just written or verified the bundle itself)
+Verify = Literal["full", "cached", "size"]
 MANIFEST_VERSION = 1
 SCHEMA_FILE = Path(__file__).with_name("bundle.schema.json")
 
@@ -141,7 +149,7 @@ class Bundle:
         return self.manifest[name]
 
 
-def read_bundle(path: str | Path, *, verify_hashes: bool = False) -> Bundle:
+def read_bundle(path: str | Path, *, verify: Verify = "cached") -> Bundle:
     """Open a bundle directory: manifest parsed and validated, every recorded file present and intact."""
     path = Path(path)
     manifest_file = path / MANIFEST
@@ -155,6 +163,8 @@ def read_bundle(path: str | Path, *, verify_hashes: bool = False) -> Bundle:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"manifest is not valid JSON ({exc})", path=manifest_file) from exc
     validate_manifest(manifest, manifest_file)
+    stamp = _read_stamp(path) if verify == "cached" else {}
+    verified = {}
     for relative, record in manifest["files"].items():
         file = path / relative
         if not file.is_file():
@@ -164,7 +174,46 @@ def read_bundle(path: str | Path, *, verify_hashes: bool = False) -> Bundle:
         if size != record["bytes"]:
             raise UserError(f"file is {size} bytes, the manifest says {record['bytes']} (truncated or replaced)",
                             path=file, hint="copy the bundle again, or re-export it")
-        if verify_hashes and file_record(file)["sha256"] != record["sha256"]:
-            raise UserError("file content does not match the manifest's SHA-256 (corrupted)", path=file,
-                            hint="copy the bundle again, or re-export it")
+        if verify == "size":
+            continue
+        identity = dict(_identity(file), sha256=record["sha256"])
+        if stamp.get(relative) != identity:
+            actual = file_record(file)["sha256"]
+            if actual != record["sha256"]:
+                raise UserError(f"file content does not match the manifest: SHA-256 {actual}, the manifest says "
+                                f"{record['sha256']} (corrupted or tampered)", path=file,
+                                hint="copy the bundle again, or re-export it")
+        verified[relative] = identity
+    if verify != "size" and verified != stamp:
+        _write_stamp(path, verified)
     return Bundle(path, manifest)
+
+
+def stamp_file(bundle_dir: Path) -> Path:
+    """Where the verification stamp of ``bundle_dir`` lives: the user's cache, never the bundle
+    (a stamp inside it would travel with a copy, and be as easy to edit as the files)."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    key = hashlib.sha256(str(bundle_dir.resolve()).encode()).hexdigest()
+    return root / "mobilepeft" / "verified" / f"{key}.json"
+
+
+def _identity(file: Path) -> dict[str, int]:
+    st = file.stat()
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino,
+            "device": st.st_dev}
+
+
+def _read_stamp(bundle_dir: Path) -> dict[str, Any]:
+    try:
+        stamp = json.loads(stamp_file(bundle_dir).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return stamp.get("files", {}) if isinstance(stamp, dict) else {}
+
+
+def _write_stamp(bundle_dir: Path, files: dict[str, Any]) -> None:
+    """Best effort: without a writable cache, every open is a full verification."""
+    try:
+        write_json(stamp_file(bundle_dir), {"bundle": str(bundle_dir.resolve()), "files": files})
+    except OSError:
+        pass

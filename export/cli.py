@@ -8,6 +8,8 @@ way (``mobilepeft`` never imports ``mobilepeft.export``) while users see one com
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -28,7 +30,7 @@ BundleOut = Annotated[Path, typer.Option(help="Bundle directory to write (a new 
 InferenceModel = Annotated[Path, typer.Option(help="MobileVLM checkpoint directory (base or merged).")]
 MergedAdapter = Annotated[Path | None, typer.Option(help="Adapter to merge first (any method).")]
 KvCacheLength = Annotated[int | None, typer.Option(
-    help="KV-cache length: prompt, image tokens and answer (default: the model's, at most 2048).")]
+    min=2, help="KV-cache length: prompt, image tokens and answer (default: the model's, at most 2048).")]
 
 
 @export_app.command("onnx-training")
@@ -36,7 +38,7 @@ def export_onnx_training_cmd(
     model: Annotated[Path, typer.Option(help="Base MobileVLM checkpoint directory.")],
     adapter: Annotated[Path, typer.Option(help="Trained adapter directory (any method; lowered to LoRA).")],
     output_dir: BundleOut,
-    seq_len: Annotated[int | None, typer.Option(help="Padded sequence length the app trains with, image tokens included (default: image tokens + 96, rounded up to 64).")] = None,
+    seq_len: Annotated[int | None, typer.Option(min=2, help="Padded sequence length the app trains with, image tokens included (default: image tokens + 96, rounded up to 64).")] = None,
     train_projector: Annotated[bool, typer.Option("--train-projector/--no-train-projector", help="Train the LDP projector on device too (the graph then takes CLIP features).")] = False,
     optimizer: Annotated[str, typer.Option(help="adamw or sgd (both clip the gradient norm at 1).")] = "adamw",
     lr: Annotated[float | None, typer.Option(help="Default learning rate recorded for the app (default: 1e-4 adamw, 1e-2 sgd).")] = None,
@@ -131,8 +133,8 @@ def generate_cmd(
     bundle: Annotated[Path, typer.Option(help="Bundle from `mobilepeft export executorch`.")],
     prompt: Annotated[str, typer.Option(help="The question.")],
     image: Annotated[Path | None, typer.Option(help="Image the question is about.")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 64,
-    temperature: Annotated[float, typer.Option(help="0 for greedy decoding.")] = 0.0,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest answer in tokens.")] = 64,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 for greedy decoding.")] = 0.0,
     verbose: Annotated[bool, typer.Option(help="Also print ExecuTorch's own log and runner stats (stderr).")] = False,
 ) -> None:
     """Answer a question about an image with ExecuTorch's MultimodalRunner — the path an app takes.
@@ -141,6 +143,8 @@ def generate_cmd(
     """
     from mobilepeft.export.et_runner import BundleRunner
 
+    if not math.isfinite(temperature):
+        raise UserError(f"must be a finite number (got {temperature})", field="temperature")
     runner = BundleRunner(bundle)
     result = runner.generate(prompt, image, max_new_tokens=max_new_tokens, temperature=temperature)
     if verbose:
@@ -152,10 +156,10 @@ def generate_cmd(
 @app.command("bench")
 def bench_cmd(
     bundle: Annotated[Path, typer.Argument(help="Bundle from `mobilepeft export executorch`.")],
-    threads: Annotated[int, typer.Option(help="CPU threads for ExecuTorch (and PyTorch with --compare).")] = 2,
-    prompt_len: Annotated[int, typer.Option(help="Text tokens prefilled after the image tokens.")] = 32,
-    gen_len: Annotated[int, typer.Option(help="Tokens decoded per run.")] = 32,
-    runs: Annotated[int, typer.Option(help="Measured runs (after one warm-up run).")] = 5,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads for ExecuTorch (and PyTorch with --compare).")] = 2,
+    prompt_len: Annotated[int, typer.Option(min=1, help="Text tokens prefilled after the image tokens.")] = 32,
+    gen_len: Annotated[int, typer.Option(min=1, help="Tokens decoded per run.")] = 32,
+    runs: Annotated[int, typer.Option(min=1, help="Measured runs (after one warm-up run).")] = 5,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result JSON here.")] = None,
     compare: Annotated[str | None, typer.Option(help="'eager': time PyTorch eager on the same inputs and threads and print ratios.")] = None,
     coreml: Annotated[bool, typer.Option("--coreml", help="Measure the Core ML packages of a bundle from `export coreml` (macOS only: Core ML predicts nowhere else).")] = False,
@@ -193,10 +197,10 @@ def personalize_cmd(
     image_folder: Annotated[Path | None, typer.Option(help="Folder the JSON's image paths are relative to (default: its folder).")] = None,
     eval_data: Annotated[Path | None, typer.Option(help="Held-out samples for the before/after loss (default: --data).")] = None,
     eval_image_folder: Annotated[Path | None, typer.Option(help="Image folder of --eval-data (default: its folder).")] = None,
-    steps: Annotated[int, typer.Option(help="Training steps (trainStep + optimizerStep + lazyResetGrad).")] = 20,
+    steps: Annotated[int, typer.Option(min=1, help="Training steps (trainStep + optimizerStep + lazyResetGrad).")] = 20,
     lr: Annotated[float | None, typer.Option(help="Learning rate (default: the bundle's).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Samples per step.")] = 4,
-    seed: Annotated[int, typer.Option(help="Seed of the sample order.")] = 0,
+    batch_size: Annotated[int, typer.Option(min=1, help="Samples per step.")] = 4,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the sample order.")] = 0,
     checkpoint: Annotated[Path | None, typer.Option(help="Continue from this ORT checkpoint (e.g. an earlier OUT/checkpoint) instead of the bundle's.")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="ORT intra-op threads (default: all cores).")] = None,
     overwrite: Overwrite = False,
@@ -239,30 +243,27 @@ def adapter_from_ort_cmd(
 
 @bundle_app.command("check")
 def bundle_check_cmd(
-    bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory (ONNX Runtime training, ExecuTorch or Core ML).")],
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Validate the manifest against the schema, re-hash every file, and run the self-test:
-    ORT's eval loss on selftest.npz must equal the PyTorch loss recorded at export.
+    """Verify a bundle before it goes to a phone: the manifest against the schema, every file
+    against its SHA-256, then each runtime section in its runtime (ORT: the self-test loss equals
+    PyTorch's and a train step runs; ExecuTorch: every method runs with the manifest's shapes;
+    Core ML: the packages declare the manifest's interface).
 
-    Exit status 1 if the self-test fails.
+    Exit status 1 if a check fails, 2 if a file is missing, truncated or altered.
     """
-    from dataclasses import asdict
+    from mobilepeft.export.bundle_check import check_bundle
 
-    from mobilepeft.export.bundle import read_bundle
-    from mobilepeft.export.personalize import run_selftest
-
-    opened = read_bundle(bundle, verify_hashes=True)
-    result = run_selftest(opened)
+    _, checks = check_bundle(bundle)
+    passed = all(c.passed for c in checks)
     if json_out:
-        typer.echo(json.dumps(dict(asdict(result), passed=result.passed), indent=2))
+        typer.echo(json.dumps({"passed": passed, "checks": [asdict(c) for c in checks]}, indent=2))
     else:
-        typer.echo(f"{bundle}: manifest valid, {len(opened.manifest['files'])} files intact")
-        typer.echo(f"self-test: PyTorch loss {result.reference_loss:.6f}, ORT eval loss {result.ort_eval_loss:.6f} "
-                   f"(rel. diff {result.relative_error:.1e}, tolerance {result.rtol:.0e}); "
-                   f"one train step: loss {result.train_step_loss:.6f}")
-        typer.echo("PASS" if result.passed else "FAIL")
-    if not result.passed:
+        for c in checks:
+            typer.echo(f"{c.section:<14}{'ok' if c.passed else 'FAIL':<6}{c.detail}")
+        typer.echo("PASS" if passed else "FAIL")
+    if not passed:
         raise typer.Exit(1)
 
 

@@ -126,7 +126,7 @@ def export_coreml(model_dir: str | Path, out_dir: str | Path, *, adapter_dir: st
         echo("[3/3] checking the saved packages against the manifest")
         for name, file in (("vision_encoder", VISION_FILE), ("text_decoder", DECODER_FILE)):
             found, declared = package_io(tmp / file), signature[name]
-            if not _io_agrees(found, declared):
+            if not io_agrees(found, declared):
                 raise UserError(f"{file} declares {found}, the manifest would say {declared}; no bundle was written",
                                 hint="report the coremltools version")
         tokenizer.save(tmp)
@@ -290,7 +290,7 @@ def decoder_parity(model: MobileVLMForCausalLM, vision: Callable, decoder: Calla
     return worst
 
 
-def _io_agrees(found: dict[str, Any], declared: dict[str, Any]) -> bool:
+def io_agrees(found: dict[str, Any], declared: dict[str, Any]) -> bool:
     """Names, dtypes and (where the package states one) shapes; "T" matches a flexible dimension."""
     for kind in ("inputs", "outputs", "states"):
         if [(t["name"], t["dtype"]) for t in found[kind]] != [(t["name"], t["dtype"]) for t in declared[kind]]:

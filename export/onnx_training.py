@@ -31,7 +31,7 @@ import torch
 
 from mobilepeft.adapters.files import adapter_key, read_adapter_spec
 from mobilepeft.data.llava import Conversation, load_llava
-from mobilepeft.data.template import tokenize_conversation
+from mobilepeft.data.template import spliced_length, tokenize_conversation
 from mobilepeft.errors import UserError
 from mobilepeft.export.bundle import base_manifest, write_manifest
 from mobilepeft.export.native_output import native_output_captured, tail
@@ -60,9 +60,13 @@ SELFTEST_RTOL = 1e-4
 ADAPTER_DIR = "adapter"
 
 
+def round_up(n: int, multiple: int) -> int:
+    return int(math.ceil(n / multiple) * multiple)
+
+
 def default_seq_len(num_image_tokens: int) -> int:
     """Room for the image tokens plus 96 text tokens, rounded up to a multiple of 64."""
-    return int(math.ceil((num_image_tokens + 96) / 64) * 64)
+    return round_up(num_image_tokens + 96, 64)
 
 
 def export_onnx_training(
@@ -85,7 +89,7 @@ def export_onnx_training(
 
     if optimizer not in OPTIMIZERS:
         raise UserError(f"unknown optimizer {optimizer!r}", field="optimizer", hint="adamw or sgd")
-    if learning_rate is not None and not learning_rate > 0:
+    if learning_rate is not None and not (math.isfinite(learning_rate) and learning_rate > 0):
         raise UserError(f"learning rate must be positive, got {learning_rate}", field="lr")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     with atomic_dir(out_dir, kind="bundle") as tmp, tempfile.TemporaryDirectory(prefix="mobilepeft-onnx-") as scratch_name:
@@ -94,11 +98,13 @@ def export_onnx_training(
         lower_adapter(adapter_dir, tmp / ADAPTER_DIR, model_dir)
         model = load_vlm(model_dir, adapter=tmp / ADAPTER_DIR)
         num_image_tokens = model.config.num_image_tokens
-        seq_len = seq_len or default_seq_len(num_image_tokens)
+        conv, folder = _selftest_sample(sample_data, image_folder, scratch)
+        if seq_len is None:  # room for the self-test sample too, whatever the tokenizer makes of it
+            ids, _ = tokenize_conversation(conv.turns[:1], model.tokenizer, num_image_tokens=num_image_tokens)
+            seq_len = max(default_seq_len(num_image_tokens), round_up(spliced_length(ids, num_image_tokens), 64))
         if seq_len <= num_image_tokens:
             raise UserError(f"--seq-len {seq_len} leaves no room for text after {num_image_tokens} image tokens",
                             field="seq-len", hint=f"use at least {default_seq_len(num_image_tokens)}")
-        conv, folder = _selftest_sample(sample_data, image_folder, scratch)
 
         echo(f"[2/5] exporting the text decoder (seq_len {seq_len}, opset {OPSET})")
         decoder = TextDecoderForTraining(model, train_projector=train_projector)

@@ -12,13 +12,11 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from mobilepeft.adapters.files import META_FILE, PROJECTOR_FILE
-from mobilepeft.errors import UserError
 from mobilepeft.export.bundle import read_bundle
-from mobilepeft.export.ort_runtime import load_checkpoint_state
+from mobilepeft.export.ort_runtime import trainable_arrays
 from mobilepeft.io import atomic_dir, save_safetensors, write_json
 
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -29,20 +27,12 @@ def adapter_from_ort(checkpoint: str | Path, bundle_dir: str | Path, out_dir: st
     checkpoint = Path(checkpoint)
     bundle = read_bundle(bundle_dir)
     sec = bundle.section("onnx_training")
-    state = load_checkpoint_state(checkpoint)
+    arrays = trainable_arrays(checkpoint, sec)
     lora: dict[str, torch.Tensor] = {}
     projector: dict[str, torch.Tensor] = {}
     for entry in sec["trainable"]:
-        try:
-            value = np.array(state.parameters[entry["name"]].data)
-        except (KeyError, RuntimeError) as exc:
-            raise UserError(f"the checkpoint has no parameter {entry['name']!r}: it was not trained from this bundle",
-                            path=checkpoint, hint="pass the bundle the phone's artifacts came from") from exc
-        if list(value.shape) != entry["shape"]:
-            raise UserError(f"parameter {entry['name']!r} has shape {list(value.shape)}, the bundle says "
-                            f"{entry['shape']}", path=checkpoint, hint="pass the bundle the checkpoint came from")
         target = projector if entry["adapter_key"].startswith("model.mm_projector.") else lora
-        target[entry["adapter_key"]] = torch.from_numpy(value)
+        target[entry["adapter_key"]] = torch.from_numpy(arrays[entry["name"]])
     source = bundle.file(sec["adapter_dir"])
     with atomic_dir(out_dir, kind="adapter") as tmp:
         for file in source.iterdir():

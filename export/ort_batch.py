@@ -45,7 +45,8 @@ def encode_sample(conv: Conversation, tokenizer: Tokenizer, *, num_image_tokens:
     does not fit (longer conversations lose trailing turns, as in desktop training).
     """
     ids, labels = tokenize_conversation(conv.turns, tokenizer, num_image_tokens=num_image_tokens,
-                                        max_length=seq_len, sample=conv.label, path=conv.source)
+                                        max_length=seq_len, sample=conv.label, path=conv.source,
+                                        length_flag="--seq-len")
     wide_ids: list[int] = []
     wide_labels: list[int] = []
     for token, label in zip(ids, labels, strict=True):

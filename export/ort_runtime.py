@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime
@@ -37,6 +38,24 @@ def load_checkpoint_state(path: Path):
     except Exception as exc:  # ORT raises RuntimeError/Fail subclasses with flatbuffer messages
         raise UserError(f"cannot read the ORT checkpoint ({type(exc).__name__}: {str(exc).strip()[:200]})",
                         path=path, hint="the file is corrupt or not an ORT training checkpoint; copy it again") from exc
+
+
+def trainable_arrays(checkpoint: Path, section: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The checkpoint's trainable tensors by graph name, checked against the bundle's list (names
+    and shapes): a checkpoint from another bundle is refused here, by name, before ORT sees it."""
+    state = load_checkpoint_state(checkpoint)
+    arrays = {}
+    for entry in section["trainable"]:
+        try:
+            value = np.array(state.parameters[entry["name"]].data)
+        except (KeyError, RuntimeError) as exc:
+            raise UserError(f"the checkpoint has no parameter {entry['name']!r}: it was not trained from this bundle",
+                            path=checkpoint, hint="pass the bundle the checkpoint's artifacts came from") from exc
+        if list(value.shape) != entry["shape"]:
+            raise UserError(f"parameter {entry['name']!r} has shape {list(value.shape)}, the bundle says "
+                            f"{entry['shape']}", path=checkpoint, hint="pass the bundle the checkpoint came from")
+        arrays[entry["name"]] = value
+    return arrays
 
 
 class OrtTrainer:

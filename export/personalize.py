@@ -8,6 +8,7 @@ would keep: the updated checkpoint and an inference model with the trained adapt
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -21,7 +22,7 @@ from mobilepeft.errors import UserError
 from mobilepeft.export.bundle import Bundle, read_bundle
 from mobilepeft.export.numerics import relative_error
 from mobilepeft.export.ort_batch import EncodedSample, encode_sample, stack_batch
-from mobilepeft.export.ort_runtime import OrtTrainer, VisionRunner
+from mobilepeft.export.ort_runtime import OrtTrainer, VisionRunner, trainable_arrays
 from mobilepeft.io import atomic_dir, write_json
 from mobilepeft.models.tokenizer import IGNORE_INDEX, Tokenizer
 
@@ -155,11 +156,13 @@ def personalize(bundle_dir: str | Path, data: str | Path, out_dir: str | Path, *
     """
     if steps < 1 or batch_size < 1:
         raise UserError("--steps and --batch-size must be at least 1", field="steps")
-    if lr is not None and not lr > 0:
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise UserError(f"learning rate must be positive, got {lr}", field="lr")
     started = time.perf_counter()
-    bundle = read_bundle(bundle_dir, verify_hashes=True)
+    bundle = read_bundle(bundle_dir)
     sec = bundle.section(SECTION)
+    if checkpoint is not None:
+        trainable_arrays(Path(checkpoint), sec)
     lr = lr or sec["optimizer"]["default_learning_rate"]
     builder = BatchBuilder(bundle, threads=threads)
     rows, folder = builder.samples(data, image_folder)

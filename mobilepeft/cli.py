@@ -175,9 +175,9 @@ def eval_cmd(
     adapter: Annotated[Path | None, typer.Option(help="Adapter directory to apply (any method; from `mobilepeft train`).")] = None,
     image_folder: Annotated[Path | None, typer.Option(help="Folder the 'image' paths are relative to (default: the data file's folder).")] = None,
     answers: Annotated[Path | None, typer.Option(help="Reference answers kept apart from the questions: GQA's {qid: {answer}}, TextVQA's {data: [{question_id, answers}]}.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Questions answered per batch.")] = 16,
-    max_new_tokens: Annotated[int, typer.Option(help="Longest answer generated (greedy).")] = 16,
-    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N questions.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Questions answered per batch.")] = 16,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest answer generated (greedy).")] = 16,
+    limit: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N questions.")] = None,
     output: Annotated[Path | None, typer.Option(help="Write every answer as JSON Lines (LLaVA answers-file fields + scores).")] = None,
     metrics_json: Annotated[Path | None, typer.Option(help="Write the scores (overall + per question type) as JSON.")] = None,
 ) -> None:
@@ -192,8 +192,6 @@ def eval_cmd(
     from mobilepeft.io import atomic_file, write_json
     from mobilepeft.loading import load_vlm
 
-    if batch_size < 1 or max_new_tokens < 1 or (limit is not None and limit < 1):
-        raise UserError("--batch-size, --max-new-tokens and --limit must be >= 1")
     folder = image_folder or data.parent
     items = load_eval_set(data, folder, answers)[:limit]
     vlm = load_vlm(model, adapter=adapter)
@@ -219,7 +217,7 @@ def init_model_cmd(
     preset: Annotated[str, typer.Option(help="Model size preset: tiny (the demo's), small (~25M, benchmarks) or mobilevlm-1.7b-shape (MobileVLM V2 1.7B's real dimensions, random weights, written shard by shard in sharded safetensors).")] = "tiny",
     projector: Annotated[str, typer.Option(help="ldpnetv2 (MobileVLM V2) or ldpnet (V1).")] = "ldpnetv2",
     weight_format: Annotated[str, typer.Option(help="safetensors, sharded, bin or sharded-bin.")] = "safetensors",
-    seed: Annotated[int, typer.Option(help="Seed of the random initialisation.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the random initialisation.")] = 0,
     overwrite: Overwrite = False,
 ) -> None:
     """Write a randomly initialised model in the exact MobileVLM checkpoint format."""
@@ -242,9 +240,9 @@ def init_model_cmd(
 def data_synth_cmd(
     output_dir: Annotated[Path, typer.Option(help="Dataset directory (images/, train.json, val.json).")],
     n_train: Annotated[int, typer.Option(min=1, help="Training samples.")] = 800,
-    n_val: Annotated[int, typer.Option(min=1, help="Validation samples.")] = 160,
+    n_val: Annotated[int, typer.Option(min=0, help="Validation samples (0: none).")] = 160,
     image_size: Annotated[int, typer.Option(min=16, help="Image side in pixels.")] = 64,
-    seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Generator seed.")] = 0,
     overwrite: Overwrite = False,
 ) -> None:
     """Write the built-in synthetic visual-question dataset in LLaVA format."""
@@ -312,7 +310,7 @@ def adapter_to_lora_cmd(
 @app.command("demo")
 def demo_cmd(
     output_dir: Annotated[Path, typer.Option(help="Where the demo writes model, data and run.")] = Path("outputs/demo"),
-    steps: Annotated[int, typer.Option(help="Training steps.")] = 300,
+    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 300,
     adapter: Annotated[str, typer.Option(help="Adapter method: lora, multihead, dmlora or adaring.")] = "lora",
     schedule: Annotated[str | None, typer.Option(help="Rank schedule (default: hydra; fixed for adaring).")] = None,
 ) -> None:

@@ -70,5 +70,6 @@ def lower_adapter(adapter_dir: str | Path, out_dir: str | Path, model_dir: str |
     spec, meta = read_adapter_spec(adapter_dir)
     model_dir = resolve_base_model(adapter_dir, meta, model_dir, "multihead lowering needs W0")
     model = load_vlm(model_dir, adapter=adapter_dir, load_tokenizer=False)
-    return save_adapter(model, spec, out_dir, base_model=str(model_dir),
-                        projector_trained=bool(meta.get("projector_trained")), lowered_from=spec.method)
+    return save_adapter(model, spec, out_dir, base_model=str(Path(model_dir).resolve()),
+                        projector_trained=bool(meta.get("projector_trained")), lowered_from=spec.method,
+                        nominal_rank=meta.get("nominal_rank", spec.rank))

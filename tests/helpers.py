@@ -86,7 +86,7 @@ def assert_runner_generates_like_pytorch(bundle_dir: Path, ckpt: Path, adapter: 
     from mobilepeft.export.bundle import read_bundle
     from mobilepeft.export.et_runner import BundleRunner
 
-    bundle = read_bundle(bundle_dir, verify_hashes=True)
+    bundle = read_bundle(bundle_dir, verify="full")
     assert bundle.manifest["executorch"]["parity_rel_diff"] < 1e-3
     model = mobilepeft.load_vlm(ckpt, adapter=adapter)
     runner = BundleRunner(bundle)

@@ -57,7 +57,7 @@ def tiny_bundle(tiny_ckpt, tmp_path_factory):
 
 
 def test_stateful_packages_declare_the_manifest_interface(tiny_bundle, tiny_ckpt):
-    section = read_bundle(tiny_bundle, verify_hashes=True).section("coreml")
+    section = read_bundle(tiny_bundle, verify="full").section("coreml")
     cfg = mobilepeft.load_vlm(tiny_ckpt).config.llama_config()
     layers, kv, head = cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads
     assert section["target"] == "iOS18" and section["stateful_kv_cache"] and section["compression"] == "none"
@@ -147,7 +147,7 @@ def test_v2_checkpoint_through_the_cli_stateless_int8(v2_sharded_ckpt, tmp_path)
                                     "--target", "iOS17", "--compress", "int8", "--max-seq-len", str(SEQ)])
     assert done.exit_code == 0, done.output + repr(done.exception)
     assert "TextDecoder.mlpackage" in done.stdout and "Running MIL" not in done.output
-    section = read_bundle(bundle, verify_hashes=True).section("coreml")
+    section = read_bundle(bundle, verify="full").section("coreml")
     assert section["parity_rel_diff"] <= PARITY_RTOL  # stateless: caches fed back through 4 decode steps
     cfg = mobilepeft.load_vlm(v2_sharded_ckpt).config.llama_config()
     cache = [cfg.num_hidden_layers, 1, cfg.num_key_value_heads, SEQ, cfg.hidden_size // cfg.num_attention_heads]
@@ -178,7 +178,7 @@ def test_executorch_core_ml_delegate_takes_the_whole_program(tiny_ckpt, tmp_path
     from mobilepeft.export.executorch_export import export_executorch
 
     export_executorch(tiny_ckpt, tmp_path / "bundle", backend="coreml", max_seq_len=SEQ, echo=lambda _: None)
-    section = read_bundle(tmp_path / "bundle", verify_hashes=True).section("executorch")
+    section = read_bundle(tmp_path / "bundle", verify="full").section("executorch")
     assert section["backend"] == "coreml" and section["dtype"] == "float16"
     assert section["parity_checked_on"] == "exported_program" and section["parity_rel_diff"] <= 1e-4
     for method, counts in section["delegation"].items():

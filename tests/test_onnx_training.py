@@ -90,7 +90,7 @@ def round_trip(request, synth_data, tmp_path_factory):
 
 
 def test_selftest_equals_pytorch(round_trip):
-    bundle = read_bundle(round_trip["bundle"], verify_hashes=True)
+    bundle = read_bundle(round_trip["bundle"], verify="full")
     result = run_selftest(bundle)
     assert result.passed
     # Independently of the exporter's recorded number: the PyTorch model on the bundle's own adapter.
@@ -202,7 +202,7 @@ def test_corrupt_checkpoint_is_named(bundle_copy):
     data[len(data) // 2 : len(data) // 2 + 64] = os.urandom(64)
     ckpt.write_bytes(bytes(data))
     with pytest.raises(UserError, match=r"checkpoint.*SHA-256"):
-        read_bundle(bundle_copy, verify_hashes=True)
+        read_bundle(bundle_copy, verify="full")
     ckpt.write_bytes(b"not a flatbuffer")
     with pytest.raises(UserError, match=r"checkpoint.*(corrupt|cannot read)"):
         load_checkpoint_state(ckpt)

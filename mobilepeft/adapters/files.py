@@ -70,9 +70,13 @@ def lowered_lora(model: nn.Module, spec: AdapterSpec) -> tuple[AdapterSpec, dict
 
 
 def save_adapter(model: nn.Module, spec: AdapterSpec, out_dir: str | Path, *, base_model: str,
-                 projector_trained: bool, lowered_from: str | None = None) -> Path:
-    """Write the adapter directory atomically (see module docstring for the layout)."""
-    nominal_rank = spec.rank  # the budget-defining rank, before lowering picks the most common one
+                 projector_trained: bool, lowered_from: str | None = None, nominal_rank: int | None = None) -> Path:
+    """Write the adapter directory atomically (see module docstring for the layout).
+
+    ``nominal_rank`` is the budget-defining rank (``--rank``); by default ``spec.rank``, which a
+    lowered or rescheduled adapter no longer equals, so those pass the original's.
+    """
+    nominal_rank = spec.rank if nominal_rank is None else nominal_rank
     with atomic_dir(out_dir, kind="adapter") as tmp:
         if spec.method == "lora" or lowered_from:
             spec = _write_peft_lora(model, spec, tmp, base_model)

@@ -80,7 +80,7 @@ def write_synthetic_dataset(
     directory appears whole or not at all, so an interrupted run never leaves a JSON that
     references a missing image.
     """
-    for name, value, least in (("n_train", n_train, 1), ("n_val", n_val, 1), ("image_size", image_size, 16)):
+    for name, value, least in (("n_train", n_train, 1), ("n_val", n_val, 0), ("image_size", image_size, 16)):
         if value < least:
             raise UserError(f"must be >= {least} (got {value})", field=name.replace("_", "-"))
     out_dir = Path(out_dir)

@@ -76,6 +76,7 @@ def tokenize_conversation(
     max_length: int | None = None,
     sample: str | int | None = None,
     path: str | Path | None = None,
+    length_flag: str = "--max-length",
 ) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of a conversation of (question, answer) turns.
 
@@ -83,7 +84,8 @@ def tokenize_conversation(
     and its EOS are supervised. ``max_length`` bounds the *spliced* length (each image slot
     counts as ``num_image_tokens``, what the model actually processes). Too-long conversations
     lose whole trailing turns; if the first turn alone is too long its answer is cut, as long as
-    at least one answer token stays. ``sample``/``path`` only name the sample in errors.
+    at least one answer token stays. ``sample``/``path`` only name the sample in errors, and
+    ``length_flag`` the option that sets ``max_length`` for the command at hand.
     """
     if not turns:
         raise ValueError("a conversation needs at least one (question, answer) turn")
@@ -105,13 +107,13 @@ def tokenize_conversation(
             if prompt_length + 1 > max_length:
                 turn_length = spliced_length(prompt + reply, num_image_tokens)
                 raise UserError(
-                    f"sequence longer than --max-length ({turn_length} > {max_length}): the first question "
+                    f"sequence longer than {length_flag} ({turn_length} > {max_length}): the first question "
                     f"alone takes {prompt_length} tokens (image tokens included), "
                     "leaving no room for the answer",
                     path=path,
                     sample=sample,
                     field="conversations",
-                    hint="raise --max-length or shorten the question text",
+                    hint=f"raise {length_flag} (at least {turn_length}) or shorten the question text",
                 )
             reply = reply[: max_length - prompt_length]
         input_ids += prompt + reply

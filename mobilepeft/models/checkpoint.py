@@ -8,6 +8,7 @@ Supported weight layouts (what Hugging Face ``save_pretrained`` produces and Mob
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -69,6 +70,10 @@ def _read_file(file: Path) -> dict[str, torch.Tensor]:
 
             return load_file(str(file))
         return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UserError("holds Python objects other than tensors (it could run code when loaded); refused without "
+                        "running it", path=file,
+                        hint="use weights from a source you trust, preferably in .safetensors") from exc
     except Exception as exc:
         raise UserError(f"cannot read weights ({type(exc).__name__}: {exc})", path=file,
                         hint="the file is corrupt or truncated; re-copy it") from exc
@@ -116,7 +121,7 @@ def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor], config: 
                         hint="check that config.json (dims, layers, mm_projector_type) belongs to these weights")
     for key, ref in expected.items():
         if tuple(state[key].shape) != tuple(ref.shape):
-            raise UserError(f"tensor {key} has shape {tuple(state[key].shape)}, config implies {tuple(ref.shape)}",
+            raise UserError(f"tensor {key} has shape {tuple(state[key].shape)}, config.json implies {tuple(ref.shape)}",
                             path=where, hint="config.json and the weights come from different models")
     internal = {from_checkpoint_key(k): state[k] for k in expected}
     model.load_state_dict(internal, strict=not tied)

@@ -7,7 +7,11 @@ read) and derive a transformers ``LlamaConfig`` and ``CLIPVisionConfig`` from it
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,8 +67,8 @@ class MobileVLMConfig:
             )
         try:
             raw = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as exc:
-            raise UserError(f"invalid JSON ({exc.msg} at line {exc.lineno})", path=cfg_file) from exc
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"invalid JSON ({exc})", path=cfg_file) from exc
         return cls.from_dict(raw, base_dir=path, source=cfg_file)
 
     @classmethod
@@ -72,9 +76,12 @@ class MobileVLMConfig:
         cls, raw: dict[str, Any], *, base_dir: Path | None = None, source: Path | None = None
     ) -> MobileVLMConfig:
         where = source or "config.json"
+        if not isinstance(raw, dict):
+            raise UserError(f"top level must be a JSON object, got {type(raw).__name__}", path=where)
         for key in _LLAMA_REQUIRED:
             if key not in raw:
                 raise UserError("required LLaMA field is missing", path=where, field=key)
+        _check_fields(raw, where, LLM_FIELDS)
         ptype = raw.get("mm_projector_type")
         if ptype not in PROJECTOR_TYPES:
             raise UserError(
@@ -90,6 +97,10 @@ class MobileVLMConfig:
                 field="mm_vision_select_feature",
             )
         vision, vision_dir = _resolve_vision_tower(raw, base_dir, where)
+        for key in ("hidden_size", "num_attention_heads", "image_size", "patch_size"):
+            if key not in vision:
+                raise UserError(f"the vision tower's config has no {key}", path=vision_dir or where, field=key)
+        _check_fields(vision, vision_dir / "config.json" if vision_dir else where, VISION_FIELDS, prefix="vision ")
         return cls(raw=dict(raw), vision=vision, vision_tower_dir=vision_dir, source=source)
 
     # --- derived views -------------------------------------------------------------------
@@ -103,11 +114,13 @@ class MobileVLMConfig:
 
     @property
     def mm_hidden_size(self) -> int:
-        return int(self.raw.get("mm_hidden_size", self.vision["hidden_size"]))
+        value = self.raw.get("mm_hidden_size")  # absent or null: the tower's width
+        return int(self.vision["hidden_size"] if value is None else value)
 
     @property
     def select_layer(self) -> int:
-        return int(self.raw.get("mm_vision_select_layer", -2))
+        value = self.raw.get("mm_vision_select_layer")  # absent or null: LLaVA's default, the second last
+        return -2 if value is None else int(value)
 
     @property
     def image_size(self) -> int:
@@ -130,17 +143,108 @@ class MobileVLMConfig:
             "pad_token_id initializer_range"
         ).split()
         kwargs = {k: self.raw[k] for k in keys if k in self.raw and self.raw[k] is not None}
-        cfg = LlamaConfig(**kwargs)
+        with _named_config_errors(self.source or "config.json"):
+            cfg = LlamaConfig(**kwargs)
         cfg._attn_implementation = "sdpa"
         return cfg
 
     def clip_vision_config(self) -> CLIPVisionConfig:
-        cfg = CLIPVisionConfig(**self.vision)
+        where = self.vision_tower_dir / "config.json" if self.vision_tower_dir else self.source or "config.json"
+        with _named_config_errors(where):
+            cfg = CLIPVisionConfig(**self.vision)
         cfg._attn_implementation = "sdpa"
         return cfg
 
     def to_json_dict(self) -> dict[str, Any]:
         return dict(self.raw)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_token(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_activation(v: Any) -> bool:
+    from transformers.activations import ACT2FN
+
+    return isinstance(v, str) and v in ACT2FN
+
+
+#: what a field must hold: (test, description for the message)
+_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "size": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
+    "layer": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v != 0,
+              "a non-zero integer (a layer index; negative counts from the end)"),
+    "token": (lambda v: v is None or _is_token(v), "a token id (a non-negative integer) or null"),
+    "tokens": (lambda v: v is None or _is_token(v) or (isinstance(v, list) and bool(v) and all(map(_is_token, v))),
+               "a token id (a non-negative integer), a list of them, or null"),
+    "epsilon": (lambda v: _is_number(v) and 0 < v < 1, "a number between 0 and 1"),
+    "probability": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "positive": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "non_negative": (lambda v: _is_number(v) and v >= 0, "a non-negative number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "text": (lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
+    "mapping": (lambda v: v is None or isinstance(v, dict), "an object or null"),
+    "activation": (_is_activation, "an activation name known to transformers (e.g. silu, gelu, quick_gelu)"),
+}
+
+#: every config.json field mobilepeft reads (the others are kept verbatim and never interpreted)
+LLM_FIELDS = {
+    "hidden_size": "size", "intermediate_size": "size", "num_hidden_layers": "size", "num_attention_heads": "size",
+    "vocab_size": "size", "num_key_value_heads": "size", "max_position_embeddings": "size", "head_dim": "size",
+    "rms_norm_eps": "epsilon", "rope_theta": "positive", "hidden_act": "activation", "tie_word_embeddings": "bool",
+    "attention_bias": "bool", "mlp_bias": "bool", "bos_token_id": "token", "eos_token_id": "tokens",
+    "pad_token_id": "token", "initializer_range": "non_negative", "rope_scaling": "mapping",
+    "rope_parameters": "mapping", "mm_hidden_size": "size", "mm_vision_select_layer": "layer",
+    "mm_vision_tower": "text", "vision_tower_type": "text", "mm_vision_select_feature": "text",
+}
+VISION_FIELDS = {
+    "hidden_size": "size", "intermediate_size": "size", "num_hidden_layers": "size", "num_attention_heads": "size",
+    "image_size": "size", "patch_size": "size", "projection_dim": "size", "num_channels": "size",
+    "hidden_act": "activation", "layer_norm_eps": "epsilon", "attention_dropout": "probability",
+    "initializer_range": "non_negative",
+}
+
+
+def _check_fields(raw: dict[str, Any], where: Path | str, table: dict[str, str], prefix: str = "") -> None:
+    """Each field read has the type and range it needs, and attention heads divide what they
+    split, named field by field (a wrong value otherwise surfaces as a traceback deep inside
+    transformers). Fields the optional ones may be null."""
+    for key, kind in table.items():
+        if key not in raw or (raw[key] is None and key not in _REQUIRED_ANYWHERE):
+            continue
+        test, wants = _KINDS[kind]
+        if not test(raw[key]):
+            raise UserError(f"{prefix}{key} must be {wants}, got {raw[key]!r}", path=where, field=key)
+    heads = raw["num_attention_heads"]
+    if raw["hidden_size"] % heads:
+        raise UserError(f"{prefix}hidden_size {raw['hidden_size']} is not divisible by num_attention_heads {heads}",
+                        path=where, field="num_attention_heads")
+    kv = raw.get("num_key_value_heads")
+    if kv is not None and heads % kv:
+        raise UserError(f"num_attention_heads {heads} is not divisible by num_key_value_heads {kv}", path=where,
+                        field="num_key_value_heads")
+
+
+#: fields that must be present and non-null in config.json (LLaMA's dims) and in the CLIP config
+_REQUIRED_ANYWHERE = _LLAMA_REQUIRED + ("image_size", "patch_size")
+
+
+@contextlib.contextmanager
+def _named_config_errors(where: Path | str) -> Iterator[None]:
+    """transformers validates its config classes too, with rules of its own (e.g. initializer_range
+    in [0, 1]); its refusal becomes ours, naming the file and the field it names."""
+    from huggingface_hub.errors import StrictDataclassError
+
+    try:
+        yield
+    except (TypeError, ValueError, StrictDataclassError) as exc:
+        match = re.search(r"field '(\w+)'", str(exc))
+        raise UserError(f"transformers refuses the value: {str(exc).strip().splitlines()[-1]}", path=where,
+                        field=match.group(1) if match else None) from exc
 
 
 def _resolve_vision_tower(
@@ -163,7 +267,12 @@ def _resolve_vision_tower(
     for cand in candidates:
         cfg_file = cand / "config.json"
         if cfg_file.is_file():
-            data = json.loads(cfg_file.read_text())
+            try:
+                data = json.loads(cfg_file.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise UserError(f"invalid JSON ({exc})", path=cfg_file) from exc
+            if not isinstance(data, dict):
+                raise UserError("top level must be a JSON object", path=cfg_file)
             vision = data.get("vision_config", data) if data.get("model_type") == "clip" else data
             return _clean_vision_dict(vision), cand
     for known, cfg in KNOWN_VISION_TOWERS.items():

@@ -225,7 +225,7 @@ class Trainer:
         if ckpt is None:
             raise UserError("--resume: no checkpoint found", path=self.ckpt_root,
                             hint="run without --resume to start from scratch")
-        state = json.loads((ckpt / "trainer_state.json").read_text())
+        state = read_trainer_state(ckpt)
         saved, now = state["config"], self.cfg.to_dict()
         diff = [k for k in now if k not in TrainConfig.RESUME_FREE and saved.get(k) != now[k]]
         if diff:
@@ -251,10 +251,21 @@ class Trainer:
     def _restore(self, ckpt: Path, model, optimizer, scheduler) -> int:
         from safetensors.torch import load_file
 
-        state = json.loads((ckpt / "trainer_state.json").read_text())
+        state = read_trainer_state(ckpt)
         params = dict(model.named_parameters())
+        file = ckpt / "trainable.safetensors"
+        try:
+            tensors = load_file(str(file))
+        except Exception as exc:  # safetensors raises its own SafetensorError for any malformed file
+            raise UserError(f"cannot read the trained tensors ({exc})", path=file,
+                            hint="the file is truncated, corrupt or not a safetensors file; resume from an earlier "
+                                 "checkpoint or start again with --overwrite") from exc
+        unknown = sorted(set(tensors) - set(self.trainable_names))
+        if unknown:
+            raise UserError(f"holds tensors this run does not train: {unknown[:3]}", path=file,
+                            hint="resume with the options the run started with")
         with torch.no_grad():
-            for name, tensor in load_file(str(ckpt / "trainable.safetensors")).items():
+            for name, tensor in tensors.items():
                 params[name].copy_(tensor)
         extra = load_plain(ckpt / "optimizer.pt")
         optimizer.load_state_dict(extra["optimizer"])
@@ -316,6 +327,8 @@ class Trainer:
         resume_from = self._resume_checkpoint() if cfg.resume else None
         if cfg.stage == "finetune" and cfg.schedule != "fixed":
             self.ranker = RankScheduler(model, cfg.schedule_settings(), total_steps, dist)
+            self._say(f"{cfg.schedule} rank schedule: the first {cfg.probe_steps} batches probe each module's "
+                      "sensitivity before ranks are allocated")
             if resume_from is not None:  # the checkpoint's ranks (shapes) before the optimizer sees them
                 self.ranker.load_state_dict(load_plain(resume_from / "rank_schedule.pt"))
         optimizer = self._optimizer(model)
@@ -491,6 +504,20 @@ def _load_projector(model: MobileVLMForCausalLM, file: Path) -> None:
         raise UserError("projector weights not found", path=file,
                         hint="pass OUT/projector/mm_projector.safetensors from a --stage pretrain run")
     load_projector(model, file)
+
+
+def read_trainer_state(ckpt: Path) -> dict[str, Any]:
+    """``trainer_state.json`` of a checkpoint, with the fields resume needs."""
+    file = ckpt / "trainer_state.json"
+    try:
+        state = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the checkpoint's state ({exc})", path=file,
+                        hint="resume from an earlier checkpoint (delete this one) or start again with --overwrite") from exc
+    if not (isinstance(state, dict) and isinstance(state.get("step"), int) and isinstance(state.get("config"), dict)):
+        raise UserError("is not a mobilepeft trainer state (needs 'step' and 'config')", path=file,
+                        hint="resume from an earlier checkpoint (delete this one) or start again with --overwrite")
+    return state
 
 
 def load_plain(file: Path) -> Any:
