@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -24,6 +25,9 @@ from mobilepeft.errors import UserError
 from mobilepeft.io import write_json
 
 MANIFEST = "manifest.json"
+#: a file changed this recently is hashed but not stamped: a second write within the same
+#: timestamp tick (2 s on FAT) would leave its identity unchanged
+STAMP_SETTLE_NS = 2_000_000_000
 #: full: hash every file; cached: hash the files changed since the last full hash (the default);
 #: size: sizes only (for code that has just written or verified the bundle itself)
 Verify = Literal["full", "cached", "size"]
@@ -183,7 +187,8 @@ def read_bundle(path: str | Path, *, verify: Verify = "cached") -> Bundle:
                 raise UserError(f"file content does not match the manifest: SHA-256 {actual}, the manifest says "
                                 f"{record['sha256']} (corrupted or tampered)", path=file,
                                 hint="copy the bundle again, or re-export it")
-        verified[relative] = identity
+        if time.time_ns() - identity["mtime_ns"] > STAMP_SETTLE_NS:
+            verified[relative] = identity
     if verify != "size" and verified != stamp:
         _write_stamp(path, verified)
     return Bundle(path, manifest)

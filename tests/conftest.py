@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,9 @@ from mobilepeft.data.synth import write_synthetic_dataset  # noqa: E402
 from mobilepeft.models.checkpoint import read_state_dict, save_checkpoint  # noqa: E402
 from mobilepeft.models.config import MobileVLMConfig  # noqa: E402
 from mobilepeft.models.presets import write_preset  # noqa: E402
+
+# Bundle verification stamps (export/bundle.py) go to a throwaway cache, not the user's ~/.cache.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="mobilepeft-test-cache-")
 
 # Under pytest-xdist (`make test` runs two workers on two cores) each worker gets one core.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)

@@ -3,7 +3,7 @@
 Fixtures come from the project itself: the tiny model's SentencePiece tokenizer (plus variants with
 other normaliser flags, user-defined and unused pieces), real ONNX Runtime training and ExecuTorch
 bundles, ``encode_sample`` rows, ``preprocess_images`` tensors and PIL bicubic resizes, the
-personalize batch order and an ORT-exported inference model. The Kotlin tests (compiled here with
+personalize batch order, an ORT-exported inference model and hashlib digests. The Kotlin tests (compiled here with
 kotlinc, no Gradle) check their numbers against these; this file then validates what they wrote:
 the benchmark JSON against export/bench.schema.json and the adapter against ``adapter from-ort``.
 It also checks the sources' conventions: every manifest read's key path exists in
@@ -199,6 +199,19 @@ def _conversation_cases(bundle: Path) -> dict:
     return {"rows": rows, "prompts": prompts}
 
 
+def _sha256_cases(out: Path) -> list[dict]:
+    """Files at SHA-256's padding edges (55/56 bytes: the length fits the last block or not) and
+    across the 1 MiB read blocks, with hashlib's digests."""
+    rng = np.random.default_rng(0)
+    out.mkdir()
+    cases = []
+    for size in (0, 1, 55, 56, 63, 64, 65, 119, 120, 1_000_000, (1 << 20) + 1):
+        data = rng.bytes(size)
+        (out / f"{size}.bin").write_bytes(data)
+        cases.append({"file": f"{out.name}/{size}.bin", "sha256": hashlib.sha256(data).hexdigest()})
+    return cases
+
+
 def _image_cases(out: Path, size: int) -> dict:
     from mobilepeft.models.image_processing import preprocess_images
 
@@ -261,6 +274,7 @@ def build_fixtures(tiny_ckpt: Path, root: Path) -> Path:
     batches = [{"n": n, "batch_size": b, "steps": s, "seed": seed, "batches": _batches(n, b, s, seed)}
                for n, b, s, seed in [(5, 2, 7, 0), (3, 4, 5, 42), (10, 3, 9, 123456789012), (1, 1, 3, 7), (5, 2, 40, 0)]]
     (fx / "batches.json").write_text(json.dumps(batches))
+    (fx / "sha256_cases.json").write_text(json.dumps(_sha256_cases(fx / "sha256")))
     (fx / "ort_expect.json").write_text(json.dumps({
         "hidden_size": manifest["model"]["hidden_size"], "num_image_tokens": manifest["model"]["num_image_tokens"],
         "vocab_size": manifest["model"]["vocab_size"], "seq_len": sec["inputs"][0]["shape"][1],
@@ -272,9 +286,12 @@ def build_fixtures(tiny_ckpt: Path, root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def kotlin_run(kotlin_tools, core_jar, fixture_dir) -> subprocess.CompletedProcess:
+def kotlin_run(kotlin_tools, core_jar, fixture_dir, tmp_path_factory) -> subprocess.CompletedProcess:
     _, java = kotlin_tools
-    return subprocess.run([java, "-jar", str(core_jar), str(fixture_dir)], capture_output=True, text=True, timeout=300)
+    # Bundle() keeps its verification stamps in $XDG_CACHE_HOME/mobilepeft/verified: a temporary one, not ~/.cache.
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("kotlin-cache"))}
+    return subprocess.run([java, "-jar", str(core_jar), str(fixture_dir)], capture_output=True, text=True, timeout=300,
+                          env=env)
 
 
 def test_kotlin_core_tests_pass(kotlin_run):
@@ -327,9 +344,10 @@ def test_every_manifest_read_is_a_schema_path():
     paths = set(reads)
     assert len(reads) >= 60 and {"executorch.methods{}.input[]", "onnx_training.inputs[].shape",
                                  "onnx_training.trainable[].adapter_key", "files{}.bytes"} <= paths
-    # Nothing else reads the manifest by key: JSON is parsed only by Manifest (and the adapter metadata update).
+    # Nothing else reads the manifest by key: JSON is parsed only by Manifest (and the adapter metadata
+    # update, and the verifier's own stamp file).
     for file in sources:
-        if file.name not in ("Manifest.kt", "Json.kt", "Personalizer.kt"):
+        if file.name not in ("Manifest.kt", "Json.kt", "Personalizer.kt", "BundleVerifier.kt"):
             assert "Json.parse(" not in file.read_text(), f"{file.name} parses JSON; read the manifest through Manifest"
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
+import time
 import typing
 from dataclasses import fields
 from pathlib import Path
@@ -186,6 +188,9 @@ def test_verification_stamp_skips_unchanged_files_and_catches_later_tampering(wo
     monkeypatch.setattr(bundle_mod, "file_record", lambda p: hashed.append(p.name) or real(p))
     copy = tmp_path / "ort"
     shutil.copytree(world / "ort", copy)
+    hour_ago = time.time() - 3600  # a bundle copied in earlier: older than the stamp's 2 s settling time
+    for file in copy.rglob("*"):
+        os.utime(file, (hour_ago, hour_ago))
     files = json.loads((copy / "manifest.json").read_text())["files"]
     bundle_mod.read_bundle(copy)
     assert len(hashed) == len(files) and bundle_mod.stamp_file(copy).is_file()

@@ -46,9 +46,11 @@ for method in $METHODS; do
   for seed in $SEEDS; do
     run="$OUT/$method/seed$seed"
     if [ ! -d "$run/adapter" ] && [ ! -d "$run/model" ]; then  # not finished: start, or continue exactly
-      resume=(); [ -d "$run/checkpoints" ] && resume=(--resume)
+      # an unfinished run without a checkpoint starts over (--overwrite); one with a checkpoint continues
+      resume=(--overwrite); [ -d "$run/checkpoints" ] && resume=(--resume)
+      size=(--rank "$LORA_RANK" --alpha $((2 * LORA_RANK))); [ "$method" = adaring ] && size=()  # ring ranks set it
       "${TRAIN_CMD[@]}" --model "$MODEL" --data "$TRAIN" --image-folder "$IMAGES" --output-dir "$run" \
-        --rank "$LORA_RANK" --alpha $((2 * LORA_RANK)) --lr "$LR" --epochs "$EPOCHS" --batch-size "$BATCH" \
+        "${size[@]}" --lr "$LR" --epochs "$EPOCHS" --batch-size "$BATCH" \
         --global-batch-size "$GLOBAL_BATCH" --precision bf16 --gradient-checkpointing --num-workers 4 --save-every 500 \
         --seed "$seed" "${args[@]}" "${resume[@]}"
     fi

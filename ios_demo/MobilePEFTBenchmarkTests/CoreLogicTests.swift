@@ -6,7 +6,8 @@ import XCTest
 /// The pure logic of MobilePEFTCore against what mobilepeft's Python code computes: tokenizer
 /// ids, prompts and training rows from Fixtures/core_cases.json (written by
 /// Fixtures/make_fixtures.py from `Tokenizer`, `build_prompt_ids` and `encode_sample`), plus
-/// the manifest reader, statistics, image preprocessing and batching.
+/// the manifest reader, bundle verification (FIPS 180-4's SHA-256 examples), statistics, image
+/// preprocessing and batching.
 final class CoreLogicTests: XCTestCase {
     private var fixtures: URL {
         get throws {
@@ -113,6 +114,113 @@ final class CoreLogicTests: XCTestCase {
             XCTAssertTrue("\(error)".contains("model.hidden_size should be an integer, found the string \"wide\""), "\(error)")
         }
         XCTAssertThrowsError(try Manifest.parse(Data(#"{"format": "other"}"#.utf8), directory: URL(fileURLWithPath: "/tmp")))
+    }
+
+    // MARK: Bundle verification
+
+    /// FIPS 180-4's examples (empty, "abc", the two-block message, a million "a"s) with their
+    /// published SHA-256s: the files of a bundle made by `makeBundle`.
+    private static let vectors: [(name: String, data: Data, sha256: String)] = [
+        ("empty.bin", Data(), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+        ("abc.txt", Data("abc".utf8), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
+        ("two_blocks.txt", Data("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq".utf8),
+         "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"),
+        ("model.pte", Data(repeating: UInt8(ascii: "a"), count: 1_000_000),
+         "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"),
+    ]
+
+    private static var vectorNames: Set<String> { Set(vectors.map { $0.name }) }
+
+    /// A new path under the temporary directory, removed after the test.
+    private func temporaryPath(_ prefix: String) -> URL {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("\(prefix)-\(UUID().uuidString)")
+        addTeardownBlock { try? FileManager.default.removeItem(at: url) }
+        return url
+    }
+
+    /// A bundle of the FIPS example files whose manifest records their sizes and SHA-256s.
+    private func makeBundle() throws -> Manifest {
+        let directory = temporaryPath("bundle")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        var files: [String: Any] = [:]
+        for vector in CoreLogicTests.vectors {
+            try vector.data.write(to: directory.appendingPathComponent(vector.name))
+            files[vector.name] = ["bytes": vector.data.count, "sha256": vector.sha256]
+        }
+        let data = try JSONSerialization.data(withJSONObject: ["format": "mobilepeft-bundle", "manifest_version": 1, "files": files])
+        try data.write(to: directory.appendingPathComponent(Manifest.fileName))
+        return try Manifest.parse(data, directory: directory)
+    }
+
+    /// Flips 4 KB in the middle of a file in place: same size, other content.
+    private func overwriteMiddle(_ url: URL) throws {
+        let handle = try FileHandle(forUpdating: url)
+        defer { try? handle.close() }
+        let middle = try handle.seekToEnd() / 2
+        try handle.seek(toOffset: middle)
+        let old = try XCTUnwrap(try handle.read(upToCount: 4096))
+        try handle.seek(toOffset: middle)
+        try handle.write(contentsOf: Data(old.map { $0 ^ 0xFF }))
+    }
+
+    func testVerifierHashesTheFIPSExamples() throws {
+        let manifest = try makeBundle()
+        let report = try BundleVerifier(stampDirectory: nil, mode: .full).verify(manifest)
+        XCTAssertEqual(Set(report.hashed), CoreLogicTests.vectorNames)
+        XCTAssertNil(report.stamp)
+    }
+
+    func testVerifierRefusesAFileOverwrittenInPlaceNamingIt() throws {
+        let manifest = try makeBundle()
+        let model = manifest.directory.appendingPathComponent("model.pte")
+        try overwriteMiddle(model)
+        XCTAssertNoThrow(try BundleVerifier(stampDirectory: nil, mode: .size).verify(manifest), "sizes only (unsafe) pass it")
+        let actual = try BundleVerifier.sha256(of: model)
+        for mode in [BundleVerification.full, .cached] {
+            XCTAssertThrowsError(try BundleVerifier(stampDirectory: temporaryPath("stamps"), mode: mode).verify(manifest)) { error in
+                let message = "\(error)"
+                XCTAssertTrue(message.contains("model.pte: SHA-256 is \(actual), manifest.json records "
+                    + "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0 for model.pte"), message)
+                XCTAssertTrue(message.contains("copy the bundle again, or re-export it"), message)
+            }
+        }
+        XCTAssertThrowsError(try Manifest.load(directory: manifest.directory, verifier: BundleVerifier(stampDirectory: nil)),
+                             "Manifest.load verifies")
+    }
+
+    func testStampSkipsUnchangedFilesAndALaterWriteIsCaught() throws {
+        let manifest = try makeBundle()
+        let stamps = temporaryPath("stamps")
+        let cached = BundleVerifier(stampDirectory: stamps, mode: .cached)
+        // Just written: a second write within the same clock tick could keep the date, so not recorded yet.
+        XCTAssertEqual(Set(try cached.verify(manifest).hashed), CoreLogicTests.vectorNames)
+        XCTAssertEqual(Set(try cached.verify(manifest).hashed), CoreLogicTests.vectorNames)
+        Thread.sleep(forTimeInterval: 2.1)
+        let first = try cached.verify(manifest)
+        XCTAssertEqual(Set(first.hashed), CoreLogicTests.vectorNames)
+        let stamp = try XCTUnwrap(first.stamp)
+        XCTAssertEqual(stamp.deletingLastPathComponent().standardizedFileURL.path, stamps.standardizedFileURL.path)
+        let second = try cached.verify(manifest)
+        XCTAssertEqual(second.hashed, [])
+        XCTAssertEqual(Set(second.unchanged), CoreLogicTests.vectorNames)
+        XCTAssertEqual(Set(try BundleVerifier(stampDirectory: stamps, mode: .full).verify(manifest).hashed),
+                       CoreLogicTests.vectorNames, "full hashes despite the stamp")
+        try overwriteMiddle(manifest.directory.appendingPathComponent("model.pte"))
+        XCTAssertThrowsError(try cached.verify(manifest)) { error in
+            XCTAssertTrue("\(error)".contains("model.pte: SHA-256 is"), "\(error)")
+        }
+    }
+
+    func testUnwritableStampDirectoryMeansHashingEveryTime() throws {
+        let manifest = try makeBundle()
+        let blocker = temporaryPath("not-a-folder")
+        try Data("a file where the stamp folder should be".utf8).write(to: blocker)
+        let verifier = BundleVerifier(stampDirectory: blocker.appendingPathComponent("verified"), mode: .cached)
+        for _ in 0..<2 {
+            let report = try verifier.verify(manifest)
+            XCTAssertEqual(Set(report.hashed), CoreLogicTests.vectorNames)
+            XCTAssertNil(report.stamp)
+        }
     }
 
     // MARK: Statistics and results

@@ -28,9 +28,10 @@ public struct Manifest {
         self.directory = directory
     }
 
-    /// Reads `directory/manifest.json`, checks its format and version, and checks that every file
-    /// it lists is there with the recorded size (as `mobilepeft bundle check` does, without hashing).
-    public static func load(directory: URL) throws -> Manifest {
+    /// Reads `directory/manifest.json`, checks its format and version, and verifies every file it
+    /// lists with `verifier` (size and SHA-256, as `mobilepeft bundle check` does; see BundleVerifier)
+    /// before anything is loaded from the bundle.
+    public static func load(directory: URL, verifier: BundleVerifier = BundleVerifier()) throws -> Manifest {
         let url = directory.appendingPathComponent(fileName)
         let data: Data
         do {
@@ -39,7 +40,7 @@ public struct Manifest {
             throw MobilePEFTError("\(fileName) not found in \(directory.path): pick a mobilepeft bundle folder")
         }
         let manifest = try parse(data, directory: directory)
-        try checkFiles(manifest)
+        try verifier.verify(manifest)
         return manifest
     }
 
@@ -64,21 +65,6 @@ public struct Manifest {
             throw MobilePEFTError("\(fileName): manifest_version \(version) is not supported by this app (it reads 1)")
         }
         return manifest
-    }
-
-    private static func checkFiles(_ manifest: Manifest) throws {
-        let manager = FileManager.default
-        for name in try manifest.keys("files{}") {
-            let expected = try manifest.int("files{}.bytes", name)
-            let path = manifest.directory.appendingPathComponent(name).path
-            guard let attributes = try? manager.attributesOfItem(atPath: path),
-                  let size = (attributes[.size] as? NSNumber)?.intValue else {
-                throw MobilePEFTError("\(Manifest.fileName): files{\(name)} is missing from the bundle (\(path)); copy the bundle again")
-            }
-            guard size == expected else {
-                throw MobilePEFTError("\(Manifest.fileName): files{\(name)} has \(size) bytes, the manifest says \(expected); the copy is truncated or corrupt, copy the bundle again")
-            }
-        }
     }
 
     // MARK: - Typed reads

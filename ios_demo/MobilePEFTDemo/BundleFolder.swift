@@ -2,7 +2,8 @@ import Foundation
 import MobilePEFTCore
 
 /// A bundle folder the user picked (Files, or the app's own Documents): security-scoped access
-/// held for as long as this object lives, and its manifest read and size-checked.
+/// held for as long as this object lives, and its manifest read and its files verified (size and
+/// SHA-256, see BundleVerifier) before anything is loaded from it.
 final class BundleFolder {
     let url: URL
     let manifest: Manifest

@@ -7,9 +7,11 @@
 # a libc++_shared.so beside it is pushed too. The bundle is pushed once per content (its manifest's
 # hash names the remote copy), the runner's `bench` runs on the phone and the result JSON (the keys
 # of DESIGN.md section 8, "device" naming the phone) is pulled to OUT.json (default bench-android.json).
+# The runner's verification stamps stay on the phone (/data/local/tmp/mobilepeft/cache), so a bundle
+# verified there once is not hashed again (docs/mobile.md, "Verifying a bundle before it runs").
 set -euo pipefail
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 2 ] || usage
 runner=$1 bundle=$2 out=${3:-bench-android.json}
 shift $(( $# >= 3 ? 3 : 2 ))
@@ -31,6 +33,6 @@ libcxx="$(dirname "$runner")/libc++_shared.so"
 [ -f "$libcxx" ] && adb push "$libcxx" "$remote/" >/dev/null
 adb shell chmod 755 "$remote/mobilepeft_runner"
 echo "running: mobilepeft_runner bench --bundle bundle-$tag $*"
-adb shell "cd $remote && LD_LIBRARY_PATH=$remote ./mobilepeft_runner bench --bundle bundle-$tag --output result.json $*"
+adb shell "cd $remote && LD_LIBRARY_PATH=$remote XDG_CACHE_HOME=$remote/cache ./mobilepeft_runner bench --bundle bundle-$tag --output result.json $*"
 adb pull "$remote/result.json" "$out" >/dev/null
 echo "result: $out"

@@ -1,5 +1,6 @@
 #include "json.h"
 
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -89,6 +90,7 @@ class JsonParser {
       v.n_ = std::strtod(number.c_str(), &end);
       if (end != number.c_str() + number.size()) { i_ = start; fail("malformed number"); }
       v.type_ = Json::Type::Number;
+      v.s_ = number;
       return v;
     }
     fail(std::string("unexpected character '") + c + "'");
@@ -175,6 +177,15 @@ const char* Json::type_name() const {
     case Type::Object: return "object";
   }
   return "?";
+}
+
+long long Json::int64() const {
+  if (type_ != Type::Number) throw std::runtime_error(std::string("expected an integer, found a ") + type_name());
+  errno = 0;
+  char* end = nullptr;
+  const long long value = std::strtoll(s_.c_str(), &end, 10);
+  if (errno != 0 || end != s_.c_str() + s_.size()) throw std::runtime_error("'" + s_ + "' is not a 64-bit integer");
+  return value;
 }
 
 const Json* Json::find(const std::string& key) const {

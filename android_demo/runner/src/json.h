@@ -23,6 +23,9 @@ class Json {
 
   bool boolean() const { return b_; }
   double number() const { return n_; }
+  // The number as a 64-bit integer, exactly: number() is a double, which rounds integers beyond
+  // 2^53 (nanosecond timestamps). Throws std::runtime_error unless it is an integer that fits.
+  long long int64() const;
   const std::string& str() const { return s_; }
   const std::vector<Json>& items() const { return a_; }
   const std::vector<std::pair<std::string, Json>>& members() const { return o_; }
@@ -33,7 +36,7 @@ class Json {
   Type type_ = Type::Null;
   bool b_ = false;
   double n_ = 0;
-  std::string s_;
+  std::string s_;  // a string's value, or a number's text as written (for int64())
   std::vector<Json> a_;
   std::vector<std::pair<std::string, Json>> o_;
 };

@@ -1,11 +1,13 @@
 // mobilepeft_runner: generate with, or benchmark, a mobilepeft ExecuTorch bundle from a shell,
-// the way ExecuTorch models are benchmarked over adb. Reads only the bundle's manifest.json.
+// the way ExecuTorch models are benchmarked over adb. Reads only the bundle's manifest.json, and
+// verifies every file it lists (size and SHA-256, verify.h) before loading any of them.
 //
 //   mobilepeft_runner generate --bundle DIR --prompt "What colour?" [--image photo.ppm] [--max-new-tokens 64]
 //   mobilepeft_runner bench    --bundle DIR [--threads 2 --prompt-len 32 --gen-len 32 --runs 5 --warmup 1]
 //                              [--output result.json]
 //   mobilepeft_runner tokenize --bundle DIR --text-file strings.json      (a JSON array of strings)
 //   mobilepeft_runner preprocess --bundle DIR --image photo.ppm --output pixels.f32
+//   mobilepeft_runner sha256 FILE...                                      (sha256sum's output format)
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -18,7 +20,10 @@
 #include "generate.h"
 #include "image.h"
 #include "json.h"
+#include "log.h"
 #include "manifest.h"
+#include "sha256.h"
+#include "verify.h"
 #include "vlm_program.h"
 
 using namespace mobilepeft;
@@ -30,16 +35,23 @@ const char* kUsage =
     "       mobilepeft_runner bench --bundle DIR [--threads N] [--prompt-len N] [--gen-len N] [--runs N] [--warmup N] [--output FILE]\n"
     "       mobilepeft_runner tokenize --bundle DIR --text-file STRINGS.json\n"
     "       mobilepeft_runner preprocess --bundle DIR --image FILE.ppm --output PIXELS.f32\n"
+    "       mobilepeft_runner sha256 FILE...\n"
     "\n"
     "generate  answer a prompt (about an image) greedily; prints {\"text\", \"tokens\", \"pieces\", ...} as JSON\n"
     "bench     time a chat turn (vision encode, prefill, decode); prints the benchmark JSON of DESIGN.md section 8\n"
     "tokenize  token ids of each string of a JSON array with the bundle's tokenizer (to check it against the host's)\n"
     "preprocess  write the pixel_values the runner feeds the vision encoder for an image (float32, NCHW)\n"
+    "sha256    the runner's own SHA-256 of files, as sha256sum prints it\n"
     "\n"
     "--bundle          a directory written by `mobilepeft export executorch` (manifest.json, model.pte, tokenizer.model)\n"
     "--image           binary PPM (P6; `convert photo.jpg photo.ppm`), preprocessed as the manifest says, or raw float32\n"
     "                  pixel_values [1,3,S,S] (.f32)\n"
     "--threads         ExecuTorch/XNNPACK threads (default 2)\n"
+    "--verify          how the bundle's files are checked before anything is loaded from it:\n"
+    "                  cached (default): size and SHA-256, not re-hashing a file unchanged (stat) since the last\n"
+    "                  successful verification (its stamp: $XDG_CACHE_HOME/mobilepeft/verified/, else\n"
+    "                  ~/.cache/mobilepeft/verified/);\n"
+    "                  full: hash every file; size: sizes only (UNSAFE: a file overwritten in place passes)\n"
     "--output          also write the JSON to FILE (atomically: FILE.tmp, then renamed)\n";
 
 struct Args {
@@ -66,7 +78,7 @@ Args parse(int argc, char** argv) {
   if (argc < 2) throw std::invalid_argument("missing command");
   args.command = argv[1];
   static const std::vector<std::string> known = {"bundle", "prompt", "image", "max-new-tokens", "threads",
-                                                 "prompt-len", "gen-len", "runs", "warmup", "output", "text-file"};
+                                                 "prompt-len", "gen-len", "runs", "warmup", "output", "text-file", "verify"};
   for (int i = 2; i < argc; ++i) {
     std::string flag = argv[i];
     if (flag.rfind("--", 0) != 0 || std::find(known.begin(), known.end(), flag.substr(2)) == known.end())
@@ -99,6 +111,13 @@ std::string tokenize_json(const Manifest& manifest, const std::string& text_file
   return out + "]";
 }
 
+// `sha256 FILE...`: lets a test (or a user on a phone) compare the runner's hash with sha256sum's.
+int print_sha256(int argc, char** argv) {
+  if (argc < 3) throw std::invalid_argument("sha256 needs at least one file");
+  for (int i = 2; i < argc; ++i) std::printf("%s  %s\n", sha256_file(argv[i]).c_str(), argv[i]);
+  return 0;
+}
+
 void write_atomically(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp";
   FILE* f = std::fopen(tmp.c_str(), "wb");
@@ -111,20 +130,27 @@ void write_atomically(const std::string& path, const std::string& text) {
 
 int main(int argc, char** argv) {
   Args args;
+  VerifyMode verify_mode = VerifyMode::Cached;
   try {
     if (argc >= 2 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h")) {
       std::fputs(kUsage, stdout);
       return 0;
     }
+    if (argc >= 2 && std::string(argv[1]) == "sha256") return print_sha256(argc, argv);
     args = parse(argc, argv);
     static const std::vector<std::string> commands = {"generate", "bench", "tokenize", "preprocess"};
     if (std::find(commands.begin(), commands.end(), args.command) == commands.end()) throw std::invalid_argument("unknown command '" + args.command + "'");
+    verify_mode = parse_verify_mode(args.get("verify", "cached"));
   } catch (const std::invalid_argument& e) {
     std::fprintf(stderr, "error: %s\n\n%s", e.what(), kUsage);
     return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
   }
   try {
     const Manifest manifest = Manifest::load(args.get("bundle"));
+    log_info(verify_bundle(manifest, verify_mode, default_stamp_dir()).summary());
     std::string json;
     if (args.command == "tokenize") {
       json = tokenize_json(manifest, args.get("text-file"));
@@ -136,7 +162,6 @@ int main(int argc, char** argv) {
     } else {
       if (!manifest.has("executorch"))
         throw BundleError(manifest.file("manifest.json") + ": no executorch section; export the bundle with `mobilepeft export executorch`");
-      manifest.check_files();
       const int threads = args.int_option("threads", 2, 1);
       set_threads(threads);
       VlmProgram program(manifest);

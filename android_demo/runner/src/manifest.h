@@ -37,7 +37,7 @@ class Manifest {
 
   const std::string& dir() const { return dir_; }
   std::string file(const std::string& relative) const { return dir_ + "/" + relative; }
-  // Every file of files{} exists with its recorded size (cheap; the hashes are the host's job).
+  // Every file of files{} exists with its recorded size (cheap: verify_bundle runs it before hashing).
   void check_files() const;
 
  private:

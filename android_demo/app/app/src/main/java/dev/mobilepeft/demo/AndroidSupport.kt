@@ -9,10 +9,17 @@ import android.graphics.Paint
 import android.net.Uri
 import android.os.Build
 import android.provider.DocumentsContract
+import android.system.ErrnoException
+import android.system.Os
+import android.system.StructTimespec
 import android.util.AttributeSet
 import android.view.View
+import dev.mobilepeft.core.Bundle
+import dev.mobilepeft.core.BundleVerifier
+import dev.mobilepeft.core.FileIdentity
 import dev.mobilepeft.core.Resizer
 import dev.mobilepeft.core.RgbImage
+import dev.mobilepeft.core.Verification
 import java.io.File
 
 /** Android's filtered Bitmap scaling (fast; bilinear, so pixels differ slightly from PIL's bicubic). */
@@ -86,8 +93,35 @@ object DeviceInfo {
     }
 }
 
+/**
+ * A file's identity from `stat(2)` (the JVM's "unix" attribute view does not exist on Android):
+ * size, mtime and ctime in ns, inode and device, the fields the native runner records.
+ */
+object StatFileIdentity : FileIdentity {
+    override fun of(file: File): Map<String, Long>? {
+        val st = try {
+            Os.stat(file.path)
+        } catch (e: ErrnoException) {
+            return null
+        }
+        return linkedMapOf("bytes" to st.st_size, "mtime_ns" to nanoseconds(st.st_mtim), "ctime_ns" to nanoseconds(st.st_ctim),
+            "inode" to st.st_ino, "device" to st.st_dev)
+    }
+
+    private fun nanoseconds(t: StructTimespec): Long = t.tv_sec * 1_000_000_000L + t.tv_nsec
+}
+
 /** Bundles live under the app's external files dir (adb push there, or import a folder through the picker). */
 object BundleStore {
+    /**
+     * Opens a bundle, verified before anything is loaded from it (size and SHA-256 of every file;
+     * files unchanged since the last verification are not hashed again, their stamps live in the
+     * app's cache dir, outside the bundle). [mode] FULL hashes every file regardless.
+     */
+    fun open(context: Context, dir: File, mode: Verification = Verification.CACHED): Bundle =
+        Bundle(dir, BundleVerifier(File(context.cacheDir, "verified"), mode, StatFileIdentity))
+
+
     fun root(context: Context): File {
         val dir = File(context.getExternalFilesDir(null) ?: context.filesDir, "bundles")
         dir.mkdirs()

@@ -19,7 +19,6 @@ import android.widget.Spinner
 import android.widget.TextView
 import dev.mobilepeft.core.BenchSettings
 import dev.mobilepeft.core.BenchmarkRunner
-import dev.mobilepeft.core.Bundle
 import dev.mobilepeft.core.GreedyAnswerer
 import dev.mobilepeft.core.ImagePreprocessor
 import dev.mobilepeft.core.PersonalizeConfig
@@ -27,6 +26,7 @@ import dev.mobilepeft.core.Personalizer
 import dev.mobilepeft.core.PilBicubicResizer
 import dev.mobilepeft.core.Sample
 import dev.mobilepeft.core.SentencePieceTokenizer
+import dev.mobilepeft.core.Verification
 import java.io.File
 import java.text.SimpleDateFormat
 import java.util.Date
@@ -147,8 +147,8 @@ class MainActivity : Activity() {
             val settings = BenchSettings(threads.text.toString().toInt(), promptLen.text.toString().toInt(),
                 genLen.text.toString().toInt(), runs.text.toString().toInt(), warmup.text.toString().toInt())
             val dir = selectedBundle()
-            runInBackground("Loading ${dir.name}…") {
-                val bundle = Bundle(dir)
+            runInBackground("Verifying and loading ${dir.name}…") {
+                val bundle = BundleStore.open(this, dir)
                 val section = bundle.spec.requireExecutorch()
                 val engine = ExecuTorchEngine(bundle.file(section.file), section, settings.threads)
                 try {
@@ -238,8 +238,8 @@ class MainActivity : Activity() {
         val fast = fastResize.isChecked
         progress.max = steps
         progress.progress = 0
-        runInBackground("Preparing ${inputs.size} photos…") {
-            val bundle = Bundle(dir)
+        runInBackground("Verifying ${dir.name}, preparing ${inputs.size} photos…") {
+            val bundle = BundleStore.open(this, dir)
             val spec = bundle.spec
             val section = spec.requireOnnxTraining()
             val tokenizer = SentencePieceTokenizer.load(bundle.file(spec.tokenizer.file))
@@ -321,7 +321,8 @@ class MainActivity : Activity() {
                 val tree = data.data ?: return
                 runInBackground("Copying the bundle…") {
                     val dir = BundleStore.importTree(this, tree)
-                    Bundle(dir) // checks the manifest and file sizes now, not at the first run
+                    // A new copy: every file hashed now (and stamped), not at the first run.
+                    BundleStore.open(this, dir, Verification.FULL)
                     runOnUiThread {
                         refreshBundles()
                         bundleSpinner.setSelection(bundles.indexOfFirst { it.name == dir.name }.coerceAtLeast(0))

@@ -539,27 +539,25 @@ object BundleFiles {
         if (p.isNotEmpty()) throw BundleError("${spec.manifest.source}: " + p.joinToString("; "))
     }
 
-    /** SHA-256 mismatches (slow on large files: the apps run it on demand only). */
-    fun hashProblems(spec: BundleSpec, dir: File): List<String> = spec.files.mapNotNull { entry ->
-        val f = File(dir, entry.path)
-        if (!f.isFile) "${entry.path} is missing" else {
-            val actual = sha256(f)
-            if (actual == entry.sha256) null else "${entry.path} has SHA-256 $actual, ${Manifest.FILE} says ${entry.sha256}"
-        }
-    }
-
+    /** Lowercase hex SHA-256 of a file's content (as manifest.json records it), read in 1 MiB blocks. */
     fun sha256(file: File): String {
         val digest = MessageDigest.getInstance("SHA-256")
         FileInputStream(file).use { input ->
-            val buf = ByteArray(1 shl 16)
+            val buf = ByteArray(1 shl 20)
             while (true) {
                 val n = input.read(buf)
                 if (n < 0) break
                 digest.update(buf, 0, n)
             }
         }
+        return hex(digest.digest())
+    }
+
+    fun sha256(bytes: ByteArray): String = hex(MessageDigest.getInstance("SHA-256").digest(bytes))
+
+    private fun hex(digest: ByteArray): String {
         val sb = StringBuilder()
-        for (b in digest.digest()) {
+        for (b in digest) {
             val v = b.toInt() and 0xFF
             sb.append(Character.forDigit(v shr 4, 16)).append(Character.forDigit(v and 15, 16))
         }
@@ -567,13 +565,15 @@ object BundleFiles {
     }
 }
 
-/** A bundle directory: its manifest, read and size-checked. */
-class Bundle(val dir: File, checkFiles: Boolean = true) {
+/**
+ * A bundle directory: its manifest, read, and its files verified by [verifier] before anything is
+ * loaded from them (size and SHA-256; the default keeps its stamps where the native runner does).
+ */
+class Bundle(val dir: File, verifier: BundleVerifier = BundleVerifier()) {
     val spec: BundleSpec = BundleSpec(Manifest.read(File(dir, Manifest.FILE)))
 
-    init {
-        if (checkFiles) BundleFiles.check(spec, DirectoryFiles(dir))
-    }
+    /** What the verification hashed and what its stamp vouched for. */
+    val verification: VerifyReport = verifier.verify(dir, spec)
 
     fun file(relativePath: String): File = File(dir, relativePath)
 }
