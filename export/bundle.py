@@ -174,13 +174,13 @@ def read_bundle(path: str | Path, *, verify: Verify = "cached") -> Bundle:
         if not file.is_file():
             raise UserError("file listed in the manifest is missing", path=file,
                             hint="copy the whole bundle directory, or re-export it")
-        size = file.stat().st_size
+        identity = dict(_identity(file), sha256=record["sha256"])
+        size = identity["bytes"]
         if size != record["bytes"]:
             raise UserError(f"file is {size} bytes, the manifest says {record['bytes']} (truncated or replaced)",
                             path=file, hint="copy the bundle again, or re-export it")
         if verify == "size":
             continue
-        identity = dict(_identity(file), sha256=record["sha256"])
         if stamp.get(relative) != identity:
             actual = file_record(file)["sha256"]
             if actual != record["sha256"]:

@@ -17,11 +17,10 @@ from PIL import Image
 
 from mobilepeft.data.synth import chance_accuracy, write_synthetic_dataset
 from mobilepeft.data.template import build_prompt_ids
-from mobilepeft.io import write_json
 from mobilepeft.loading import load_vlm
 from mobilepeft.merge import merge_adapter
 from mobilepeft.models.presets import write_preset
-from mobilepeft.outputs import MARKER, claim_output_dir, marker_record
+from mobilepeft.outputs import claim_output_dir, write_marker
 from mobilepeft.train.config import TrainConfig
 from mobilepeft.train.trainer import Trainer
 
@@ -34,7 +33,7 @@ def run_demo(output_dir: Path, *, steps: int = 300, adapter: str = "lora", sched
              echo: Callable[[str], None] = print) -> Path:
     output_dir = claim_output_dir(output_dir, "demo", overwrite=True)  # the demo's own folder is scratch
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_json(output_dir / MARKER, marker_record("demo"))
+    write_marker(output_dir, "demo")
     t0 = time.perf_counter()
     model_dir, data_dir, run_dir = output_dir / "model", output_dir / "data", output_dir / f"run-{adapter}"
     echo(f"[1/5] tiny MobileVLM V2 checkpoint (real MobileVLM format) -> {model_dir}")

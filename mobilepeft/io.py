@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from mobilepeft.errors import UserError
+
 
 def _umask() -> int:
     """The process umask (mkstemp/mkdtemp create 0600/0700; final files should honour the umask)."""
@@ -60,6 +62,21 @@ def write_text(path: str | Path, text: str) -> None:
 def torch_save(obj: Any, path: str | Path) -> None:
     with atomic_file(path, "wb") as fh:
         torch.save(obj, fh)
+
+
+def load_plain(file: str | Path, *, what: str, refused_hint: str, corrupt_hint: str) -> Any:
+    """``torch.load`` of a file that must hold tensors and plain Python values only
+    (``weights_only``): the unpickler refuses any other object instead of constructing it, so a
+    file handed to us cannot run code. Both refusals name the file; the hints are the caller's."""
+    import pickle
+
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UserError("holds Python objects other than tensors and plain values (loading them could run code); "
+                        "refused without running them", path=file, hint=refused_hint) from exc
+    except Exception as exc:
+        raise UserError(f"cannot read {what} ({type(exc).__name__}: {exc})", path=file, hint=corrupt_hint) from exc
 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
@@ -130,9 +147,9 @@ def atomic_dir(path: str | Path, *, kind: str | None = None) -> Iterator[Path]:
     try:
         yield tmp
         if kind is not None:
-            from mobilepeft.outputs import MARKER, marker_record
+            from mobilepeft.outputs import write_marker
 
-            write_json(tmp / MARKER, marker_record(kind))
+            write_marker(tmp, kind)
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")

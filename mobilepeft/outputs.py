@@ -34,12 +34,14 @@ KINDS = {
 }
 
 
-def marker_record(kind: str) -> dict[str, str]:
+def write_marker(directory: Path, kind: str) -> None:
+    """Mark ``directory`` as a complete output of ``kind`` (what :func:`output_kind` reads back)."""
     from mobilepeft import __version__
+    from mobilepeft.io import write_json
 
     if kind not in KINDS:
         raise ValueError(f"unknown output kind {kind!r}")
-    return {"kind": kind, "created_by": f"mobilepeft {__version__}"}
+    write_json(directory / MARKER, {"kind": kind, "created_by": f"mobilepeft {__version__}"})
 
 
 def output_kind(path: Path) -> str | None:
@@ -53,7 +55,7 @@ def output_kind(path: Path) -> str | None:
 
 
 def claim_output_dir(path: str | Path, kind: str, *, overwrite: bool = False, resume: bool = False,
-                     inputs: Iterable[str | Path | None] = (), flag: str = "--output-dir") -> Path:
+                     inputs: Iterable[str | Path | None] = ()) -> Path:
     """Check that a command producing ``kind`` may write ``path``; return it absolute.
 
     Called before any work, so a refusal costs nothing and changes nothing. ``resume`` accepts a
@@ -63,7 +65,7 @@ def claim_output_dir(path: str | Path, kind: str, *, overwrite: bool = False, re
 
     path = Path(path).absolute()
     if path.exists() and not path.is_dir():
-        raise UserError("is a file, not a directory", path=path, field=flag,
+        raise UserError("is a file, not a directory", path=path, field="--output-dir",
                         hint="pass a new or empty directory")
     target = path.resolve()
     for item in inputs:
@@ -73,7 +75,7 @@ def claim_output_dir(path: str | Path, kind: str, *, overwrite: bool = False, re
         if source == target or target in source.parents:
             what = "is" if source == target else "contains"
             raise UserError(f"{what} this command's input {item}: writing it would destroy the input",
-                            path=path, field=flag, hint="write the output to a new directory")
+                            path=path, field="--output-dir", hint="write the output to a new directory")
     if path.is_dir():
         existing = _listing(path)
         if existing:
@@ -81,18 +83,18 @@ def claim_output_dir(path: str | Path, kind: str, *, overwrite: bool = False, re
             if found is None:
                 names = ", ".join(existing[:4]) + (" ..." if len(existing) > 4 else "")
                 raise UserError(f"is not empty and was not written by mobilepeft ({names}); nothing was deleted",
-                                path=path, field=flag,
+                                path=path, field="--output-dir",
                                 hint="pass a new or empty directory (mobilepeft never replaces folders it did not write)")
             if found != kind:
                 raise UserError(f"holds a {KINDS[found]}; this command writes a {KINDS[kind]}", path=path,
-                                field=flag, hint="pass a new or empty directory")
+                                field="--output-dir", hint="pass a new or empty directory")
             if not (overwrite or resume):
                 also = " or --resume to continue it" if kind == "run" else ""
-                raise UserError(f"holds a previous {KINDS[kind]}", path=path, field=flag,
+                raise UserError(f"holds a previous {KINDS[kind]}", path=path, field="--output-dir",
                                 hint=f"pass --overwrite to replace it{also}, or a new directory")
     parent = _existing_ancestor(path)
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write here: {parent} is not writable", path=path, field=flag,
+        raise UserError(f"cannot write here: {parent} is not writable", path=path, field="--output-dir",
                         hint="pass a directory you can write")
     if path.parent.is_dir():
         for note in clean_stale_temporaries(path.parent):

@@ -8,7 +8,6 @@ Supported weight layouts (what Hugging Face ``save_pretrained`` produces and Mob
 from __future__ import annotations
 
 import json
-import pickle
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 
 from mobilepeft.errors import UserError
-from mobilepeft.io import atomic_dir, save_safetensors, torch_save, write_json
+from mobilepeft.io import atomic_dir, load_plain, save_safetensors, torch_save, write_json
 from mobilepeft.models.config import MobileVLMConfig
 from mobilepeft.models.mobilevlm import from_checkpoint_key, to_checkpoint_key
 
@@ -64,19 +63,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _read_file(file: Path) -> dict[str, torch.Tensor]:
-    try:
-        if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    corrupt = "the file is corrupt or truncated; re-copy it"
+    if file.suffix != ".safetensors":
+        return load_plain(file, what="weights", corrupt_hint=corrupt,
+                          refused_hint="use weights from a source you trust, preferably in .safetensors")
+    from safetensors.torch import load_file
 
-            return load_file(str(file))
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise UserError("holds Python objects other than tensors (it could run code when loaded); refused without "
-                        "running it", path=file,
-                        hint="use weights from a source you trust, preferably in .safetensors") from exc
+    try:
+        return load_file(str(file))
     except Exception as exc:
-        raise UserError(f"cannot read weights ({type(exc).__name__}: {exc})", path=file,
-                        hint="the file is corrupt or truncated; re-copy it") from exc
+        raise UserError(f"cannot read weights ({type(exc).__name__}: {exc})", path=file, hint=corrupt) from exc
 
 
 def _read_sharded(path: Path, index_file: Path) -> dict[str, torch.Tensor]:

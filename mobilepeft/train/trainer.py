@@ -40,6 +40,7 @@ from mobilepeft.errors import UserError
 from mobilepeft.io import (
     atomic_dir,
     clean_stale_temporaries,
+    load_plain,
     save_safetensors,
     torch_save,
     write_json,
@@ -48,7 +49,7 @@ from mobilepeft.io import (
 from mobilepeft.loading import load_vlm
 from mobilepeft.merge import save_like_input
 from mobilepeft.models.mobilevlm import MobileVLMForCausalLM
-from mobilepeft.outputs import MARKER, claim_output_dir, marker_record
+from mobilepeft.outputs import claim_output_dir, write_marker
 from mobilepeft.schedule.plot import plot_rank_history
 from mobilepeft.schedule.scheduler import RankScheduler
 from mobilepeft.train.config import TrainConfig
@@ -267,7 +268,7 @@ class Trainer:
         with torch.no_grad():
             for name, tensor in tensors.items():
                 params[name].copy_(tensor)
-        extra = load_plain(ckpt / "optimizer.pt")
+        extra = _load_state(ckpt / "optimizer.pt")
         optimizer.load_state_dict(extra["optimizer"])
         scheduler.load_state_dict(extra["scheduler"])
         return int(state["step"])
@@ -307,7 +308,7 @@ class Trainer:
         if self.out.exists():
             shutil.rmtree(self.out)
         self.out.mkdir(parents=True)
-        write_json(self.out / MARKER, marker_record("run"))
+        write_marker(self.out, "run")
 
     def _run(self) -> TrainResult:
         cfg, dist, root = self.cfg, self.dist, self.dist.is_root
@@ -330,7 +331,7 @@ class Trainer:
             self._say(f"{cfg.schedule} rank schedule: the first {cfg.probe_steps} batches probe each module's "
                       "sensitivity before ranks are allocated")
             if resume_from is not None:  # the checkpoint's ranks (shapes) before the optimizer sees them
-                self.ranker.load_state_dict(load_plain(resume_from / "rank_schedule.pt"))
+                self.ranker.load_state_dict(_load_state(resume_from / "rank_schedule.pt"))
         optimizer = self._optimizer(model)
         warmup = int(cfg.warmup_ratio * total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(warmup, total_steps))
@@ -520,20 +521,12 @@ def read_trainer_state(ckpt: Path) -> dict[str, Any]:
     return state
 
 
-def load_plain(file: Path) -> Any:
-    """A checkpoint's ``.pt`` state: tensors and plain Python values only (``weights_only``), so a
-    checkpoint directory from anywhere cannot run code; anything else is refused, not executed."""
-    import pickle
-
-    try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise UserError("holds Python objects other than tensors and plain values; refused without running them "
-                        "(tampered, or written by another program)", path=file,
-                        hint="resume only from checkpoints written by mobilepeft train; start again with --overwrite") from exc
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise UserError(f"cannot read the checkpoint state ({exc})", path=file,
-                        hint="the file is truncated or corrupt; resume from an earlier checkpoint or start again") from exc
+def _load_state(file: Path) -> Any:
+    """A checkpoint's ``.pt`` state (optimizer, LR and rank schedules): checkpoint directories are
+    moved between machines, so they are read without running code."""
+    return load_plain(file, what="the checkpoint state",
+                      refused_hint="resume only from checkpoints written by mobilepeft train; start again with --overwrite",
+                      corrupt_hint="the file is truncated or corrupt; resume from an earlier checkpoint or start again")
 
 
 def _append_metrics(path: Path, record: dict[str, Any]) -> None:
