@@ -1,5 +1,7 @@
-"""``python -m mobilepeft``: the CLI, also what ``torchrun -m mobilepeft train ...`` starts on every rank."""
+"""``python -m mobilepeft``: the whole CLI (the installed ``mobilepeft`` script's function), also what
+``torchrun -m mobilepeft train ...`` starts on every rank."""
 
-from mobilepeft.cli import main
+from mobilepeft.export.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

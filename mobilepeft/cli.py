@@ -7,6 +7,7 @@ traceback.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from collections.abc import Sequence
@@ -17,10 +18,8 @@ import typer
 
 from mobilepeft import _quiet  # noqa: F401
 from mobilepeft.errors import UserError
+from mobilepeft.settings import choices_of
 from mobilepeft.train.config import TrainConfig
-
-#: the defaults `mobilepeft train --help` shows: TrainConfig's own (it declares every setting once)
-DEFAULTS = TrainConfig()
 
 app = typer.Typer(
     help="On-device fine-tuning and deployment toolkit for small vision-language models (MobileVLM).",
@@ -72,87 +71,67 @@ def _fractions(value: str | None, field: str) -> list[float] | None:
         raise UserError(f"expected comma-separated numbers, got {value!r}", field=field, hint="e.g. 0.1,0.7") from exc
 
 
-@app.command("train")
-def train_cmd(
-    ctx: typer.Context,
-    model: Annotated[str | None, typer.Option(help="MobileVLM checkpoint directory.")] = None,
-    data: Annotated[str | None, typer.Option(help="LLaVA-format training JSON.")] = None,
-    image_folder: Annotated[str | None, typer.Option(help="Folder the JSON's image paths are relative to (default: the JSON's folder).")] = None,
-    output_dir: Annotated[str | None, typer.Option(help="Run directory: adapter/, checkpoints/, metrics.jsonl.")] = None,
-    eval_data: Annotated[str | None, typer.Option(help="LLaVA-format validation JSON (loss + exact-match accuracy).")] = None,
-    eval_image_folder: Annotated[str | None, typer.Option(help="Image folder of --eval-data (default: --image-folder).")] = None,
-    stage: Annotated[str, typer.Option(help="finetune (adapters + projector), pretrain (projector only, MobileVLM stage I) or full (every LLM weight + projector, MobileVLM stage II; writes OUT/model/).")] = DEFAULTS.stage,
-    adapter: Annotated[str, typer.Option(help="Adapter method: lora, multihead (Hydra), dmlora or adaring (docs/methods.md).")] = DEFAULTS.adapter,
-    rank: Annotated[int, typer.Option(help="LoRA rank r (MobileVLM recipe: 128).")] = DEFAULTS.rank,
-    alpha: Annotated[float, typer.Option(help="LoRA alpha; scaling = alpha/r (MobileVLM recipe: 256).")] = DEFAULTS.alpha,
-    lora_dropout: Annotated[float, typer.Option(help="Dropout on the adapter input.")] = DEFAULTS.lora_dropout,
-    use_rslora: Annotated[bool, typer.Option("--use-rslora/--no-use-rslora", help="Scale by alpha/sqrt(r).")] = DEFAULTS.use_rslora,
-    target_modules: Annotated[list[str], typer.Option(help="Linear layers to adapt, comma separated (default: q,k,v,o,gate,up,down_proj of the LLM; 'vision:q_proj' targets the CLIP tower).")] = DEFAULTS.target_modules,
-    rank_parallel: Annotated[int | None, typer.Option(help="multihead: rank of the parallel branch (default: half of --rank).")] = None,
-    rank_sequential: Annotated[int | None, typer.Option(help="multihead: rank of the sequential branch (default: the rest of --rank).")] = None,
-    branches: Annotated[int, typer.Option(help="dmlora: number of LoRA branches sharing --rank.")] = DEFAULTS.branches,
-    branch_drop_max: Annotated[float, typer.Option(help="dmlora: branch-drop probability reached at the end of training.")] = DEFAULTS.branch_drop_max,
-    scalar_lr_ratio: Annotated[float, typer.Option(help="dmlora: LR of the per-layer learning scalar, as a fraction of --lr.")] = DEFAULTS.scalar_lr_ratio,
-    ring_rank: Annotated[int, typer.Option(help="adaring: ring rank of the shared cores.")] = DEFAULTS.ring_rank,
-    ring_rank_pattern: Annotated[list[str] | None, typer.Option(help="adaring: per module type ring ranks, e.g. 'down_proj=6,q_proj=2'.")] = None,
-    schedule: Annotated[str | None, typer.Option(help="Rank schedule at the budget of fixed --rank: fixed (plain LoRA), hierarchical, dynamic or hydra (both; the default; fixed for adaring). See docs/hydra.md.")] = None,
-    rank_min: Annotated[int | None, typer.Option(help="Schedules: smallest rank of a branch (default: --rank-granule).")] = None,
-    rank_max: Annotated[int | None, typer.Option(help="Schedules: largest rank of a branch (default: 4 x --rank).")] = None,
-    rank_granule: Annotated[int, typer.Option(help="Schedules: ranks move in multiples of this.")] = DEFAULTS.rank_granule,
-    temperature: Annotated[float, typer.Option(help="Schedules: how strongly sensitivity skews the allocation (0 = fixed LoRA).")] = DEFAULTS.temperature,
-    probe_steps: Annotated[int, typer.Option(help="Schedules: batches the sensitivity probe looks at before training.")] = DEFAULTS.probe_steps,
-    realloc_every: Annotated[int, typer.Option(help="Schedules: steps between reallocations (0: 5 percent of the run, at least 5).")] = DEFAULTS.realloc_every,
-    realloc_window: Annotated[str, typer.Option(help="Schedules: fractions of the run between which reallocations happen, e.g. 0.1,0.7.")] = ",".join(map(str, DEFAULTS.realloc_window)),
-    train_projector: Annotated[bool, typer.Option("--train-projector/--no-train-projector", help="Train the LDP projector too (MobileVLM recipe: yes).")] = DEFAULTS.train_projector,
-    projector: Annotated[str | None, typer.Option(help="Initialise the projector from a stage-I mm_projector.safetensors.")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps (overrides --epochs).")] = None,
-    epochs: Annotated[float, typer.Option(help="Epochs over the training data.")] = DEFAULTS.epochs,
-    batch_size: Annotated[int, typer.Option(help="Samples per micro-batch (per process under torchrun).")] = DEFAULTS.batch_size,
-    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step, per process.")] = DEFAULTS.grad_accum,
-    global_batch_size: Annotated[int | None, typer.Option(help="Samples per optimizer step over all torchrun processes; sets --grad-accum to fit the world size, so the same command gives the same run on 1 or N GPUs.")] = None,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine schedule with warmup).")] = DEFAULTS.lr,
-    projector_lr: Annotated[float | None, typer.Option(help="Learning rate of the projector (default: --lr).")] = None,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = DEFAULTS.weight_decay,
-    warmup_ratio: Annotated[float, typer.Option(help="Fraction of steps of linear warmup.")] = DEFAULTS.warmup_ratio,
-    max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping norm.")] = DEFAULTS.max_grad_norm,
-    precision: Annotated[str, typer.Option(help="fp32 or bf16 (autocast).")] = DEFAULTS.precision,
-    device: Annotated[str, typer.Option(help="auto (a CUDA GPU when torch sees one, else CPU), cpu, cuda or cuda:N.")] = DEFAULTS.device,
-    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute LLM activations in backward to save memory.")] = DEFAULTS.gradient_checkpointing,
-    fsdp: Annotated[bool, typer.Option("--fsdp/--no-fsdp", help="Under torchrun: shard the frozen base over the processes with FSDP2 (adapters and projector stay replicated); default DDP. See docs/distributed.md.")] = DEFAULTS.fsdp,
-    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile every transformer block (pays off on GPUs; a rank schedule recompiles after each reallocation).")] = DEFAULTS.compile,
-    max_length: Annotated[int, typer.Option(help="Max sequence length including the image tokens.")] = DEFAULTS.max_length,
-    seed: Annotated[int, typer.Option(help="Seed for init, data order and dropout.")] = DEFAULTS.seed,
-    num_workers: Annotated[int | None, typer.Option(help="DataLoader worker processes (default: 0 on CPU, 4 with pinned memory on CUDA).")] = None,
-    save_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0: only at the end).")] = DEFAULTS.save_every,
-    keep_checkpoints: Annotated[int, typer.Option(help="How many recent checkpoints to keep.")] = DEFAULTS.keep_checkpoints,
-    eval_every: Annotated[int, typer.Option(help="Evaluate every N steps (0: before and after only).")] = DEFAULTS.eval_every,
-    eval_max_new_tokens: Annotated[int, typer.Option(help="Generation length for exact-match eval.")] = DEFAULTS.eval_max_new_tokens,
-    eval_batch_size: Annotated[int, typer.Option(help="Batch size of evaluation.")] = DEFAULTS.eval_batch_size,
-    log_every: Annotated[int, typer.Option(help="Write a metrics.jsonl record every N steps.")] = DEFAULTS.log_every,
-    skip_bad_samples: Annotated[bool, typer.Option("--skip-bad-samples/--no-skip-bad-samples", help="Skip invalid samples (counted at the end) instead of stopping.")] = DEFAULTS.skip_bad_samples,
-    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the latest checkpoint in --output-dir, exactly.")] = DEFAULTS.resume,
-    overwrite: Annotated[bool, typer.Option("--overwrite/--no-overwrite", help="Start again in an --output-dir that holds a previous run (its checkpoints, metrics and rank history are deleted).")] = DEFAULTS.overwrite,
-    config: Annotated[Path | None, typer.Option(help="YAML file with the same keys as these flags; flags override it.")] = None,
-) -> None:
+#: the --help panel of each config section
+_PANELS = {"model": "Model", "data": "Data", "adapter": "Adapter", "schedule": "Rank schedule (HyDRA)",
+           "optim": "Optimisation", "output": "Output, checkpoints and evaluation"}
+
+
+def _flag_parameter(name: str, entry) -> inspect.Parameter:
+    """One ``mobilepeft train`` option from its declaration (mobilepeft/settings.py)."""
+    f, hint, kind = entry.field, entry.hint, entry.field.metadata.get("cli")
+    default = f.default_factory() if callable(f.default_factory) else f.default
+    option = "--" + name.replace("_", "-")
+    listed = f" One of: {', '.join(choices_of(f))}." if callable(f.metadata.get("choices")) else ""
+    shown = dict(help=f.metadata["help"] + listed, rich_help_panel=_PANELS[entry.section] + (
+        f": {entry.method}" if entry.method else ""))
+    if kind == "switch":
+        annotated = Annotated[bool, typer.Option(f"{option}/--no-{name.replace('_', '-')}", **shown)]
+    elif kind in ("list", "key_values"):
+        annotated = Annotated[list[str] | None, typer.Option(option, **shown)]
+        default = None
+    elif kind == "fractions":
+        annotated = Annotated[str, typer.Option(option, **shown)]
+        default = ",".join(map(str, default))
+    else:
+        annotated = Annotated[hint, typer.Option(option, **shown)]
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotated)
+
+
+#: how the text of a flag becomes its value, by the ``cli`` kind its declaration names
+_PARSERS = {"list": lambda v, name: _split(v), "key_values": _key_values, "fractions": _fractions}
+
+
+def train_cmd(ctx: typer.Context, config: Path | None = None, **flags: object) -> None:
     """Fine-tune adapters (and the projector) on LLaVA-format data.
 
     Example: mobilepeft train --model ckpt/ --data data/train.json --eval-data data/val.json --output-dir runs/lora
 
     On N GPUs, the same flags under torchrun: torchrun --nproc-per-node N -m mobilepeft train ... (docs/distributed.md).
     """
-    # Flags given on the command line win over --config; the defaults shown in --help are TrainConfig's.
-    given = {k: v for k, v in locals().items()
-             if k not in ("config", "ctx") and ctx.get_parameter_source(k).name == "COMMANDLINE"}
     from mobilepeft.distributed import from_environment
     from mobilepeft.train.trainer import Trainer
 
-    parsers = {"target_modules": _split, "ring_rank_pattern": lambda v: _key_values(v, "ring_rank_pattern"),
-               "realloc_window": lambda v: _fractions(v, "realloc_window")}
-    overrides = {k: parsers[k](v) if k in parsers else v for k, v in given.items()}
+    table = TrainConfig.flags()
+    # Flags given on the command line win over --config; the defaults --help shows are the declared ones.
+    overrides = {}
+    for name, value in flags.items():
+        if ctx.get_parameter_source(name).name == "COMMANDLINE":
+            parse = _PARSERS.get(table[name].field.metadata.get("cli"))
+            overrides[name] = parse(value, name) if parse else value
     cfg = TrainConfig.from_sources(config, overrides)
     result = Trainer(cfg, progress=True).run()
     if from_environment().is_root:
         _report_training(result)
+
+
+train_cmd.__signature__ = inspect.Signature([
+    inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+    *(_flag_parameter(name, entry) for name, entry in TrainConfig.flags().items()),
+    inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Path | None, typer.Option(help="YAML file: the flags' keys (flat) or a saved train_config.yaml (nested); "
+                                       "flags override it.")]),
+])
+app.command("train")(train_cmd)
 
 
 def _report_training(result) -> None:
@@ -222,7 +201,7 @@ def init_model_cmd(
 ) -> None:
     """Write a randomly initialised model in the exact MobileVLM checkpoint format."""
     from mobilepeft.models.checkpoint import WEIGHT_FORMATS
-    from mobilepeft.models.presets import PRESETS, write_preset
+    from mobilepeft.presets import PRESETS, write_preset
 
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}", field="preset", hint=f"choose from {', '.join(PRESETS)}")
@@ -311,8 +290,8 @@ def adapter_to_lora_cmd(
 def demo_cmd(
     output_dir: Annotated[Path, typer.Option(help="Where the demo writes model, data and run.")] = Path("outputs/demo"),
     steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 300,
-    adapter: Annotated[str, typer.Option(help="Adapter method: lora, multihead, dmlora or adaring.")] = "lora",
-    schedule: Annotated[str | None, typer.Option(help="Rank schedule (default: hydra; fixed for adaring).")] = None,
+    adapter: Annotated[str, typer.Option(help="Adapter method, as `mobilepeft train --adapter` (docs/methods.md).")] = "lora",
+    schedule: Annotated[str | None, typer.Option(help="Rank schedule (default: hydra; fixed for methods without per-module ranks).")] = None,
 ) -> None:
     """The main job on the embedded default: tiny MobileVLM + synthetic data -> trained adapter."""
     from mobilepeft.demo import run_demo

@@ -19,8 +19,8 @@ from mobilepeft.data.synth import chance_accuracy, write_synthetic_dataset
 from mobilepeft.data.template import build_prompt_ids
 from mobilepeft.loading import load_vlm
 from mobilepeft.merge import merge_adapter
-from mobilepeft.models.presets import write_preset
 from mobilepeft.outputs import claim_output_dir, write_marker
+from mobilepeft.presets import write_preset
 from mobilepeft.train.config import TrainConfig
 from mobilepeft.train.trainer import Trainer
 
@@ -42,11 +42,11 @@ def run_demo(output_dir: Path, *, steps: int = 300, adapter: str = "lora", sched
     echo(f"[2/5] synthetic LLaVA-format dataset -> {data_dir}")
     if not (data_dir / "val.json").is_file():
         write_synthetic_dataset(data_dir)
-    cfg = TrainConfig(model=str(model_dir), data=str(data_dir / "train.json"), image_folder=str(data_dir),
+    cfg = TrainConfig.from_flat(dict(model=str(model_dir), data=str(data_dir / "train.json"), image_folder=str(data_dir),
                       eval_data=str(data_dir / "val.json"), output_dir=str(run_dir), adapter=adapter,
-                      max_steps=steps, schedule=schedule, overwrite=True, **DEMO_TRAIN)
+                      max_steps=steps, schedule=schedule, overwrite=True, **DEMO_TRAIN))
     cfg.validate()
-    echo(f"[3/5] training {adapter} with the {cfg.schedule} rank schedule for {steps} steps -> {run_dir}")
+    echo(f"[3/5] training {adapter} with the {cfg.schedule.kind} rank schedule for {steps} steps -> {run_dir}")
     result = Trainer(cfg).run()
     echo("[4/5] reloading the adapter with mobilepeft.load_vlm and answering a validation question")
     model = load_vlm(model_dir, adapter=result.adapter_dir)
@@ -76,7 +76,7 @@ def run_demo(output_dir: Path, *, steps: int = 300, adapter: str = "lora", sched
     echo(f"  metrics       {run_dir / 'metrics.jsonl'}")
     if (run_dir / "rank_history.png").is_file():
         final = json.loads((run_dir / "rank_history.json").read_text())["events"][-1]["ranks"].values()
-        echo(f"  ranks         {min(final)}..{max(final)} at the budget of rank {cfg.rank}: "
+        echo(f"  ranks         {min(final)}..{max(final)} at the budget of rank {cfg.adapter.rank}: "
              f"{run_dir / 'rank_history.png'}")
     echo(f"  done in {time.perf_counter() - t0:.0f} s")
     return result.adapter_dir

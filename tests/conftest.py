@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from mobilepeft.data.synth import write_synthetic_dataset  # noqa: E402
 from mobilepeft.models.checkpoint import read_state_dict, save_checkpoint  # noqa: E402
 from mobilepeft.models.config import MobileVLMConfig  # noqa: E402
-from mobilepeft.models.presets import write_preset  # noqa: E402
+from mobilepeft.presets import write_preset  # noqa: E402
 
-# Bundle verification stamps (export/bundle.py) go to a throwaway cache, not the user's ~/.cache.
+# Bundle verification stamps (mobilepeft/export/bundle.py) go to a throwaway cache, not the user's ~/.cache.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="mobilepeft-test-cache-")
 
 # Under pytest-xdist (`make test` runs two workers on two cores) each worker gets one core.

@@ -45,9 +45,9 @@ def train_adapter(ckpt: Path, data: Path, out: Path, method: str, steps: int, lr
     from mobilepeft.train.config import TrainConfig
     from mobilepeft.train.trainer import Trainer
 
-    cfg = TrainConfig(model=str(ckpt), data=str(data / "train.json"), image_folder=str(data), output_dir=str(out),
+    cfg = TrainConfig.from_flat(dict(model=str(ckpt), data=str(data / "train.json"), image_folder=str(data), output_dir=str(out),
                       adapter=method, rank=4, alpha=8, max_steps=steps, batch_size=8, lr=lr, max_length=256,
-                      save_every=0, schedule="fixed")
+                      save_every=0, schedule="fixed"))
     cfg.validate()
     Trainer(cfg, progress=False).run()
     return out / "adapter"
@@ -84,7 +84,7 @@ def assert_runner_generates_like_pytorch(bundle_dir: Path, ckpt: Path, adapter: 
     """ExecuTorch's MultimodalRunner on the bundle gives ``model.generate``'s greedy tokens for ``n``
     val questions; returns how many answers were non-empty (so callers can check the test has teeth)."""
     from mobilepeft.export.bundle import read_bundle
-    from mobilepeft.export.et_runner import BundleRunner
+    from mobilepeft.export.executorch.runner import BundleRunner
 
     bundle = read_bundle(bundle_dir, verify="full")
     assert bundle.manifest["executorch"]["parity_rel_diff"] < 1e-3
@@ -101,11 +101,11 @@ def assert_runner_generates_like_pytorch(bundle_dir: Path, ckpt: Path, adapter: 
     return answered
 
 
-RUNNER_SOURCE = Path(__file__).resolve().parent.parent / "android_demo" / "runner"
+RUNNER_SOURCE = Path(__file__).resolve().parent.parent / "runner"
 
 
 def build_native_runner(build_dir: Path) -> Path:
-    """Configure and build android_demo/runner against the installed executorch wheel; returns the binary.
+    """Configure and build runner/ (the native runner) against the installed executorch wheel; returns the binary.
 
     Uses the CMake (>= 3.28, the dev extra's) and Ninja next to this interpreter when present."""
     import shutil

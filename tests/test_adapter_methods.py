@@ -12,11 +12,11 @@ from helpers import assert_peft_equal
 from safetensors.torch import load_file
 
 import mobilepeft
-from mobilepeft.adapters.adaring import AdaRingLinear
-from mobilepeft.adapters.dmlora import DMLoRALinear
 from mobilepeft.adapters.files import save_adapter
 from mobilepeft.adapters.inject import adapter_layers, adapter_parameters, inject_adapters
-from mobilepeft.adapters.multihead import MultiHeadLinear
+from mobilepeft.adapters.methods.adaring import AdaRingLinear
+from mobilepeft.adapters.methods.dmlora import DMLoRALinear
+from mobilepeft.adapters.methods.multihead import MultiHeadLinear
 from mobilepeft.adapters.spec import AdapterSpec
 from mobilepeft.adapters.summary import summarize_adapter
 from mobilepeft.data import SupervisedDataset, collate_batch, load_llava
@@ -44,9 +44,9 @@ def _logits(model, batch):
 
 
 def _train(ckpt, data, out, method, steps=4, **kw):
-    cfg = TrainConfig(model=str(ckpt), data=str(data / "train.json"), image_folder=str(data), output_dir=str(out),
+    cfg = TrainConfig.from_flat(dict(model=str(ckpt), data=str(data / "train.json"), image_folder=str(data), output_dir=str(out),
                       adapter=method, rank=4, alpha=8, max_steps=steps, batch_size=4, lr=1e-2, max_length=256,
-                      save_every=0, **kw)
+                      save_every=0, **kw))
     cfg.validate()
     return Trainer(cfg, progress=False).run()
 
@@ -120,7 +120,7 @@ def _expected_count(method, layers, spec):
     if method == "lora":
         return sum(r * (m.in_features + m.out_features) for m in layers)
     if method == "multihead":
-        rp, rs = spec.branch_ranks(r)
+        rp, rs = spec.settings.branch_ranks(r, r)
         return sum(rp * (m.in_features + m.out_features) + rs * 2 * m.out_features for m in layers)
     if method == "dmlora":
         return sum(r * (m.in_features + m.out_features) + 1 for m in layers)
@@ -136,8 +136,8 @@ def _expected_count(method, layers, spec):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_parameter_counts_match_the_formulas(method, tiny_ckpt, tmp_path):
-    spec = AdapterSpec(method=method, rank=6, alpha=12, ring_rank=3, ring_rank_pattern={"down_proj": 5},
-                       target_modules=["q_proj", "k_proj", "down_proj"])
+    spec = AdapterSpec.from_dict(dict(method=method, rank=6, alpha=12, ring_rank=3, ring_rank_pattern={"down_proj": 5},
+                                      target_modules=["q_proj", "k_proj", "down_proj"]))
     model = _random_adapter(mobilepeft.load_vlm(tiny_ckpt), spec)
     layers = list(adapter_layers(model).values())
     expected = _expected_count(method, layers, spec)
@@ -168,11 +168,11 @@ def test_multihead_merge_formula_and_unmerge(tiny_ckpt):
 
 
 def test_multihead_branch_ranks_from_flags():
-    cfg = TrainConfig(model="m", data="d.json", output_dir="o", adapter="multihead", rank=8, rank_sequential=2)
+    cfg = TrainConfig.from_flat(dict(model="m", data="d.json", output_dir="o", adapter="multihead", rank=8, rank_sequential=2))
     cfg.validate()
-    assert (cfg.rank_parallel, cfg.rank_sequential, cfg.rank) == (6, 2, 8)
-    assert cfg.adapter_spec().branch_ranks(8) == (6, 2)
-    assert cfg.adapter_spec().branch_ranks(4) == (3, 1)  # a rank_pattern entry keeps the 3:1 split
+    assert (cfg.adapter.settings.rank_parallel, cfg.adapter.settings.rank_sequential, cfg.adapter.rank) == (6, 2, 8)
+    assert cfg.adapter.settings.branch_ranks(8, cfg.adapter.rank) == (6, 2)
+    assert cfg.adapter.settings.branch_ranks(4, cfg.adapter.rank) == (3, 1)  # a rank_pattern entry keeps the 3:1 split
 
 
 def test_dmlora_forward_drops_whole_branches_and_rescales():
@@ -208,9 +208,9 @@ def test_dmlora_two_stage_scalar_and_determinism(tiny_ckpt, synth_data, tmp_path
         scalars.append(float(layer.scalar.detach()))
 
     def run(name, seed):
-        cfg = TrainConfig(model=str(tiny_ckpt), data=str(synth_data / "train.json"), image_folder=str(synth_data),
+        cfg = TrainConfig.from_flat(dict(model=str(tiny_ckpt), data=str(synth_data / "train.json"), image_folder=str(synth_data),
                           output_dir=str(tmp_path / name), adapter="dmlora", rank=8, alpha=16, max_steps=6,
-                          batch_size=4, lr=1e-2, scalar_lr_ratio=0.5, save_every=0, seed=seed)
+                          batch_size=4, lr=1e-2, scalar_lr_ratio=0.5, save_every=0, seed=seed))
         cfg.validate()
         Trainer(cfg, progress=False, callbacks=[record]).run()
         return load_file(str(tmp_path / name / "adapter" / "adapter_model.safetensors"))
@@ -224,8 +224,8 @@ def test_dmlora_two_stage_scalar_and_determinism(tiny_ckpt, synth_data, tmp_path
 
 
 def test_adaring_shares_cores_and_matches_the_trace_formula(tiny_ckpt):
-    model = _random_adapter(mobilepeft.load_vlm(tiny_ckpt), AdapterSpec(method="adaring", ring_rank=3, alpha=9,
-                                                                       target_modules=["q_proj", "up_proj"]))
+    model = _random_adapter(mobilepeft.load_vlm(tiny_ckpt), AdapterSpec.from_dict(dict(
+        method="adaring", ring_rank=3, alpha=9, target_modules=["q_proj", "up_proj"])))
     layers = {p: m for p, m in adapter_layers(model).items() if isinstance(m, AdaRingLinear)}
     q = [m for p, m in layers.items() if p.endswith("q_proj")]
     assert len(q) == 4 and all(m.cores is q[0].cores for m in q)

@@ -141,7 +141,7 @@ def test_streamed_preset_writes_shard_by_shard_and_loads(tmp_path):
     same code path on tiny dimensions must give a loadable, deterministic checkpoint."""
     import copy
 
-    from mobilepeft.models.presets import PRESETS, write_model
+    from mobilepeft.presets import PRESETS, write_model
 
     spec = dict(copy.deepcopy(PRESETS["tiny"]), stream=True)
     a = write_model(spec, tmp_path / "a", seed=3, max_shard_bytes=1_000_000)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-CLI = [sys.executable, "-m", "mobilepeft.export.cli"]  # the entry point: all commands
+CLI = [sys.executable, "-m", "mobilepeft"]  # the same function as the installed script: all commands
 
 
 def _run(*args, cwd=None):

@@ -17,14 +17,14 @@ import torch
 import mobilepeft
 from mobilepeft.errors import UserError
 from mobilepeft.export.bundle import read_bundle
-from mobilepeft.export.coreml_export import (
+from mobilepeft.export.coreml.exporter import (
     PARITY_RTOL,
     CoreMLTextDecoder,
     compress_weights,
     decoder_parity,
     export_coreml,
 )
-from mobilepeft.export.coreml_inspect import (
+from mobilepeft.export.coreml.inspect import (
     load_package,
     op_counts,
     package_bytes,
@@ -32,8 +32,8 @@ from mobilepeft.export.coreml_inspect import (
     specification_version,
     stored_weights,
 )
-from mobilepeft.export.source_model import probe_inputs
-from mobilepeft.export.training_graph import VisionEncoder
+from mobilepeft.export.graphs.source_model import probe_inputs
+from mobilepeft.export.graphs.vision import VisionEncoder
 
 SEQ = 96
 
@@ -175,7 +175,7 @@ def test_v2_checkpoint_through_the_cli_stateless_int8(v2_sharded_ckpt, tmp_path)
 def test_executorch_core_ml_delegate_takes_the_whole_program(tiny_ckpt, tmp_path):
     from executorch.exir._serialize._program import deserialize_pte_binary
 
-    from mobilepeft.export.executorch_export import export_executorch
+    from mobilepeft.export.executorch.exporter import export_executorch
 
     export_executorch(tiny_ckpt, tmp_path / "bundle", backend="coreml", max_seq_len=SEQ, echo=lambda _: None)
     section = read_bundle(tmp_path / "bundle", verify="full").section("executorch")

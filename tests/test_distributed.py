@@ -27,8 +27,8 @@ TOL = 1e-5
 
 
 def _cfg(ckpt, data, out, **kw) -> TrainConfig:
-    cfg = TrainConfig(model=str(ckpt), data=str(data / "train.json"), image_folder=str(data), output_dir=str(out),
-                      eval_data=str(data / "val16.json"), **{**FLAGS, **kw})
+    cfg = TrainConfig.from_flat(dict(model=str(ckpt), data=str(data / "train.json"), image_folder=str(data), output_dir=str(out),
+                      eval_data=str(data / "val16.json"), **{**FLAGS, **kw}))
     cfg.validate()
     return cfg
 

@@ -84,9 +84,9 @@ def trained(tiny_ckpt, synth_data, tmp_path_factory):
     from mobilepeft.train.trainer import Trainer
 
     out = tmp_path_factory.mktemp("eval-run")
-    cfg = TrainConfig(model=str(tiny_ckpt), data=str(synth_data / "train.json"), image_folder=str(synth_data),
+    cfg = TrainConfig.from_flat(dict(model=str(tiny_ckpt), data=str(synth_data / "train.json"), image_folder=str(synth_data),
                       eval_data=str(synth_data / "val.json"), output_dir=str(out), rank=4, alpha=8, max_steps=60,
-                      batch_size=16, lr=3e-3, max_length=256, save_every=0, schedule="fixed", eval_batch_size=32)
+                      batch_size=16, lr=3e-3, max_length=256, save_every=0, schedule="fixed", eval_batch_size=32))
     cfg.validate()
     return Trainer(cfg, progress=False).run()
 

@@ -1,6 +1,6 @@
 """ExecuTorch deployment (issue 6): the static-KV-cache decoder reproduces the model; a merged LoRA
 model lowered to XNNPACK (fp32 and 8da4w) is driven by ExecuTorch's own MultimodalRunner; bench; the
-native C++ runner (android_demo/runner, issue 8) built here against the wheel's runtime generates exactly
+native C++ runner (runner/, issue 8) built here against the wheel's runtime generates exactly
 what the Python ExecuTorch path generates.
 
 Lowering is the slow part, so each bundle is exported once per module. The other adapter methods
@@ -35,9 +35,9 @@ import mobilepeft
 from mobilepeft.adapters.inject import merge_and_unload
 from mobilepeft.data.template import build_prompt_ids
 from mobilepeft.export.bundle import file_record, read_bundle
-from mobilepeft.export.et_runner import BundleRunner
-from mobilepeft.export.executorch_export import PARITY_RTOL, export_executorch
-from mobilepeft.export.kv_decoder import StaticCacheDecoder, TokenEmbedding, greedy_generate
+from mobilepeft.export.executorch.exporter import PARITY_RTOL, export_executorch
+from mobilepeft.export.executorch.runner import BundleRunner
+from mobilepeft.export.graphs.kv_decoder import StaticCacheDecoder, TokenEmbedding, greedy_generate
 from mobilepeft.models.image_processing import preprocess_images
 from mobilepeft.models.tokenizer import Tokenizer
 
@@ -130,7 +130,7 @@ def test_bench_reports_the_design_keys_and_compares_with_eager(lora_bundles):
 
 @pytest.fixture(scope="module")
 def native_runner(tmp_path_factory):
-    """android_demo/runner built with CMake against the executorch wheel's C++ runtime; the stamps
+    """runner/ (the native runner) built with CMake against the executorch wheel's C++ runtime; the stamps
     of its bundle verification go to a temporary cache directory, not ~/.cache."""
     runner = build_native_runner(tmp_path_factory.mktemp("runner-build"))
     with pytest.MonkeyPatch.context() as env:

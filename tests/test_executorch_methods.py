@@ -12,8 +12,8 @@ import sys
 import pytest
 from helpers import assert_runner_generates_like_pytorch, train_adapter, val_questions
 
-from mobilepeft.export.et_runner import BundleRunner
-from mobilepeft.export.executorch_export import export_executorch
+from mobilepeft.export.executorch.exporter import export_executorch
+from mobilepeft.export.executorch.runner import BundleRunner
 
 
 def _cli(*args) -> subprocess.CompletedProcess:

@@ -32,16 +32,16 @@ WRONG = ["x", 4.5, -1, None, [], "<missing>"]
 def world(tmp_path_factory):
     """A tiny checkpoint, a dataset, a trained adapter and an ORT bundle, all as a user has them."""
     from mobilepeft.data.synth import write_synthetic_dataset
-    from mobilepeft.export.onnx_training import export_onnx_training
-    from mobilepeft.models.presets import write_preset
+    from mobilepeft.export.ort.exporter import export_onnx_training
+    from mobilepeft.presets import write_preset
     from mobilepeft.train.config import TrainConfig
     from mobilepeft.train.trainer import Trainer
 
     root = tmp_path_factory.mktemp("fuzz")
     ckpt = write_preset("tiny", root / "ckpt")
     write_synthetic_dataset(root / "data", n_train=8, n_val=2)
-    cfg = TrainConfig(model=str(ckpt), data=str(root / "data/train.json"), output_dir=str(root / "run"),
-                      max_steps=2, batch_size=2, save_every=1, schedule="hydra", probe_steps=1, rank=4)
+    cfg = TrainConfig.from_flat(dict(model=str(ckpt), data=str(root / "data/train.json"), output_dir=str(root / "run"),
+                      max_steps=2, batch_size=2, save_every=1, schedule="hydra", probe_steps=1, rank=4))
     cfg.validate()
     Trainer(cfg, progress=False).run()
     export_onnx_training(ckpt, root / "run/adapter", root / "ort", echo=lambda _: None)

@@ -21,16 +21,16 @@ from mobilepeft.data import SupervisedDataset, collate_batch, load_llava
 from mobilepeft.errors import UserError
 from mobilepeft.export.bundle import MANIFEST, read_bundle
 from mobilepeft.export.numerics import relative_error
-from mobilepeft.export.onnx_training import export_onnx_training
-from mobilepeft.export.ort_adapter import adapter_from_ort
-from mobilepeft.export.ort_runtime import OrtTrainer, load_checkpoint_state
-from mobilepeft.export.personalize import (
+from mobilepeft.export.ort.exporter import export_onnx_training
+from mobilepeft.export.ort.personalize import (
     BatchBuilder,
     open_trainer,
     personalize,
     run_selftest,
     selftest_batch,
 )
+from mobilepeft.export.ort.runtime import OrtTrainer, load_checkpoint_state
+from mobilepeft.export.ort.to_adapter import adapter_from_ort
 from mobilepeft.merge import merge_adapter
 from mobilepeft.train.config import TrainConfig
 from mobilepeft.train.trainer import Trainer
@@ -45,9 +45,9 @@ CASES = {
 
 
 def _train_adapter(ckpt: Path, data: Path, out: Path, method: str) -> Path:
-    cfg = TrainConfig(model=str(ckpt), data=str(data / "train.json"), image_folder=str(data), output_dir=str(out),
+    cfg = TrainConfig.from_flat(dict(model=str(ckpt), data=str(data / "train.json"), image_folder=str(data), output_dir=str(out),
                       adapter=method, rank=4, alpha=8, max_steps=4, batch_size=4, lr=1e-2, max_length=256,
-                      save_every=0, schedule="fixed", train_projector=True)
+                      save_every=0, schedule="fixed", train_projector=True))
     cfg.validate()
     Trainer(cfg, progress=False).run()
     return out / "adapter"

@@ -20,9 +20,9 @@ from mobilepeft.train.trainer import Trainer
 
 
 def test_trained_lora_loads_in_peft(v2_sharded_ckpt, synth_data, tmp_path):
-    cfg = TrainConfig(model=str(v2_sharded_ckpt), data=str(synth_data / "train.json"), image_folder=str(synth_data),
+    cfg = TrainConfig.from_flat(dict(model=str(v2_sharded_ckpt), data=str(synth_data / "train.json"), image_folder=str(synth_data),
                       output_dir=str(tmp_path / "run"), max_steps=3, batch_size=4, lr=5e-3, save_every=0,
-                      rank=4, alpha=8, schedule="fixed")  # scheduled ranks: tests/test_schedule.py
+                      rank=4, alpha=8, schedule="fixed"))  # scheduled ranks: tests/test_schedule.py
     cfg.validate()
     result = Trainer(cfg, progress=False).run()
     adapter = result.adapter_dir

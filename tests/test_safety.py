@@ -18,7 +18,7 @@ from mobilepeft.outputs import MARKER
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     from mobilepeft.data.synth import write_synthetic_dataset
-    from mobilepeft.models.presets import write_preset
+    from mobilepeft.presets import write_preset
 
     root = tmp_path_factory.mktemp("safety")
     write_preset("tiny", root / "ckpt")

@@ -12,9 +12,9 @@ from helpers import assert_peft_equal
 from safetensors.torch import load_file
 
 import mobilepeft
-from mobilepeft.adapters.dmlora import DMLoRALinear
-from mobilepeft.adapters.lora import LoRALinear
-from mobilepeft.adapters.multihead import MultiHeadLinear
+from mobilepeft.adapters.methods.dmlora import DMLoRALinear
+from mobilepeft.adapters.methods.lora import LoRALinear
+from mobilepeft.adapters.methods.multihead import MultiHeadLinear
 from mobilepeft.adapters.summary import summarize_adapter
 from mobilepeft.errors import UserError
 from mobilepeft.merge import lower_adapter
@@ -149,7 +149,7 @@ def _cfg(ckpt, data, out, **kw) -> TrainConfig:
     base = dict(model=str(ckpt), data=str(data / "train.json"), image_folder=str(data), output_dir=str(out),
                 batch_size=8, lr=3e-3, max_length=256, save_every=0, log_every=1, probe_steps=2)
     base.update(kw)
-    cfg = TrainConfig(**base)
+    cfg = TrainConfig.from_flat(base)
     cfg.validate()
     return cfg
 
@@ -239,12 +239,12 @@ def test_scheduled_multihead_and_dmlora_reload_and_lower_exactly(method, tiny_ck
 
 
 def test_schedule_settings_are_validated(tiny_ckpt, synth_data, tmp_path):
-    cfg = TrainConfig(model="m", data="d.json", output_dir="o", adapter="adaring")
+    cfg = TrainConfig.from_flat(dict(model="m", data="d.json", output_dir="o", adapter="adaring"))
     cfg.validate()
-    assert cfg.schedule == "fixed"  # the default resolves per method
-    with pytest.raises(UserError, match="adaring has ring ranks"):
-        TrainConfig(model="m", data="d.json", output_dir="o", adapter="adaring", schedule="hydra").validate()
+    assert cfg.schedule.kind == "fixed"  # the default resolves per method
+    with pytest.raises(UserError, match="adaring has no per-module ranks"):
+        TrainConfig.from_flat(dict(model="m", data="d.json", output_dir="o", adapter="adaring", schedule="hydra")).validate()
     with pytest.raises(UserError, match="not a multiple of --rank-granule"):
-        TrainConfig(model="m", data="d.json", output_dir="o", rank=7).validate()
+        TrainConfig.from_flat(dict(model="m", data="d.json", output_dir="o", rank=7)).validate()
     with pytest.raises(UserError, match="must be one of"):
-        TrainConfig(model="m", data="d.json", output_dir="o", schedule="magic").validate()
+        TrainConfig.from_flat(dict(model="m", data="d.json", output_dir="o", schedule="magic")).validate()

@@ -19,7 +19,7 @@ def _cfg(ckpt, data, out, **kw) -> TrainConfig:
     base = dict(model=str(ckpt), data=str(data / "train.json"), image_folder=str(data), output_dir=str(out),
                 batch_size=8, lr=3e-3, max_length=256, save_every=0, log_every=1)
     base.update(kw)
-    cfg = TrainConfig(**base)
+    cfg = TrainConfig.from_flat(base)
     cfg.validate()
     return cfg
 
@@ -124,7 +124,7 @@ def test_full_stage_trains_every_llm_weight_and_writes_a_loadable_checkpoint(tin
 
     cfg = _cfg(tiny_ckpt, synth_data, tmp_path / "full", stage="full", max_steps=30, lr=1e-3, batch_size=16,
                eval_data=str(synth_data / "val.json"), eval_batch_size=48)
-    assert cfg.schedule == "fixed"
+    assert cfg.schedule.kind == "fixed"
     trainer = Trainer(cfg, progress=False)
     result = trainer.run()
     print(f"full fine-tuning val loss {result.eval_before['loss']:.3f} -> {result.eval_after['loss']:.3f}")
@@ -151,7 +151,7 @@ def test_yaml_config_and_flag_precedence(tmp_path):
     f.write_text(yaml.safe_dump({"model": "m", "data": "d/train.json", "output-dir": "o", "rank": 16,
                                  "lr": 2e-4, "target_modules": ["q_proj", "v_proj"]}))
     cfg = TrainConfig.from_sources(f, {"rank": 4, "lr": None})
-    assert (cfg.rank, cfg.lr, cfg.target_modules, cfg.image_folder) == (4, 2e-4, ["q_proj", "v_proj"], "d")
+    assert (cfg.adapter.rank, cfg.optim.lr, cfg.adapter.target_modules, cfg.data.image_folder) == (4, 2e-4, ["q_proj", "v_proj"], "d")
     f.write_text("batch_sise: 3\n")
     with pytest.raises(UserError, match="unknown option 'batch_sise'"):
         TrainConfig.from_sources(f, {})

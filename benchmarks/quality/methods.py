@@ -33,9 +33,9 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 
 def adapter_budget(model_dir: Path, overrides: dict[str, Any], rank: int) -> int:
     """Adapter parameters of a method at the start of training (schedules keep this number)."""
-    cfg = TrainConfig(model=str(model_dir), data="x", output_dir="x", rank=rank, **overrides)
+    cfg = TrainConfig.from_flat(dict(model=str(model_dir), data="x", output_dir="x", rank=rank, **overrides))
     cfg.validate()
-    return summarize_spec(cfg.adapter_spec(), model_dir).trainable_parameters
+    return summarize_spec(cfg.adapter, model_dir).trainable_parameters
 
 
 def match_ring_ranks(model_dir: Path, rank: int) -> tuple[dict[str, int], int, int]:
@@ -69,10 +69,10 @@ def train_config(method: str, *, model: Path, data: Path, image_folder: Path, ou
                  ring_rank_pattern: dict[str, int], temperature: float = 0.5) -> TrainConfig:
     _, overrides = METHODS[method]
     extra: dict[str, Any] = {"ring_rank_pattern": ring_rank_pattern} if method == "adaring" else {}
-    cfg = TrainConfig(model=str(model), data=str(data), image_folder=str(image_folder), output_dir=str(output_dir),
+    cfg = TrainConfig.from_flat(dict(model=str(model), data=str(data), image_folder=str(image_folder), output_dir=str(output_dir),
                       seed=seed, max_steps=steps, rank=rank, alpha=2.0 * rank, batch_size=batch_size,
                       lr=full_lr if method == "full" else lr, warmup_ratio=0.05, max_length=256, save_every=0,
-                      log_every=10, temperature=temperature, **overrides, **extra)
+                      log_every=10, temperature=temperature, **overrides, **extra))
     cfg.validate()
     return cfg
 

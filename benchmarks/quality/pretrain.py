@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mobilepeft.models.presets import PRESETS, write_model
+from mobilepeft.presets import PRESETS, write_model
 from mobilepeft.train.config import TrainConfig
 from mobilepeft.train.trainer import Trainer
 
@@ -73,6 +73,6 @@ def pretrained_model(work: Path, settings: PretrainSettings, echo=print) -> tupl
 
 
 def _config(**values) -> TrainConfig:
-    cfg = TrainConfig(**values)
+    cfg = TrainConfig.from_flat(values)
     cfg.validate()
     return cfg

@@ -173,7 +173,7 @@ def run(settings: QualitySettings, work: Path, *, workers: int = 2) -> dict[str,
                                    output_dir=out, seed=seed, steps=settings.steps, rank=settings.rank,
                                    lr=settings.lr, full_lr=settings.full_lr, batch_size=settings.batch_size,
                                    ring_rank_pattern=pattern, temperature=settings.temperature)
-                jobs.append({"task": name, "method": m, "seed": seed, "config": cfg.to_dict(),
+                jobs.append({"task": name, "method": m, "seed": seed, "config": cfg.to_flat(),
                              "test": str(data[name]["test"]), "folder": str(data[name]["folder"])})
     runs = []
     todo = []
@@ -226,7 +226,7 @@ def _train_and_score(job: dict[str, Any]) -> dict[str, Any]:
     from mobilepeft.train.config import TrainConfig
     from mobilepeft.train.trainer import Trainer
 
-    cfg = TrainConfig(**job["config"])
+    cfg = TrainConfig.from_flat(job["config"])
     cfg.validate()
     t0 = time.perf_counter()
     trainer = Trainer(cfg, progress=False)
@@ -239,11 +239,11 @@ def _train_and_score(job: dict[str, Any]) -> dict[str, Any]:
     result = {"task": job["task"], "method": job["method"], "seed": job["seed"], "train_seconds": seconds,
               "steps": trained.steps, "final_train_loss": trained.final_loss, "trainable_parameters": trainable,
               "scores": report.to_dict()}
-    if (Path(cfg.output_dir) / "rank_history.json").is_file():
-        events = json.loads((Path(cfg.output_dir) / "rank_history.json").read_text())["events"]
+    if (Path(cfg.output.dir) / "rank_history.json").is_file():
+        events = json.loads((Path(cfg.output.dir) / "rank_history.json").read_text())["events"]
         ranks = list(events[-1]["ranks"].values())
         result["final_ranks"] = {"min": min(ranks), "max": max(ranks), "mean": statistics.fmean(ranks)}
-    write_json(Path(cfg.output_dir) / "quality_result.json", result)
+    write_json(Path(cfg.output.dir) / "quality_result.json", result)
     return result
 
 

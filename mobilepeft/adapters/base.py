@@ -17,6 +17,22 @@ if TYPE_CHECKING:
     from mobilepeft.adapters.spec import AdapterSpec
 
 
+#: attribute of the model holding the cross-layer parameters of every method that has them
+SHARED_ATTR = "adapter_shared"
+
+
+@dataclass
+class BranchFactors:
+    """One low-rank product s·B·A of a layer whose rank a schedule may move."""
+
+    suffix: str  # appended to the module path: "" for a layer's only branch, ":parallel", ...
+    kind: str  # recorded in the rank history
+    A: nn.Linear
+    B: nn.Linear
+    #: where the branch reads from: the layer input, or the frozen layer's output (Hydra sequential)
+    reads_base_output: bool = False
+
+
 @dataclass
 class LoRAForm:
     """ΔW = scaling·B·A and Δb = bias (None when the method leaves the bias alone)."""
@@ -39,7 +55,8 @@ class AdapterLayer(nn.Module):
 
     Subclasses implement ``from_spec``, ``forward`` (unmerged) and ``to_lora``; merging and ΔW
     follow from those. Methods with shared state across layers (AdaRing)
-    override :meth:`build` to create it.
+    override :meth:`build` to create it. Rank schedules (``schedule/``) and ``adapter info`` ask a
+    layer what they need through the methods below, so neither knows any method by its class.
     """
 
     method: str = ""
@@ -90,6 +107,40 @@ class AdapterLayer(nn.Module):
 
     def set_progress(self, step: int, total_steps: int) -> None:
         """Called by the trainer before each optimizer step; for methods with training schedules."""
+
+    def rank_branches(self) -> list[BranchFactors]:
+        """The branches a rank schedule may resize (none: the method has no per-module rank)."""
+        return []
+
+    def branch_scaling(self, branch: BranchFactors) -> float:
+        """s of ``branch``'s s·B·A."""
+        return float(self.scaling)
+
+    def branch_resized(self, branch: BranchFactors, rank: int) -> None:
+        """Keep the layer's bookkeeping (rank, alpha with s fixed) in step after a schedule resized
+        ``branch`` to ``rank``."""
+        raise NotImplementedError(f"{self.method} has no resizable branches")
+
+    def arrange_shrunk(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The factors of a shrunk branch (directions by decreasing strength) in the layer's order."""
+        return a, b
+
+    def scheduled_patterns(self, spec: AdapterSpec) -> dict[str, int]:
+        """Per-module entries (method setting name -> value) that a scheduled rank of this layer
+        needs beyond ``rank_pattern`` for the adapter to reload with the same shapes."""
+        return {}
+
+    def describe_rank(self) -> str:
+        """How ``adapter info`` shows this layer's rank."""
+        return str(self.rank)
+
+    def shared_group(self) -> tuple[str, dict[str, int]] | None:
+        """The cross-layer group this layer belongs to and its sizes (``adapter info``), if any."""
+        return None
+
+    def lowered_alpha(self, form: LoRAForm) -> float:
+        """Alpha of this layer's plain-LoRA form (scaling = alpha / rank)."""
+        return form.scaling * form.rank
 
     @torch.no_grad()
     def merge(self) -> None:

@@ -28,7 +28,6 @@ from torch import nn
 
 from mobilepeft.adapters.base import LoRAForm
 from mobilepeft.adapters.inject import adapter_layers, adapter_parameters, inject_adapters
-from mobilepeft.adapters.lora import LoRALinear
 from mobilepeft.adapters.spec import AdapterSpec
 from mobilepeft.adapters.targets import LLM_ROOT, VISION_PREFIX, pattern_path
 from mobilepeft.errors import UserError
@@ -54,7 +53,7 @@ def lowered_lora(model: nn.Module, spec: AdapterSpec) -> tuple[AdapterSpec, dict
         forms[path] = form
         ranks[path] = form.rank
         # LoRA keeps its own alpha (it may be rsLoRA-scaled); others get alpha with alpha/r = scaling.
-        alphas[path] = layer.alpha if isinstance(layer, LoRALinear) else form.scaling * form.rank
+        alphas[path] = layer.lowered_alpha(form)
     if not forms:
         raise UserError("the model has no adapter layers to lower")
     keep_rslora = spec.method == "lora" and spec.use_rslora

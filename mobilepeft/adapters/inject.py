@@ -1,4 +1,4 @@
-"""The registry of adapter methods, and putting adapters into / taking them out of a model."""
+"""Putting adapters into / taking them out of a model (methods come from adapters/registry.py)."""
 
 from __future__ import annotations
 
@@ -7,19 +7,10 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from mobilepeft.adapters.adaring import SHARED_ATTR, AdaRingLinear
-from mobilepeft.adapters.base import AdapterLayer
-from mobilepeft.adapters.dmlora import DMLoRALinear
-from mobilepeft.adapters.lora import LoRALinear
-from mobilepeft.adapters.multihead import MultiHeadLinear
+from mobilepeft.adapters.base import SHARED_ATTR, AdapterLayer
+from mobilepeft.adapters.registry import adapter_method
 from mobilepeft.adapters.spec import AdapterSpec
 from mobilepeft.adapters.targets import find_targets, pattern_lookup, pattern_path
-from mobilepeft.errors import UserError
-
-#: method name -> layer class (``mobilepeft train --adapter NAME``)
-ADAPTERS: dict[str, type[AdapterLayer]] = {
-    cls.method: cls for cls in (LoRALinear, MultiHeadLinear, DMLoRALinear, AdaRingLinear)
-}
 
 
 def module_ranks(spec: AdapterSpec, paths: list[str]) -> tuple[dict[str, int], dict[str, float]]:
@@ -31,12 +22,10 @@ def module_ranks(spec: AdapterSpec, paths: list[str]) -> tuple[dict[str, int], d
 
 def inject_adapters(model: nn.Module, spec: AdapterSpec) -> dict[str, AdapterLayer]:
     """Replace every target ``nn.Linear`` with ``spec.method``'s layer; freezing the rest is the caller's job."""
-    if spec.method not in ADAPTERS:
-        raise UserError(f"unknown adapter method {spec.method!r}", field="adapter",
-                        hint=f"choose one of: {', '.join(ADAPTERS)}")
+    layer_cls = adapter_method(spec.method).layer_cls
     targets = find_targets(model, spec.target_modules)
     ranks, alphas = module_ranks(spec, list(targets))
-    layers = ADAPTERS[spec.method].build(model, targets, spec, ranks, alphas)
+    layers = layer_cls.build(model, targets, spec, ranks, alphas)
     for path, layer in layers.items():
         parent_path, _, child = path.rpartition(".")
         setattr(model.get_submodule(parent_path), child, layer)

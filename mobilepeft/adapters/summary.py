@@ -13,11 +13,8 @@ from typing import Any
 
 import torch
 
-from mobilepeft.adapters.adaring import AdaRingLinear
-from mobilepeft.adapters.dmlora import DMLoRALinear
 from mobilepeft.adapters.files import read_adapter_spec, resolve_base_model
 from mobilepeft.adapters.inject import adapter_layers, adapter_parameters, inject_adapters
-from mobilepeft.adapters.multihead import MultiHeadLinear
 from mobilepeft.adapters.spec import AdapterSpec
 from mobilepeft.adapters.targets import LLM_ROOT
 
@@ -55,17 +52,11 @@ def describe_model_adapters(model: torch.nn.Module, spec: AdapterSpec, *, base_m
     lowered: Counter[int] = Counter()
     groups: dict[str, dict[str, int]] = {}
     for layer in layers.values():
-        if isinstance(layer, MultiHeadLinear):
-            ranks[f"parallel {layer.rank_parallel} + sequential {layer.rank_sequential}"] += 1
-        elif isinstance(layer, DMLoRALinear):
-            ranks[f"{layer.rank} in {layer.num_branches} branches {layer.branch_sizes}"] += 1
-        elif isinstance(layer, AdaRingLinear):
-            ranks[f"ring {layer.cores.ring_rank}"] += 1
-            g = groups.setdefault(layer.group, {"ring_rank": layer.cores.ring_rank, "layers": 0,
-                                                "in_features": layer.in_features, "out_features": layer.out_features})
-            g["layers"] += 1
-        else:
-            ranks[f"{layer.rank}"] += 1
+        ranks[layer.describe_rank()] += 1
+        shared = layer.shared_group()
+        if shared is not None:
+            name, sizes = shared
+            groups.setdefault(name, {**sizes, "layers": 0})["layers"] += 1
         lowered[layer.rank] += 1
     nominal = nominal_rank or spec.rank
     return AdapterSummary(

@@ -1,10 +1,10 @@
 """Rank-bearing branches: the (A, B) pairs a rank schedule sizes, and function-preserving resizes.
 
-A branch is one low-rank product s·B·A inside an adapter layer: LoRA and DMLoRA layers have
-one (DMLoRA's K branches are stacked in one pair and re-split after a resize), a Hydra
-multihead layer has two (``parallel`` on the layer input, ``sequential`` on the pre-trained
-output). AdaRing has no per-module rank to move (its ring ranks are per group), so schedules
-refuse it.
+A branch is one low-rank product s·B·A inside an adapter layer, as the layer reports it
+(``AdapterLayer.rank_branches``): LoRA and DMLoRA layers have one (DMLoRA's K branches are
+stacked in one pair and re-split after a resize), a Hydra multihead layer has two (``parallel``
+on the layer input, ``sequential`` on the pre-trained output). AdaRing has no per-module rank to
+move (its ring ranks are per group), so schedules refuse it.
 
 Resizing keeps the layer's output unchanged at the moment it happens:
 - shrink: ΔW = s·B·A is refactored by SVD and truncated, i.e. replaced by its best rank-r'
@@ -24,27 +24,37 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mobilepeft.adapters.dmlora import DMLoRALinear
+from mobilepeft.adapters.base import AdapterLayer, BranchFactors
 from mobilepeft.adapters.inject import adapter_layers
-from mobilepeft.adapters.lora import LoRALinear
-from mobilepeft.adapters.multihead import MultiHeadLinear
 from mobilepeft.adapters.targets import LLM_ROOT
 from mobilepeft.errors import UserError
 
 
 @dataclass
 class RankBranch:
-    name: str  # module path, plus ":parallel" / ":sequential" for multihead
-    layer: nn.Module
-    kind: str  # lora | dmlora | parallel | sequential
-    A: nn.Linear
-    B: nn.Linear
-    #: where the branch reads from: the layer input, or the frozen layer's output (Hydra sequential)
-    reads_base_output: bool
+    name: str  # module path, plus the layer's suffix (":parallel" / ":sequential" for multihead)
+    layer: AdapterLayer
+    factors: BranchFactors
     group: str  # modality: "llm" or "vision"
     block: int  # transformer block index inside its group
     module_type: str  # q_proj, ..., fc2
     resized_from: tuple[nn.Parameter, nn.Parameter] | None = None  # (A, B) before the last resize
+
+    @property
+    def A(self) -> nn.Linear:
+        return self.factors.A
+
+    @property
+    def B(self) -> nn.Linear:
+        return self.factors.B
+
+    @property
+    def kind(self) -> str:
+        return self.factors.kind
+
+    @property
+    def reads_base_output(self) -> bool:
+        return self.factors.reads_base_output
 
     @property
     def rank(self) -> int:
@@ -65,9 +75,7 @@ class RankBranch:
 
     @property
     def scaling(self) -> float:
-        if self.kind == "dmlora":
-            return float(self.layer.scalar.detach())
-        return float(self.layer.scaling)
+        return self.layer.branch_scaling(self.factors)
 
     @property
     def max_rank(self) -> int:
@@ -97,20 +105,13 @@ def collect_branches(model: nn.Module) -> dict[str, RankBranch]:
         found = re.search(r"layers\.(\d+)\.", path)
         block = int(found.group(1)) if found else 0
         module_type = path.rpartition(".")[2]
-        common = dict(layer=layer, group=group, block=block, module_type=module_type)
-        if isinstance(layer, MultiHeadLinear):
-            branches[f"{path}:parallel"] = RankBranch(f"{path}:parallel", kind="parallel", A=layer.lora_A,
-                                                      B=layer.lora_B, reads_base_output=False, **common)
-            branches[f"{path}:sequential"] = RankBranch(f"{path}:sequential", kind="sequential", A=layer.seq_A,
-                                                        B=layer.seq_B, reads_base_output=True, **common)
-        elif isinstance(layer, DMLoRALinear | LoRALinear):
-            kind = "dmlora" if isinstance(layer, DMLoRALinear) else "lora"
-            branches[path] = RankBranch(path, kind=kind, A=layer.lora_A, B=layer.lora_B, reads_base_output=False,
-                                        **common)
-        else:
+        factors = layer.rank_branches()
+        for f in factors:
+            name = path + f.suffix
+            branches[name] = RankBranch(name, layer, f, group=group, block=block, module_type=module_type)
+        if not factors:
             raise UserError(f"rank schedules need rank-bearing adapters; {layer.method!r} has none",
-                            field="schedule", hint="use --schedule fixed with --adapter adaring (ring ranks are "
-                                                   "per module group; see docs/hydra.md)")
+                            field="schedule", hint=f"use --schedule fixed with --adapter {layer.method} (docs/hydra.md)")
     return branches
 
 
@@ -132,10 +133,7 @@ def resize_branch(branch: RankBranch, new_rank: int, grow_directions: torch.Tens
         c = float(a.norm(dim=1).median().clamp_min(1e-8))
         new_b = (u[:, :new_rank] * sig[:new_rank] / (branch.scaling * c)).to(b.dtype)
         new_a = (v[:, :new_rank].T * c).to(a.dtype)
-        if branch.kind == "dmlora":  # deal directions out round-robin so every branch gets strong and weak ones
-            k = branch.layer.branches_wanted
-            order = torch.tensor([i for start in range(k) for i in range(start, new_rank, k)])
-            new_a, new_b = new_a[order], new_b[:, order]
+        new_a, new_b = branch.layer.arrange_shrunk(new_a, new_b)
         kind = "shrink"
     else:
         extra = new_rank - old
@@ -166,24 +164,6 @@ def _new_directions(a: torch.Tensor, k: int, given: torch.Tensor | None,
         if len(rows) == k:
             break
     return torch.stack(rows)
-
-
-def _after_resize(branch: RankBranch) -> None:
-    """Keep the layer's bookkeeping (ranks, alpha with s fixed, DMLoRA branch split) in step."""
-    layer = branch.layer
-    if branch.kind == "lora":
-        layer.rank = branch.rank
-        layer.alpha = layer.scaling * (math.sqrt(branch.rank) if layer.use_rslora else branch.rank)
-    elif branch.kind == "dmlora":
-        layer.rank = branch.rank
-        layer.alpha = float(layer.scalar.detach()) * branch.rank
-        layer.split_branches()
-    else:
-        if branch.kind == "parallel":
-            layer.rank_parallel = branch.rank
-        else:
-            layer.rank_sequential = branch.rank
-        layer.alpha = layer.scaling * (layer.rank_parallel + layer.rank_sequential)
 
 
 def swap_in_optimizer(optimizer: torch.optim.Optimizer, branch: RankBranch, kind: str, old_rank: int) -> None:
@@ -228,4 +208,4 @@ def _set_factors(branch: RankBranch, new_a: torch.Tensor, new_b: torch.Tensor) -
         linear.weight = nn.Parameter(new.to(linear.weight.device).contiguous(),
                                      requires_grad=linear.weight.requires_grad)
     branch.A.out_features = branch.B.in_features = new_a.shape[0]
-    _after_resize(branch)
+    branch.layer.branch_resized(branch.factors, branch.rank)

@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 
-from mobilepeft.adapters.multihead import MultiHeadLinear
 from mobilepeft.adapters.spec import AdapterSpec
 from mobilepeft.adapters.targets import pattern_path
 from mobilepeft.distributed import Dist
@@ -48,32 +47,7 @@ from mobilepeft.schedule.budget import (
     spent,
 )
 from mobilepeft.schedule.measure import GradientTap, branch_stats, gradient_norm, sampled_tokens
-
-SCHEDULES = ("fixed", "hierarchical", "dynamic", "hydra")
-
-
-@dataclass
-class ScheduleSettings:
-    kind: str = "hydra"
-    rank_min: int = 2
-    rank_max: int = 32
-    granule: int = 2
-    temperature: float = 0.5
-    probe_steps: int = 8
-    realloc_every: int = 0  # 0: 5% of the steps (at least 5)
-    realloc_window: tuple[float, float] = (0.1, 0.7)
-    moves: int = 0  # rank granules moved per reallocation; 0: 1 per 16 branches (at least 1)
-    ema: float = 0.5  # weight of the newest measurement in the removal/addition EMAs
-    max_tokens: int = 512  # tokens per watched step the statistics use (a random subset)
-    seed: int = 0
-
-    @property
-    def hierarchical(self) -> bool:
-        return self.kind in ("hierarchical", "hydra")
-
-    @property
-    def dynamic(self) -> bool:
-        return self.kind in ("dynamic", "hydra")
+from mobilepeft.schedule.settings import ScheduleSettings
 
 
 @dataclass
@@ -89,7 +63,7 @@ class _Event:
 
 class RankScheduler:
     def __init__(self, model: torch.nn.Module, settings: ScheduleSettings, total_steps: int,
-                 dist: Dist | None = None) -> None:
+                 dist: Dist | None = None, *, seed: int = 0) -> None:
         self.settings = settings
         self.dist = dist or Dist()
         self.branches: dict[str, RankBranch] = collect_branches(model)
@@ -97,7 +71,7 @@ class RankScheduler:
                       for n, b in self.branches.items()}
         self.bounds = Bounds(settings.rank_min, settings.rank_max, settings.granule)
         self.budget = budget_of(self.infos)
-        self.generator = torch.Generator().manual_seed(settings.seed + 104_729)
+        self.generator = torch.Generator().manual_seed(seed + 104_729)
         every = settings.realloc_every or max(5, total_steps // 20)
         lo, hi = settings.realloc_window
         self.probe_steps = min(settings.probe_steps, total_steps - 1) if settings.hierarchical else 0
@@ -305,8 +279,8 @@ class RankScheduler:
             if total != spec.rank or layer.alpha != spec.alpha:
                 out.rank_pattern[key] = total
                 out.alpha_pattern[key] = layer.alpha
-            if isinstance(layer, MultiHeadLinear) and (layer.rank_parallel, layer.rank_sequential) != spec.branch_ranks(total):
-                out.sequential_rank_pattern[key] = layer.rank_sequential
+            for name, value in layer.scheduled_patterns(spec).items():
+                getattr(out.settings, name)[key] = value
         return out
 
     def write_history(self, path: Path) -> None:

@@ -1,22 +1,27 @@
-"""Training configuration: one dataclass whose fields are the CLI flags (and the YAML keys).
+"""Training configuration: six sections, each setting declared once (``mobilepeft/settings.py``).
 
-Precedence: dataclass defaults < ``--config run.yaml`` < flags given on the command line.
+``TrainConfig`` nests ``model``, ``data``, ``adapter`` (the adapter spec itself, with the chosen
+method's own settings), ``schedule`` (the rank schedule's settings), ``optim`` and ``output``.
+The ``mobilepeft train`` flags, the YAML keys, their checks and the saved ``train_config.yaml``
+all come from these declarations. Flag names are flat (``--lr``, ``--branches``) and are also
+the keys of a flat YAML file; a nested YAML file uses the section and field names
+(``optim: {lr: 0.001}``), as ``train_config.yaml`` is written.
+
+Precedence: declared defaults < ``--config run.yaml`` < flags given on the command line.
 """
 
 from __future__ import annotations
 
-import math
-import types
-import typing
-from dataclasses import Field, asdict, dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import yaml
 
 from mobilepeft.adapters.spec import AdapterSpec
-from mobilepeft.adapters.targets import LLM_LINEARS
 from mobilepeft.errors import UserError
+from mobilepeft.schedule.settings import ScheduleSettings
+from mobilepeft.settings import Settings, check_fields, checked, declared, flag_name, setting
 
 if TYPE_CHECKING:
     import torch
@@ -24,240 +29,255 @@ if TYPE_CHECKING:
 STAGES = ("finetune", "pretrain", "full")
 
 
-def at_least(low: float) -> dict[str, Any]:
-    """Field metadata: the value is >= ``low``."""
-    return {"min": low}
+@dataclass
+class ModelSettings(Settings):
+    path: str = setting("", flag="model", help="MobileVLM checkpoint directory.")
+    stage: str = setting(
+        "finetune", choices=STAGES,
+        help="finetune (adapters + projector), pretrain (projector only, MobileVLM stage I) or full (every LLM "
+             "weight + projector, MobileVLM stage II; writes OUT/model/).")
+    train_projector: bool = setting(True, cli="switch", help="Train the LDP projector too (MobileVLM recipe: yes).")
+    projector: str | None = setting(None, help="Initialise the projector from a stage-I mm_projector.safetensors.")
 
 
-def above(low: float) -> dict[str, Any]:
-    """Field metadata: the value is > ``low``."""
-    return {"min": low, "min_open": True}
+@dataclass
+class DataSettings(Settings):
+    path: str = setting("", flag="data", help="LLaVA-format training JSON.")
+    image_folder: str = setting("", help="Folder the JSON's image paths are relative to (default: the JSON's folder).")
+    eval_data: str | None = setting(None, help="LLaVA-format validation JSON (loss + exact-match accuracy).")
+    eval_image_folder: str | None = setting(None, help="Image folder of --eval-data (default: --image-folder).")
+    max_length: int = setting(2048, min=1, help="Max sequence length including the image tokens.")
+    num_workers: int | None = setting(
+        None, min=0, help="DataLoader worker processes (default: 0 on CPU, 4 with pinned memory on CUDA).")
+    skip_bad_samples: bool = setting(False, cli="switch",
+                                     help="Skip invalid samples (counted at the end) instead of stopping.")
 
 
-def between(low: float, high: float, *, upper_open: bool = False) -> dict[str, Any]:
-    """Field metadata: ``low <= value <= high`` (``< high`` with ``upper_open``)."""
-    return {"min": low, "max": high, "max_open": upper_open}
+@dataclass
+class OptimSettings(Settings):
+    max_steps: int | None = setting(None, min=1, help="Optimizer steps (overrides --epochs).")
+    epochs: float = setting(1.0, min=0, min_open=True, help="Epochs over the training data.")
+    batch_size: int = setting(8, min=1, help="Samples per micro-batch (per process under torchrun).")
+    grad_accum: int = setting(1, min=1, help="Micro-batches per optimizer step, per process.")
+    global_batch_size: int | None = setting(
+        None, min=1, help="Samples per optimizer step over all torchrun processes; sets --grad-accum to fit the "
+                          "world size, so the same command gives the same run on 1 or N GPUs.")
+    lr: float = setting(1e-4, min=0, min_open=True, help="Peak learning rate (cosine schedule with warmup).")
+    projector_lr: float | None = setting(None, min=0, min_open=True,
+                                         help="Learning rate of the projector (default: --lr).")
+    weight_decay: float = setting(0.0, min=0, help="AdamW weight decay.")
+    warmup_ratio: float = setting(0.03, min=0, max=1, help="Fraction of steps of linear warmup.")
+    max_grad_norm: float = setting(1.0, min=0, min_open=True, help="Gradient clipping norm.")
+    precision: str = setting("fp32", choices=("fp32", "bf16"), help="fp32 or bf16 (autocast).")
+    device: str = setting("auto", help="auto (a CUDA GPU when torch sees one, else CPU), cpu, cuda or cuda:N.")
+    gradient_checkpointing: bool = setting(False, cli="switch",
+                                           help="Recompute LLM activations in backward to save memory.")
+    fsdp: bool = setting(False, cli="switch",
+                         help="Under torchrun: shard the frozen base over the processes with FSDP2 (adapters and "
+                              "projector stay replicated); default DDP. See docs/distributed.md.")
+    compile: bool = setting(False, cli="switch",
+                            help="torch.compile every transformer block (pays off on GPUs; a rank schedule "
+                                 "recompiles after each reallocation).")
+    seed: int = setting(0, min=0, help="Seed for init, data order and dropout.")
 
 
-def describe_range(meta: typing.Mapping[str, Any]) -> str:
-    """The accepted range of a numeric field, as in an error message or ``--help``."""
-    parts = []
-    if "min" in meta:
-        parts.append(f"{'>' if meta.get('min_open') else '>='} {meta['min']:g}")
-    if "max" in meta:
-        parts.append(f"{'<' if meta.get('max_open') else '<='} {meta['max']:g}")
-    return " and ".join(parts)
+@dataclass
+class OutputSettings(Settings):
+    dir: str = setting("", flag="output_dir", help="Run directory: adapter/, checkpoints/, metrics.jsonl.")
+    save_every: int = setting(100, min=0, help="Checkpoint every N steps (0: only at the end).")
+    keep_checkpoints: int = setting(2, min=1, help="How many recent checkpoints to keep.")
+    eval_every: int = setting(0, min=0, help="Evaluate every N steps (0: before and after only).")
+    eval_max_new_tokens: int = setting(8, min=1, help="Generation length for exact-match eval.")
+    eval_batch_size: int = setting(16, min=1, help="Batch size of evaluation.")
+    log_every: int = setting(1, min=1, help="Write a metrics.jsonl record every N steps.")
+    report_to: str = setting(
+        "none", choices=("none", "tensorboard"),
+        help="Also send the metrics (loss, lr, samples/s, eval scores, HyDRA ranks) to a tracker: tensorboard writes "
+             "OUT/tensorboard/ (pip install 'mobilepeft[tensorboard]'). metrics.jsonl is always written.")
+    resume: bool = setting(False, cli="switch", help="Continue from the latest checkpoint in --output-dir, exactly.")
+    overwrite: bool = setting(
+        False, cli="switch", help="Start again in an --output-dir that holds a previous run (its checkpoints, "
+                                  "metrics and rank history are deleted).")
 
 
-def _check_range(name: str, value: float, meta: typing.Mapping[str, Any]) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise UserError(f"must be a finite number (got {value})", field=name)
-    low, high = meta.get("min"), meta.get("max")
-    too_low = low is not None and (value <= low if meta.get("min_open") else value < low)
-    too_high = high is not None and (value >= high if meta.get("max_open") else value > high)
-    if too_low or too_high:
-        raise UserError(f"must be {describe_range(meta)} (got {value:g})", field=name)
+class Flag(NamedTuple):
+    """Where a flag's value lives: ``section``'s ``field`` (of ``method``'s settings, if given)."""
 
-
-def _checked(f: Field, value: Any, hint: Any) -> Any:
-    """``value`` of field ``f`` with its declared type and within its declared range."""
-    value = _typed(f.name, value, hint)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        _check_range(f.name, value, f.metadata)
-    return value
-
-
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-
-
-def _typed(name: str, value: Any, hint: Any) -> Any:
-    """``value`` checked against the annotation ``hint`` (YAML and Python callers bypass typer)."""
-    args = typing.get_args(hint)
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _typed(name, value, inner)
-    origin = typing.get_origin(hint)
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise UserError(f"expected a list, got {value!r}", field=name)
-        return [_typed(name, v, args[0]) for v in value]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise UserError(f"expected a mapping NAME: VALUE, got {value!r}", field=name)
-        return {_typed(name, k, args[0]): _typed(name, v, args[1]) for k, v in value.items()}
-    ok = isinstance(value, hint) and not (hint in (int, float) and isinstance(value, bool))
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not ok:
-        raise UserError(f"expected {_TYPE_NAMES.get(hint, hint.__name__)}, got {value!r}", field=name)
-    return value
+    section: str
+    field: Field
+    hint: Any
+    method: str | None = None
 
 
 @dataclass
 class TrainConfig:
-    model: str = ""
-    data: str = ""
-    image_folder: str = ""
-    output_dir: str = ""
-    eval_data: str | None = None
-    eval_image_folder: str | None = None
-    # what is trained
-    # finetune: adapters (+ projector); pretrain: projector only (MobileVLM stage I);
-    # full: every LLM weight + the projector (MobileVLM stage II; the vision tower stays frozen)
-    stage: str = "finetune"
-    adapter: str = "lora"
-    rank: int = field(default=8, metadata=at_least(1))
-    alpha: float = field(default=16.0, metadata=above(0))
-    lora_dropout: float = field(default=0.05, metadata=between(0, 1, upper_open=True))
-    use_rslora: bool = False
-    target_modules: list[str] = field(default_factory=lambda: list(LLM_LINEARS))
-    # method-specific (DESIGN.md §5; ignored by the other methods)
-    rank_parallel: int | None = field(default=None, metadata=at_least(0))  # multihead: parallel-branch rank (default: half of --rank)
-    rank_sequential: int | None = field(default=None, metadata=at_least(0))  # multihead: sequential-branch rank (default: the rest)
-    branches: int = field(default=4, metadata=at_least(1))  # dmlora
-    branch_drop_max: float = field(default=0.5, metadata=between(0, 1, upper_open=True))  # dmlora
-    scalar_lr_ratio: float = field(default=0.1, metadata=above(0))  # dmlora: learning scalar LR = ratio x --lr (second half of training)
-    ring_rank: int = field(default=4, metadata=at_least(1))  # adaring
-    ring_rank_pattern: dict[str, int] = field(default_factory=dict)  # adaring, per module type
-    # rank schedule (DESIGN.md §6): --rank is the budget-equivalent fixed rank r0
-    schedule: str | None = None  # fixed | hierarchical | dynamic | hydra (default: hydra; fixed for adaring)
-    rank_min: int | None = field(default=None, metadata=at_least(1))  # default: --rank-granule
-    rank_max: int | None = field(default=None, metadata=at_least(1))  # default: 4 x --rank
-    rank_granule: int = field(default=2, metadata=at_least(1))
-    temperature: float = field(default=0.5, metadata=at_least(0))
-    probe_steps: int = field(default=8, metadata=at_least(1))
-    realloc_every: int = field(default=0, metadata=at_least(0))  # 0: 5% of the steps, at least 5
-    realloc_window: list[float] = field(default_factory=lambda: [0.1, 0.7])
-    train_projector: bool = True
-    projector: str | None = None  # initialise the projector from a stage-I mm_projector.safetensors
-    # optimisation
-    max_steps: int | None = field(default=None, metadata=at_least(1))
-    epochs: float = field(default=1.0, metadata=above(0))
-    batch_size: int = field(default=8, metadata=at_least(1))  # per process (per GPU under torchrun)
-    grad_accum: int = field(default=1, metadata=at_least(1))  # micro-batches per optimizer step, per process
-    global_batch_size: int | None = field(default=None, metadata=at_least(1))  # samples per optimizer step over all processes; sets grad_accum
-    lr: float = field(default=1e-4, metadata=above(0))
-    projector_lr: float | None = field(default=None, metadata=above(0))
-    weight_decay: float = field(default=0.0, metadata=at_least(0))
-    warmup_ratio: float = field(default=0.03, metadata=between(0, 1))
-    max_grad_norm: float = field(default=1.0, metadata=above(0))
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
-    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
-    gradient_checkpointing: bool = False
-    fsdp: bool = False  # under torchrun: shard the frozen base with FSDP2 (adapters stay replicated)
-    compile: bool = False  # torch.compile every transformer block
-    max_length: int = field(default=2048, metadata=at_least(1))
-    seed: int = field(default=0, metadata=at_least(0))
-    num_workers: int | None = field(default=None, metadata=at_least(0))  # None: 0 on CPU, 4 (with pinned memory) on CUDA
-    # bookkeeping
-    save_every: int = field(default=100, metadata=at_least(0))
-    keep_checkpoints: int = field(default=2, metadata=at_least(1))
-    eval_every: int = field(default=0, metadata=at_least(0))  # 0: evaluate before and after training only
-    eval_max_new_tokens: int = field(default=8, metadata=at_least(1))
-    eval_batch_size: int = field(default=16, metadata=at_least(1))
-    log_every: int = field(default=1, metadata=at_least(1))
-    skip_bad_samples: bool = False
-    resume: bool = False
-    overwrite: bool = False  # start again in a directory that holds a previous run
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    adapter: AdapterSpec = field(default_factory=AdapterSpec)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
 
-    #: fields that may differ between a run and its --resume without changing the maths
+    #: flags that may differ between a run and its --resume without changing the maths
     #: (grad_accum and global_batch_size may change with the world size: the trainer checks that
     #: the micro-batches per optimizer step, which fix the maths, stay the same)
-    RESUME_FREE = ("resume", "overwrite", "output_dir", "save_every", "keep_checkpoints", "log_every", "eval_every", "num_workers", "device",
-                   "eval_batch_size", "eval_max_new_tokens", "skip_bad_samples", "fsdp", "compile", "grad_accum",
-                   "global_batch_size")
+    RESUME_FREE = ("resume", "overwrite", "output_dir", "save_every", "keep_checkpoints", "log_every", "eval_every",
+                   "num_workers", "device", "eval_batch_size", "eval_max_new_tokens", "skip_bad_samples", "fsdp",
+                   "compile", "grad_accum", "global_batch_size", "report_to")
+
+    @classmethod
+    def flags(cls) -> dict[str, Flag]:
+        """Every setting by its flag name: the sections', then each adapter method's own."""
+        from mobilepeft.adapters.registry import adapter_methods
+
+        table: dict[str, Flag] = {}
+        for section in fields(cls):
+            for f, hint in declared(section.default_factory):
+                table[flag_name(f)] = Flag(section.name, f, hint)
+        for method in adapter_methods().values():
+            for f, hint in declared(method.settings_cls):
+                table[flag_name(f)] = Flag("adapter", f, hint, method.name)
+        return table
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any]) -> TrainConfig:
+        """A config from ``{flag: value}`` (unset flags keep their defaults), validated.
+
+        A setting of a method other than ``--adapter``'s is refused unless it has its default
+        (a saved config holds every method's defaults)."""
+        from mobilepeft.adapters.registry import adapter_method
+
+        table = cls.flags()
+        sections: dict[str, dict[str, Any]] = {f.name: {} for f in fields(cls)}
+        own: dict[str, dict[str, Any]] = {}
+        for key, value in values.items():
+            entry = table.get(key)
+            if entry is None:
+                raise UserError(f"unknown option {key!r}", field=key)
+            target = own.setdefault(entry.method, {}) if entry.method else sections[entry.section]
+            target[entry.field.name] = value
+        method = sections["adapter"].get("method", AdapterSpec.method)
+        settings_cls = adapter_method(method).settings_cls
+        for other, given in own.items():
+            if other == method:
+                continue
+            for name, value in given.items():
+                f = next(f for f in fields(adapter_method(other).settings_cls) if f.name == name)
+                default = f.default_factory() if callable(f.default_factory) else f.default
+                if value != default:
+                    raise UserError(f"a setting of {other}, but the adapter method is {method}", field=flag_name(f),
+                                    hint=f"drop --{flag_name(f).replace('_', '-')}, or use --adapter {other}")
+        cfg = cls(
+            model=ModelSettings(**sections["model"]),
+            data=DataSettings(**sections["data"]),
+            adapter=AdapterSpec(**sections["adapter"], settings=settings_cls(**own.get(method, {}))),
+            schedule=ScheduleSettings(**sections["schedule"]),
+            optim=OptimSettings(**sections["optim"]),
+            output=OutputSettings(**sections["output"]),
+        )
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_sources(cls, yaml_path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
+        values: dict[str, Any] = {}
+        if yaml_path is not None:
+            values.update(load_yaml(yaml_path))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        from mobilepeft.adapters.registry import adapter_method
+
+        method = values.get("adapter", AdapterSpec.method)
+        if not adapter_method(method).settings_cls.uses_rank and values.get("rank", AdapterSpec.rank) != AdapterSpec.rank:
+            raise UserError(f"--rank has no effect on {method}: its size is set by its own settings", field="rank",
+                            hint="drop --rank; see docs/methods.md for the method's size settings")
+        return cls.from_flat(values)
+
+    def to_flat(self) -> dict[str, Any]:
+        """``{flag: value}`` of every setting (the chosen method's own included): what a checkpoint
+        records and ``--resume`` compares."""
+        out = {}
+        for group in (self.model, self.data, self.adapter, self.schedule, self.optim, self.output,
+                      self.adapter.settings):
+            out.update({flag_name(f): getattr(group, f.name) for f, _ in declared(type(group))})
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The nested form of ``train_config.yaml``: section -> field -> value (settings only)."""
+        out: dict[str, Any] = {}
+        for section in fields(self):
+            group = getattr(self, section.name)
+            out[section.name] = {f.name: getattr(group, f.name) for f, _ in declared(type(group))}
+        out["adapter"].update({f.name: getattr(self.adapter.settings, f.name)
+                               for f, _ in declared(type(self.adapter.settings))})
+        return out
 
     def validate(self) -> None:
-        """Types and ranges of every field (they come from flags and from YAML), then the rules
-        between fields. Each error names the field and what it accepts."""
-        self._check_fields()
-        for name in ("model", "data", "output_dir"):
-            if not getattr(self, name):
+        """Types and ranges of every setting (they come from flags and from YAML), then the rules
+        between them. Each error names the flag and what it accepts."""
+        for group in (self.model, self.data, self.adapter, self.schedule, self.optim, self.output,
+                      self.adapter.settings):
+            check_fields(group)
+        for name, value in (("model", self.model.path), ("data", self.data.path), ("output_dir", self.output.dir)):
+            if not value:
                 raise UserError(f"--{name.replace('_', '-')} is required", field=name)
-        if self.data and not self.image_folder:
-            self.image_folder = str(Path(self.data).parent)
-        choices = {"stage": STAGES, "precision": ("fp32", "bf16")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise UserError(f"must be one of {', '.join(allowed)} (got {getattr(self, name)!r})", field=name)
-        if self.resume and self.overwrite:
+        if not self.data.image_folder:
+            self.data.image_folder = str(Path(self.data.path).parent)
+        optim, output = self.optim, self.output
+        if output.resume and output.overwrite:
             raise UserError("--resume continues the run in --output-dir and --overwrite deletes it; pick one",
                             field="overwrite")
-        if self.global_batch_size is not None and self.grad_accum != 1:
+        if optim.global_batch_size is not None and optim.grad_accum != 1:
             raise UserError("--global-batch-size sets the gradient accumulation; do not pass --grad-accum too",
                             field="global_batch_size")
-        if self.global_batch_size is not None and self.global_batch_size % self.batch_size:
-            raise UserError(f"must be a multiple of --batch-size {self.batch_size} (got {self.global_batch_size})",
+        if optim.global_batch_size is not None and optim.global_batch_size % optim.batch_size:
+            raise UserError(f"must be a multiple of --batch-size {optim.batch_size} (got {optim.global_batch_size})",
                             field="global_batch_size", hint="global batch = batch size x grad accum x processes")
-        if self.fsdp and self.stage == "full":
+        if optim.fsdp and self.model.stage == "full":
             raise UserError("--fsdp shards the frozen base model, and --stage full trains all of it",
                             field="fsdp", hint="drop --fsdp: --stage full runs data parallel (DDP) under torchrun")
-        from mobilepeft.adapters.inject import ADAPTERS
-
-        if self.adapter not in ADAPTERS:
-            raise UserError(f"unknown adapter method {self.adapter!r}", field="adapter",
-                            hint=f"choose one of: {', '.join(ADAPTERS)}")
-        if self.rank_parallel is not None or self.rank_sequential is not None:
-            par = self.rank_parallel if self.rank_parallel is not None else self.rank - self.rank_sequential
-            seq = self.rank_sequential if self.rank_sequential is not None else self.rank - par
-            if par < 0 or seq < 0 or par + seq < 1:
-                raise UserError(f"branch ranks must be >= 0 with a positive sum (got {par} + {seq})",
-                                field="rank_parallel", hint="--rank-parallel + --rank-sequential sets the total rank")
-            self.rank_parallel, self.rank_sequential, self.rank = par, seq, par + seq
-        if self.device != "auto":
+        self.adapter.settings.resolve(self.adapter)
+        if optim.device != "auto":
             import torch
 
             try:
-                torch.device(self.device)
+                torch.device(optim.device)
             except RuntimeError as exc:
-                raise UserError(f"not a torch device: {self.device!r}", field="device",
+                raise UserError(f"not a torch device: {optim.device!r}", field="device",
                                 hint="auto, cpu, cuda or cuda:N") from exc
         self._validate_schedule()
-        if any(v < 1 for v in self.ring_rank_pattern.values()):
-            raise UserError(f"ring ranks must be >= 1 (got {self.ring_rank_pattern})", field="ring_rank_pattern")
-
-    def _check_fields(self) -> None:
-        """Each field's value has its declared type (ints for floats are widened) and range."""
-        hints = typing.get_type_hints(TrainConfig)
-        for f in fields(self):
-            setattr(self, f.name, _checked(f, getattr(self, f.name), hints[f.name]))
 
     def _validate_schedule(self) -> None:
-        from mobilepeft.schedule.scheduler import SCHEDULES
-
-        if self.schedule is None:
-            self.schedule = "fixed" if self.adapter == "adaring" or self.stage != "finetune" else "hydra"
-        if self.schedule not in SCHEDULES:
-            raise UserError(f"must be one of {', '.join(SCHEDULES)} (got {self.schedule!r})", field="schedule")
-        if self.stage != "finetune" and self.schedule != "fixed":
-            raise UserError(f"--schedule {self.schedule} allocates adapter ranks; --stage {self.stage} trains no adapters",
+        schedule, adapter, stage = self.schedule, self.adapter, self.model.stage
+        if schedule.kind is None:
+            schedule.kind = "fixed" if not adapter.settings.schedulable or stage != "finetune" else "hydra"
+        if stage != "finetune" and schedule.kind != "fixed":
+            raise UserError(f"--schedule {schedule.kind} allocates adapter ranks; --stage {stage} trains no adapters",
                             field="schedule", hint="drop --schedule, or use --stage finetune")
-        if self.schedule == "fixed":
+        if schedule.kind == "fixed":
             return
-        if self.adapter == "adaring":
-            raise UserError(f"--schedule {self.schedule} needs per-module ranks; adaring has ring ranks per group",
-                            field="schedule", hint="use --schedule fixed with --adapter adaring (docs/hydra.md)")
-        g = self.rank_granule
-        self.rank_min = g if self.rank_min is None else self.rank_min
-        self.rank_max = 4 * self.rank if self.rank_max is None else self.rank_max
-        if not 1 <= self.rank_min <= self.rank <= self.rank_max:
-            raise UserError(f"need 1 <= --rank-min ({self.rank_min}) <= --rank ({self.rank}) <= --rank-max "
-                            f"({self.rank_max})", field="rank_min")
-        shares = self.adapter_spec().branch_ranks(self.rank) if self.adapter == "multihead" else (self.rank,)
+        if not adapter.settings.schedulable:
+            raise UserError(f"--schedule {schedule.kind} needs per-module ranks; {adapter.method} has no per-module ranks",
+                            field="schedule", hint=f"use --schedule fixed with --adapter {adapter.method} (docs/hydra.md)")
+        g = schedule.granule
+        schedule.rank_min = g if schedule.rank_min is None else schedule.rank_min
+        schedule.rank_max = 4 * adapter.rank if schedule.rank_max is None else schedule.rank_max
+        if not 1 <= schedule.rank_min <= adapter.rank <= schedule.rank_max:
+            raise UserError(f"need 1 <= --rank-min ({schedule.rank_min}) <= --rank ({adapter.rank}) <= --rank-max "
+                            f"({schedule.rank_max})", field="rank_min")
+        shares = adapter.settings.rank_shares(adapter.rank)
         if any(r % g for r in shares if r):
-            raise UserError(f"rank {self.rank} (branches {shares}) is not a multiple of --rank-granule {g}",
+            raise UserError(f"rank {adapter.rank} (branches {shares}) is not a multiple of --rank-granule {g}",
                             field="rank", hint=f"use a --rank divisible by {g}, or --rank-granule 1")
-        if len(self.realloc_window) != 2 or not 0.0 <= self.realloc_window[0] <= self.realloc_window[1] <= 1.0:
-            raise UserError(f"expected two fractions start,end in [0, 1] (got {self.realloc_window})",
+        window = schedule.realloc_window
+        if len(window) != 2 or not 0.0 <= window[0] <= window[1] <= 1.0:
+            raise UserError(f"expected two fractions start,end in [0, 1] (got {window})",
                             field="realloc_window", hint="e.g. --realloc-window 0.1,0.7")
 
     def torch_device(self, local_rank: int = 0, world: int = 1) -> torch.device:
         """The device of this process; under torchrun "auto" and "cuda" mean GPU ``LOCAL_RANK``."""
         import torch
 
-        name = self.device
+        name = self.optim.device
         if name == "auto":
             name = "cuda" if torch.cuda.is_available() else "cpu"
         device = torch.device(name)
@@ -267,56 +287,24 @@ class TrainConfig:
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", local_rank)
         elif device.type == "cuda" and world > 1:
-            raise UserError(f"--device {self.device} pins every process to one GPU", field="device",
+            raise UserError(f"--device {self.optim.device} pins every process to one GPU", field="device",
                             hint="use --device cuda (or auto): each torchrun process takes GPU LOCAL_RANK")
         return device
 
     def micro_batches_per_step(self, world: int) -> int:
         """Micro-batches in one optimizer step over all ``world`` processes: what fixes the maths."""
-        if self.global_batch_size is not None:
-            micro = self.global_batch_size // self.batch_size
-        else:
-            micro = self.grad_accum * world
+        optim = self.optim
+        micro = optim.global_batch_size // optim.batch_size if optim.global_batch_size is not None else (
+            optim.grad_accum * world)
         if micro % world:
-            raise UserError(f"global batch {micro * self.batch_size} (= {micro} micro-batches of {self.batch_size}) "
+            raise UserError(f"global batch {micro * optim.batch_size} (= {micro} micro-batches of {optim.batch_size}) "
                             f"does not split over {world} processes", field="global_batch_size",
-                            hint=f"use a --global-batch-size that is a multiple of {self.batch_size * world}")
+                            hint=f"use a --global-batch-size that is a multiple of {optim.batch_size * world}")
         return micro
-
-    def schedule_settings(self):
-        from mobilepeft.schedule.scheduler import ScheduleSettings
-
-        return ScheduleSettings(kind=self.schedule, rank_min=self.rank_min, rank_max=self.rank_max,
-                                granule=self.rank_granule, temperature=self.temperature,
-                                probe_steps=self.probe_steps, realloc_every=self.realloc_every,
-                                realloc_window=tuple(self.realloc_window), seed=self.seed)
-
-    def adapter_spec(self) -> AdapterSpec:
-        return AdapterSpec(method=self.adapter, rank=self.rank, alpha=self.alpha, dropout=self.lora_dropout,
-                           target_modules=list(self.target_modules), use_rslora=self.use_rslora,
-                           rank_parallel=self.rank_parallel, rank_sequential=self.rank_sequential,
-                           branches=self.branches, branch_drop_max=self.branch_drop_max,
-                           scalar_lr_ratio=self.scalar_lr_ratio, ring_rank=self.ring_rank,
-                           ring_rank_pattern={k: int(v) for k, v in self.ring_rank_pattern.items()})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_sources(cls, yaml_path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
-        values: dict[str, Any] = {}
-        if yaml_path is not None:
-            values.update(load_yaml(yaml_path))
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        if values.get("adapter") == "adaring" and "rank" in values:
-            raise UserError("--rank has no effect on adaring: its size is set by the ring ranks", field="rank",
-                            hint="drop --rank; use --ring-rank or --ring-rank-pattern (docs/methods.md)")
-        cfg = cls(**values)
-        cfg.validate()
-        return cfg
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """``{flag: value}`` from a YAML file, flat (flag names) or nested (section: {field: value})."""
     path = Path(path)
     if not path.is_file():
         raise UserError("config file not found", path=path)
@@ -326,16 +314,34 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"invalid YAML: {exc}", path=path) from exc
     if not isinstance(data, dict):
         raise UserError("top level must be a mapping of option: value", path=path)
-    declared = {f.name: f for f in fields(TrainConfig)}
-    hints = typing.get_type_hints(TrainConfig)
+    table = TrainConfig.flags()
+    by_field = {(e.section, e.field.name): flag for flag, e in table.items()}
+    sections = {f.name for f in fields(TrainConfig)}
     out = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
-        if name not in declared:
+        if name in sections and isinstance(value, dict):
+            for inner, inner_value in value.items():
+                inner_name = str(inner).replace("-", "_")
+                flag = by_field.get((name, inner_name)) or (
+                    inner_name if inner_name in table and table[inner_name].section == name else None)
+                if flag is None:
+                    where = table[inner_name].section if inner_name in table else None
+                    raise UserError(f"unknown option {inner!r} in section {name!r}", path=path, field=f"{name}.{inner}",
+                                    hint=f"it belongs in section {where!r}" if where else
+                                    f"section {name!r} holds: {', '.join(f for s, f in by_field if s == name)}")
+                out[flag] = _checked_value(table[flag], inner_value, path, f"{name}.{inner}")
+        elif name in table:
+            out[name] = _checked_value(table[name], value, path, str(key))
+        else:
             raise UserError(f"unknown option {key!r}", path=path, field=str(key),
-                            hint="keys are the `mobilepeft train` flags, e.g. batch-size or batch_size")
-        try:
-            out[name] = _checked(declared[name], value, hints[name])
-        except UserError as err:
-            raise UserError(err.message, path=path, field=str(key), hint=err.hint) from None
+                            hint="keys are the `mobilepeft train` flags (batch-size or batch_size), or sections "
+                                 f"({', '.join(sorted(sections))}) as in a saved train_config.yaml")
     return out
+
+
+def _checked_value(entry: Flag, value: Any, path: Path, key: str) -> Any:
+    try:
+        return checked(entry.field, value, entry.hint)
+    except UserError as err:
+        raise UserError(err.message, path=path, field=key, hint=err.hint) from None

@@ -8,12 +8,19 @@ step 0).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from mobilepeft.adapters.base import AdapterLayer, LoRAForm
-from mobilepeft.adapters.spec import AdapterSpec
+from mobilepeft.adapters.base import AdapterLayer, BranchFactors, LoRAForm
+from mobilepeft.adapters.registry import register_adapter_method
+from mobilepeft.adapters.spec import AdapterSpec, MethodSettings
+
+
+@dataclass
+class LoRASettings(MethodSettings):
+    """Plain LoRA needs nothing beyond the shared settings (rank, alpha, dropout, rsLoRA)."""
 
 
 def lora_scaling(rank: int, alpha: float, use_rslora: bool = False) -> float:
@@ -35,7 +42,6 @@ def lora_pair(in_features: int, out_features: int, rank: int, like: torch.Tensor
 
 
 class LoRALinear(AdapterLayer):
-    method = "lora"
 
     def __init__(self, base_layer: nn.Linear, rank: int, alpha: float, dropout: float = 0.0,
                  use_rslora: bool = False, lora_bias: bool = False) -> None:
@@ -66,3 +72,16 @@ class LoRALinear(AdapterLayer):
         b = self.lora_B
         bias = None if b.bias is None else b.bias.detach() * self.scaling
         return LoRAForm(self.lora_A.weight.detach().clone(), b.weight.detach().clone(), self.scaling, bias)
+
+    def rank_branches(self) -> list[BranchFactors]:
+        return [BranchFactors("", "lora", self.lora_A, self.lora_B)]
+
+    def branch_resized(self, branch: BranchFactors, rank: int) -> None:
+        self.rank = rank
+        self.alpha = self.scaling * (math.sqrt(rank) if self.use_rslora else rank)
+
+    def lowered_alpha(self, form: LoRAForm) -> float:
+        return self.alpha  # already LoRA: keeps rsLoRA's alpha/sqrt(r) as written
+
+
+register_adapter_method("lora", LoRASettings, LoRALinear)

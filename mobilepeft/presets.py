@@ -1,5 +1,8 @@
 """Built-in model presets written in the exact MobileVLM checkpoint format.
 
+A preset composes the two lower layers (a model from ``models/``, a tokenizer trained on the
+vocabulary of ``data/``'s synthetic dataset), so it lives above both.
+
 ``tiny`` is the embedded default: a randomly initialised MobileVLM small enough that LoRA
 training runs in seconds on 2 CPU cores; ``small`` (~25M parameters) is what benchmarks time, with a SentencePiece tokenizer trained on the
 synthetic dataset's vocabulary (LLaMA conventions: unk=0, <s>=1, </s>=2, byte fallback).
@@ -14,6 +17,7 @@ from typing import Any
 
 import torch
 
+from mobilepeft.data.synth import corpus_lines
 from mobilepeft.io import write_json
 from mobilepeft.models.checkpoint import save_checkpoint
 from mobilepeft.models.config import PROJECTOR_TYPES, MobileVLMConfig
@@ -94,7 +98,7 @@ def train_tokenizer(out_dir: Path, vocab_size: int, corpus: list[str] | None = N
     and write its configs."""
     import sentencepiece as spm
 
-    from mobilepeft.data.synth import corpus_lines
+
 
     with tempfile.TemporaryDirectory() as tmp:
         prefix = Path(tmp) / "tokenizer"

@@ -16,19 +16,31 @@ runs, whose RNG state is checkpointed) are deterministic.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from mobilepeft.adapters.base import AdapterLayer, LoRAForm
-from mobilepeft.adapters.lora import lora_pair
-from mobilepeft.adapters.spec import AdapterSpec
+from mobilepeft.adapters.base import AdapterLayer, BranchFactors, LoRAForm
+from mobilepeft.adapters.methods.lora import lora_pair
+from mobilepeft.adapters.registry import register_adapter_method
+from mobilepeft.adapters.spec import AdapterSpec, MethodSettings
+from mobilepeft.settings import setting
 
 #: fraction of training during which the learning scalar stays frozen (stage 1)
 SCALAR_FROZEN_FRACTION = 0.5
 
 
+@dataclass
+class DMLoRASettings(MethodSettings):
+    branches: int = setting(4, min=1, help="dmlora: number of LoRA branches sharing --rank.")
+    branch_drop_max: float = setting(0.5, min=0, max=1, max_open=True,
+                                     help="dmlora: branch-drop probability reached at the end of training.")
+    scalar_lr_ratio: float = setting(0.1, min=0, min_open=True,
+                                     help="dmlora: LR of the per-layer learning scalar, as a fraction of --lr.")
+
+
 class DMLoRALinear(AdapterLayer):
-    method = "dmlora"
 
     def __init__(self, base_layer: nn.Linear, rank: int, alpha: float, branches: int = 4, dropout: float = 0.0,
                  branch_drop_max: float = 0.5, scalar_lr_ratio: float = 0.1) -> None:
@@ -58,7 +70,8 @@ class DMLoRALinear(AdapterLayer):
 
     @classmethod
     def from_spec(cls, base_layer: nn.Linear, spec: AdapterSpec, rank: int, alpha: float) -> DMLoRALinear:
-        return cls(base_layer, rank, alpha, spec.branches, spec.dropout, spec.branch_drop_max, spec.scalar_lr_ratio)
+        s = spec.settings
+        return cls(base_layer, rank, alpha, s.branches, spec.dropout, s.branch_drop_max, s.scalar_lr_ratio)
 
     @property
     def num_branches(self) -> int:
@@ -84,3 +97,26 @@ class DMLoRALinear(AdapterLayer):
     def to_lora(self) -> LoRAForm:
         return LoRAForm(self.lora_A.weight.detach().clone(), self.lora_B.weight.detach().clone(),
                         float(self.scalar.detach()))
+
+    def rank_branches(self) -> list[BranchFactors]:
+        return [BranchFactors("", "dmlora", self.lora_A, self.lora_B)]
+
+    def branch_scaling(self, branch: BranchFactors) -> float:
+        return float(self.scalar.detach())
+
+    def branch_resized(self, branch: BranchFactors, rank: int) -> None:
+        self.rank = rank
+        self.alpha = float(self.scalar.detach()) * rank
+        self.split_branches()
+
+    def arrange_shrunk(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Deal the directions out round-robin, so every branch gets strong and weak ones."""
+        k, rank = self.branches_wanted, a.shape[0]
+        order = torch.tensor([i for start in range(k) for i in range(start, rank, k)])
+        return a[order], b[:, order]
+
+    def describe_rank(self) -> str:
+        return f"{self.rank} in {self.num_branches} branches {self.branch_sizes}"
+
+
+register_adapter_method("dmlora", DMLoRASettings, DMLoRALinear)

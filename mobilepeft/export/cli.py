@@ -55,7 +55,7 @@ def export_onnx_training_cmd(
 
     Example: mobilepeft export onnx-training --model ckpt/ --adapter runs/lora/adapter --output-dir bundles/ort
     """
-    from mobilepeft.export.onnx_training import export_onnx_training
+    from mobilepeft.export.ort.exporter import export_onnx_training
 
     claim_output(output_dir, "bundle", overwrite, model, adapter, sample_data, image_folder)
     manifest = export_onnx_training(model, adapter, output_dir, seq_len=seq_len, train_projector=train_projector,
@@ -87,7 +87,7 @@ def export_executorch_cmd(
 
     Example: mobilepeft export executorch --model ckpt/ --adapter runs/lora/adapter --quantize 8da4w --output-dir bundles/et
     """
-    from mobilepeft.export.executorch_export import export_executorch
+    from mobilepeft.export.executorch.exporter import export_executorch
 
     claim_output(output_dir, "bundle", overwrite, model, adapter)
     manifest = export_executorch(model, output_dir, adapter_dir=adapter, backend=backend, quantize=quantize,
@@ -118,7 +118,7 @@ def export_coreml_cmd(
 
     Example: mobilepeft export coreml --model ckpt/ --adapter runs/lora/adapter --compress int4 --output-dir bundles/coreml
     """
-    from mobilepeft.export.coreml_export import export_coreml
+    from mobilepeft.export.coreml.exporter import export_coreml
 
     claim_output(output_dir, "bundle", overwrite, model, adapter)
     manifest = export_coreml(model, output_dir, adapter_dir=adapter, compress=compress, max_seq_len=max_seq_len,
@@ -141,7 +141,7 @@ def generate_cmd(
 
     Example: mobilepeft generate --bundle bundles/et --image cat.png --prompt "What is this?"
     """
-    from mobilepeft.export.et_runner import BundleRunner
+    from mobilepeft.export.executorch.runner import BundleRunner
 
     if not math.isfinite(temperature):
         raise UserError(f"must be a finite number (got {temperature})", field="temperature")
@@ -213,7 +213,7 @@ def personalize_cmd(
 
     Example: mobilepeft personalize --bundle bundles/ort --data my.json --steps 20 --output-dir runs/me
     """
-    from mobilepeft.export.personalize import personalize
+    from mobilepeft.export.ort.personalize import personalize
 
     claim_output(output_dir, "personalization", overwrite, bundle, data, image_folder, eval_data, eval_image_folder, checkpoint)
     report = personalize(bundle, data, output_dir, image_folder=image_folder, eval_data=eval_data,
@@ -234,7 +234,7 @@ def adapter_from_ort_cmd(
 
     Example: mobilepeft adapter from-ort runs/me/checkpoint --bundle bundles/ort --output-dir runs/me/adapter
     """
-    from mobilepeft.export.ort_adapter import adapter_from_ort
+    from mobilepeft.export.ort.to_adapter import adapter_from_ort
 
     claim_output(output_dir, "adapter", overwrite, checkpoint, bundle)
     path = adapter_from_ort(checkpoint, bundle, output_dir)

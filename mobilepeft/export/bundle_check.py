@@ -4,7 +4,7 @@ Every kind of bundle gets the same first check, the manifest against the schema 
 against its SHA-256; then each runtime section is opened by its own runtime:
 
 - ``onnx_training``: ORT's eval loss on ``selftest.npz`` equals the PyTorch loss recorded at
-  export, and one training step runs (:func:`mobilepeft.export.personalize.run_selftest`);
+  export, and one training step runs (:func:`mobilepeft.export.ort.personalize.run_selftest`);
 - ``executorch``: the ExecuTorch runtime loads the program, runs each method on inputs of the
   manifest's shapes and returns outputs of the manifest's shapes, all finite;
 - ``coreml``: each package declares the manifest's inputs, outputs and states (Core ML cannot
@@ -41,7 +41,7 @@ def check_bundle(path: str | Path) -> tuple[Bundle, list[Check]]:
 
 
 def _check_onnx_training(bundle: Bundle) -> Check:
-    from mobilepeft.export.personalize import run_selftest
+    from mobilepeft.export.ort.personalize import run_selftest
 
     r = run_selftest(bundle)
     return Check("onnx_training", r.passed,
@@ -53,7 +53,7 @@ def _check_onnx_training(bundle: Bundle) -> Check:
 def _check_executorch(bundle: Bundle) -> Check:
     import torch
 
-    from mobilepeft.export.executorch_export import executorch_methods
+    from mobilepeft.export.executorch.exporter import executorch_methods
 
     section = bundle.section("executorch")
     methods = executorch_methods(bundle.file(section["file"]))
@@ -74,8 +74,8 @@ def _check_executorch(bundle: Bundle) -> Check:
 
 
 def _check_coreml(bundle: Bundle) -> Check:
-    from mobilepeft.export.coreml_export import io_agrees
-    from mobilepeft.export.coreml_inspect import package_io
+    from mobilepeft.export.coreml.exporter import io_agrees
+    from mobilepeft.export.coreml.inspect import package_io
 
     section = bundle.section("coreml")
     problems = []

@@ -23,7 +23,7 @@ _DTYPES = {"FLOAT16": "float16", "FLOAT32": "float32", "INT32": "int32", "DOUBLE
 
 def load_package(path: str | Path):
     """The package as a coremltools ``MLModel`` without compiling it (compiling needs macOS)."""
-    from mobilepeft.export.coreml_quiet import quiet_coremltools
+    from mobilepeft.export.quiet import quiet_coremltools
 
     with quiet_coremltools():
         import coremltools as ct

@@ -28,7 +28,7 @@ class BundleRunner:
     """A ``MultimodalRunner`` over an ExecuTorch bundle, fed by the bundle's prompt template."""
 
     def __init__(self, bundle: str | Path | Bundle) -> None:
-        from mobilepeft.export.executorch_export import load_executorch_kernels
+        from mobilepeft.export.executorch.exporter import load_executorch_kernels
 
         load_executorch_kernels()
         self.bundle = bundle if isinstance(bundle, Bundle) else read_bundle(bundle)

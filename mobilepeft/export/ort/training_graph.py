@@ -2,7 +2,7 @@
 
 The phone's training step is split in two (docs/on-device-training.md):
 
-* ``VisionEncoder``: pixels -> image tokens, run once per photo by the deployed vision encoder
+* ``VisionEncoder`` (``mobilepeft/export/graphs/vision.py``): pixels -> image tokens, run once per photo by the deployed vision encoder
   (frozen; ONNX inference model here, the ExecuTorch ``vision_encoder`` method on a phone);
 * ``TextDecoderForTraining``: token ids + those image tokens -> logits, the graph ORT
   differentiates. Only LoRA tensors (and, with ``train_projector``, the LDP projector) train.
@@ -26,8 +26,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from mobilepeft.export.graphs.vision import embed_with_image
 from mobilepeft.models.mobilevlm import MobileVLMForCausalLM
-from mobilepeft.models.tokenizer import IMAGE_TOKEN_INDEX
 
 TEXT_INPUTS = ("input_ids", "attention_mask")
 IMAGE_EMBEDS = "image_embeds"
@@ -75,16 +75,6 @@ class TextDecoderForTraining(nn.Module):
         return logits, logits.reshape(-1, logits.shape[-1])
 
 
-def embed_with_image(embedding: torch.Tensor, input_ids: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
-    """Token embeddings of ``input_ids`` [B,T], with image token k at the k-th ``IMAGE_TOKEN_INDEX``
-    position of each row (``image_embeds`` [B,P,D]; a whole image span lies in one call)."""
-    is_image = input_ids == IMAGE_TOKEN_INDEX
-    tokens = torch.nn.functional.embedding(input_ids.clamp(min=0), embedding)
-    slot = (is_image.long().cumsum(-1) - 1).clamp(0, image_embeds.shape[1] - 1)
-    picked = torch.gather(image_embeds.to(tokens.dtype), 1, slot[..., None].expand(-1, -1, tokens.shape[-1]))
-    return torch.where(is_image[..., None], picked, tokens)
-
-
 class _HardSwish(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.clamp(x + 3.0, 0.0, 6.0) / 6.0
@@ -110,16 +100,3 @@ def differentiable_activations(module: nn.Module) -> Iterator[None]:
     finally:
         for parent, name, child in swapped:
             setattr(parent, name, child)
-
-
-class VisionEncoder(nn.Module):
-    """``pixel_values [B,3,S,S] -> image_embeds [B,P,hidden]`` (or CLIP features without the projector)."""
-
-    def __init__(self, model: MobileVLMForCausalLM, *, include_projector: bool) -> None:
-        super().__init__()
-        self.vision_tower = model.vision_tower
-        self.mm_projector = model.mm_projector if include_projector else None
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        features = self.vision_tower(pixel_values)
-        return self.mm_projector(features) if self.mm_projector is not None else features

@@ -21,8 +21,8 @@ from mobilepeft.data.llava import load_llava
 from mobilepeft.errors import UserError
 from mobilepeft.export.bundle import Bundle, read_bundle
 from mobilepeft.export.numerics import relative_error
-from mobilepeft.export.ort_batch import EncodedSample, encode_sample, stack_batch
-from mobilepeft.export.ort_runtime import OrtTrainer, VisionRunner, trainable_arrays
+from mobilepeft.export.ort.batch import EncodedSample, encode_sample, stack_batch
+from mobilepeft.export.ort.runtime import OrtTrainer, VisionRunner, trainable_arrays
 from mobilepeft.io import atomic_dir, write_json
 from mobilepeft.models.tokenizer import IGNORE_INDEX, Tokenizer
 

@@ -17,16 +17,34 @@ groups (``ring_rank_pattern``, keyed by module type) — the "diverse, rank-driv
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from mobilepeft.adapters.base import AdapterLayer, LoRAForm
-from mobilepeft.adapters.spec import AdapterSpec
+from mobilepeft.adapters.base import SHARED_ATTR, AdapterLayer, LoRAForm
+from mobilepeft.adapters.registry import register_adapter_method
+from mobilepeft.adapters.spec import AdapterSpec, MethodSettings
 from mobilepeft.adapters.targets import LLM_ROOT, pattern_lookup
+from mobilepeft.errors import UserError
+from mobilepeft.settings import setting
 
-#: attribute of the model holding the cross-layer parameters of every method that has them
-SHARED_ATTR = "adapter_shared"
+
+@dataclass
+class AdaRingSettings(MethodSettings):
+    #: ring ranks are per group of modules, so a per-module rank schedule has nothing to move
+    schedulable: ClassVar[bool] = False
+    #: the ring ranks, not --rank, set the size
+    uses_rank: ClassVar[bool] = False
+
+    ring_rank: int = setting(4, min=1, help="adaring: ring rank of the shared cores.")
+    ring_rank_pattern: dict[str, int] = setting(
+        factory=dict, cli="key_values", help="adaring: per module type ring ranks, e.g. 'down_proj=6,q_proj=2'.")
+
+    def resolve(self, spec: AdapterSpec) -> None:
+        if any(v < 1 for v in self.ring_rank_pattern.values()):
+            raise UserError(f"ring ranks must be >= 1 (got {self.ring_rank_pattern})", field="ring_rank_pattern")
 
 
 class RingCores(nn.Module):
@@ -52,7 +70,6 @@ class RingCores(nn.Module):
 
 
 class AdaRingLinear(AdapterLayer):
-    method = "adaring"
 
     def __init__(self, base_layer: nn.Linear, cores: RingCores, alpha: float, dropout: float = 0.0,
                  group: str = "") -> None:
@@ -83,7 +100,7 @@ class AdaRingLinear(AdapterLayer):
                 key = f"{key}_{linear.out_features}x{linear.in_features}"
             if key not in shared:
                 leaf = path.rpartition(".")[2]
-                r = int(pattern_lookup(spec.ring_rank_pattern, leaf) or spec.ring_rank)
+                r = int(pattern_lookup(spec.settings.ring_rank_pattern, leaf) or spec.settings.ring_rank)
                 shared[key] = RingCores(linear.in_features, linear.out_features, r, linear.weight)
             layers[path] = cls(linear, shared[key], alphas[path], spec.dropout, group=key)
         return layers
@@ -112,9 +129,19 @@ class AdaRingLinear(AdapterLayer):
         a = torch.einsum("bjc,ca->abj", c.g_in, z).reshape(c.ring_rank ** 2, c.in_features)
         return LoRAForm(a.detach().clone(), c.out_matrix().detach().clone(), self.scaling)
 
+    def describe_rank(self) -> str:
+        return f"ring {self.cores.ring_rank}"
+
+    def shared_group(self) -> tuple[str, dict[str, int]]:
+        return self.group, {"ring_rank": self.cores.ring_rank, "in_features": self.in_features,
+                            "out_features": self.out_features}
+
 
 def group_key(path: str) -> str:
     """``q_proj`` for LLM modules, ``vision_q_proj`` for the CLIP tower (a shape suffix is added
     by ``build`` if one type comes in two shapes)."""
     leaf = path.rpartition(".")[2]
     return leaf if path.startswith(LLM_ROOT) else f"vision_{leaf}"
+
+
+register_adapter_method("adaring", AdaRingSettings, AdaRingLinear)

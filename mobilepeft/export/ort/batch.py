@@ -22,7 +22,7 @@ import numpy as np
 
 from mobilepeft.data.llava import Conversation
 from mobilepeft.data.template import tokenize_conversation
-from mobilepeft.export.training_graph import LABELS
+from mobilepeft.export.ort.training_graph import LABELS
 from mobilepeft.models.tokenizer import IGNORE_INDEX, IMAGE_TOKEN_INDEX, Tokenizer
 
 

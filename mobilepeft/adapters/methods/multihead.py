@@ -12,17 +12,54 @@ step 0.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
-from mobilepeft.adapters.base import AdapterLayer, LoRAForm
-from mobilepeft.adapters.lora import lora_pair
-from mobilepeft.adapters.spec import AdapterSpec
+from mobilepeft.adapters.base import AdapterLayer, BranchFactors, LoRAForm
+from mobilepeft.adapters.methods.lora import lora_pair
+from mobilepeft.adapters.registry import register_adapter_method
+from mobilepeft.adapters.spec import AdapterSpec, MethodSettings
 from mobilepeft.adapters.targets import pattern_lookup, pattern_path
+from mobilepeft.errors import UserError
+from mobilepeft.settings import setting
+
+
+@dataclass
+class MultiHeadSettings(MethodSettings):
+    rank_parallel: int | None = setting(None, min=0, help="multihead: rank of the parallel branch (default: half of --rank).")
+    rank_sequential: int | None = setting(None, min=0, help="multihead: rank of the sequential branch (default: the rest of --rank).")
+    #: per module: sequential-branch rank (parallel = that module's rank minus it); set by rank schedules
+    sequential_rank_pattern: dict[str, int] = field(default_factory=dict)
+
+    def resolve(self, spec: AdapterSpec) -> None:
+        """Both branch ranks given (or one and --rank) set the total rank."""
+        if self.rank_parallel is None and self.rank_sequential is None:
+            return
+        par = self.rank_parallel if self.rank_parallel is not None else spec.rank - self.rank_sequential
+        seq = self.rank_sequential if self.rank_sequential is not None else spec.rank - par
+        if par < 0 or seq < 0 or par + seq < 1:
+            raise UserError(f"branch ranks must be >= 0 with a positive sum (got {par} + {seq})",
+                            field="rank_parallel", hint="--rank-parallel + --rank-sequential sets the total rank")
+        self.rank_parallel, self.rank_sequential, spec.rank = par, seq, par + seq
+
+    def rank_shares(self, rank: int) -> tuple[int, ...]:
+        return self.branch_ranks(rank, rank)
+
+    def branch_ranks(self, rank: int, nominal: int) -> tuple[int, int]:
+        """(parallel, sequential) ranks of a module whose total rank is ``rank`` (``nominal``: --rank)."""
+        if self.rank_parallel is not None and self.rank_sequential is not None and rank == nominal:
+            return self.rank_parallel, self.rank_sequential
+        if self.rank_parallel is not None and self.rank_sequential is not None:
+            par = round(rank * self.rank_parallel / (self.rank_parallel + self.rank_sequential))
+        else:
+            par = (rank + 1) // 2
+        par = min(max(par, 1 if rank > 1 else rank), rank)
+        return par, rank - par
 
 
 class MultiHeadLinear(AdapterLayer):
-    method = "multihead"
 
     def __init__(self, base_layer: nn.Linear, rank_parallel: int, rank_sequential: int, alpha: float,
                  dropout: float = 0.0) -> None:
@@ -42,8 +79,9 @@ class MultiHeadLinear(AdapterLayer):
               ranks: dict[str, int], alphas: dict[str, float]) -> dict[str, AdapterLayer]:
         layers: dict[str, AdapterLayer] = {}
         for path, linear in targets.items():
-            seq = pattern_lookup(spec.sequential_rank_pattern, pattern_path(path))
-            par, seq = spec.branch_ranks(ranks[path]) if seq is None else (ranks[path] - int(seq), int(seq))
+            seq = pattern_lookup(spec.settings.sequential_rank_pattern, pattern_path(path))
+            par, seq = (spec.settings.branch_ranks(ranks[path], spec.rank) if seq is None
+                        else (ranks[path] - int(seq), int(seq)))
             layers[path] = cls(linear, par, seq, alphas[path], spec.dropout)
         return layers
 
@@ -63,6 +101,26 @@ class MultiHeadLinear(AdapterLayer):
 
     def to_lora(self) -> LoRAForm:
         return self._form(self.base_layer.weight, self.base_layer.bias)
+
+    def rank_branches(self) -> list[BranchFactors]:
+        return [BranchFactors(":parallel", "parallel", self.lora_A, self.lora_B),
+                BranchFactors(":sequential", "sequential", self.seq_A, self.seq_B, reads_base_output=True)]
+
+    def branch_resized(self, branch: BranchFactors, rank: int) -> None:
+        if branch.kind == "parallel":
+            self.rank_parallel = rank
+        else:
+            self.rank_sequential = rank
+        self.alpha = self.scaling * (self.rank_parallel + self.rank_sequential)
+
+    def scheduled_patterns(self, spec: AdapterSpec) -> dict[str, int]:
+        default = spec.settings.branch_ranks(self.rank, spec.rank)
+        if (self.rank_parallel, self.rank_sequential) == default:
+            return {}
+        return {"sequential_rank_pattern": self.rank_sequential}
+
+    def describe_rank(self) -> str:
+        return f"parallel {self.rank_parallel} + sequential {self.rank_sequential}"
 
     @torch.no_grad()
     def _form(self, w0: torch.Tensor, b0: torch.Tensor | None) -> LoRAForm:
@@ -86,3 +144,6 @@ class MultiHeadLinear(AdapterLayer):
         b = self.base_layer.bias
         b0 = None if b is None else solve(b.to(v.dtype)[:, None])[:, 0]
         return self._form(w0, b0)
+
+
+register_adapter_method("multihead", MultiHeadSettings, MultiHeadLinear)

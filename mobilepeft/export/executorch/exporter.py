@@ -7,7 +7,7 @@ binding, Android's ``LlmModule``, the iOS runner) runs it with no model-specific
   -> image tokens ``[1,P,D]`` (CLIP tower + LDP projector);
 * ``token_embedding``: ``tokens [1,T]`` -> ``[1,T,D]``;
 * ``text_decoder``: ``(embeddings [1,T,D], cache_position [T])`` -> logits ``[1,T,V]``, with the
-  static KV cache inside (mutable buffers, :mod:`mobilepeft.export.kv_decoder`);
+  static KV cache inside (mutable buffers, :mod:`mobilepeft.export.graphs.kv_decoder`);
 * metadata methods the runner reads: ``get_max_seq_len``, ``get_max_context_len``,
   ``get_bos_id``, ``get_eos_ids``, ``get_vocab_size``, ``use_kv_cache``, ``enable_dynamic_shape``.
 
@@ -42,10 +42,10 @@ import torch
 
 from mobilepeft.errors import UserError
 from mobilepeft.export.bundle import base_manifest, write_manifest
-from mobilepeft.export.kv_decoder import StaticCacheDecoder, TokenEmbedding
+from mobilepeft.export.graphs.kv_decoder import StaticCacheDecoder, TokenEmbedding
+from mobilepeft.export.graphs.source_model import load_merged, prefill, probe_inputs, resolve_max_seq_len
+from mobilepeft.export.graphs.vision import VisionEncoder
 from mobilepeft.export.numerics import relative_error
-from mobilepeft.export.source_model import load_merged, prefill, probe_inputs, resolve_max_seq_len
-from mobilepeft.export.training_graph import VisionEncoder
 from mobilepeft.io import atomic_dir, atomic_file
 from mobilepeft.models.mobilevlm import MobileVLMForCausalLM
 
@@ -206,7 +206,7 @@ def _lower(programs: dict[str, Any], model: MobileVLMForCausalLM, max_seq_len: i
     """The ExecuTorch program (``programs`` are consumed) and per-method delegation counts."""
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
 
-    from mobilepeft.export.coreml_quiet import quiet_coremltools
+    from mobilepeft.export.quiet import quiet_coremltools
 
     tok = model.tokenizer
     with torch.no_grad(), warnings.catch_warnings(), quiet_coremltools():

@@ -24,7 +24,7 @@ import torch
 from mobilepeft.errors import UserError
 from mobilepeft.export.bundle import Bundle, read_bundle
 
-# The keys every harness writes (this one, android_demo/runner, the Android and iOS apps): DESIGN.md §8.
+# The keys every harness writes (this one, the native runner in runner/, the Android and iOS apps): DESIGN.md §8.
 BENCH_SCHEMA = json.loads(Path(__file__).with_name("bench.schema.json").read_text(encoding="utf-8"))
 METRICS = ("model_load_time_ms", "vision_encode_ms", "prefill_tokens_per_s", "decode_tokens_per_s",
            "time_to_first_token_ms")
@@ -60,7 +60,7 @@ def _three_methods(vision: Callable, embed: Callable, decode: Callable) -> Metho
 
 
 def _load_executorch(bundle: Bundle) -> tuple[Methods, float]:
-    from mobilepeft.export.executorch_export import executorch_methods, load_executorch_kernels
+    from mobilepeft.export.executorch.exporter import executorch_methods, load_executorch_kernels
 
     load_executorch_kernels()  # an import, outside the timed load
     t0 = time.perf_counter()
@@ -71,7 +71,7 @@ def _load_executorch(bundle: Bundle) -> tuple[Methods, float]:
 
 def _load_eager(bundle: Bundle) -> tuple[Methods, float]:
     from mobilepeft.adapters.inject import merge_and_unload
-    from mobilepeft.export.executorch_export import export_modules
+    from mobilepeft.export.executorch.exporter import export_modules
     from mobilepeft.loading import load_vlm
 
     source = bundle.section(_runtime_section(bundle))["source"]

@@ -25,7 +25,7 @@ biases) stay fp16.
 Core ML predicts only on Apple hardware, so the export checks what it can here: the exported
 graphs handed to the converter reproduce the PyTorch model (fp32 logits, prefill and then decode
 steps through the KV cache) and the saved packages declare exactly the inputs, outputs and
-states the manifest states. :mod:`mobilepeft.export.coreml_inspect` reads the packages back.
+states the manifest states. :mod:`mobilepeft.export.coreml.inspect` reads the packages back.
 """
 
 from __future__ import annotations
@@ -41,12 +41,12 @@ from torch import nn
 
 from mobilepeft.errors import UserError
 from mobilepeft.export.bundle import base_manifest, write_manifest
-from mobilepeft.export.coreml_inspect import package_bytes, package_io
-from mobilepeft.export.coreml_quiet import quiet_coremltools
-from mobilepeft.export.kv_decoder import StaticCacheDecoder
+from mobilepeft.export.coreml.inspect import package_bytes, package_io
+from mobilepeft.export.graphs.kv_decoder import StaticCacheDecoder
+from mobilepeft.export.graphs.source_model import Probe, load_merged, probe_inputs, resolve_max_seq_len
+from mobilepeft.export.graphs.vision import VisionEncoder, embed_with_image
 from mobilepeft.export.numerics import relative_error
-from mobilepeft.export.source_model import Probe, load_merged, probe_inputs, resolve_max_seq_len
-from mobilepeft.export.training_graph import VisionEncoder, embed_with_image
+from mobilepeft.export.quiet import quiet_coremltools
 from mobilepeft.io import atomic_dir
 from mobilepeft.models.mobilevlm import MobileVLMForCausalLM
 from mobilepeft.models.tokenizer import IMAGE_TOKEN_INDEX

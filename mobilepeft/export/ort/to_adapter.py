@@ -16,7 +16,7 @@ import torch
 
 from mobilepeft.adapters.files import META_FILE, PROJECTOR_FILE
 from mobilepeft.export.bundle import read_bundle
-from mobilepeft.export.ort_runtime import trainable_arrays
+from mobilepeft.export.ort.runtime import trainable_arrays
 from mobilepeft.io import atomic_dir, save_safetensors, write_json
 
 ADAPTER_FILE = "adapter_model.safetensors"

@@ -1,0 +1,1 @@
+"""The built-in adapter methods, one file each (each registers itself: adapters/registry.py)."""

@@ -1,0 +1,1 @@
+"""ExecuTorch: the multimodal ``.pte`` program and generation through ExecuTorch's own runner."""

@@ -1,0 +1,44 @@
+"""The rank schedule's settings (the ``schedule`` section of the training config); torch-free."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mobilepeft.settings import Settings, setting
+
+#: fixed: plain LoRA ranks; hierarchical: one allocation before training; dynamic: reallocations
+#: during training; hydra: both (docs/hydra.md)
+SCHEDULES = ("fixed", "hierarchical", "dynamic", "hydra")
+
+
+@dataclass
+class ScheduleSettings(Settings):
+    kind: str | None = setting(
+        None, flag="schedule", choices=SCHEDULES,
+        help="Rank schedule at the budget of fixed --rank: fixed (plain LoRA), hierarchical, dynamic or hydra "
+             "(both; the default; fixed for adaring). See docs/hydra.md.")
+    rank_min: int | None = setting(None, min=1, help="Schedules: smallest rank of a branch (default: --rank-granule).")
+    rank_max: int | None = setting(None, min=1, help="Schedules: largest rank of a branch (default: 4 x --rank).")
+    granule: int = setting(2, flag="rank_granule", min=1, help="Schedules: ranks move in multiples of this.")
+    temperature: float = setting(0.5, min=0,
+                                 help="Schedules: how strongly sensitivity skews the allocation (0 = fixed LoRA).")
+    probe_steps: int = setting(8, min=1, help="Schedules: batches the sensitivity probe looks at before training.")
+    realloc_every: int = setting(0, min=0,
+                                 help="Schedules: steps between reallocations (0: 5 percent of the run, at least 5).")
+    realloc_window: list[float] = setting(
+        factory=lambda: [0.1, 0.7], cli="fractions",
+        help="Schedules: fractions of the run between which reallocations happen, e.g. 0.1,0.7.")
+    #: rank granules moved per reallocation; 0: 1 per 16 branches (at least 1)
+    moves: int = 0
+    #: weight of the newest measurement in the removal/addition EMAs
+    ema: float = 0.5
+    #: tokens per watched step the statistics use (a random subset)
+    max_tokens: int = 512
+
+    @property
+    def hierarchical(self) -> bool:
+        return self.kind in ("hierarchical", "hydra")
+
+    @property
+    def dynamic(self) -> bool:
+        return self.kind in ("dynamic", "hydra")
