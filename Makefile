@@ -26,14 +26,14 @@ test: $(STAMP)
 	# Two workers, one test file each at a time (module fixtures such as exported bundles are built once).
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
-# The native runner (android_demo/runner) against the installed executorch wheel: build/runner/mobilepeft_runner.
+# The native runner (runner/) against the installed executorch wheel: build/runner/mobilepeft_runner.
 runner: $(STAMP)
-	$(BIN)/cmake -S android_demo/runner -B build/runner -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(BIN)/ninja) \
+	$(BIN)/cmake -S runner -B build/runner -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(BIN)/ninja) \
 	    -DCMAKE_PREFIX_PATH=$$($(BIN)/python -c "import executorch; print(list(executorch.__path__)[0])")
 	$(BIN)/cmake --build build/runner -j2
 
 lint: $(STAMP)
-	$(BIN)/ruff check mobilepeft export tests benchmarks
+	$(BIN)/ruff check mobilepeft tests benchmarks
 
 bench-train-step: $(STAMP)
 	$(BIN)/python benchmarks/train_step.py

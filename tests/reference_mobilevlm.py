@@ -5,7 +5,7 @@ state-dict tensors (no ``mobilepeft`` imports, no transformers model classes),
 so that agreement with ``mobilepeft.load_vlm`` is evidence, not tautology.
 All maths runs in float32 on the tensors' device (normally CPU).
 
-Conventions (see DESIGN.md section 4):
+Conventions (see docs/training.md):
 - LLaMA: HF ``rotate_half`` RoPE with ``rope_theta``, GQA, RMSNorm in fp32,
   SiLU-gated MLP, causal attention, position ids ``0..T'-1``.
 - CLIP: ``hidden_states[mm_vision_select_layer]`` where ``hidden_states[0]`` is

@@ -5,9 +5,9 @@ other normaliser flags, user-defined and unused pieces), real ONNX Runtime train
 bundles, ``encode_sample`` rows, ``preprocess_images`` tensors and PIL bicubic resizes, the
 personalize batch order, an ORT-exported inference model and hashlib digests. The Kotlin tests (compiled here with
 kotlinc, no Gradle) check their numbers against these; this file then validates what they wrote:
-the benchmark JSON against export/bench.schema.json and the adapter against ``adapter from-ort``.
+the benchmark JSON against mobilepeft/export/bench.schema.json and the adapter against ``adapter from-ort``.
 It also checks the sources' conventions: every manifest read's key path exists in
-export/bundle.schema.json, every benchmark key in export/bench.schema.json.
+mobilepeft/export/bundle.schema.json, every benchmark key in mobilepeft/export/bench.schema.json.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ APP = ROOT / "android_demo" / "app"
 CORE_MAIN = APP / "core" / "src" / "main" / "kotlin"
 CORE_TEST = APP / "core" / "src" / "test" / "kotlin"
 APP_SRC = APP / "app" / "src" / "main"
-BENCH_SCHEMA = ROOT / "export" / "bench.schema.json"
+BENCH_SCHEMA = ROOT / "mobilepeft" / "export" / "bench.schema.json"
 MIN_KOTLIN_TESTS = 20
 
 
@@ -161,7 +161,7 @@ def _conversation_cases(bundle: Path) -> dict:
     from mobilepeft.data.llava import Conversation
     from mobilepeft.data.template import build_prompt_ids
     from mobilepeft.errors import UserError
-    from mobilepeft.export.ort_batch import encode_sample
+    from mobilepeft.export.ort.batch import encode_sample
     from mobilepeft.models.tokenizer import Tokenizer
 
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -248,9 +248,9 @@ def build_fixtures(tiny_ckpt: Path, root: Path) -> Path:
 
     from mobilepeft.data.synth import write_synthetic_dataset
     from mobilepeft.export.bundle import read_bundle
-    from mobilepeft.export.onnx_training import export_onnx_training
-    from mobilepeft.export.ort_adapter import adapter_from_ort
-    from mobilepeft.export.personalize import _batches, open_trainer
+    from mobilepeft.export.ort.exporter import export_onnx_training
+    from mobilepeft.export.ort.personalize import _batches, open_trainer
+    from mobilepeft.export.ort.to_adapter import adapter_from_ort
 
     fx = root / "fixtures"
     fx.mkdir()
@@ -260,7 +260,7 @@ def build_fixtures(tiny_ckpt: Path, root: Path) -> Path:
     ort = fx / "ort_bundle"
     export_onnx_training(tiny_ckpt, adapter, ort, echo=lambda _: None)
     try:
-        from mobilepeft.export.executorch_export import export_executorch
+        from mobilepeft.export.executorch.exporter import export_executorch
     except ImportError as exc:  # pragma: no cover - executorch is a project dependency
         pytest.skip(f"executorch not importable ({exc})")
     export_executorch(tiny_ckpt, fx / "et_bundle", backend="portable", max_seq_len=64, echo=lambda _: None)
@@ -347,7 +347,7 @@ def test_every_manifest_read_is_a_schema_path():
     # Nothing else reads the manifest by key: JSON is parsed only by Manifest (and the adapter metadata
     # update, and the verifier's own stamp file).
     for file in sources:
-        if file.name not in ("Manifest.kt", "Json.kt", "Personalizer.kt", "BundleVerifier.kt"):
+        if file.name not in ("Manifest.kt", "Json.kt", "AdapterExport.kt", "BundleVerifier.kt"):
             assert "Json.parse(" not in file.read_text(), f"{file.name} parses JSON; read the manifest through Manifest"
 
 

@@ -5,7 +5,7 @@ Every manifest read in the Kotlin, Swift and C++ sources is a call ``<reader>.<f
 path runs from the manifest root (``a.b[].c``: ``[]`` an array item, ``{}`` a member of an object with
 free keys); every benchmark key is written with ``put("<key>", ...)`` in a file whose name says
 ``bench``. This test parses those calls
-and resolves each path in ``export/bundle.schema.json`` (``$ref`` followed), failing on any key the
+and resolves each path in ``mobilepeft/export/bundle.schema.json`` (``$ref`` followed), failing on any key the
 schema does not know or whose type the reader cannot be given.
 """
 
@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-BUNDLE_SCHEMA = json.loads((ROOT / "export" / "bundle.schema.json").read_text())
-BENCH_SCHEMA = json.loads((ROOT / "export" / "bench.schema.json").read_text())
+BUNDLE_SCHEMA = json.loads((ROOT / "mobilepeft" / "export" / "bundle.schema.json").read_text())
+BENCH_SCHEMA = json.loads((ROOT / "mobilepeft" / "export" / "bench.schema.json").read_text())
 
 SOURCES = {
     "kotlin": (ROOT / "android_demo" / "app", "*.kt"),
     "swift": (ROOT / "ios_demo", "*.swift"),
-    "c++": (ROOT / "android_demo" / "runner" / "src", "*.cpp"),
+    "c++": (ROOT / "runner" / "src", "*.cpp"),
 }
 # Reader function -> the JSON types its value may have in the schema.
 CONTAINER_READERS = {"strings", "ints", "longs", "doubles", "numbers", "count", "keys", "has"}
@@ -119,7 +119,7 @@ def check_bench_writes(source: str) -> tuple[list[str], list[str]]:
     keys = [k + suffix for stats, key in BENCH_WRITE.findall(source)
             for k, suffix in ([(key, "")] if not stats else [(key, ""), (key, "_min"), (key, "_max")])]
     known = BENCH_SCHEMA["properties"]
-    return keys, [f"put({k!r}): not a benchmark key (export/bench.schema.json)" for k in keys if k not in known]
+    return keys, [f"put({k!r}): not a benchmark key (mobilepeft/export/bench.schema.json)" for k in keys if k not in known]
 
 
 def _sources(language: str) -> dict[Path, str]:
@@ -143,9 +143,9 @@ def test_checker_rejects_unknown_keys_and_wrong_types():
     assert resolve("coreml.text_decoder.inputs[].shape")["type"] == "array"  # through $ref
     _, problems = check_bench_writes('out.put("decode_tokens_per_s", x); put("tokens_per_second", y); '
                                      'o.putStats("train_step_ms", s); put_stats(out, "peak_rss_mb", v)')
-    assert problems == ["put('tokens_per_second'): not a benchmark key (export/bench.schema.json)",
-                        "put('peak_rss_mb_min'): not a benchmark key (export/bench.schema.json)",
-                        "put('peak_rss_mb_max'): not a benchmark key (export/bench.schema.json)"]
+    assert problems == ["put('tokens_per_second'): not a benchmark key (mobilepeft/export/bench.schema.json)",
+                        "put('peak_rss_mb_min'): not a benchmark key (mobilepeft/export/bench.schema.json)",
+                        "put('peak_rss_mb_max'): not a benchmark key (mobilepeft/export/bench.schema.json)"]
 
 
 @pytest.mark.parametrize("language", list(SOURCES))

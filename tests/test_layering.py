@@ -76,3 +76,14 @@ def test_python_m_and_the_script_are_the_same_cli():
     assert module in _modules()["mobilepeft.__main__"]
     main_source = (PACKAGE / "__main__.py").read_text()
     assert f"from {module} import {function}" in main_source
+
+
+def test_the_readme_layout_names_files_that_exist():
+    import re
+
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("Where each capability lives"):readme.index("Docs: [docs/training.md]")]
+    paths = re.findall(r"`([\w./<>-]+\.(?:py|cpp|kt|swift))`", table)
+    assert len(paths) >= 15
+    missing = [p for p in paths if "<" not in p and not (PACKAGE.parent / p).is_file()]
+    assert missing == []

@@ -13,7 +13,7 @@ public struct ImageTokens {
     }
 }
 
-/// One runtime's calls for a chat turn (export/bench.py `Methods`): the vision encoder, one
+/// One runtime's calls for a chat turn (mobilepeft/export/bench.py `Methods`): the vision encoder, one
 /// prefill of a new conversation, and single-token decode steps through the KV cache. Each
 /// returns the greedy next token (argmax of the last position's logits).
 public protocol InferenceEngine: AnyObject {
@@ -57,7 +57,7 @@ public struct ChatTurnSample {
 
 /// `mobilepeft bench` on the phone: a run encodes one image, prefills the image tokens plus
 /// `promptLength` text tokens in one decoder call, then decodes `genLength` greedy tokens
-/// (export/bench.py `_one_run`); the figures are medians over `runs` after `warmup` runs.
+/// (mobilepeft/export/bench.py `_one_run`); the figures are medians over `runs` after `warmup` runs.
 public struct ChatTurnBenchmark {
     public let settings: ChatTurnSettings
     public let numImageTokens: Int

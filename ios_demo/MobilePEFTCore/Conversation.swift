@@ -25,7 +25,7 @@ public struct EncodedRow {
 }
 
 /// The v1 conversation template, tokenised segment by segment exactly as
-/// `mobilepeft.data.template.tokenize_conversation` and `mobilepeft.export.ort_batch.encode_sample`
+/// `mobilepeft.data.template.tokenize_conversation` and `mobilepeft.export.ort.batch.encode_sample`
 /// do, with the template strings and ids taken from the manifest's `prompt` and `tokenizer`
 /// sections:
 ///

@@ -1,7 +1,7 @@
 import CoreML
 import Foundation
 
-/// The bundle's two Core ML packages (manifest `coreml`), driven as export/bench.py
+/// The bundle's two Core ML packages (manifest `coreml`), driven as mobilepeft/export/bench.py
 /// `_load_coreml` drives them on a Mac:
 ///
 /// * VisionEncoder: `pixel_values [1,3,S,S]` -> `image_embeds [1,P,D]`;

@@ -5,7 +5,7 @@ import Foundation
 /// `executorch.methods`): `vision_encoder` (pixels `[1,3,S,S]` float -> image tokens `[1,P,D]`),
 /// `token_embedding` (ids `[1,T]` int64 -> `[1,T,D]`), `text_decoder` (embeddings `[1,T,D]`
 /// float + cache_position `[T]` int64 -> logits `[1,T,V]`, static KV cache inside). Prefill puts
-/// the image tokens in front of the prompt's embeddings, as export/bench.py `_three_methods` does.
+/// the image tokens in front of the prompt's embeddings, as mobilepeft/export/bench.py `_three_methods` does.
 public final class ExecuTorchEngine: InferenceEngine {
     public let runtime = "executorch"
     public let backend: String

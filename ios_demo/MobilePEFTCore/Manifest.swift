@@ -1,6 +1,6 @@
 import Foundation
 
-/// A bundle's `manifest.json` (schema: export/bundle.schema.json), the only description of the
+/// A bundle's `manifest.json` (schema: mobilepeft/export/bundle.schema.json), the only description of the
 /// model the app reads.
 ///
 /// Every read names its path from the manifest root as a string literal, so a test on the host

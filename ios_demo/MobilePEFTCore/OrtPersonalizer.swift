@@ -3,7 +3,7 @@ import onnxruntime_training_objc
 
 /// `TrainingSession` on ONNX Runtime's Objective-C training API (pod onnxruntime-training-objc
 /// 1.19.2), over the bundle's artifacts (manifest `onnx_training`): the calls
-/// `mobilepeft.export.ort_runtime.OrtTrainer` makes on the desktop.
+/// `mobilepeft.export.ort.runtime.OrtTrainer` makes on the desktop.
 ///
 /// The checkpoint must outlive the session, so the session keeps it. `exportModelForInference`
 /// re-reads the eval model from its path, so the bundle must stay readable while training.

@@ -61,7 +61,7 @@ public struct PersonalizeReport: Codable {
     }
 }
 
-/// The phone's training loop, as `mobilepeft personalize` (export/personalize.py) replays it on
+/// The phone's training loop, as `mobilepeft personalize` (mobilepeft/export/ort/personalize.py) replays it on
 /// the desktop: conversations through the bundle's template, photos through the bundle's vision
 /// encoder (each once), epoch-wise shuffled batches (seeded), `trainStep` + `optimizerStep` +
 /// `lazyResetGrad` per step, token-weighted eval loss before and after.
@@ -214,7 +214,7 @@ public final class Personalizer {
     }
 
     /// Epoch-wise shuffled index batches, `steps` of them (samples repeat when there are few),
-    /// as export/personalize.py `_batches` (with a SplitMix64 shuffle instead of Python's).
+    /// as mobilepeft/export/ort/personalize.py `_batches` (with a SplitMix64 shuffle instead of Python's).
     public static func batches(_ n: Int, _ batchSize: Int, _ steps: Int, _ seed: UInt64) -> [[Int]] {
         var generator = SeededGenerator(seed: seed)
         var order: [Int] = []

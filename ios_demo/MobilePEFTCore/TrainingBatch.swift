@@ -1,6 +1,6 @@
 import Foundation
 
-/// The training graph's inputs for a batch of rows, as `mobilepeft.export.ort_batch.stack_batch`
+/// The training graph's inputs for a batch of rows, as `mobilepeft.export.ort.batch.stack_batch`
 /// builds them: ids and mask `[B, seq_len]` int64, the image input `[B, P, D]` float32 (zeros for
 /// a row without a photo), labels flattened to `[B * seq_len]` int64; named as the manifest's
 /// `onnx_training.inputs` and `label` say.

@@ -1,7 +1,7 @@
 import Foundation
 
 public extension PersonalizeReport {
-    /// The training benchmark JSON (export/bench.schema.json's training keys).
+    /// The training benchmark JSON (mobilepeft/export/bench.schema.json's training keys).
     func benchResult(harness: String, threads: Int) throws -> BenchResult {
         let stepStats = try BenchStats(stepTimesMs)
         var result = BenchResult()

@@ -12,7 +12,7 @@ public enum TensorData {
     }
 }
 
-/// The training runtime's calls, as `mobilepeft.export.ort_runtime.OrtTrainer` names them on the
+/// The training runtime's calls, as `mobilepeft.export.ort.runtime.OrtTrainer` names them on the
 /// desktop (ORT's `ORTTrainingSession` on the phone, `OrtTrainingSession.swift`), so the loop in
 /// `Personalizer` does not depend on ONNX Runtime. Inputs are positional, in the order of
 /// `trainInputNames` / `evalInputNames`.

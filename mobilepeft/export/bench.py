@@ -1,4 +1,4 @@
-"""``mobilepeft bench``: one latency harness for a bundle, with the JSON keys of DESIGN.md §8.
+"""``mobilepeft bench``: one latency harness for a bundle, with the JSON keys of docs/mobile.md.
 
 A run is what a chat turn costs: encode one image, prefill the image tokens plus ``prompt_len``
 text tokens in one ``text_decoder`` call, then ``gen_len`` greedy decode steps (token embedding +
@@ -24,7 +24,7 @@ import torch
 from mobilepeft.errors import UserError
 from mobilepeft.export.bundle import Bundle, read_bundle
 
-# The keys every harness writes (this one, the native runner in runner/, the Android and iOS apps): DESIGN.md §8.
+# The keys every harness writes (this one, the native runner in runner/, the Android and iOS apps): docs/mobile.md.
 BENCH_SCHEMA = json.loads(Path(__file__).with_name("bench.schema.json").read_text(encoding="utf-8"))
 METRICS = ("model_load_time_ms", "vision_encode_ms", "prefill_tokens_per_s", "decode_tokens_per_s",
            "time_to_first_token_ms")

@@ -1,4 +1,4 @@
-"""The bundle: one directory per exported model, described by ``manifest.json`` (DESIGN.md §7).
+"""The bundle: one directory per exported model, described by ``manifest.json`` (docs/mobile.md).
 
 The manifest is validated against ``bundle.schema.json`` when written and when read, and
 records every file's size and SHA-256, so a missing, truncated, corrupted or tampered file is

@@ -1,4 +1,4 @@
-"""MobileVLM image preprocessing ("pad" aspect-ratio mode, DESIGN.md §4).
+"""MobileVLM image preprocessing ("pad" aspect-ratio mode, docs/training.md).
 
 MobileVLM checkpoints are trained with ``image_aspect_ratio: "pad"``: the image is letterboxed
 onto a square canvas of the CLIP mean colour before CLIP's resize/crop/normalise. Doing the

@@ -1,7 +1,7 @@
 """MobileVLM's Lightweight Downsample Projectors (LDP v1 and v2).
 
 Submodule names reproduce the original implementation exactly so real checkpoints load
-without key remapping (DESIGN.md §4): v1 keys live under ``mm_projector.model.``, v2 keys
+without key remapping (docs/training.md): v1 keys live under ``mm_projector.model.``, v2 keys
 under ``mm_projector.mlp.mlp.*`` and ``mm_projector.peg.peg.0``.
 """
 

@@ -1,4 +1,4 @@
-"""Budget accounting and the hierarchical (coarse → fine) rank allocation of DESIGN.md §6.
+"""Budget accounting and the hierarchical (coarse → fine) rank allocation of docs/hydra.md.
 
 Every branch m costs c_m = in_m + out_m parameters per rank unit. Fixed-rank LoRA at r0 spends
 B = Σ r0_m·c_m (r0_m = r0, or a multihead branch's default share). An allocation keeps

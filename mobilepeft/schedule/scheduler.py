@@ -1,4 +1,4 @@
-"""HyDRA: hierarchical + dynamic rank allocation at a fixed parameter budget (DESIGN.md §6).
+"""HyDRA: hierarchical + dynamic rank allocation at a fixed parameter budget (docs/hydra.md).
 
 The trainer drives a :class:`RankScheduler` with three calls per optimizer step: ``tap(step)``
 (a context that records per-branch activations and gradients on the steps the schedule

@@ -21,8 +21,8 @@ from mobilepeft.data.llava import Conversation
 from mobilepeft.data.template import SYSTEM_PROMPT, build_prompt_ids
 from mobilepeft.errors import UserError
 from mobilepeft.export.bundle import image_preprocessing_section, prompt_section
-from mobilepeft.export.ort_batch import encode_sample
-from mobilepeft.models.presets import train_tokenizer
+from mobilepeft.export.ort.batch import encode_sample
+from mobilepeft.presets import train_tokenizer
 from mobilepeft.models.tokenizer import IMAGE_TOKEN_INDEX, Tokenizer
 
 HERE = Path(__file__).resolve().parent

@@ -247,7 +247,7 @@ def _compact_value_names(model) -> None:
 
 
 def _check_trainable_graph(model, file: Path) -> None:
-    """Fail loudly on what ORT 1.19.2 cannot train (DESIGN.md §3), instead of at artifact time."""
+    """Fail loudly on what ORT 1.19.2 cannot train (docs/on-device-training.md), instead of at artifact time."""
     if model.ir_version > MAX_IR_VERSION:
         raise RuntimeError(f"{file}: IR version {model.ir_version} > {MAX_IR_VERSION} (pin onnx<1.18)")
     opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))

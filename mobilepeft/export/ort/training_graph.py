@@ -9,7 +9,7 @@ The phone's training step is split in two (docs/on-device-training.md):
 
 The decoder graph is built from the model's own modules (LoRA-wrapped linears, RMSNorm, RoPE,
 attention) so it computes exactly what ``MobileVLMForCausalLM`` computes, with the traps of
-DESIGN.md §3 kept out of the graph: the causal + padding mask is explicit (transformers' mask
+docs/on-device-training.md kept out of the graph: the causal + padding mask is explicit (transformers' mask
 code would call ``torch.diff``, which ONNX cannot express), and logits are also emitted
 flattened to ``(B*T, V)``, the only shape ORT's ``SoftmaxCrossEntropyLoss`` accepts.
 

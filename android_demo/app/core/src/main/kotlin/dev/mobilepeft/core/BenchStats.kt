@@ -41,7 +41,7 @@ class BenchStats(val warmup: Int) {
 }
 
 /**
- * One benchmark's figures (DESIGN.md §8, export/bench.schema.json): the same keys whoever
+ * One benchmark's figures (DESIGN.md §8, mobilepeft/export/bench.schema.json): the same keys whoever
  * measured them. Null fields are left out of the JSON.
  */
 class BenchResult(
@@ -155,7 +155,7 @@ object BenchInputs {
     }
 }
 
-/** The chat-turn benchmark of export/bench.py `_one_run`: vision encode, prefill, gen_len greedy steps. */
+/** The chat-turn benchmark of mobilepeft/export/bench.py `_one_run`: vision encode, prefill, gen_len greedy steps. */
 class BenchmarkRunner(private val engine: InferenceEngine, private val clock: Clock = SystemClock) {
 
     fun oneRun(pixels: FloatArray, shape: LongArray, prompt: LongArray, genLen: Int): Map<String, Double> {

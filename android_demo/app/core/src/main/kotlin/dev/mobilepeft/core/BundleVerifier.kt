@@ -73,7 +73,7 @@ class VerifyReport(val hashed: List<String>, val unchanged: List<String>, val st
  * than 2 s before the verification started is hashed but not recorded: a second write within the
  * same tick could leave its timestamps as recorded. A [stampDir] that is null, unreadable or
  * unwritable only means hashing everything each time. The native runner
- * (android_demo/runner/src/verify.h) and the iOS core follow the same rule.
+ * (runner/src/verify.h) and the iOS core follow the same rule.
  */
 class BundleVerifier(
     private val stampDir: File? = defaultStampDir(),

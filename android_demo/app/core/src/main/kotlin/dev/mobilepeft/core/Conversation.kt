@@ -18,7 +18,7 @@ class EncodedRow(val inputIds: LongArray, val attentionMask: LongArray, val labe
 /**
  * The v1 conversation template, tokenised segment by segment exactly as
  * mobilepeft/data/template.py (`tokenize_conversation`, `build_prompt_ids`) and
- * export/ort_batch.py (`encode_sample`) do; every template string comes from the manifest.
+ * mobilepeft/export/ort/batch.py (`encode_sample`) do; every template string comes from the manifest.
  */
 class ConversationEncoder(
     private val tokenizer: TextTokenizer,

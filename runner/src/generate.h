@@ -1,5 +1,5 @@
 // Greedy generation in a fresh conversation, fed exactly as ExecuTorch's MultimodalRunner is fed
-// by the host (export/et_runner.py): the manifest's first_turn, split at the image placeholder,
+// by the host (mobilepeft/export/executorch/runner.py): the manifest's first_turn, split at the image placeholder,
 // each text piece tokenised on its own (BOS before the first) and prefilled in turn, the image's
 // tokens between them; then one token at a time until EOS or the token budget.
 #pragma once

@@ -80,7 +80,7 @@ long long int64_member(const Json& object, const char* key) {
 }
 
 // The stamp's entries; empty when it is missing or unreadable, or lacks a field this runner records.
-// The Python tools (export/bundle.py) write the same stamps at the same place.
+// The Python tools (mobilepeft/export/bundle.py) write the same stamps at the same place.
 Stamp read_stamp(const std::string& path) {
   Stamp stamp;
   try {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark a mobilepeft ExecuTorch bundle on an Android phone over adb with the native runner.
 #
-#   android_demo/runner/scripts/bench_android.sh RUNNER BUNDLE_DIR [OUT.json] [-- bench options]
+#   runner/scripts/bench_android.sh RUNNER BUNDLE_DIR [OUT.json] [-- bench options]
 #
 # RUNNER is the arm64 build of mobilepeft_runner (docs/mobile.md, "Native runner on Android");
 # a libc++_shared.so beside it is pushed too. The bundle is pushed once per content (its manifest's

@@ -1,4 +1,4 @@
-// manifest.json of a mobilepeft bundle (export/bundle.schema.json), read by key path.
+// manifest.json of a mobilepeft bundle (mobilepeft/export/bundle.schema.json), read by key path.
 //
 // Every read names its path from the manifest root: segments joined by '.', a segment ending in
 // "[]" is an array (the next argument is the index), one ending in "{}" an object with arbitrary
