@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -131,14 +131,14 @@ def clean_stale_temporaries(parent: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, *, kind: str | None = None) -> Iterator[Path]:
+def atomic_dir(path: str | Path, *, finish: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``path`` as a whole once the block succeeds.
 
     Readers see either the old directory or the complete new one, never a mix. The temporary
-    directory is absolute, so it stays valid for code that changes the working directory. With
-    ``kind``, the output marker (:mod:`mobilepeft.outputs`) is written last, so only a complete
-    output carries it. Whether ``path`` may be replaced at all is the command's decision
-    (:func:`mobilepeft.outputs.claim_output_dir`), made before it starts.
+    directory is absolute, so it stays valid for code that changes the working directory.
+    ``finish`` runs on the complete temporary directory just before it is published (the output
+    marker: :func:`mobilepeft.outputs.atomic_output`). Whether ``path`` may be replaced at all is
+    the command's decision (:func:`mobilepeft.outputs.claim_output_dir`), made before it starts.
     """
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,10 +146,8 @@ def atomic_dir(path: str | Path, *, kind: str | None = None) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
-        if kind is not None:
-            from mobilepeft.outputs import write_marker
-
-            write_marker(tmp, kind)
+        if finish is not None:
+            finish(tmp)
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")

@@ -12,13 +12,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from mobilepeft.errors import UserError
+from mobilepeft.io import atomic_dir, clean_stale_temporaries, write_json
 
 MARKER = ".mobilepeft-output.json"
 
@@ -37,11 +39,19 @@ KINDS = {
 def write_marker(directory: Path, kind: str) -> None:
     """Mark ``directory`` as a complete output of ``kind`` (what :func:`output_kind` reads back)."""
     from mobilepeft import __version__
-    from mobilepeft.io import write_json
 
     if kind not in KINDS:
         raise ValueError(f"unknown output kind {kind!r}")
     write_json(directory / MARKER, {"kind": kind, "created_by": f"mobilepeft {__version__}"})
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path, kind: str) -> Iterator[Path]:
+    """A temporary directory that replaces ``path`` as a whole once the block succeeds
+    (:func:`mobilepeft.io.atomic_dir`), marked as an output of ``kind`` last, so only a complete
+    output carries the marker."""
+    with atomic_dir(path, finish=lambda tmp: write_marker(tmp, kind)) as tmp:
+        yield tmp
 
 
 def output_kind(path: Path) -> str | None:
@@ -61,7 +71,6 @@ def claim_output_dir(path: str | Path, kind: str, *, overwrite: bool = False, re
     Called before any work, so a refusal costs nothing and changes nothing. ``resume`` accepts a
     previous output of the same kind to be continued in place (``train --resume``).
     """
-    from mobilepeft.io import clean_stale_temporaries
 
     path = Path(path).absolute()
     if path.exists() and not path.is_dir():

@@ -1,6 +1,6 @@
 import Foundation
 
-/// One benchmark's figures with the keys of mobilepeft/export/bench.schema.json (DESIGN.md §8), the same
+/// One benchmark's figures with the keys of mobilepeft/export/bench.schema.json (docs/mobile.md), the same
 /// keys `mobilepeft bench`, the Android app and the native runner write. Every key is written by
 /// a `put` call whose first argument is the key as a string literal, so a host test can check them.
 public struct BenchResult {

@@ -31,7 +31,8 @@ from mobilepeft.adapters.inject import adapter_layers, adapter_parameters, injec
 from mobilepeft.adapters.spec import AdapterSpec
 from mobilepeft.adapters.targets import LLM_ROOT, VISION_PREFIX, pattern_path
 from mobilepeft.errors import UserError
-from mobilepeft.io import atomic_dir, save_safetensors, write_json
+from mobilepeft.io import save_safetensors, write_json
+from mobilepeft.outputs import atomic_output
 
 FORMAT_VERSION = 1
 PEFT_PREFIX = "base_model.model."
@@ -76,7 +77,7 @@ def save_adapter(model: nn.Module, spec: AdapterSpec, out_dir: str | Path, *, ba
     lowered or rescheduled adapter no longer equals, so those pass the original's.
     """
     nominal_rank = spec.rank if nominal_rank is None else nominal_rank
-    with atomic_dir(out_dir, kind="adapter") as tmp:
+    with atomic_output(out_dir, "adapter") as tmp:
         if spec.method == "lora" or lowered_from:
             spec = _write_peft_lora(model, spec, tmp, base_model)
         else:

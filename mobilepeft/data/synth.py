@@ -21,7 +21,8 @@ from PIL import Image, ImageDraw
 
 from mobilepeft.data.template import IMAGE_PLACEHOLDER, SYSTEM_PROMPT
 from mobilepeft.errors import UserError
-from mobilepeft.io import atomic_dir, write_json
+from mobilepeft.io import write_json
+from mobilepeft.outputs import atomic_output
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -85,7 +86,7 @@ def write_synthetic_dataset(
             raise UserError(f"must be >= {least} (got {value})", field=name.replace("_", "-"))
     out_dir = Path(out_dir)
     result: dict[str, Any] = {"image_folder": out_dir}
-    with atomic_dir(out_dir, kind="dataset") as tmp:
+    with atomic_output(out_dir, "dataset") as tmp:
         (tmp / "images").mkdir()
         for split, count in (("train", n_train), ("val", n_val)):
             rng = random.Random(f"mobilepeft-synth/{seed}/{split}")

@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from mobilepeft.errors import UserError
-from mobilepeft.io import atomic_dir, load_plain, save_safetensors, torch_save, write_json
+from mobilepeft.io import load_plain, save_safetensors, torch_save, write_json
 from mobilepeft.models.config import MobileVLMConfig
 from mobilepeft.models.mobilevlm import from_checkpoint_key, to_checkpoint_key
+from mobilepeft.outputs import atomic_output
 
 #: Buffers older transformers versions saved; harmless if present, never required.
 _BENIGN_EXTRA = ("embeddings.position_ids", "rotary_emb.inv_freq")
@@ -163,7 +164,7 @@ def save_checkpoint(
     if materialize is not None and weight_format not in ("sharded", "sharded-bin"):
         raise ValueError("materialize needs a sharded weight format")
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir, kind="checkpoint") as tmp:
+    with atomic_output(out_dir, "checkpoint") as tmp:
         write_json(tmp / "config.json", config.to_json_dict())
         if materialize is None:
             state = {k: v.detach().contiguous() for k, v in state.items()}

@@ -6,7 +6,7 @@
 # RUNNER is the arm64 build of mobilepeft_runner (docs/mobile.md, "Native runner on Android");
 # a libc++_shared.so beside it is pushed too. The bundle is pushed once per content (its manifest's
 # hash names the remote copy), the runner's `bench` runs on the phone and the result JSON (the keys
-# of DESIGN.md section 8, "device" naming the phone) is pulled to OUT.json (default bench-android.json).
+# of docs/mobile.md, "device" naming the phone) is pulled to OUT.json (default bench-android.json).
 # The runner's verification stamps stay on the phone (/data/local/tmp/mobilepeft/cache), so a bundle
 # verified there once is not hashed again (docs/mobile.md, "Verifying a bundle before it runs").
 set -euo pipefail

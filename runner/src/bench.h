@@ -1,7 +1,7 @@
 // The chat-turn benchmark of `mobilepeft bench` (mobilepeft/export/bench.py), natively: encode one image,
 // prefill image tokens + prompt in one text_decoder call, then gen_len greedy one-token steps.
 // Figures are medians over the measured runs after warm-up, with min and max, under the keys
-// of mobilepeft/export/bench.schema.json (DESIGN.md §8).
+// of mobilepeft/export/bench.schema.json (docs/mobile.md).
 #pragma once
 
 #include <string>

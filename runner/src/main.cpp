@@ -38,7 +38,7 @@ const char* kUsage =
     "       mobilepeft_runner sha256 FILE...\n"
     "\n"
     "generate  answer a prompt (about an image) greedily; prints {\"text\", \"tokens\", \"pieces\", ...} as JSON\n"
-    "bench     time a chat turn (vision encode, prefill, decode); prints the benchmark JSON of DESIGN.md section 8\n"
+    "bench     time a chat turn (vision encode, prefill, decode); prints the benchmark JSON of docs/mobile.md\n"
     "tokenize  token ids of each string of a JSON array with the bundle's tokenizer (to check it against the host's)\n"
     "preprocess  write the pixel_values the runner feeds the vision encoder for an image (float32, NCHW)\n"
     "sha256    the runner's own SHA-256 of files, as sha256sum prints it\n"

@@ -47,9 +47,9 @@ from mobilepeft.export.graphs.source_model import Probe, load_merged, probe_inpu
 from mobilepeft.export.graphs.vision import VisionEncoder, embed_with_image
 from mobilepeft.export.numerics import relative_error
 from mobilepeft.export.quiet import quiet_coremltools
-from mobilepeft.io import atomic_dir
 from mobilepeft.models.mobilevlm import MobileVLMForCausalLM
 from mobilepeft.models.tokenizer import IMAGE_TOKEN_INDEX
+from mobilepeft.outputs import atomic_output
 
 COMPRESSIONS = ("none", "int8", "int4", "palettize4")
 TARGETS = ("iOS17", "iOS18")
@@ -115,7 +115,7 @@ def export_coreml(model_dir: str | Path, out_dir: str | Path, *, adapter_dir: st
     base = base_manifest(model, model_dir, max_seq_len)
     tokenizer = model.tokenizer
     del model
-    with atomic_dir(out_dir, kind="bundle") as tmp:
+    with atomic_output(out_dir, "bundle") as tmp:
         sizes = {}
         for name, file, program in (("vision_encoder", VISION_FILE, vision), ("text_decoder", DECODER_FILE, decoder)):
             echo(f"      converting {file}")

@@ -46,8 +46,9 @@ from mobilepeft.export.graphs.kv_decoder import StaticCacheDecoder, TokenEmbeddi
 from mobilepeft.export.graphs.source_model import load_merged, prefill, probe_inputs, resolve_max_seq_len
 from mobilepeft.export.graphs.vision import VisionEncoder
 from mobilepeft.export.numerics import relative_error
-from mobilepeft.io import atomic_dir, atomic_file
+from mobilepeft.io import atomic_file
 from mobilepeft.models.mobilevlm import MobileVLMForCausalLM
+from mobilepeft.outputs import atomic_output
 
 BACKENDS = ("xnnpack", "portable", "coreml")
 QUANTIZATIONS = ("none", "8da4w")
@@ -86,7 +87,7 @@ def export_executorch(model_dir: str | Path, out_dir: str | Path, *, adapter_dir
         echo("      quantizing 8da4w (torchao)")
         quantization = quantize_8da4w(modules)
         reference = prefill(_eager_methods(modules), probe)
-    with atomic_dir(out_dir, kind="bundle") as tmp:
+    with atomic_output(out_dir, "bundle") as tmp:
         echo(f"[2/3] exporting and lowering to ExecuTorch ({backend}, {quantize}, max_seq_len {max_seq_len})")
         exported = _export(modules, model)
         if coreml:

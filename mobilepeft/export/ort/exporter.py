@@ -47,9 +47,9 @@ from mobilepeft.export.ort.training_graph import (
     TextDecoderForTraining,
     differentiable_activations,
 )
-from mobilepeft.io import atomic_dir
 from mobilepeft.models.mobilevlm import MobileVLMForCausalLM
 from mobilepeft.models.tokenizer import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from mobilepeft.outputs import atomic_output
 
 OPSET = 15  # ORT 1.19.2 takes <= 21; at 15 LayerNorm is decomposed (its ORT gradient needs 3 outputs)
 MAX_IR_VERSION = 10
@@ -92,7 +92,7 @@ def export_onnx_training(
     if learning_rate is not None and not (math.isfinite(learning_rate) and learning_rate > 0):
         raise UserError(f"learning rate must be positive, got {learning_rate}", field="lr")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    with atomic_dir(out_dir, kind="bundle") as tmp, tempfile.TemporaryDirectory(prefix="mobilepeft-onnx-") as scratch_name:
+    with atomic_output(out_dir, "bundle") as tmp, tempfile.TemporaryDirectory(prefix="mobilepeft-onnx-") as scratch_name:
         scratch = Path(scratch_name)
         echo("[1/5] lowering the adapter to LoRA")
         lower_adapter(adapter_dir, tmp / ADAPTER_DIR, model_dir)

@@ -23,8 +23,9 @@ from mobilepeft.export.bundle import Bundle, read_bundle
 from mobilepeft.export.numerics import relative_error
 from mobilepeft.export.ort.batch import EncodedSample, encode_sample, stack_batch
 from mobilepeft.export.ort.runtime import OrtTrainer, VisionRunner, trainable_arrays
-from mobilepeft.io import atomic_dir, write_json
+from mobilepeft.io import write_json
 from mobilepeft.models.tokenizer import IGNORE_INDEX, Tokenizer
+from mobilepeft.outputs import atomic_output
 
 SECTION = "onnx_training"
 
@@ -187,7 +188,7 @@ def personalize(bundle_dir: str | Path, data: str | Path, out_dir: str | Path, *
     after = mean_loss(trainer, builder, eval_rows, eval_folder, batch_size)
     echo(f"eval loss after {steps} steps: {after:.4f}")
 
-    with atomic_dir(out_dir, kind="personalization") as tmp:
+    with atomic_output(out_dir, "personalization") as tmp:
         trainer.save_checkpoint(tmp / "checkpoint")
         inference = tmp / "inference_model.onnx"
         trainer.export_inference(inference, sec["inference_outputs"])

@@ -17,7 +17,8 @@ import torch
 from mobilepeft.adapters.files import META_FILE, PROJECTOR_FILE
 from mobilepeft.export.bundle import read_bundle
 from mobilepeft.export.ort.runtime import trainable_arrays
-from mobilepeft.io import atomic_dir, save_safetensors, write_json
+from mobilepeft.io import save_safetensors, write_json
+from mobilepeft.outputs import atomic_output
 
 ADAPTER_FILE = "adapter_model.safetensors"
 
@@ -34,7 +35,7 @@ def adapter_from_ort(checkpoint: str | Path, bundle_dir: str | Path, out_dir: st
         target = projector if entry["adapter_key"].startswith("model.mm_projector.") else lora
         target[entry["adapter_key"]] = torch.from_numpy(arrays[entry["name"]])
     source = bundle.file(sec["adapter_dir"])
-    with atomic_dir(out_dir, kind="adapter") as tmp:
+    with atomic_output(out_dir, "adapter") as tmp:
         for file in source.iterdir():
             if file.is_file():
                 shutil.copyfile(file, tmp / file.name)

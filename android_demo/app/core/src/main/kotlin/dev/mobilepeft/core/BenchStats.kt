@@ -41,7 +41,7 @@ class BenchStats(val warmup: Int) {
 }
 
 /**
- * One benchmark's figures (DESIGN.md §8, mobilepeft/export/bench.schema.json): the same keys whoever
+ * One benchmark's figures (docs/mobile.md, mobilepeft/export/bench.schema.json): the same keys whoever
  * measured them. Null fields are left out of the JSON.
  */
 class BenchResult(
