@@ -11,7 +11,7 @@ model is timed too, to show what merging saves.
 
     python benchmarks/adapter_overhead.py            # small preset, batch 8, rank 16
 
-Prints one table and writes benchmarks/results/adapter_overhead.json.
+Prints one table and writes docs/results/adapter_overhead.json.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ INFERENCE_TARGET = 1.02
 def spec_for(method: str, args: argparse.Namespace, ring_rank: int):
     from mobilepeft.adapters.spec import AdapterSpec
 
-    return AdapterSpec(method=method, rank=args.rank, alpha=2.0 * args.rank, dropout=0.0, ring_rank=ring_rank,
-                       alpha_pattern={})
+    return AdapterSpec.from_dict(dict(method=method, rank=args.rank, alpha=2.0 * args.rank, dropout=0.0,
+                                      ring_rank=ring_rank))
 
 
 def count_trainable(model_dir: Path, spec) -> int:

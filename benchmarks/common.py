@@ -1,16 +1,24 @@
-"""What every benchmark here shares: inputs, the training step, interleaved timing, memory probes.
+"""What every benchmark here shares: inputs, the training step, interleaved timing, memory probes,
+and where results go.
 
 Timing interleaves the variants step by step in one process (order rotating each round) so the
 machine's noise hits all of them alike; ratios use medians. Memory is measured in a fresh
 subprocess per variant: the peak RSS of the whole process and its growth over the training
 steps alone (what an adapter implementation controls).
+
+Every script writes its result with :func:`write_result` to ``docs/results/<name>.json`` (committed;
+the figures in README.md and docs/*.md are checked against these files by tests/test_doc_figures.py),
+with a ``meta`` block saying which code, machine and package versions produced it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
+import importlib.metadata
 import json
+import os
 import platform
 import resource
 import statistics
@@ -23,7 +31,14 @@ from typing import Any
 
 import torch
 
-RESULTS = Path(__file__).parent / "results"
+_STARTED = time.monotonic()
+_LOAD_AT_START = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+ROOT = Path(__file__).resolve().parents[1]
+#: Where every benchmark writes its JSON (committed; figures in the docs are checked against it).
+RESULTS = ROOT / "docs" / "results"
+#: Packages whose versions a result records (those installed).
+PACKAGES = ("torch", "executorch", "torchao", "onnxruntime-training", "onnxruntime", "coremltools", "transformers",
+            "peft", "llama-cpp-python", "gguf", "numpy")
 
 
 def current_rss_mib() -> float:
@@ -32,9 +47,14 @@ def current_rss_mib() -> float:
 
 
 def peak_rss_mib() -> float:
-    """This process's RSS high-water mark (VmHWM: ``ru_maxrss`` survives exec, so a worker started
-    by a big parent would report the parent's size)."""
-    from mobilepeft.export.bench import peak_rss_mb
+    """This process's RSS high-water mark: VmHWM of its own address space. Not ``ru_maxrss``: that
+    survives fork + exec, so a memory worker started by a parent holding models reports at least the
+    parent's size at the fork (ondevice_train's workers all read the same figure that way)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    from mobilepeft.export.bench import peak_rss_mb  # no /proc (macOS)
 
     return peak_rss_mb()
 
@@ -47,7 +67,7 @@ def environment() -> dict[str, Any]:
 def prepare(work: Path, preset: str) -> tuple[Path, Path]:
     """A checkpoint and a synthetic dataset in ``work`` (reused when already there)."""
     from mobilepeft.data.synth import write_synthetic_dataset
-    from mobilepeft.models.presets import write_preset
+    from mobilepeft.presets import write_preset
 
     model_dir, data_dir = work / f"model-{preset}", work / "data"
     if not (model_dir / "config.json").exists():
@@ -148,6 +168,64 @@ def memory_of_training(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     return {"rss_before_train_mib": before, "peak_rss_mib": peak, "train_growth_mib": peak - before}
 
 
-def write_result(path: Path, result: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "Hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _ram_gib() -> float | None:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    return None
+
+
+def run_meta() -> dict[str, Any]:
+    """Which code, when, on what machine, with which packages and command a result was produced."""
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    versions = {}
+    for name in PACKAGES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[name] = importlib.metadata.version(name)
+    return {
+        "git_commit": commit.strip() if commit else None,
+        "git_dirty": None if status is None else bool(status.strip()),
+        # what differs from the commit (tracked files; the list when it is short enough to read)
+        "git_modified_files": None if status is None else len(status.splitlines()),
+        "git_modified": None if status is None or len(status.splitlines()) > 40
+        else sorted(line[3:] for line in status.splitlines()),
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "arch": platform.machine(), "cpu": _cpu_model(),
+                    "cores": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0))
+                    if hasattr(os, "sched_getaffinity") else os.cpu_count(), "ram_gib": _ram_gib()},
+        "python": platform.python_version(),
+        "packages": versions,
+        "command": " ".join(["python", *sys.argv]),
+        "nice": os.nice(0) if hasattr(os, "nice") else None,  # the process's scheduling niceness
+    }
+
+
+def write_result(path: Path, result: dict[str, Any]) -> Path:
+    """Write ``result`` plus a ``meta`` block to ``path`` (default ``docs/results/<name>.json``) atomically;
+    ``meta.wall_seconds`` is the time since the benchmark process imported this module."""
+    from mobilepeft.io import write_json
+
+    meta = {**run_meta(), "wall_seconds": round(time.monotonic() - _STARTED, 1),
+            # other work on the machine while it ran (1-minute load average; cores in meta.machine)
+            "load_average_1m": {"start": _LOAD_AT_START,
+                                "end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}}
+    write_json(path, {"meta": meta, **{k: v for k, v in result.items() if k != "meta"}})
+    return Path(path)

@@ -19,7 +19,7 @@ adapter merged 8da4w. Then, in this process and interleaved run by run with the 
     python benchmarks/deploy_bench.py
     python benchmarks/deploy_bench.py --preset tiny --runs 3  # the harness on the tiny model
 
-Prints a table and writes benchmarks/results/deploy_bench.json. At 1.7B: ~22 GB of RAM (all four
+Prints a table and writes docs/results/deploy_bench.json. At 1.7B: ~22 GB of RAM (all four
 runtimes loaded at once; measured 21.6 GB peak), ~17 GB of disk, ~1 h the first time on 2 cores.
 """
 
@@ -59,7 +59,7 @@ def build_model_and_adapter(preset: str, work: Path) -> tuple[Path, Path]:
     from mobilepeft.adapters.inject import adapter_layers, inject_adapters
     from mobilepeft.adapters.spec import AdapterSpec
     from mobilepeft.loading import load_vlm
-    from mobilepeft.models.presets import write_preset
+    from mobilepeft.presets import write_preset
 
     model_dir, adapter_dir = work / f"model-{preset}", work / f"lora-{preset}"
     if not (model_dir / "config.json").is_file():
@@ -78,8 +78,10 @@ def build_model_and_adapter(preset: str, work: Path) -> tuple[Path, Path]:
     return model_dir, adapter_dir
 
 
-def export_bundles(model_dir: Path, adapter_dir: Path, work: Path, max_seq_len: int) -> dict[str, Path]:
-    """The three bundles, each exported by the CLI in its own process (reused when already there)."""
+def export_bundles(model_dir: Path, adapter_dir: Path, work: Path, max_seq_len: int,
+                   export_s: dict[str, float]) -> dict[str, Path]:
+    """The three bundles, each exported by the CLI in its own process (reused when already there; the
+    time of each export run now goes to ``export_s``)."""
     out = {}
     for name, (quantize, merged) in BUNDLES.items():
         path = work / f"bundle-{model_dir.name}-{name}-{max_seq_len}"
@@ -91,7 +93,8 @@ def export_bundles(model_dir: Path, adapter_dir: Path, work: Path, max_seq_len: 
             print("$", " ".join(cmd), flush=True)
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True)
-            print(f"  exported in {time.perf_counter() - t0:.0f} s", flush=True)
+            export_s[name] = time.perf_counter() - t0
+            print(f"  exported in {export_s[name]:.0f} s", flush=True)
         out[name] = path
     return out
 
@@ -141,7 +144,7 @@ def llamacpp(model_dir: Path, work: Path, settings: BenchSettings, prompt_tokens
 
     tiny = work / "model-tiny"
     if not (tiny / "config.json").is_file():
-        from mobilepeft.models.presets import write_preset
+        from mobilepeft.presets import write_preset
 
         write_preset("tiny", tiny, seed=0)
     check = json.loads(run("check", "--model", str(tiny)))
@@ -181,7 +184,8 @@ def main() -> None:
     # heap holding gigabytes the exports and the measured runtimes need.
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         model_dir, adapter_dir = pool.submit(build_model_and_adapter, args.preset, args.work_dir).result()
-    paths = export_bundles(model_dir, adapter_dir, args.work_dir, args.max_seq_len)
+    export_s: dict[str, float] = {}
+    paths = export_bundles(model_dir, adapter_dir, args.work_dir, args.max_seq_len, export_s)
     bundles = {name: read_bundle(path) for name, path in paths.items()}
     pixels, prompt = bench_inputs(bundles["fp32"], settings)
     set_threads(args.threads)
@@ -220,11 +224,15 @@ def main() -> None:
         ratios["executorch_8da4w_over_llamacpp_prefill"] = (summaries["executorch_8da4w"]["prefill_tokens_per_s"]
                                                             / peer["prefill_tokens_per_s"])
     result = {
-        "preset": args.preset, "settings": vars(settings), "max_seq_len": args.max_seq_len,
+        "benchmark": "deploy_bench", "preset": args.preset, "settings": vars(settings), "max_seq_len": args.max_seq_len,
         "prompt_tokens": n_image + args.prompt_len, "device": f"host {platform.machine()} ({platform.node()})",
         "results": summaries, "llamacpp": peer, "ratios": ratios, "copy_bandwidth_gb_s": bandwidth,
         "decoder_bytes_per_token": per_token, "peak_rss_mb_all_runtimes": peak,
         "pte_bytes": {name: b.manifest["files"][b.section("executorch")["file"]]["bytes"] for name, b in bundles.items()},
+        "export_s": export_s,  # exports run by this invocation (reused bundles are not timed)
+        "selftest_rel_diff": {name: b.section("executorch").get("parity_rel_diff") for name, b in bundles.items()},
+        "fp32_rel_diff_8da4w": {name: b.section("executorch").get("quantization_detail", {}).get("fp32_rel_diff")
+                                for name, b in bundles.items()},
         "environment": environment(),
     }
     print(f"\n{'runtime':28}{'decode tok/s':>14}{'prefill tok/s':>15}{'TTFT ms':>10}{'vision ms':>11}{'load ms':>9}")

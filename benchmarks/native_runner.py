@@ -1,4 +1,4 @@
-"""The native runner (android_demo/runner, C++) vs `mobilepeft bench` (Python bindings) on the same bundle.
+"""The native runner (runner/, C++) vs `mobilepeft bench` (Python bindings) on the same bundle.
 
 Both time the same chat turn on the same ExecuTorch program and thread count (encode one image,
 prefill image tokens + prompt in one call, ``--gen-len`` greedy steps); rounds alternate between
@@ -8,7 +8,7 @@ the Python process also holds PyTorch. Bundles: the model exported fp32 and 8da4
 
     make runner && python benchmarks/native_runner.py [--model outputs/demo/merged-lora]
 
-Prints a table and writes benchmarks/results/native_runner.json.
+Prints a table and writes docs/results/native_runner.json.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from common import RESULTS, environment, prepare, write_result
 
 from mobilepeft.export.bench import BenchSettings, bench_bundle
-from mobilepeft.export.executorch_export import export_executorch
+from mobilepeft.export.executorch.exporter import export_executorch
 
 KEYS = ("model_load_time_ms", "vision_encode_ms", "prefill_tokens_per_s", "decode_tokens_per_s",
         "time_to_first_token_ms", "peak_rss_mb")

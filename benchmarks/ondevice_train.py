@@ -18,7 +18,7 @@ runtimes step by step (benchmarks/common.py); peak RSS comes from a fresh proces
     python benchmarks/ondevice_train.py                          # both shapes, 1 and 2 layers
     python benchmarks/ondevice_train.py --shapes tiny --steps 20
 
-Prints a table and writes benchmarks/results/ondevice_train.json.
+Prints a table and writes docs/results/ondevice_train.json.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from common import (
     write_result,
 )
 
-from mobilepeft.models.presets import PRESETS
+from mobilepeft.presets import PRESETS
 
 MOBILELLAMA_1_4B = {
     # The real decoder of the mobilevlm-1.7b-shape preset (MobileLLaMA-1.4B, vocabulary 32000) ...
@@ -69,22 +69,32 @@ def cases(args: argparse.Namespace) -> list[tuple[str, int]]:
 
 def prepare_case(work: Path, shape: str, layers: int, args: argparse.Namespace) -> tuple[Path, Path, Path]:
     """Checkpoint, LoRA adapter (random A and B, so every tensor gets a gradient) and bundle, cached in ``work``."""
+    from mobilepeft.export.ort.exporter import export_onnx_training
+
+    model_dir, adapter_dir = prepare_model(work, shape, layers, args.rank)
+    bundle = work / f"{shape}-{layers}L" / f"bundle-s{args.seq_len or 0}"
+    if not (bundle / "manifest.json").exists():
+        export_onnx_training(model_dir, adapter_dir, bundle, seq_len=args.seq_len, echo=lambda _: None)
+    return model_dir, adapter_dir, bundle
+
+
+def prepare_model(work: Path, shape: str, layers: int, rank: int) -> tuple[Path, Path]:
+    """Checkpoint and LoRA adapter (random A and B, so every tensor gets a gradient), cached in ``work``."""
     from mobilepeft.adapters.files import save_adapter
     from mobilepeft.adapters.inject import adapter_parameters, inject_adapters
     from mobilepeft.adapters.spec import AdapterSpec
-    from mobilepeft.export.onnx_training import export_onnx_training
     from mobilepeft.loading import load_vlm
-    from mobilepeft.models.presets import write_model
+    from mobilepeft.presets import write_model
 
     case = work / f"{shape}-{layers}L"
-    model_dir, adapter_dir, bundle = case / "model", case / "adapter", case / f"bundle-s{args.seq_len or 0}"
+    model_dir, adapter_dir = case / "model", case / "adapter"
     if not (model_dir / "config.json").exists():
         spec = copy.deepcopy(SHAPES[shape])
         spec["llm"]["num_hidden_layers"] = layers
         write_model(spec, model_dir, seed=0)
     if not (adapter_dir / "adapter_config.json").exists():
         model = load_vlm(model_dir)
-        spec = AdapterSpec(method="lora", rank=args.rank, alpha=2 * args.rank, dropout=0.0, target_modules=TARGETS)
+        spec = AdapterSpec(method="lora", rank=rank, alpha=2 * rank, dropout=0.0, target_modules=TARGETS)
         inject_adapters(model, spec)
         g = torch.Generator().manual_seed(0)
         with torch.no_grad():
@@ -92,15 +102,13 @@ def prepare_case(work: Path, shape: str, layers: int, args: argparse.Namespace) 
                 p.copy_(torch.randn(p.shape, generator=g) * 0.02)
         save_adapter(model, spec, adapter_dir, base_model=str(model_dir), projector_trained=False)
         del model
-    if not (bundle / "manifest.json").exists():
-        export_onnx_training(model_dir, adapter_dir, bundle, seq_len=args.seq_len, echo=lambda _: None)
-    return model_dir, adapter_dir, bundle
+    return model_dir, adapter_dir
 
 
 def make_batch(bundle: Path, data_dir: Path, batch_size: int) -> dict[str, Any]:
     """The first ``batch_size`` synthetic samples, built from raw data as the phone builds them."""
     from mobilepeft.export.bundle import read_bundle
-    from mobilepeft.export.personalize import BatchBuilder
+    from mobilepeft.export.ort.personalize import BatchBuilder
 
     builder = BatchBuilder(read_bundle(bundle))
     rows, folder = builder.samples(data_dir / "train.json", data_dir)
@@ -109,7 +117,7 @@ def make_batch(bundle: Path, data_dir: Path, batch_size: int) -> dict[str, Any]:
 
 def ort_step_fn(bundle: Path, threads: int, lr: float):
     from mobilepeft.export.bundle import read_bundle
-    from mobilepeft.export.personalize import open_trainer
+    from mobilepeft.export.ort.personalize import open_trainer
 
     trainer = open_trainer(read_bundle(bundle), threads=threads)
     trainer.set_learning_rate(lr)
@@ -119,7 +127,7 @@ def ort_step_fn(bundle: Path, threads: int, lr: float):
 def pytorch_step_fn(model_dir: Path, adapter_dir: Path, image_input: str, lr: float):
     """The same step eagerly: decoder graph module, CE on flat logits, clip 1.0, AdamW (ORT's eps)."""
     from mobilepeft.adapters.inject import adapter_parameters
-    from mobilepeft.export.training_graph import TextDecoderForTraining
+    from mobilepeft.export.ort.training_graph import TextDecoderForTraining
     from mobilepeft.loading import load_vlm
 
     model = load_vlm(model_dir, adapter=adapter_dir)
@@ -174,7 +182,8 @@ def artifact_sizes(bundle: Path) -> dict[str, Any]:
     lora_bytes = sum(4 * torch.Size(e["shape"]).numel() for e in sec["trainable"])
     frozen = sec["frozen"]["bytes"]
     overhead = sum(files[f] for f in training) - frozen  # graphs, LoRA tensors, checkpoint framing
-    return {"files": files, "lora_bytes": lora_bytes, "frozen_bytes": frozen,
+    on_disk = {str(f.relative_to(bundle)): f.stat().st_size for f in sorted(bundle.rglob("*")) if f.is_file()}
+    return {"files": files, "on_disk": on_disk, "lora_bytes": lora_bytes, "frozen_bytes": frozen,
             "training_artifact_bytes": sum(files[f] for f in training),
             "overhead_beyond_frozen_bytes": overhead, "overhead_over_lora": overhead / lora_bytes}
 

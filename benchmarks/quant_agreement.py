@@ -2,7 +2,7 @@
 
 Exports a merged model twice (``--quantize none`` and ``--quantize 8da4w``, same backend), then
 answers every question of a LLaVA-format eval set with ExecuTorch's ``MultimodalRunner`` on each
-bundle (greedy, the app's path: ``mobilepeft.export.et_runner``). Reports the share of identical
+bundle (greedy, the app's path: ``mobilepeft.export.executorch.runner``). Reports the share of identical
 answers, each bundle's exact-match accuracy against the references, and the prefill-logit
 distances each export's self-test recorded (program vs the modules it was lowered from, and the
 8da4w program vs the fp32 model).
@@ -12,7 +12,7 @@ questions):
 
     make demo && python benchmarks/quant_agreement.py
 
-Prints a table and writes benchmarks/results/quant_agreement.json.
+Prints a table and writes docs/results/quant_agreement.json.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pathlib import Path
 
 from common import RESULTS, environment, write_result
 
-from mobilepeft.export.et_runner import BundleRunner
-from mobilepeft.export.executorch_export import export_executorch
+from mobilepeft.export.executorch.exporter import export_executorch
+from mobilepeft.export.executorch.runner import BundleRunner
 
 
 def main() -> None:

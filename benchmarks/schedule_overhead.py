@@ -11,7 +11,7 @@ Both threads share torch's global RNG, so their losses differ from solo runs; ti
 
     python benchmarks/schedule_overhead.py              # tiny preset (the demo model), 300 steps
 
-Prints one table and writes benchmarks/results/schedule_overhead.json. Target: ratio ≤ 1.05.
+Prints one table and writes docs/results/schedule_overhead.json. Target: ratio ≤ 1.05.
 """
 
 from __future__ import annotations
@@ -67,10 +67,10 @@ def train_in_lockstep(model_dir: Path, data_dir: Path, work: Path, args: argpars
     errors: list[BaseException] = []
 
     def worker(schedule: str) -> None:
-        cfg = TrainConfig(model=str(model_dir), data=str(data_dir / "train.json"), image_folder=str(data_dir),
+        cfg = TrainConfig.from_flat(dict(model=str(model_dir), data=str(data_dir / "train.json"), image_folder=str(data_dir),
                           output_dir=str(work / schedule), schedule=schedule, rank=args.rank, alpha=2.0 * args.rank,
                           lr=3e-3, batch_size=args.batch_size, max_steps=args.steps, max_length=256, save_every=0,
-                          log_every=10, seed=0)
+                          log_every=10, seed=0))
         cfg.validate()
         steps: list[float] = []
         clock = {"t": 0.0}

@@ -7,7 +7,7 @@ otherwise a faster step could be a wrong one.
     python benchmarks/train_step.py                 # small preset, batch 8, rank 16
     python benchmarks/train_step.py --preset tiny --steps 10
 
-Prints a table and writes benchmarks/results/train_step.json.
+Prints a table and writes docs/results/train_step.json.
 """
 
 from __future__ import annotations

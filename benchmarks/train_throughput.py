@@ -12,7 +12,7 @@ adapter weights, so their losses must agree (checked in fp32).
         --precision bf16 --gradient-checkpointing                           # a GPU: MobileVLM V2 1.7B's shapes
     python benchmarks/train_throughput.py --model /ckpt/MobileVLM_V2-1.7B   # a real checkpoint
 
-Prints a table and writes benchmarks/results/train_throughput.json.
+Prints a table and writes docs/results/train_throughput.json.
 """
 
 from __future__ import annotations

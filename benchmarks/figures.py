@@ -1,0 +1,614 @@
+"""Every measured figure in README.md and docs/*.md, tied to the benchmark JSON it comes from.
+
+Each :class:`Figure` is a piece of a document's text as written there, with every number replaced
+by a ``{placeholder}``, the JSON file under ``docs/results/`` it comes from, and how each
+placeholder is computed from that JSON. ``tests/test_doc_figures.py`` checks that every piece is
+in its document exactly once with the numbers the JSON gives (whitespace, such as line breaks,
+may differ); a figure edited by hand, a stale figure or a missing JSON fails it.
+
+After re-running a benchmark, write its figures into the documents::
+
+    python benchmarks/figures.py            # list figures that disagree with their JSON
+    python benchmarks/figures.py --fix      # rewrite them from the JSON (prints old -> new)
+
+Figures a benchmark has not (yet) produced JSON for are listed in :data:`UNCHECKED`, each with
+the note the document must carry next to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
+
+Value = tuple[str, str] | Callable[[dict[str, Any]], str]
+
+
+def get(data: dict[str, Any], path: str) -> Any:
+    """``data["a"]["b"][0]`` for ``"a/b/0"``."""
+    node: Any = data
+    for part in path.split("/"):
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    return node
+
+
+def fmt(value: Any, spec: str) -> str:
+    """Format spec with unit prefixes: ``%.1f`` (x100), ``MB.2f`` (/1e6), ``KiB.0f``, ``MiB.0f``, ``GB.1f``,
+    ``GiB.1f``, ``min.1f`` (seconds / 60), ``short.1e`` (``1.4e-2``), ``pm.1f`` (a signed difference: ``+2.6``, ``−1.8`` with a minus sign)."""
+    scales = {"%": 100.0, "MB": 1e-6, "KiB": 1 / 1024, "MiB": 1 / 2**20, "GB": 1e-9, "GiB": 1 / 2**30,
+              "min": 1 / 60}
+    for unit, scale in scales.items():
+        if spec.startswith(unit):
+            return format(value * scale, spec[len(unit):])
+    if spec.startswith("KB"):
+        return format(value / 1e3, spec[2:])
+    if spec.startswith("short"):  # 1.4e-2 rather than Python's 1.4e-02 (prose; program output keeps its own)
+        return re.sub(r"e([-+])0(\d)", r"e\1\2", format(value, spec[5:])).replace("e+", "e")
+    if spec.startswith("pm"):
+        text = format(value, "+" + spec[2:])
+        return text.replace("-", "−")
+    return format(value, spec)
+
+
+@dataclass(frozen=True)
+class Figure:
+    doc: str                      # path from the repository root
+    text: str                     # the document's text, numbers as {placeholders}
+    json: str                     # file name under docs/results/
+    values: dict[str, Value] = field(default_factory=dict)  # placeholder -> (key path, format) or fn(json)
+
+    def placeholders(self) -> list[str]:
+        return re.findall(r"\{(\w+)\}", self.text)
+
+    def render_values(self, data: dict[str, Any]) -> dict[str, str]:
+        out = {}
+        for name in self.placeholders():
+            spec = self.values[name]
+            out[name] = spec(data) if callable(spec) else fmt(get(data, spec[0]), spec[1])
+        return out
+
+    def render(self, data: dict[str, Any]) -> str:
+        values = self.render_values(data)
+        return re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], self.text)
+
+    def pattern(self) -> re.Pattern[str]:
+        """The text with any number where a placeholder is and any whitespace where whitespace is."""
+        parts = re.split(r"(\{\w+\})", self.text)
+        regex = ""
+        for part in parts:
+            if re.fullmatch(r"\{\w+\}", part):
+                regex += rf"(?P<{part[1:-1]}>[^\s|*]+)"
+            else:
+                regex += r"\s+".join(re.escape(chunk) for chunk in re.split(r"\s+", part)) if part.strip() else \
+                    (r"\s+" if part else "")
+        return re.compile(regex)
+
+
+def load(name: str, root: Path = ROOT) -> dict[str, Any]:
+    return json.loads((root / "docs" / "results" / name).read_text())
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers for derived values (computed from the JSON, never typed in)
+
+def quality_mean(task: str, method: str, key: str = "accuracy_mean") -> Callable[[dict], str]:
+    return lambda d: f"{100 * d['summary'][task][method][key]:.1f}"
+
+
+def quality_cell(task: str, method: str) -> Callable[[dict], str]:
+    return lambda d: (f"{100 * d['summary'][task][method]['accuracy_mean']:.1f} ± "
+                      f"{100 * d['summary'][task][method]['accuracy_std']:.1f}")
+
+
+def quality_diff(task: str, a: str, b: str, se: bool = False) -> Callable[[dict], str]:
+    """Mean accuracy difference a - b in points (signed), or with ``se`` its standard error."""
+    def value(d: dict) -> str:
+        sa, sb = d["summary"][task][a], d["summary"][task][b]
+        if se:
+            return f"{100 * (sa['accuracy_std'] ** 2 / sa['n_seeds'] + sb['accuracy_std'] ** 2 / sb['n_seeds']) ** 0.5:.1f}"
+        return fmt(100 * (sa["accuracy_mean"] - sb["accuracy_mean"]), "pm.1f")
+    return value
+
+
+def final_train_loss(task: str, methods: tuple[str, ...]) -> Callable[[dict], str]:
+    """Mean over seeds of the final training loss; a range ``a–b`` over several methods."""
+    def value(d: dict) -> str:
+        means = [statistics.fmean(r["final_train_loss"] for r in d["runs"] if r["task"] == task and r["method"] == m)
+                 for m in methods]
+        lo, hi = f"{min(means):.2f}", f"{max(means):.2f}"
+        return lo if lo == hi else f"{lo}–{hi}"
+    return value
+
+
+def ratio(a: str, b: str, spec: str) -> Callable[[dict], str]:
+    return lambda d: fmt(get(d, a) / get(d, b), spec)
+
+
+# ----------------------------------------------------------------------------------------------
+
+def _quality_rows() -> list[Figure]:
+    rows = (("Full fine-tuning", "full"), ("LoRA (fixed rank 8)", "lora"), ("HyDRA (`--schedule hydra`)", "hydra"),
+            ("Hydra multi-head", "multihead"), ("DMLoRA", "dmlora"), ("AdaRing", "adaring"))
+    out = []
+    for label, method in rows:
+        values: dict[str, Value] = {}
+        for task in ("digits", "relations"):
+            values[f"{task}_mean"] = quality_mean(task, method)
+            values[f"{task}_std"] = quality_mean(task, method, "accuracy_std")
+        if method == "full":
+            params, values["params"] = "all {params}", lambda d: f"{d['summary']['digits']['full']['trainable_parameters']:,}"
+        else:
+            params, values["params"] = "{params}", (f"budget/methods/{method}/adapter_parameters", ",")
+        out.append(Figure("README.md", f"| {label} | {params} | {{digits_mean}} ± {{digits_std}} | "
+                          "{relations_mean} ± {relations_std} |", "quality.json", values))
+    return out
+
+
+def _train_time_ratio(a: str, b: str) -> Callable[[dict], str]:
+    """Mean train time per run over both tasks, ``a`` over ``b`` (the table's "Train time / run")."""
+    def value(d: dict) -> str:
+        t = {m: statistics.fmean(d["summary"][task][m]["train_seconds_mean"] for task in d["settings"]["tasks"])
+             for m in (a, b)}
+        return f"{t[a] / t[b]:.2f}"
+    return value
+
+
+QUALITY = [
+    Figure("README.md", "not beat fixed-rank LoRA: {hd} vs {ld}% on real digit scans and {hr} vs {lr}% on the "
+           "compositional task", "quality.json",
+           {"hd": quality_mean("digits", "hydra"), "ld": quality_mean("digits", "lora"),
+            "hr": quality_mean("relations", "hydra"), "lr": quality_mean("relations", "lora")}),
+    Figure("README.md", "`make bench-quality` ({minutes} min on 2 CPU cores, no download)", "quality.json",
+           {"minutes": ("wall_seconds", "min.0f")}),
+    *_quality_rows(),
+    Figure("README.md", "(Chance {d} / {r}; ablation rows", "quality.json",
+           {"d": ("chance/digits", "%.1f"), "r": ("chance/relations", "%.1f")}),
+    Figure("docs/hydra.md", "(`make bench-quality`, {minutes} min on 2 CPU cores)", "quality.json",
+           {"minutes": ("wall_seconds", "min.0f")}),
+    Figure("docs/hydra.md", "**HyDRA does not beat fixed-rank LoRA there**: {hd} ± {hds}% against {ld} ± {lds}% on "
+           "digits and {hr} ± {hrs}% against {lr} ± {lrs}% on relations ({dd} and {dr} points",
+           "quality.json",
+           {"hd": quality_mean("digits", "hydra"), "hds": quality_mean("digits", "hydra", "accuracy_std"),
+            "ld": quality_mean("digits", "lora"), "lds": quality_mean("digits", "lora", "accuracy_std"),
+            "hr": quality_mean("relations", "hydra"), "hrs": quality_mean("relations", "hydra", "accuracy_std"),
+            "lr": quality_mean("relations", "lora"), "lrs": quality_mean("relations", "lora", "accuracy_std"),
+            "dd": quality_diff("digits", "hydra", "lora"), "dr": quality_diff("relations", "hydra", "lora")}),
+    Figure("docs/hydra.md", "Hierarchical allocation only: {hd} (digits) and {hr} (relations) points against LoRA; "
+           "dynamic reallocation only: {dd} and {dr}.", "quality.json",
+           {"hd": quality_diff("digits", "hierarchical", "lora"), "hr": quality_diff("relations", "hierarchical", "lora"),
+            "dd": quality_diff("digits", "dynamic", "lora"), "dr": quality_diff("relations", "dynamic", "lora")}),
+    Figure("docs/hydra.md", "final training loss on digits {h} (hydra), {hi} (hierarchical), {dy} (dynamic) against "
+           "{f} for fixed LoRA; {sched} against {fr} on relations.", "quality.json",
+           {"h": final_train_loss("digits", ("hydra",)), "hi": final_train_loss("digits", ("hierarchical",)),
+            "dy": final_train_loss("digits", ("dynamic",)), "f": final_train_loss("digits", ("lora",)),
+            "sched": final_train_loss("relations", ("hydra", "hierarchical", "dynamic")),
+            "fr": final_train_loss("relations", ("lora",))}),
+    Figure("docs/methods.md", "they separate: Hydra multi-head {md} / {mr}%, LoRA {ld} / {lr}%, DMLoRA {dd} / {dr}%, "
+           "AdaRing {ad} / {ar}% (digits / relations).", "quality.json",
+           {f"{k}{t[0]}": quality_mean(t, m) for k, m in (("m", "multihead"), ("l", "lora"), ("d", "dmlora"),
+                                                           ("a", "adaring")) for t in ("digits", "relations")}),
+    Figure("docs/methods.md", "(final training loss {d} and {a} against LoRA's {l}).", "quality.json",
+           {"d": final_train_loss("digits", ("dmlora",)), "a": final_train_loss("digits", ("adaring",)),
+            "l": final_train_loss("digits", ("lora",))}),
+    Figure("docs/methods.md", "({diff} ± {se} points, within two standard errors), at {more}% more parameters and "
+           "{time}x its training time.", "quality.json",
+           {"diff": quality_diff("digits", "multihead", "lora"), "se": quality_diff("digits", "multihead", "lora", se=True),
+            "more": lambda d: f"{100 * (d['budget']['methods']['multihead']['adapter_parameters'] / d['budget']['methods']['lora']['adapter_parameters'] - 1):.0f}",
+            "time": _train_time_ratio("multihead", "lora")}),
+]
+
+DEMO = [
+    Figure("README.md", "val loss {before} -> {after}\n", "demo.json",
+           {"before": ("runs/lora:hydra/eval_before/loss", ".3f"), "after": ("runs/lora:hydra/eval_after/loss", ".3f")}),
+    Figure("README.md", "val accuracy {before}% -> {after}% (chance {chance}%, {n} samples)", "demo.json",
+           {"before": ("runs/lora:hydra/eval_before/accuracy", "%.1f"),
+            "after": ("runs/lora:hydra/eval_after/accuracy", "%.1f"),
+            "chance": ("runs/lora:hydra/printed/chance_pct", ".1f"), "n": ("runs/lora:hydra/printed/val_samples", ".0f")}),
+    Figure("README.md", "(max |logit difference| vs adapter model {gap})", "demo.json",
+           {"gap": ("runs/lora:hydra/printed/merged_max_logit_diff", ".1e")}),
+    Figure("README.md", "ranks {lo}..{hi} at the budget of rank 8", "demo.json",
+           {"lo": ("runs/lora:hydra/printed/ranks/0", ".0f"), "hi": ("runs/lora:hydra/printed/ranks/1", ".0f")}),
+    Figure("README.md", "done in {s} s\n```", "demo.json", {"s": ("runs/lora:hydra/printed/done_s", ".0f")}),
+    *[Figure("docs/evaluation.md", f"\n{t} {{n}} {{em}}% {{vqa}}%\n", "demo.json",
+             {"n": (f"eval/scores/{k}/n", "d"), "em": (f"eval/scores/{k}/exact_match", "%.2f"),
+              "vqa": (f"eval/scores/{k}/vqa_accuracy", "%.2f")})
+      for t, k in (("color", "by_type/color"), ("count", "by_type/count"), ("position", "by_type/position"),
+                   ("shape", "by_type/shape"), ("overall", "overall"))],
+    Figure("docs/evaluation.md", "The overall figure is the demo's own validation accuracy ({acc}%)", "demo.json",
+           {"acc": ("runs/lora:hydra/eval_after/accuracy", "%.1f")}),
+    Figure("docs/on-device-training.md", "PyTorch loss {pt}, ORT eval loss {ort} (rel. diff {d})", "demo.json",
+           {"pt": ("ort_export/pytorch_loss", ".6f"), "ort": ("ort_export/ort_eval_loss", ".6f"),
+            "d": ("ort_export/rel_diff", ".1e")}),
+    Figure("docs/on-device-training.md", "| tiny model (4 layers) |\n|---|---|---|\n"
+           "| `manifest.json` | everything the app needs to know (JSON Schema: `mobilepeft/export/bundle.schema.json`, "
+           "version 1) | {manifest} KB |\n"
+           "| `training_model.onnx` | forward + backward graph (ORT contrib ops: runs only in a training build) | {train} KB |\n"
+           "| `eval_model.onnx` | forward + loss; must stay `.onnx` for `exportModelForInference` | {eval} KB |\n"
+           "| `optimizer_model.onnx` | AdamW (or SGD) with gradient-norm clipping | {opt} KB |\n"
+           "| `checkpoint` | all decoder weights, frozen and trainable (flatbuffer) | {ckpt} MB |\n"
+           "| `nominal_checkpoint` | names and shapes only, for apps that ship weights separately | {nominal} KB |\n"
+           "| `vision_encoder.onnx` | frozen CLIP tower + projector, inference | {vision} KB |\n"
+           "| `tokenizer.model` (+ configs) | the model's tokenizer | {tok} KB |\n"
+           "| `selftest.npz` | one real batch + its PyTorch loss | {selftest} KB |\n"
+           "| `adapter/` | the LoRA the artifacts start from (PEFT format); `from-ort` writes this layout back | {adapter} MB |",
+           "demo.json",
+           {"manifest": ("ort_export/file_bytes/manifest.json", "KB.0f"),
+            "train": ("ort_export/file_bytes/training_model.onnx", "KB.0f"),
+            "eval": ("ort_export/file_bytes/eval_model.onnx", "KB.0f"),
+            "opt": ("ort_export/file_bytes/optimizer_model.onnx", "KB.1f"),
+            "ckpt": ("ort_export/file_bytes/checkpoint", "MB.1f"),
+            "nominal": ("ort_export/file_bytes/nominal_checkpoint", "KB.0f"),
+            "vision": ("ort_export/file_bytes/vision_encoder.onnx", "KB.0f"),
+            "tok": ("ort_export/file_bytes/tokenizer.model", "KB.0f"),
+            "selftest": ("ort_export/file_bytes/selftest.npz", "KB.0f"),
+            "adapter": lambda d: fmt(sum(v for k, v in d["ort_export"]["file_bytes"].items() if k.startswith("adapter/")),
+                                     "MB.1f")}),
+    Figure("docs/on-device-training.md", "(relative 1e-4; measured {d})", "demo.json",
+           {"d": lambda d: "~" + f"{d['ort_export']['rel_diff']:.0e}".replace("e-0", "e-")}),
+]
+
+def _minmax(keys: Callable[[dict], list[float]], spec: str) -> Callable[[dict], str]:
+    """``lo–hi`` of some values (one value if both ends print the same)."""
+    def value(d: dict) -> str:
+        xs = keys(d)
+        lo, hi = fmt(min(xs), spec), fmt(max(xs), spec)
+        return lo if lo == hi else f"{lo}–{hi}"
+    return value
+
+
+def _row(d: dict, shape: str, layers: int) -> dict:
+    return next(r for r in d["rows"] if r["shape"] == shape and r["layers"] == layers)
+
+
+def _frozen_full(d: dict) -> float:
+    """Frozen fp32 bytes of the full 24-layer decoder, from the 1- and 2-layer bundles (linear in layers)."""
+    lo, hi = _row(d, "mobilellama-1.4b", 1), _row(d, "mobilellama-1.4b", 2)
+    per_layer = hi["sizes"]["frozen_bytes"] - lo["sizes"]["frozen_bytes"]
+    return lo["sizes"]["frozen_bytes"] + per_layer * (d["extrapolation"]["full_layers"] - 1)
+
+
+_DM = "demo_methods.json"
+_FIXED = ("lora:fixed", "multihead:fixed", "dmlora:fixed", "adaring:fixed")
+
+
+def _about(d: dict) -> str:
+    """The four fixed-schedule accuracies' mean, to the nearest 5 points."""
+    return f"{5 * round(statistics.fmean(100 * d['runs'][c]['eval_after']['accuracy'] for c in _FIXED) / 5):.0f}"
+
+
+DEMO_METHODS = [
+    Figure("README.md", "On the demo task with `--schedule fixed` all four reach about {about}% accuracy from {before}% "
+           "in 300 steps.", _DM,
+           {"about": _about, "before": _minmax(lambda d: [100 * d["runs"][c]["eval_before"]["accuracy"] for c in _FIXED],
+                                               ".0f")}),
+    Figure("docs/methods.md", "all four reach about {about}% exact-match accuracy from {before}% (chance {chance}%): "
+           "lora {lora}%, multihead {mh}%, dmlora {dm}%, adaring {ar}% (with {share}x LoRA's parameters).", _DM,
+           {"about": _about,
+            "before": _minmax(lambda d: [100 * d["runs"][c]["eval_before"]["accuracy"] for c in _FIXED], ".0f"),
+            "chance": ("runs/lora:fixed/printed/chance_pct", ".0f"),
+            "lora": ("runs/lora:fixed/eval_after/accuracy", "%.1f"), "mh": ("runs/multihead:fixed/eval_after/accuracy", "%.1f"),
+            "dm": ("runs/dmlora:fixed/eval_after/accuracy", "%.1f"), "ar": ("runs/adaring:fixed/eval_after/accuracy", "%.1f"),
+            "share": ratio("runs/adaring:fixed/adapter_parameters", "runs/lora:fixed/adapter_parameters", ".2f")}),
+    Figure("docs/hydra.md", "budget for all ({n} parameters for fixed;", _DM,
+           {"n": ("runs/lora:fixed/adapter_parameters", ",")}),
+    *[Figure("docs/hydra.md", f"| {label} | {{loss}} | {{acc}}% |", _DM,
+             {"loss": (f"runs/lora:{sched}/eval_after/loss", ".3f"),
+              "acc": (f"runs/lora:{sched}/eval_after/accuracy", "%.1f")})
+      for label, sched in (("fixed (plain LoRA)", "fixed"), ("hierarchical", "hierarchical"), ("dynamic", "dynamic"))],
+    Figure("docs/hydra.md", "| hydra | {loss} | {acc}% |", "demo.json",
+           {"loss": ("runs/lora:hydra/eval_after/loss", ".3f"), "acc": ("runs/lora:hydra/eval_after/accuracy", "%.1f")}),
+]
+
+TRAINING = [
+    Figure("docs/training.md", "Measured on 2 CPU cores: time ratio {time}, peak RSS ratio {rss}, identical loss "
+           "trajectories.", "train_step.json",
+           {"time": ("ratios_mobilepeft_over_peft/time", ".3f"), "rss": ("ratios_mobilepeft_over_peft/peak_rss", ".3f")}),
+    Figure("README.md", "our LoRA step {time}x PEFT's time and {rss}x its peak memory with identical losses "
+           "(`small` preset)", "train_step.json",
+           {"time": ("ratios_mobilepeft_over_peft/time", ".3f"), "rss": ("ratios_mobilepeft_over_peft/peak_rss", ".3f")}),
+    Figure("docs/distributed.md", "(`small` preset, {m}M parameters, batch 8, rank 16, fp32, 10 timed steps)",
+           "train_throughput.json", {"m": ("model_parameters", "MB.1f")}),
+    *[Figure("docs/distributed.md", f"| {label} | {{tp}} | {{sps}} | {{ms}} | {{mib}} | {{speed}}x | {{mem}}x |",
+             "train_throughput.json",
+             {"tp": (f"variants/{v}/trainable_parameters", ","), "sps": (f"variants/{v}/samples_per_s", ".2f"),
+              "ms": lambda d, v=v: f"{1000 * d['variants'][v]['median_step_s']:.1f}",
+              "mib": (f"variants/{v}/peak_memory_mib", ".0f"),
+              "speed": (f"variants/{v}/throughput_vs_peft_lora", ".3f"),
+              "mem": (f"variants/{v}/memory_vs_peft_lora", ".3f")})
+      for label, v in (("mobilepeft LoRA", "mobilepeft-lora"), ("PEFT LoRA", "peft-lora"), ("full fine-tuning", "full"))],
+    Figure("docs/distributed.md", "so full fine-tuning is only {pct}% slower.", "train_throughput.json",
+           {"pct": lambda d: f"{100 * (1 - d['variants']['full']['throughput_vs_peft_lora']):.0f}"}),
+    Figure("docs/distributed.md", "the gradients and Adam moments of {w}M weights, {mib} MiB more at the peak here.",
+           "train_throughput.json",
+           {"w": ("variants/full/trainable_parameters", "MB.1f"),
+            "mib": lambda d: f"{d['variants']['full']['peak_memory_mib'] - d['variants']['peft-lora']['peak_memory_mib']:.0f}"}),
+    Figure("README.md", "our LoRA trains {speed}x PEFT's samples/s at {mem}x its peak RSS, full fine-tuning {fspeed}x "
+           "at {fmem}x;", "train_throughput.json",
+           {"speed": ("variants/mobilepeft-lora/throughput_vs_peft_lora", ".3f"),
+            "mem": ("variants/mobilepeft-lora/memory_vs_peft_lora", ".3f"),
+            "fspeed": ("variants/full/throughput_vs_peft_lora", ".3f"),
+            "fmem": ("variants/full/memory_vs_peft_lora", ".3f")}),
+    Figure("docs/methods.md", "AdaRing at ring rank {rr} for the same parameter count", "adapter_overhead.json",
+           {"rr": ("adaring_ring_rank", "d")}),
+    *[Figure("docs/methods.md", f"| {m} | {{p}} | {{t}} | {{r}} | {{u}} | {{g}} |", "adapter_overhead.json",
+             {"p": (f"methods/{m}/params_vs_lora", ".3f"), "t": (f"methods/{m}/step_time_vs_lora", ".3f"),
+              "r": (f"methods/{m}/peak_rss_vs_lora", ".3f"), "u": (f"methods/{m}/adapter_forward_vs_base", ".3f"),
+              "g": (f"methods/{m}/merged_forward_vs_base", ".3f")})
+      for m in ("lora", "multihead", "dmlora", "adaring")],
+    Figure("docs/methods.md", "keeps its activations ({pct} peak memory here).", "adapter_overhead.json",
+           {"pct": lambda d: f"{100 * (d['methods']['multihead']['peak_rss_vs_lora'] - 1):+.0f}%"}),
+    Figure("README.md", "merged models of every method run at {range}x the base model's latency",
+           "adapter_overhead.json",
+           {"range": _minmax(lambda d: [m["merged_forward_vs_base"] for m in d["methods"].values()], ".3f")}),
+    Figure("docs/hydra.md", "**hydra / fixed = {ratio}** (summed step time {hs} s vs {fs} s; median step {hm} vs "
+           "{fm} ms). The schedule's own work was {st} s of statistics on the 8 probe and {n} reallocation steps plus "
+           "{rs} s of resizing, {own}% of the fixed run.", "schedule_overhead.json",
+           {"ratio": ("ratio_hydra_over_fixed", ".3f"), "hs": ("runs/hydra/step_seconds_sum", ".1f"),
+            "fs": ("runs/fixed/step_seconds_sum", ".1f"),
+            "hm": lambda d: f"{1000 * d['runs']['hydra']['median_step_s']:.0f}",
+            "fm": lambda d: f"{1000 * d['runs']['fixed']['median_step_s']:.0f}",
+            "st": ("runs/hydra/schedule_seconds/statistics", ".2f"), "n": ("runs/hydra/allocations", "d"),
+            "rs": ("runs/hydra/schedule_seconds/reallocation", ".2f"),
+            "own": ("schedule_own_work_share_of_fixed", "%.1f")}),
+    Figure("README.md", "`--schedule hydra` costs {ratio}x the wall time of `fixed` (demo model, 300 steps, lockstep "
+           "measurement)", "schedule_overhead.json", {"ratio": ("ratio_hydra_over_fixed", ".3f")}),
+]
+
+_ONDEVICE_ROWS = (("tiny, 4 layers", "tiny", 4), ("1.4B shape, 1 layer", "mobilellama-1.4b", 1),
+                  ("1.4B shape, 2 layers", "mobilellama-1.4b", 2))
+
+
+def _ondevice_row(label: str, shape: str, layers: int) -> Figure:
+    def g(key: Callable[[dict], Any], spec: str) -> Callable[[dict], str]:
+        return lambda d: fmt(key(_row(d, shape, layers)), spec)
+    ms = ".1f" if shape == "tiny" else ".0f"
+    mb = ".1f" if shape == "tiny" else ".0f"
+    return Figure("docs/on-device-training.md",
+                  f"| {label} | {{seq}} | {{ort}} ms | {{pt}} ms | {{ratio}} | {{rss_ort}} / {{rss_pt}} MiB | "
+                  "{lora} MB | {ckpt} MB | {overhead} |", "ondevice_train.json",
+                  {"seq": g(lambda r: r["seq_len"], "d"), "ort": g(lambda r: r["train_step_ms"]["ort"], ms),
+                   "pt": g(lambda r: r["train_step_ms"]["pytorch"], ms), "ratio": g(lambda r: r["ort_over_pytorch_time"], ".2f"),
+                   "rss_ort": g(lambda r: r["train_peak_rss_mb"]["ort"], ".0f"),
+                   "rss_pt": g(lambda r: r["train_peak_rss_mb"]["pytorch"], ".0f"),
+                   "lora": g(lambda r: r["sizes"]["lora_bytes"], "MB.2f"),
+                   "ckpt": g(lambda r: r["sizes"]["files"]["checkpoint"] + r["sizes"]["files"].get("checkpoint.data", 0),
+                             "MB" + mb),
+                   "overhead": g(lambda r: r["sizes"]["overhead_over_lora"], ".2f")})
+
+
+ONDEVICE = [
+    *[_ondevice_row(*row) for row in _ONDEVICE_ROWS],
+    Figure("docs/on-device-training.md", "Extrapolated to all 24 layers of MobileLLaMA-1.4B: {ort} ms per layer in ORT "
+           "({pt} ms in PyTorch), about {step} s per step of 2×256 tokens on these 2 cores, and ~{rss} GiB peak RSS — "
+           "fp32 frozen weights ({frozen} GB) dominate", "ondevice_train.json",
+           {"ort": ("extrapolation/train_step_ms_per_layer_ort", ".0f"),
+            "pt": ("extrapolation/train_step_ms_per_layer_pytorch", ".0f"),
+            "step": lambda d: f"{d['extrapolation']['train_step_ms_full_ort'] / 1000:.1f}",
+            "rss": lambda d: f"{d['extrapolation']['train_peak_rss_mb_full_ort'] / 1024:.0f}",
+            "frozen": lambda d: f"{_frozen_full(d) / 1e9:.1f}"}),
+    Figure("docs/on-device-training.md", "the LoRA tensors themselves (1.0) plus graphs and framing ({big} at the 1.4B "
+           "shape; {tiny} for the tiny model,", "ondevice_train.json",
+           {"big": _minmax(lambda d: [r["sizes"]["overhead_over_lora"] - 1 for r in d["rows"]
+                                      if r["shape"] == "mobilellama-1.4b"], ".2f"),
+            "tiny": lambda d: f"{_row(d, 'tiny', 4)['sizes']['overhead_over_lora'] - 1:.2f}"}),
+    Figure("README.md", "training step takes {tiny}x (tiny model) and {big}x (MobileLLaMA-1.4B-shaped layers) the time "
+           "of the same LoRA step in PyTorch at the same peak memory ({rss}x), and the training artifacts add {oh}x the "
+           "LoRA bytes on top of the frozen weights.", "ondevice_train.json",
+           {"tiny": lambda d: f"{_row(d, 'tiny', 4)['ort_over_pytorch_time']:.2f}",
+            "big": lambda d: f"{_row(d, 'mobilellama-1.4b', 2)['ort_over_pytorch_time']:.2f}",
+            "rss": _minmax(lambda d: [r["ort_over_pytorch_rss"] for r in d["rows"]], ".2f"),
+            "oh": lambda d: f"{_row(d, 'mobilellama-1.4b', 2)['sizes']['overhead_over_lora']:.2f}"}),
+]
+
+_Q = "quant_agreement.json"
+QUANT = [
+    Figure("docs/deploy-executorch.md", "prefill logits rel. diff {d} (tolerance 0.001)", _Q,
+           {"d": ("fp32_program_vs_model_rel_diff", ".1e")}),
+    Figure("docs/deploy-executorch.md", "# 4-bit: {x}x smaller program", _Q, {"x": ratio("pte_bytes/none", "pte_bytes/8da4w", ".1f")}),
+    Figure("docs/deploy-executorch.md", "lowered from (tolerance 0.15; measured {d} on the 4-layer demo model", _Q,
+           {"d": ("8da4w_program_vs_quantized_modules_rel_diff", "short.1e")}),
+    Figure("docs/deploy-executorch.md", "`benchmarks/quant_agreement.py` on the demo model (300 steps, {n} val "
+           "questions, both bundles through `MultimodalRunner`): **{same}/{n2} = {share}% identical greedy answers** "
+           "between 8da4w and fp32; exact-match accuracy fp32 {a32}%, 8da4w {a4}%; prefill logits: fp32 program vs model "
+           "{d32}, 8da4w program vs torchao modules {d4}, vs the fp32 model {d4f} (relative to the largest logit); "
+           "`.pte` {k32} KiB fp32 vs {k4} KiB 8da4w", _Q,
+           {"n": ("samples", "d"), "n2": ("samples", "d"), "same": ("identical_answers", "d"),
+            "share": ("identical_share", "%.1f"), "a32": ("accuracy/none", "%.1f"), "a4": ("accuracy/8da4w", "%.1f"),
+            "d32": ("fp32_program_vs_model_rel_diff", "short.1e"),
+            "d4": ("8da4w_program_vs_quantized_modules_rel_diff", "short.1e"),
+            "d4f": ("8da4w_program_vs_fp32_model_rel_diff", ".2f"), "k32": ("pte_bytes/none", "KiB.0f"),
+            "k4": ("pte_bytes/8da4w", "KiB.0f")}),
+    Figure("docs/deploy-executorch.md", "the trained demo model measures {d}).", _Q,
+           {"d": ("8da4w_program_vs_fp32_model_rel_diff", ".2f")}),
+    Figure("README.md", "8da4w vs fp32 greedy answers through ExecuTorch's runner on the demo's {n} val questions", _Q,
+           {"n": ("samples", "d")}),
+]
+
+_C = "coreml_sizes.json"
+COREML = [
+    Figure("docs/deploy-coreml.md", "exported graphs vs PyTorch: logits rel. diff {d} over prefill + 4 decode steps "
+           "(tolerance 1e-04)", _C, {"d": ("graphs_vs_pytorch_rel_diff", ".1e")}),
+    Figure("docs/deploy-coreml.md", "wrote outputs/bundles/coreml: VisionEncoder.mlpackage {v} MB, TextDecoder.mlpackage "
+           "{t} MB (int4, iOS18)", _C,
+           {"v": ("modes/int4/vision_encoder_bytes", "MB.1f"), "t": ("modes/int4/text_decoder_bytes", "MB.1f")}),
+    Figure("docs/deploy-coreml.md", "decoder weight error |\n|---|---|---|---|---|---|\n" + "\n".join(
+        f"| `{m}` | {{v_{m}}} MB | {{t_{m}}} MB | {{tot_{m}}} MB | {bold}{{r_{m}}}{bold} | {{e_{m}}} |"
+        for m, bold in (("none", ""), ("int8", ""), ("int4", "**"), ("palettize4", ""))) + "\n", _C,
+        {k: v for m in ("none", "int8", "int4", "palettize4") for k, v in {
+            f"v_{m}": (f"modes/{m}/vision_encoder_bytes", "MB.2f"), f"t_{m}": (f"modes/{m}/text_decoder_bytes", "MB.2f"),
+            f"tot_{m}": (f"modes/{m}/total_bytes", "MB.2f"), f"r_{m}": (f"modes/{m}/total_ratio", ".3f"),
+            f"e_{m}": (lambda d, m=m: "0" if m == "none" else fmt(d["modes"][m]["text_decoder_weight_rel_rms"],
+                                                                ".4f" if m == "int8" else ".3f"))}.items()}),
+    Figure("docs/deploy-coreml.md", "At this size the vision encoder shrinks least ({r}x for int4)", _C,
+           {"r": ("modes/int4/vision_encoder_ratio", ".2f")}),
+    Figure("docs/deploy-coreml.md", "through the KV cache — stateful (tiny model) and stateless with the caches fed back "
+           "(V2 checkpoint) — within 1e-4 (measured {d});", _C, {"d": ("graphs_vs_pytorch_rel_diff", "short.1e")}),
+    Figure("docs/deploy-coreml.md", "int4 and palettized weights within 0.15 relative RMS (measured {e})", _C,
+           {"e": lambda d: f"{max(d['modes'][m]['text_decoder_weight_rel_rms'] for m in ('int4', 'palettize4')):.2f}"}),
+]
+
+_N = "native_runner.json"
+
+
+def _native_row(bundle: str, label: str, key: str, spec: str) -> Figure:
+    b = {"fp32": "none", "8da4w": "8da4w"}[bundle]
+    return Figure("docs/mobile.md", f"| {bundle} | {label} | {{py}} | {{na}} | {{r}} |", _N,
+                  {"py": (f"bundles/{b}/median/python/{key}", spec), "na": (f"bundles/{b}/median/native/{key}", spec),
+                   "r": (f"bundles/{b}/native_over_python/{key}", ".3f" if key == "peak_rss_mb" else ".2f")})
+
+
+NATIVE = [
+    _native_row("fp32", "decode tokens/s", "decode_tokens_per_s", ".0f"),
+    _native_row("fp32", "prefill tokens/s", "prefill_tokens_per_s", ".0f"),
+    _native_row("fp32", "vision encode ms", "vision_encode_ms", ".1f"),
+    _native_row("fp32", "time to first token ms", "time_to_first_token_ms", ".1f"),
+    _native_row("fp32", "peak RSS MB", "peak_rss_mb", ".0f"),
+    _native_row("8da4w", "decode tokens/s", "decode_tokens_per_s", ".0f"),
+    _native_row("8da4w", "prefill tokens/s", "prefill_tokens_per_s", ".0f"),
+    _native_row("8da4w", "time to first token ms", "time_to_first_token_ms", ".1f"),
+    _native_row("8da4w", "peak RSS MB", "peak_rss_mb", ".0f"),
+    Figure("docs/mobile.md", "the native fp32 decode loop is faster (8da4w: {q}x in this run) because a "
+           "one-token step costs ~{ms} ms here", _N,
+           {"q": ("bundles/8da4w/native_over_python/decode_tokens_per_s", ".2f"),
+            "ms": lambda d: f"{1000 / d['bundles']['none']['median']['native']['decode_tokens_per_s']:.1f}"}),
+    Figure("docs/mobile.md", "the runner holds the program and nothing else ({mb} MB), while the Python process holds "
+           "PyTorch. Load time is {na} ms vs {py} ms:", _N,
+           {"mb": ("bundles/none/median/native/peak_rss_mb", ".0f"),
+            "na": ("bundles/none/median/native/model_load_time_ms", ".0f"),
+            "py": ("bundles/none/median/python/model_load_time_ms", ".0f")}),
+    Figure("README.md", "runner decodes {f}x (fp32) and {q}x (8da4w) as fast as `mobilepeft bench` on the same program "
+           "at {r}x its peak RSS ({na} vs {py} MB:", _N,
+           {"f": ("bundles/none/native_over_python/decode_tokens_per_s", ".2f"),
+            "q": ("bundles/8da4w/native_over_python/decode_tokens_per_s", ".2f"),
+            "r": ("bundles/none/native_over_python/peak_rss_mb", ".2f"),
+            "na": ("bundles/none/median/native/peak_rss_mb", ".0f"),
+            "py": ("bundles/none/median/python/peak_rss_mb", ".0f")}),
+]
+
+_C17 = "coreml_sizes_1p7b.json"
+COREML_1P7B = [
+    Figure("docs/deploy-coreml.md", "the fp16 export took about {m} minutes on 2 cores (exported graphs vs PyTorch: "
+           "{d} over prefill + 4 decode steps)", _C17,
+           {"m": ("fp16_export_s", "min.0f"), "d": ("graphs_vs_pytorch_rel_diff", "short.1e")}),
+    Figure("docs/deploy-coreml.md", "weight error (vision / decoder) |\n|---|---|---|---|---|---|\n" + "\n".join(
+        f"| `{m}` | {{v_{m}}} MB | {{t_{m}}} MB | {{tot_{m}}} MB | {bold}{{r_{m}}}{bold} | {err} |"
+        for m, bold, err in (("none", "", "0"), ("int8", "", "{ev_int8} / {et_int8}"),
+                             ("int4", "**", "{ev_int4} / {et_int4}"))) + "\n", _C17,
+        {k: v for m in ("none", "int8", "int4") for k, v in {
+            f"v_{m}": (f"modes/{m}/vision_encoder_bytes", "MB.0f"), f"t_{m}": (f"modes/{m}/text_decoder_bytes", "MB.0f"),
+            f"tot_{m}": (f"modes/{m}/total_bytes", "MB.0f"), f"r_{m}": (f"modes/{m}/total_ratio", ".3f"),
+            f"ev_{m}": (f"modes/{m}/vision_encoder_weight_rel_rms", ".4f" if m == "int8" else ".3f"),
+            f"et_{m}": (f"modes/{m}/text_decoder_weight_rel_rms", ".4f" if m == "int8" else ".3f")}.items()}),
+    Figure("docs/deploy-coreml.md", "(int4 of the decoder: {s} s, the process at {g} GiB peak RSS by then;", _C17,
+           {"s": ("modes/int4/text_decoder_compress_s", ".0f"),
+            "g": lambda d: f"{d['modes']['int4']['text_decoder_compress_peak_rss_mib_so_far'] / 1024:.0f}"}),
+    Figure("docs/deploy-executorch.md", "(measured by `benchmarks/coreml_sizes.py --preset mobilevlm-1.7b-shape`: "
+           "{gib} GiB in {s} s at {rss} GiB peak RSS)", _C17,
+           {"gib": ("model_write/bytes", "GiB.1f"), "s": ("model_write/seconds", ".0f"),
+            "rss": lambda d: f"{d['model_write']['peak_rss_mib'] / 1024:.1f}"}),
+]
+
+EXTRA = [
+    Figure("docs/mobile.md", "Hashing costs {s} s per GB here (`benchmarks/verify_speed.py`)", "verify_speed.json",
+           {"s": ("seconds_per_gb", ".1f")}),
+    Figure("docs/safety.md", "Hashing a 1 GB `.pte` takes {s} s here (`benchmarks/verify_speed.py`)", "verify_speed.json",
+           {"s": ("seconds_per_gb", ".1f")}),
+    Figure("docs/on-device-training.md", "Measured by `benchmarks/ort_export_large.py`: a {layers}-layer "
+           "MobileLLaMA-1.4B-shaped decoder ({gb} GB fp32) exported in {s} s with {gib} GiB peak RSS on the 2-core "
+           "development machine; self-test rel. diff {d}.", "ort_export_large.json",
+           {"layers": ("layers", "d"), "gb": ("frozen_bytes", "GB.1f"), "s": ("export_s", ".0f"),
+            "gib": lambda d: f"{d['export_peak_rss_mib'] / 1024:.1f}", "d": ("selftest_rel_diff", "short.0e")}),
+]
+
+FIGURES: list[Figure] = [*QUALITY, *DEMO, *DEMO_METHODS, *TRAINING, *ONDEVICE, *QUANT, *COREML, *COREML_1P7B, *NATIVE, *EXTRA]
+
+#: Figures in the documents no committed JSON backs yet: (document, the note it carries next to them).
+UNCHECKED: list[tuple[str, str]] = [
+    ("docs/deploy-executorch.md", "**Not yet re-measured.** Every figure in this section comes from an earlier "
+     "`make bench-deploy`"),
+    ("docs/deploy-executorch.md", "7.8e-2 at the 1.7B shape's 24 layers in an earlier run, not yet re-measured"),
+    ("README.md", "(not yet re-measured: an earlier `make bench-deploy` run whose JSON was not kept)"),
+    ("docs/hydra.md", "historical figures in this paragraph, which the current code cannot re-measure and no JSON "
+     "backs"),
+    ("docs/hydra.md", "The rank, reallocation and `--temperature 0.25` figures in the last three points come from the "
+     "runs' rank histories and a separate run, neither committed under `docs/results/`"),
+]
+
+
+def check(figures: list[Figure] | None = None, unchecked: list[tuple[str, str]] | None = None,
+          root: Path = ROOT) -> list[str]:
+    """Problems: missing JSON, text not found (or found twice), figures that disagree with their JSON,
+    notes on figures without JSON that are gone. ``root``: the repository (tests pass a copy)."""
+    problems = []
+    for fig in figures if figures is not None else FIGURES:
+        if not (root / "docs" / "results" / fig.json).is_file():
+            problems.append(f"{fig.doc}: docs/results/{fig.json} is missing (run its benchmark)")
+            continue
+        doc = (root / fig.doc).read_text()
+        matches = list(fig.pattern().finditer(doc))
+        if len(matches) != 1:
+            problems.append(f"{fig.doc}: {'not found' if not matches else 'found twice'}: {fig.text!r} "
+                            "(the text changed: update benchmarks/figures.py)")
+            continue
+        try:
+            want = fig.render_values(load(fig.json, root))
+        except (KeyError, IndexError, TypeError, StopIteration) as exc:
+            problems.append(f"{fig.doc}: docs/results/{fig.json} lacks {exc!r} for {fig.text!r} (re-run its benchmark)")
+            continue
+        for name, value in want.items():
+            if matches[0].group(name) != value:
+                problems.append(f"{fig.doc}: {name} is {matches[0].group(name)!r} but docs/results/{fig.json} "
+                                f"gives {value!r} in {fig.text!r}")
+    for doc, note in UNCHECKED if unchecked is None else unchecked:
+        if note not in " ".join((root / doc).read_text().split()):
+            problems.append(f"{doc}: the note on figures without JSON is gone: {note!r}")
+    return problems
+
+
+def fix() -> list[str]:
+    """Rewrite every figure from its JSON in place; returns 'doc: old -> new' lines."""
+    changes = []
+    for fig in FIGURES:
+        if not (RESULTS / fig.json).is_file():
+            continue
+        path = ROOT / fig.doc
+        doc = path.read_text()
+        matches = list(fig.pattern().finditer(doc))
+        if len(matches) != 1:
+            continue
+        try:
+            m, want = matches[0], fig.render_values(load(fig.json))
+        except (KeyError, IndexError, TypeError, StopIteration):
+            continue
+        for name in sorted(want, key=lambda n: m.start(n), reverse=True):
+            if m.group(name) != want[name]:
+                changes.append(f"{fig.doc}: {m.group(name)} -> {want[name]}  ({name} in {fig.json})")
+                doc = doc[:m.start(name)] + want[name] + doc[m.end(name):]
+        path.write_text(doc)
+    return changes
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--fix", action="store_true", help="rewrite the figures in the documents from the JSON")
+    args = ap.parse_args()
+    if args.fix:
+        for line in reversed(fix()):
+            print(line)
+    problems = check()
+    for p in problems:
+        print(p)
+    sys.exit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    main()
