@@ -67,7 +67,7 @@ def synth_data(tmp_path_factory) -> Path:
 # Longest files first: pytest-xdist hands whole files to the two workers in collection order, so
 # a long file collected last would run alone at the end (measured: the suite's wall time varied
 # 549-614 s with the alphabetical order).
-LONGEST_FIRST = ("test_executorch.py", "test_executorch_methods.py", "test_coreml.py", "test_cli.py", "test_quality_benchmark.py",
+LONGEST_FIRST = ("test_executorch.py", "test_adapter_as_data_methods.py", "test_adapter_as_data.py", "test_executorch_methods.py", "test_coreml.py", "test_cli.py", "test_quality_benchmark.py",
                  "test_training.py", "test_onnx_training.py", "test_android_core.py", "test_schedule.py")
 
 

@@ -98,6 +98,42 @@ def write_synthetic_dataset(
     return result
 
 
+#: The "user's own words" of the personalization demo: what this user calls each shape.
+USER_WORDS = {"circle": "ring", "square": "tile", "triangle": "tent"}
+
+
+def write_personal_dataset(out_dir: str | Path, *, words: dict[str, str] | None = None, n_train: int = 48,
+                           n_val: int = 32, image_size: int = 64, seed: int = 0) -> dict[str, Any]:
+    """A user's own data for on-device personalization: ``train.json``/``val.json`` of shape
+    questions about new single-shape images, answered in the user's words (``USER_WORDS``).
+
+    The base model never saw these images or words (its answers are ``circle``/``square``/
+    ``triangle``), so the accuracy before personalization is ~0 and what it gains is learned
+    on the phone.
+    """
+    words = dict(USER_WORDS if words is None else words)
+    missing = sorted(set(SHAPES) - set(words))
+    if missing:
+        raise UserError(f"no word for {', '.join(missing)}", field="words", hint=f"name all of {', '.join(SHAPES)}")
+    out_dir = Path(out_dir)
+    phrasings = QUESTIONS["shape"][0]
+    with atomic_output(out_dir, "dataset") as tmp:
+        (tmp / "images").mkdir()
+        for split, count in (("train", n_train), ("val", n_val)):
+            rng = random.Random(f"mobilepeft-personal/{seed}/{split}")
+            records = []
+            for index in range(count):
+                image, facts = _draw_scene(rng, 1, image_size)
+                name = f"images/{split}_{index:05d}.png"
+                image.save(tmp / name, format="PNG")
+                records.append({"id": f"{split}-{index:05d}", "image": name, "question_type": "shape",
+                                "conversations": [
+                                    {"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{rng.choice(phrasings)}"},
+                                    {"from": "gpt", "value": words[facts["shape"]]}]})
+            write_json(tmp / f"{split}.json", records)
+    return {"image_folder": out_dir, "train_json": out_dir / "train.json", "val_json": out_dir / "val.json"}
+
+
 def corpus_lines() -> list[str]:
     """Text covering every word the generator and the v1 template can emit (tokenizer training).
 

@@ -67,9 +67,14 @@ def file_record(path: Path) -> dict[str, Any]:
     return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
-def write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Record every file under ``bundle_dir`` in ``manifest["files"]``, validate, write ``manifest.json``."""
-    files = sorted(p for p in bundle_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
+def write_manifest(bundle_dir: Path, manifest: dict[str, Any], *, replaceable: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Record every file under ``bundle_dir`` in ``manifest["files"]``, validate, write ``manifest.json``.
+
+    ``replaceable`` files (an adapter kept as data) are left out: an app rewrites them, and they
+    are checked against their own section's layout instead of a hash.
+    """
+    files = sorted(p for p in bundle_dir.rglob("*")
+                   if p.is_file() and p.name != MANIFEST and p.relative_to(bundle_dir).as_posix() not in replaceable)
     manifest = dict(manifest, files={p.relative_to(bundle_dir).as_posix(): file_record(p) for p in files})
     validate_manifest(manifest, bundle_dir / MANIFEST)
     write_json(bundle_dir / MANIFEST, manifest)

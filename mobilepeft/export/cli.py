@@ -76,6 +76,11 @@ def export_executorch_cmd(
     backend: Annotated[str, typer.Option(help="xnnpack (phone CPUs), coreml (Apple's Core ML delegate: iOS 18, fp16, runs on Apple hardware only) or portable (reference kernels).")] = "xnnpack",
     quantize: Annotated[str, typer.Option(help="none (fp32) or 8da4w: int4 weights in groups of 32 with int8 dynamic activations for the decoder's linears, int8 lm_head and embeddings, fp32 vision encoder.")] = "none",
     max_seq_len: KvCacheLength = None,
+    adapter_as_data: Annotated[bool, typer.Option(
+        "--adapter-as-data",
+        help="Keep the LLM's adapter (any method, lowered to LoRA) unmerged, its tensors in adapter.ptd "
+             "outside the .pte: an app replaces the file (e.g. after on-device personalization) and the runner "
+             "swaps it without reloading the base. See docs/on-device-loop.md.")] = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Lower the (merged) model to one ExecuTorch .pte with ExecuTorch's multimodal methods
@@ -91,7 +96,7 @@ def export_executorch_cmd(
 
     claim_output(output_dir, "bundle", overwrite, model, adapter)
     manifest = export_executorch(model, output_dir, adapter_dir=adapter, backend=backend, quantize=quantize,
-                                 max_seq_len=max_seq_len, echo=typer.echo)
+                                 max_seq_len=max_seq_len, adapter_as_data=adapter_as_data, echo=typer.echo)
     typer.echo(f"wrote {output_dir}: {manifest['files']['model.pte']['bytes'] / 1e6:.1f} MB model.pte")
     for method, counts in manifest["executorch"]["delegation"].items():
         typer.echo(f"      {method}: {counts['delegated_nodes']} nodes delegated to {backend} in "
@@ -135,6 +140,7 @@ def generate_cmd(
     image: Annotated[Path | None, typer.Option(help="Image the question is about.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest answer in tokens.")] = 64,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 for greedy decoding.")] = 0.0,
+    adapter: Annotated[Path | None, typer.Option(help="Adapter file (.ptd) to answer with instead of the bundle's own (bundles exported with --adapter-as-data); checked against the manifest first.")] = None,
     verbose: Annotated[bool, typer.Option(help="Also print ExecuTorch's own log and runner stats (stderr).")] = False,
 ) -> None:
     """Answer a question about an image with ExecuTorch's MultimodalRunner — the path an app takes.
@@ -145,7 +151,7 @@ def generate_cmd(
 
     if not math.isfinite(temperature):
         raise UserError(f"must be a finite number (got {temperature})", field="temperature")
-    runner = BundleRunner(bundle)
+    runner = BundleRunner(bundle, adapter=adapter)
     result = runner.generate(prompt, image, max_new_tokens=max_new_tokens, temperature=temperature)
     if verbose:
         typer.echo("\n".join(runner.native_log), err=True)
@@ -203,12 +209,14 @@ def personalize_cmd(
     seed: Annotated[int, typer.Option(min=0, help="Seed of the sample order.")] = 0,
     checkpoint: Annotated[Path | None, typer.Option(help="Continue from this ORT checkpoint (e.g. an earlier OUT/checkpoint) instead of the bundle's.")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="ORT intra-op threads (default: all cores).")] = None,
+    executorch_bundle: Annotated[Path | None, typer.Option(help="Also write OUT/adapter.ptd for this ExecuTorch bundle (exported with --adapter-as-data), as the phone does after training.")] = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Replay the phone's training loop with onnxruntime.training on the bundle's artifacts.
 
     Writes OUT/checkpoint (what the phone keeps), OUT/inference_model.onnx (trained weights baked
-    in) and OUT/personalize.json. Turn the checkpoint back into an adapter with
+    in) and OUT/personalize.json; with --executorch-bundle also OUT/adapter.ptd, which that
+    bundle's program swaps in without re-export. Turn the checkpoint back into an adapter with
     `mobilepeft adapter from-ort`.
 
     Example: mobilepeft personalize --bundle bundles/ort --data my.json --steps 20 --output-dir runs/me
@@ -221,6 +229,12 @@ def personalize_cmd(
                          seed=seed, checkpoint=checkpoint, threads=threads, echo=typer.echo)
     typer.echo(f"loss {report.eval_loss_before:.4f} -> {report.eval_loss_after:.4f}; "
                f"median step {report.train_step_ms_median:.1f} ms; wrote {output_dir}")
+    if executorch_bundle is not None:
+        from mobilepeft.export.to_ptd import tensors_from_ort, write_bundle_adapter
+
+        path = write_bundle_adapter(executorch_bundle, tensors_from_ort(output_dir / "checkpoint", bundle),
+                                    output_dir / "adapter.ptd")
+        typer.echo(f"wrote {path}: the personalized adapter for {executorch_bundle}")
 
 
 @adapter_app.command("from-ort")
@@ -239,6 +253,28 @@ def adapter_from_ort_cmd(
     claim_output(output_dir, "adapter", overwrite, checkpoint, bundle)
     path = adapter_from_ort(checkpoint, bundle, output_dir)
     typer.echo(f"wrote PEFT LoRA adapter to {path}")
+
+
+@adapter_app.command("to-ptd")
+def adapter_to_ptd_cmd(
+    bundle: Annotated[Path, typer.Option(help="ExecuTorch bundle exported with --adapter-as-data.")],
+    output: Annotated[Path, typer.Option(help="The adapter file to write (.ptd); written atomically.")],
+    ort_checkpoint: Annotated[Path | None, typer.Option(help="ORT checkpoint trained on the device (or by `mobilepeft personalize`).")] = None,
+    ort_bundle: Annotated[Path | None, typer.Option(help="The ORT training bundle that checkpoint belongs to.")] = None,
+    adapter: Annotated[Path | None, typer.Option(help="Or: an adapter directory (any method; lowered to LoRA) with the bundle's targets and ranks.")] = None,
+) -> None:
+    """Write an adapter file the bundle's program reads in place of its own adapter.ptd: swap it in
+    with `mobilepeft generate --adapter FILE` or the native runner, no re-export.
+
+    Example: mobilepeft adapter to-ptd --bundle bundles/et --ort-checkpoint runs/me/checkpoint --ort-bundle bundles/ort --output me.ptd
+    """
+    from mobilepeft.export.to_ptd import tensors_from_adapter, tensors_from_ort, write_bundle_adapter
+
+    if (adapter is None) == (ort_checkpoint is None) or (ort_checkpoint is None) != (ort_bundle is None):
+        raise UserError("give either --ort-checkpoint with --ort-bundle, or --adapter", field="adapter")
+    tensors = tensors_from_adapter(adapter) if adapter is not None else tensors_from_ort(ort_checkpoint, ort_bundle)
+    path = write_bundle_adapter(bundle, tensors, output)
+    typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, {len(tensors)} tensors)")
 
 
 @bundle_app.command("check")

@@ -91,6 +91,28 @@ std::string bench_json(VlmProgram& program, const Manifest& manifest, const Benc
     ttft.push_back(t.time_to_first_token_ms);
   }
   JsonWriter out;
+  if (!s.swap.empty()) {
+    AdapterSlot* slot = program.adapter();
+    if (!slot) throw BundleError(manifest.file("manifest.json") + ": --swap needs a bundle exported with --adapter-as-data");
+    // Swap to the other adapter and back each run; each swap is followed by a chat turn's first token.
+    const std::string original = slot->active();
+    std::vector<double> swaps, first_token;
+    const double rss_before = rss_mb();
+    for (int run = 0; run < s.runs; ++run) {
+      for (const std::string* file : {&s.swap, &original}) {
+        const auto t0 = Clock::now();
+        slot->swap(*file);
+        swaps.push_back(ms_since(t0));
+        first_token.push_back(one_turn(program, pixels, prompt, 1).time_to_first_token_ms);
+      }
+    }
+    out.put("adapter_bytes", static_cast<long long>(slot->bytes()));
+    put_stats(out, "adapter_swap_ms", swaps);
+    out.put("rss_before_swap_mb", rss_before);
+    out.put("rss_after_swap_mb", rss_mb());
+    std::sort(first_token.begin(), first_token.end());
+    out.put("time_to_first_token_after_swap_ms", first_token[first_token.size() / 2]);
+  }
   out.put("model_load_time_ms", program.load_ms());
   put_stats(out, "vision_encode_ms", vision);
   put_stats(out, "prefill_tokens_per_s", prefill);
@@ -113,13 +135,18 @@ void set_threads(int threads) {
   executorch::extension::threadpool::get_threadpool()->_unsafe_reset_threadpool(uint32_t(threads));
 }
 
-double peak_rss_mb() {
+namespace {
+double status_mb(const std::string& field) {  // a "Vm...: N kB" line of /proc/self/status
   std::ifstream status("/proc/self/status");
   std::string line;
   while (std::getline(status, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;  // kB
+    if (line.rfind(field, 0) == 0) return std::stod(line.substr(field.size())) / 1024.0;
   return 0;
 }
+}  // namespace
+
+double peak_rss_mb() { return status_mb("VmHWM:"); }
+double rss_mb() { return status_mb("VmRSS:"); }
 
 std::string device_description() {
 #ifdef __ANDROID__

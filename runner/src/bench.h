@@ -17,12 +17,14 @@ struct BenchSettings {
   int gen_len = 32;
   int runs = 5;
   int warmup = 1;
+  std::string swap;  // another adapter file: also time swapping to it and back (bundles with an adapter kept as data)
 };
 
 std::string bench_json(VlmProgram& program, const Manifest& manifest, const BenchSettings& settings);
 
 void set_threads(int threads);  // ExecuTorch's (XNNPACK's) thread pool
 double peak_rss_mb();  // VmHWM: this process's resident high-water mark
+double rss_mb();  // VmRSS: resident now
 std::string device_description();
 
 }  // namespace mobilepeft

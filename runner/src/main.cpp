@@ -5,6 +5,8 @@
 //   mobilepeft_runner generate --bundle DIR --prompt "What colour?" [--image photo.ppm] [--max-new-tokens 64]
 //   mobilepeft_runner bench    --bundle DIR [--threads 2 --prompt-len 32 --gen-len 32 --runs 5 --warmup 1]
 //                              [--output result.json]
+//                              [--swap OTHER.ptd]                       (time adapter swaps too)
+//   mobilepeft_runner adapter-import --bundle DIR --ort-bundle ORT_DIR --checkpoint CKPT --output FILE.ptd
 //   mobilepeft_runner tokenize --bundle DIR --text-file strings.json      (a JSON array of strings)
 //   mobilepeft_runner preprocess --bundle DIR --image photo.ppm --output pixels.f32
 //   mobilepeft_runner sha256 FILE...                                      (sha256sum's output format)
@@ -16,11 +18,13 @@
 #include <string>
 #include <vector>
 
+#include "adapter.h"
 #include "bench.h"
 #include "generate.h"
 #include "image.h"
 #include "json.h"
 #include "log.h"
+#include "ort_checkpoint.h"
 #include "manifest.h"
 #include "sha256.h"
 #include "verify.h"
@@ -32,13 +36,19 @@ namespace {
 
 const char* kUsage =
     "usage: mobilepeft_runner generate --bundle DIR --prompt TEXT [--image FILE.ppm|FILE.f32] [--max-new-tokens N] [--threads N]\n"
+    "                                   [--adapter FILE.ptd]\n"
     "       mobilepeft_runner bench --bundle DIR [--threads N] [--prompt-len N] [--gen-len N] [--runs N] [--warmup N] [--output FILE]\n"
+    "                               [--swap FILE.ptd]\n"
+    "       mobilepeft_runner adapter-import --bundle DIR --ort-bundle ORT_DIR --checkpoint CKPT --output FILE.ptd\n"
     "       mobilepeft_runner tokenize --bundle DIR --text-file STRINGS.json\n"
     "       mobilepeft_runner preprocess --bundle DIR --image FILE.ppm --output PIXELS.f32\n"
     "       mobilepeft_runner sha256 FILE...\n"
     "\n"
     "generate  answer a prompt (about an image) greedily; prints {\"text\", \"tokens\", \"pieces\", ...} as JSON\n"
-    "bench     time a chat turn (vision encode, prefill, decode); prints the benchmark JSON of docs/mobile.md\n"
+    "bench     time a chat turn (vision encode, prefill, decode); prints the benchmark JSON of docs/mobile.md;\n"
+    "          with --swap also the time to swap to another adapter file and back, RSS around it, first token after it\n"
+    "adapter-import  write an adapter file for the bundle from an ONNX Runtime training checkpoint (the phone's\n"
+    "          personalized adapter; ORT_DIR is the bundle it trained with), checked against both manifests\n"
     "tokenize  token ids of each string of a JSON array with the bundle's tokenizer (to check it against the host's)\n"
     "preprocess  write the pixel_values the runner feeds the vision encoder for an image (float32, NCHW)\n"
     "sha256    the runner's own SHA-256 of files, as sha256sum prints it\n"
@@ -47,6 +57,8 @@ const char* kUsage =
     "--image           binary PPM (P6; `convert photo.jpg photo.ppm`), preprocessed as the manifest says, or raw float32\n"
     "                  pixel_values [1,3,S,S] (.f32)\n"
     "--threads         ExecuTorch/XNNPACK threads (default 2)\n"
+    "--adapter         answer with this adapter file instead of the bundle's adapter.ptd (bundles exported with\n"
+    "                  --adapter-as-data); refused, naming the tensor, unless it fits the bundle's manifest\n"
     "--verify          how the bundle's files are checked before anything is loaded from it:\n"
     "                  cached (default): size and SHA-256, not re-hashing a file unchanged (stat) since the last\n"
     "                  successful verification (its stamp: $XDG_CACHE_HOME/mobilepeft/verified/, else\n"
@@ -78,7 +90,8 @@ Args parse(int argc, char** argv) {
   if (argc < 2) throw std::invalid_argument("missing command");
   args.command = argv[1];
   static const std::vector<std::string> known = {"bundle", "prompt", "image", "max-new-tokens", "threads",
-                                                 "prompt-len", "gen-len", "runs", "warmup", "output", "text-file", "verify"};
+                                                 "prompt-len", "gen-len", "runs", "warmup", "output", "text-file", "verify",
+                                                 "adapter", "swap", "ort-bundle", "checkpoint"};
   for (int i = 2; i < argc; ++i) {
     std::string flag = argv[i];
     if (flag.rfind("--", 0) != 0 || std::find(known.begin(), known.end(), flag.substr(2)) == known.end())
@@ -126,6 +139,33 @@ void write_atomically(const std::string& path, const std::string& text) {
   if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error(path + ": cannot rename " + tmp + " into place");
 }
 
+// `adapter-import`: the phone's trained tensors (ORT checkpoint, names mapped to PEFT names by the
+// ORT bundle's manifest) into an adapter file for this ExecuTorch bundle, then loaded back to check it.
+int import_adapter(const Manifest& manifest, const Args& args) {
+  if (args.get("ort-bundle").empty() || args.get("checkpoint").empty() || args.get("output").empty())
+    throw std::invalid_argument("adapter-import needs --ort-bundle, --checkpoint and --output");
+  if (!AdapterLayout::present(manifest))
+    throw BundleError(manifest.file("manifest.json") + ": the bundle has its adapter merged; export it with --adapter-as-data");
+  const Manifest ort = Manifest::load(args.get("ort-bundle"));
+  const auto trained = read_ort_trainable(args.get("checkpoint"));
+  std::map<std::string, std::vector<float>> by_adapter_key;
+  for (size_t i = 0; i < ort.count("onnx_training.trainable[]"); ++i) {
+    const std::string name = ort.string("onnx_training.trainable[].name", {int(i)});
+    auto it = trained.find(name);
+    if (it == trained.end())
+      throw BundleError(args.get("checkpoint") + ": no trainable tensor '" + name + "'; pass the checkpoint of " +
+                        ort.dir() + "'s adapter");
+    by_adapter_key[ort.string("onnx_training.trainable[].adapter_key", {int(i)})] = it->second;
+  }
+  const AdapterLayout layout = AdapterLayout::read(manifest);
+  write_adapter_file(layout, manifest, by_adapter_key, args.get("output"));
+  const std::string written = read_file(args.get("output"));
+  check_adapter_file(layout, args.get("output"), std::vector<uint8_t>(written.begin(), written.end()));
+  std::printf("{\"adapter\": \"%s\", \"bytes\": %zu, \"tensors\": %zu}\n", args.get("output").c_str(), written.size(),
+              layout.tensors.size());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -138,7 +178,7 @@ int main(int argc, char** argv) {
     }
     if (argc >= 2 && std::string(argv[1]) == "sha256") return print_sha256(argc, argv);
     args = parse(argc, argv);
-    static const std::vector<std::string> commands = {"generate", "bench", "tokenize", "preprocess"};
+    static const std::vector<std::string> commands = {"generate", "bench", "tokenize", "preprocess", "adapter-import"};
     if (std::find(commands.begin(), commands.end(), args.command) == commands.end()) throw std::invalid_argument("unknown command '" + args.command + "'");
     verify_mode = parse_verify_mode(args.get("verify", "cached"));
   } catch (const std::invalid_argument& e) {
@@ -159,12 +199,19 @@ int main(int argc, char** argv) {
       const std::vector<float> pixels = load_pixel_values(args.get("image"), manifest);
       write_atomically(args.get("output"), std::string(reinterpret_cast<const char*>(pixels.data()), pixels.size() * sizeof(float)));
       return 0;
+    } else if (args.command == "adapter-import") {
+      return import_adapter(manifest, args);
     } else {
       if (!manifest.has("executorch"))
         throw BundleError(manifest.file("manifest.json") + ": no executorch section; export the bundle with `mobilepeft export executorch`");
       const int threads = args.int_option("threads", 2, 1);
       set_threads(threads);
       VlmProgram program(manifest);
+      if (!args.get("adapter").empty()) {
+        if (!program.adapter())
+          throw BundleError(manifest.file("manifest.json") + ": --adapter needs a bundle exported with --adapter-as-data");
+        program.adapter()->swap(args.get("adapter"));
+      }
       if (args.command == "generate") {
         if (args.get("prompt").empty()) throw std::invalid_argument("generate needs --prompt");
         const SentencePieceBpe tokenizer = SentencePieceBpe::load(manifest.file(manifest.string("tokenizer.file")));
@@ -177,6 +224,7 @@ int main(int argc, char** argv) {
         settings.gen_len = args.int_option("gen-len", settings.gen_len, 1);
         settings.runs = args.int_option("runs", settings.runs, 1);
         settings.warmup = args.int_option("warmup", settings.warmup, 0);
+        settings.swap = args.get("swap");
         json = bench_json(program, manifest, settings);
       }
     }

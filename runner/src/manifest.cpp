@@ -88,6 +88,9 @@ std::string Manifest::string(const std::string& path, PathArgs args) const {
 double Manifest::number(const std::string& path, PathArgs args) const {
   return require(path, args, Json::Type::Number).number();
 }
+bool Manifest::boolean(const std::string& path, PathArgs args) const {
+  return require(path, args, Json::Type::Bool).boolean();
+}
 long long Manifest::integer(const std::string& path, PathArgs args) const {
   return static_cast<long long>(number(path, args));
 }

@@ -30,6 +30,7 @@ class Manifest {
   std::string string(const std::string& path, PathArgs args = {}) const;
   long long integer(const std::string& path, PathArgs args = {}) const;
   double number(const std::string& path, PathArgs args = {}) const;
+  bool boolean(const std::string& path, PathArgs args = {}) const;
   std::vector<double> numbers(const std::string& path, PathArgs args = {}) const;
   size_t count(const std::string& path, PathArgs args = {}) const;
   bool has(const std::string& path, PathArgs args = {}) const;

@@ -2,12 +2,14 @@
 
 #include <chrono>
 
+#include <executorch/extension/data_loader/mmap_data_loader.h>
 #include <executorch/extension/tensor/tensor.h>
 
 namespace mobilepeft {
 
 using executorch::aten::ScalarType;
 using executorch::extension::from_blob;
+using executorch::extension::MmapDataLoader;
 using executorch::extension::module::Module;
 using executorch::runtime::Error;
 using executorch::runtime::EValue;
@@ -23,7 +25,15 @@ VlmProgram::VlmProgram(const Manifest& manifest)
       image_size_(int(manifest.integer("image_preprocessing.size"))),
       vocab_(int(manifest.integer("model.vocab_size"))) {
   const auto t0 = std::chrono::steady_clock::now();
-  module_ = std::make_unique<Module>(pte_, Module::LoadMode::MmapUseMlockIgnoreErrors);
+  if (AdapterLayout::present(manifest)) {
+    adapter_ = std::make_unique<AdapterSlot>(manifest);
+    auto loader = MmapDataLoader::from(pte_.c_str(), MmapDataLoader::MlockConfig::UseMlockIgnoreErrors);
+    if (!loader.ok()) throw BundleError(pte_ + ": cannot open the program");
+    module_ = std::make_unique<Module>(std::make_unique<MmapDataLoader>(std::move(loader.get())), nullptr, nullptr,
+                                       nullptr, adapter_->loader());
+  } else {
+    module_ = std::make_unique<Module>(pte_, Module::LoadMode::MmapUseMlockIgnoreErrors);
+  }
   if (module_->load() != Error::Ok)
     throw BundleError(pte_ + ": ExecuTorch cannot load the program (is it a .pte from `mobilepeft export executorch`, "
                       "and was the runner built with the kernels and backend it needs?)");

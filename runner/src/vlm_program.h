@@ -9,13 +9,18 @@
 
 #include <executorch/extension/module/module.h>
 
+#include "adapter.h"
 #include "manifest.h"
 
 namespace mobilepeft {
 
 class VlmProgram {
  public:
-  explicit VlmProgram(const Manifest& manifest);  // loads the program and its three methods
+  // Loads the program and its three methods; a bundle exported with --adapter-as-data gets its
+  // adapter file served from an AdapterSlot (adapter()) that swaps adapters in place.
+  explicit VlmProgram(const Manifest& manifest);
+
+  AdapterSlot* adapter() { return adapter_.get(); }  // null when the adapter is merged
 
   double load_ms() const { return load_ms_; }
   int image_tokens() const { return image_tokens_; }
@@ -28,6 +33,7 @@ class VlmProgram {
 
  private:
   std::vector<float> run(const std::string& method, const std::vector<executorch::runtime::EValue>& inputs);
+  std::unique_ptr<AdapterSlot> adapter_;  // declared before module_: the program points into it
   std::unique_ptr<executorch::extension::module::Module> module_;
   std::string pte_;
   double load_ms_ = 0;

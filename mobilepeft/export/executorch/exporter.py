@@ -42,6 +42,14 @@ import torch
 
 from mobilepeft.errors import UserError
 from mobilepeft.export.bundle import base_manifest, write_manifest
+from mobilepeft.export.executorch.adapter_data import (
+    ADAPTER_FILE,
+    adapter_section,
+    adapter_tensors,
+    load_with_adapter_as_data,
+    tag_adapter_constants,
+    xnnpack_partitioner_sparing_adapter,
+)
 from mobilepeft.export.graphs.kv_decoder import StaticCacheDecoder, TokenEmbedding
 from mobilepeft.export.graphs.source_model import load_merged, prefill, probe_inputs, resolve_max_seq_len
 from mobilepeft.export.graphs.vision import VisionEncoder
@@ -54,6 +62,7 @@ BACKENDS = ("xnnpack", "portable", "coreml")
 QUANTIZATIONS = ("none", "8da4w")
 GROUP_SIZE = 32
 PTE_FILE = "model.pte"
+LM_HEAD = ("lm_head", "lm_head.base")  # the output layer, plain or under an adapter kept as data
 # XNNPACK reorders fp32 accumulations (measured ~1e-6). Its int8/int4 kernels round scales and
 # activations differently from torchao's reference ops, and the differences compound with depth:
 # measured 1.4e-2 at 4 layers (demo model), 7.8e-2 at 24 (1.7B shape). A wrong lowering is off by
@@ -63,8 +72,9 @@ PARITY_RTOL = {"none": 1e-3, "8da4w": 0.15}
 
 def export_executorch(model_dir: str | Path, out_dir: str | Path, *, adapter_dir: str | Path | None = None,
                       backend: str = "xnnpack", quantize: str = "none", max_seq_len: int | None = None,
-                      echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Write the bundle ``out_dir`` (``model.pte``, tokenizer, ``manifest.json``) and return the manifest."""
+                      adapter_as_data: bool = False, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Write the bundle ``out_dir`` (``model.pte``, tokenizer, ``manifest.json``; with
+    ``adapter_as_data`` also ``adapter.ptd``, see :mod:`.adapter_data`) and return the manifest."""
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}", field="backend", hint=f"choose from {', '.join(BACKENDS)}")
     if quantize not in QUANTIZATIONS:
@@ -73,11 +83,16 @@ def export_executorch(model_dir: str | Path, out_dir: str | Path, *, adapter_dir
     if backend == "coreml" and quantize != "none":
         raise UserError("--quantize 8da4w is an XNNPACK scheme; the Core ML delegate runs fp16", field="quantize",
                         hint="use --quantize none, or `mobilepeft export coreml --compress int4` for int4 weights")
+    if adapter_as_data and (adapter_dir is None or backend == "coreml"):
+        raise UserError("--adapter-as-data needs --adapter and an ExecuTorch CPU backend (xnnpack or portable)",
+                        field="adapter-as-data", hint="pass --adapter DIR; for Core ML export the merged model")
     model_dir = Path(model_dir)
-    model = load_merged(model_dir, adapter_dir, echo)
+    model = load_with_adapter_as_data(model_dir, adapter_dir, echo) if adapter_as_data else \
+        load_merged(model_dir, adapter_dir, echo)
     max_seq_len = resolve_max_seq_len(model, max_seq_len)
     coreml = backend == "coreml"
     modules = export_modules(model, max_seq_len, contiguous_writes=coreml)
+    adapter_entries = adapter_tensors(modules["text_decoder"]) if adapter_as_data else []
     probe = probe_inputs(model)
     tokenizer, base, methods = model.tokenizer, base_manifest(model, model_dir, max_seq_len), _signatures(model)
     with torch.no_grad():
@@ -94,9 +109,13 @@ def export_executorch(model_dir: str | Path, out_dir: str | Path, *, adapter_dir
             # ExecuTorch's Core ML delegate runs only on Apple hardware: check the exported graphs the
             # partitioner receives (all of it goes to Core ML, see `delegation`) instead.
             checked_on, logits = "exported_program", prefill({k: v.module() for k, v in exported.items()}, probe)
-        program, delegation = _lower(exported, model, max_seq_len, backend)
+        program, delegation = _lower(exported, model, max_seq_len, backend, adapter_as_data)
         with atomic_file(tmp / PTE_FILE, "wb") as fh:
             fh.write(program.buffer)
+        adapter_file = None
+        if adapter_as_data:
+            program.write_tensor_data_to_file(str(tmp))
+            adapter_file = tmp / ADAPTER_FILE
         # The weights live in the program now. Drop PyTorch's copies and the serialised buffer
         # before the runtime loads (and XNNPACK repacks) another: at 1.7B, fp32, keeping them
         # took the self-test past 20 GB.
@@ -106,7 +125,7 @@ def export_executorch(model_dir: str | Path, out_dir: str | Path, *, adapter_dir
             echo("[3/3] self-test: exported program vs PyTorch (the Core ML runtime needs Apple hardware)")
         else:
             echo("[3/3] self-test: ExecuTorch runtime vs PyTorch")
-            checked_on, logits = "executorch_runtime", prefill(executorch_methods(tmp / PTE_FILE), probe)
+            checked_on, logits = "executorch_runtime", prefill(executorch_methods(tmp / PTE_FILE, adapter_file), probe)
         gap = relative_error(logits.numpy(), reference.numpy())
         echo(f"      prefill logits rel. diff {gap:.1e} (tolerance {PARITY_RTOL[quantize]:.2g})")
         if not gap <= PARITY_RTOL[quantize]:
@@ -131,7 +150,12 @@ def export_executorch(model_dir: str | Path, out_dir: str | Path, *, adapter_dir
             "parity_rel_diff": gap,
             "parity_checked_on": checked_on,
         }
-        manifest = write_manifest(tmp, dict(base, executorch=section))
+        if adapter_file is not None:
+            section["adapter"] = adapter_section(adapter_file, adapter_entries)
+            echo(f"      adapter kept as data: {ADAPTER_FILE}, {len(adapter_entries)} tensors, "
+                 f"{section['adapter']['bytes'] / 1e6:.2f} MB (model.pte {(tmp / PTE_FILE).stat().st_size / 1e6:.1f} MB)")
+        manifest = write_manifest(tmp, dict(base, executorch=section),
+                                  replaceable=(ADAPTER_FILE,) if adapter_file is not None else ())
     return manifest
 
 
@@ -172,10 +196,10 @@ def quantize_8da4w(modules: dict[str, torch.nn.Module]) -> dict[str, Any]:
         warnings.simplefilter("ignore")
         quantize_(decoder, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
                                                                  weight_granularity=PerGroup(GROUP_SIZE)),
-                  lambda module, fqn: isinstance(module, torch.nn.Linear) and fqn != "lm_head")
+                  lambda module, fqn: isinstance(module, torch.nn.Linear) and fqn not in LM_HEAD)
         quantize_(decoder, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8,
                                                                  weight_granularity=PerAxis(0)),
-                  lambda module, fqn: fqn == "lm_head")
+                  lambda module, fqn: isinstance(module, torch.nn.Linear) and fqn in LM_HEAD)
         quantize_(modules["token_embedding"], IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)),
                   lambda module, fqn: isinstance(module, torch.nn.Embedding))
     return {
@@ -203,7 +227,8 @@ def _export(modules: dict[str, torch.nn.Module], model: MobileVLMForCausalLM) ->
         }
 
 
-def _lower(programs: dict[str, Any], model: MobileVLMForCausalLM, max_seq_len: int, backend: str):
+def _lower(programs: dict[str, Any], model: MobileVLMForCausalLM, max_seq_len: int, backend: str,
+           adapter_as_data: bool = False):
     """The ExecuTorch program (``programs`` are consumed) and per-method delegation counts."""
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
 
@@ -213,7 +238,7 @@ def _lower(programs: dict[str, Any], model: MobileVLMForCausalLM, max_seq_len: i
     with torch.no_grad(), warnings.catch_warnings(), quiet_coremltools():
         warnings.simplefilter("ignore")
         edge = to_edge_transform_and_lower(
-            programs, partitioner=_partitioners(backend), compile_config=EdgeCompileConfig(_check_ir_validity=False),
+            programs, partitioner=_partitioners(backend, adapter_as_data), compile_config=EdgeCompileConfig(_check_ir_validity=False),
             constant_methods={
                 "get_max_seq_len": max_seq_len, "get_max_context_len": max_seq_len,
                 "get_bos_id": tok.bos_id, "get_eos_ids": [tok.eos_id],
@@ -221,10 +246,14 @@ def _lower(programs: dict[str, Any], model: MobileVLMForCausalLM, max_seq_len: i
             })
         delegation = {name: delegation_counts(edge.exported_program(name).graph_module) for name in programs}
         # Folds the quantize/dequantize pairs around weights into packed constants (8da4w).
-        return edge.to_executorch(ExecutorchBackendConfig(do_quant_fusion_and_const_prop=True)), delegation
+        config = ExecutorchBackendConfig(do_quant_fusion_and_const_prop=True,
+                                         external_constants=tag_adapter_constants if adapter_as_data else False)
+        return edge.to_executorch(config), delegation
 
 
-def _partitioners(backend: str) -> list:
+def _partitioners(backend: str, adapter_as_data: bool = False) -> list:
+    if backend == "xnnpack" and adapter_as_data:
+        return [xnnpack_partitioner_sparing_adapter()]
     if backend == "xnnpack":
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
@@ -254,12 +283,13 @@ def delegation_counts(graph_module: torch.fx.GraphModule) -> dict[str, int]:
             "non_delegated_nodes": int(table["occurrences_in_non_delegated_graphs"].sum())}
 
 
-def executorch_methods(pte: Path) -> dict[str, Callable]:
-    """The program's three methods as callables returning their first output (quantized kernels registered)."""
+def executorch_methods(pte: Path, adapter: Path | None = None) -> dict[str, Callable]:
+    """The program's three methods as callables returning their first output (quantized kernels
+    registered); ``adapter``: the ``.ptd`` of an adapter kept as data."""
     from executorch.runtime import Runtime
 
     load_executorch_kernels()
-    program = Runtime.get().load_program(str(pte))
+    program = Runtime.get().load_program(str(pte), data_path=None if adapter is None else str(adapter))
     return {name: (lambda method: lambda *args: method.execute(list(args))[0])(program.load_method(name))
             for name in ("vision_encoder", "token_embedding", "text_decoder")}
 

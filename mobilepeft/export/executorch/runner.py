@@ -15,6 +15,23 @@ from mobilepeft.export.bundle import Bundle, read_bundle
 from mobilepeft.export.native_output import native_output_captured, tail
 
 
+def adapter_path(bundle: Bundle, adapter: str | Path | None) -> Path | None:
+    """The adapter file a bundle's program runs with, checked against the manifest (None: merged)."""
+    from mobilepeft.export.executorch.adapter_data import check_adapter_file
+
+    section = bundle.section("executorch").get("adapter")
+    if section is None:
+        if adapter is not None:
+            raise UserError("this bundle has its adapter merged into the weights; --adapter needs a bundle "
+                            "exported with --adapter-as-data", path=bundle.path, field="adapter")
+        return None
+    path = Path(adapter) if adapter is not None else bundle.file(section["file"])
+    if not path.is_file():
+        raise UserError("adapter file not found", path=path, field="adapter")
+    check_adapter_file(path, section)
+    return path
+
+
 @dataclass
 class Generation:
     text: str
@@ -27,19 +44,26 @@ class Generation:
 class BundleRunner:
     """A ``MultimodalRunner`` over an ExecuTorch bundle, fed by the bundle's prompt template."""
 
-    def __init__(self, bundle: str | Path | Bundle) -> None:
+    def __init__(self, bundle: str | Path | Bundle, adapter: str | Path | None = None) -> None:
+        """``adapter``: an adapter file to use instead of the bundle's own (an adapter kept as data).
+
+        The Python bindings take a ``.ptd`` only when a program is loaded, so switching adapters
+        here means a new runner; the native runner swaps in place (docs/on-device-loop.md).
+        """
         from mobilepeft.export.executorch.exporter import load_executorch_kernels
 
         load_executorch_kernels()
         self.bundle = bundle if isinstance(bundle, Bundle) else read_bundle(bundle)
         section = self.bundle.section("executorch")
+        self.adapter = adapter_path(self.bundle, adapter)
         tokenizer = self.bundle.file(self.bundle.manifest["tokenizer"]["file"])
         # ExecuTorch logs tokenizer probing, metadata and CPU detection to fd 2: kept in native_log.
         with native_output_captured(2) as log:
             from executorch.extension.llm.runner import MultimodalRunner  # its tokenizers log on import
 
             try:
-                self.runner = MultimodalRunner(str(self.bundle.file(section["file"])), str(tokenizer))
+                self.runner = MultimodalRunner(str(self.bundle.file(section["file"])), str(tokenizer),
+                                               None if self.adapter is None else str(self.adapter))
             except RuntimeError as exc:
                 raise UserError(f"ExecuTorch cannot load the program ({exc}); its log ends: "
                                 + " | ".join(tail(log, 5)), path=self.bundle.file(section["file"]),

@@ -1,0 +1,209 @@
+"""The on-device loop (issue 22): an ExecuTorch bundle keeps its adapter as data (adapter.ptd), the
+phone's ONNX Runtime training state is written into a new adapter file without Python's exporter,
+and the deployed program answers with it exactly as PyTorch does with that adapter merged; the
+native runner swaps adapters in place (no second load of the base) and refuses files that do not
+fit, naming the tensor.
+
+The HyDRA-scheduled and non-LoRA adapters, and 8da4w, are in test_adapter_as_data_methods.py (a
+separate file so the exports run on both pytest-xdist workers)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import build_native_runner, greedy_reference, piece_ids, train_adapter
+from PIL import Image
+
+import mobilepeft
+from mobilepeft.adapters.inject import merge_and_unload
+from mobilepeft.data.synth import write_personal_dataset
+from mobilepeft.errors import UserError
+from mobilepeft.export.bundle import read_bundle
+from mobilepeft.export.executorch.adapter_data import check_adapter_file
+from mobilepeft.export.executorch.exporter import export_executorch
+from mobilepeft.export.executorch.ptd import read_layout, read_tensors
+from mobilepeft.export.executorch.runner import BundleRunner
+from mobilepeft.export.ort.exporter import export_onnx_training
+from mobilepeft.export.ort.personalize import personalize
+from mobilepeft.export.ort.runtime import trainable_arrays
+from mobilepeft.export.ort.to_adapter import adapter_from_ort
+from mobilepeft.export.to_ptd import tensors_from_adapter, tensors_from_ort, write_bundle_adapter
+
+
+@pytest.fixture(scope="module")
+def loop(tiny_ckpt, synth_data, tmp_path_factory):
+    """Desktop-trained LoRA -> ExecuTorch bundle with the adapter as data + ORT bundle -> personalized
+    on a user's own words (ORT) -> adapter.ptd written from the ORT state, and the same checkpoint
+    as a PEFT adapter for the PyTorch reference."""
+    root = tmp_path_factory.mktemp("loop")
+    adapter = train_adapter(tiny_ckpt, synth_data, root / "run", "lora", 40)
+    et = root / "et"
+    export_executorch(tiny_ckpt, et, adapter_dir=adapter, adapter_as_data=True, max_seq_len=256, echo=lambda _: None)
+    ort = root / "ort"
+    export_onnx_training(tiny_ckpt, adapter, ort, echo=lambda _: None)
+    personal = root / "personal"
+    write_personal_dataset(personal, n_train=48, n_val=16)
+    me = root / "me"
+    personalize(ort, personal / "train.json", me, steps=40, lr=3e-3, batch_size=8, echo=lambda _: None)
+    ptd = write_bundle_adapter(et, tensors_from_ort(me / "checkpoint", ort), me / "adapter.ptd")
+    return dict(root=root, adapter=adapter, et=et, ort=ort, personal=personal, me=me, ptd=ptd,
+                peft=adapter_from_ort(me / "checkpoint", ort, root / "me-adapter"))
+
+
+def _questions(personal: Path, n: int) -> list[tuple[str, Path]]:
+    rows = json.loads((personal / "val.json").read_text())[:n]
+    return [(r["conversations"][0]["value"], personal / r["image"]) for r in rows]
+
+
+def test_manifest_describes_the_adapter_file(loop):
+    bundle = read_bundle(loop["et"], verify="full")
+    section = bundle.manifest["executorch"]["adapter"]
+    assert "adapter.ptd" not in bundle.manifest["files"]  # replaceable: checked by layout, not by hash
+    layout = read_layout(loop["et"] / "adapter.ptd")
+    assert {t["key"] for t in section["tensors"]} == set(layout)
+    ort_keys = {e["adapter_key"] for e in read_bundle(loop["ort"]).manifest["onnx_training"]["trainable"]}
+    assert {t["adapter_key"] for t in section["tensors"]} == ort_keys  # the two bundles share the names
+    lora_bytes = sum(int(np.prod(t["shape"])) * 4 for t in section["tensors"])
+    assert lora_bytes <= section["bytes"] <= lora_bytes + 128 * len(section["tensors"]) + 16384
+    assert section["bytes"] < 0.1 * bundle.manifest["files"]["model.pte"]["bytes"]
+    assert bundle.manifest["executorch"]["parity_rel_diff"] < 1e-3
+
+
+def test_written_adapter_file_holds_the_ort_state_exactly(loop):
+    section = read_bundle(loop["et"]).manifest["executorch"]["adapter"]
+    sec = read_bundle(loop["ort"]).manifest["onnx_training"]
+    state = trainable_arrays(loop["me"] / "checkpoint", sec)
+    by_key = {e["adapter_key"]: state[e["name"]] for e in sec["trainable"]}
+    written = read_tensors(loop["ptd"])
+    worst = max(np.abs((written[t["key"]].T if t["transposed"] else written[t["key"]]) - by_key[t["adapter_key"]]).max()
+                for t in section["tensors"])
+    assert worst == 0.0
+    # The writer is the export's own layout: the desktop adapter written again is the exported file.
+    again = write_bundle_adapter(loop["et"], tensors_from_adapter(loop["adapter"]), loop["root"] / "again.ptd")
+    assert again.read_bytes() == (loop["et"] / "adapter.ptd").read_bytes()
+
+
+def test_fp32_program_with_the_phone_written_adapter_answers_like_merged_pytorch(loop):
+    reference = mobilepeft.load_vlm(_base_model(loop), adapter=loop["peft"])
+    merge_and_unload(reference)
+    personalized, base = BundleRunner(loop["et"], adapter=loop["ptd"]), BundleRunner(loop["et"])
+    changed = 0
+    for question, image in _questions(loop["personal"], 12):
+        expected = greedy_reference(reference, question, image)
+        got = personalized.generate(question, image, max_new_tokens=8)
+        assert piece_ids(reference.tokenizer, got.pieces)[:len(expected)] == expected, question
+        changed += got.text != base.generate(question, image, max_new_tokens=8).text
+    assert changed >= 6  # the swap has teeth: the user's words replace the base answers
+
+
+def _base_model(loop) -> Path:
+    return Path(read_bundle(loop["et"]).manifest["executorch"]["source"]["model"])
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory) -> Path:
+    return build_native_runner(tmp_path_factory.mktemp("runner-build"))
+
+
+def _run(runner: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(runner), *args], capture_output=True, text=True, timeout=300)
+
+
+def _ppm(image: Path, out: Path) -> Path:
+    Image.open(image).convert("RGB").save(out)
+    return out
+
+
+def test_native_runner_writes_swaps_and_answers_like_python(loop, runner):
+    imported = loop["root"] / "imported.ptd"
+    done = _run(runner, "adapter-import", "--bundle", str(loop["et"]), "--ort-bundle", str(loop["ort"]),
+                "--checkpoint", str(loop["me"] / "checkpoint"), "--output", str(imported))
+    assert done.returncode == 0, done.stderr
+    assert imported.read_bytes() == loop["ptd"].read_bytes()  # C++ writer == Python writer, byte for byte
+    python = BundleRunner(loop["et"], adapter=imported)
+    for k, (question, image) in enumerate(_questions(loop["personal"], 4)):
+        ppm = _ppm(image, loop["root"] / f"q{k}.ppm")
+        done = _run(runner, "generate", "--bundle", str(loop["et"]), "--adapter", str(imported), "--prompt",
+                    question.replace("<image>\n", ""), "--image", str(ppm), "--max-new-tokens", "8")
+        assert done.returncode == 0, done.stderr
+        native = json.loads(done.stdout)
+        expected = python.generate(question, ppm, max_new_tokens=8)
+        assert native["text"] == expected.text
+
+
+def test_native_swap_keeps_the_base_loaded_once(loop, runner):
+    done = _run(runner, "bench", "--bundle", str(loop["et"]), "--swap", str(loop["ptd"]), "--runs", "3",
+                "--gen-len", "4", "--prompt-len", "8")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    pte_mb = (loop["et"] / "model.pte").stat().st_size / 2**20
+    assert result["adapter_bytes"] == loop["ptd"].stat().st_size
+    assert 0 < result["adapter_swap_ms"] < 1000
+    # Six swaps: a reload of the base would grow RSS by about the program's size each time.
+    assert result["rss_after_swap_mb"] - result["rss_before_swap_mb"] < 0.5 * pte_mb
+    assert result["time_to_first_token_after_swap_ms"] > 0
+
+
+def _foreign_files(loop, tmp: Path) -> dict[str, tuple[Path, str]]:
+    """Adapter files that do not fit the bundle, each with the tensor the refusal must name."""
+    from executorch.exir._serialize.data_serializer import DataEntry, DataPayload
+    from executorch.exir.tensor_layout import TensorLayout
+    from executorch.extension.flat_tensor.serialize.serialize import FlatTensorSerializer
+
+    tensors = read_tensors(loop["ptd"])
+    keys = sorted(tensors)
+
+    def write(name: str, arrays: dict[str, np.ndarray]) -> Path:
+        import torch
+
+        buffers, named = [], {}
+        for i, (key, array) in enumerate(arrays.items()):
+            t = torch.from_numpy(np.ascontiguousarray(array))
+            buffers.append(t.numpy().tobytes())
+            named[key] = DataEntry(buffer_index=i, alignment=16, tensor_layout=TensorLayout.from_tensor(t))
+        path = tmp / name
+        with path.open("wb") as fh:
+            FlatTensorSerializer().serialize(DataPayload(buffers=buffers, named_data=named)).write_to_file(fh)
+        return path
+
+    wrong_shape = dict(tensors, **{keys[0]: np.zeros((tensors[keys[0]].shape[0], 2), np.float32)})
+    missing = {k: v for k, v in tensors.items() if k != keys[1]}
+    extra = dict(tensors, **{"decoder.layers.9.mlp.up_proj.lora_a_t": np.zeros((4, 4), np.float32)})
+    half = dict(tensors, **{keys[2]: tensors[keys[2]].astype(np.float16)})
+    truncated = tmp / "truncated.ptd"
+    truncated.write_bytes(loop["ptd"].read_bytes()[:-100])
+    return {"shape": (write("shape.ptd", wrong_shape), keys[0]), "missing": (write("missing.ptd", missing), keys[1]),
+            "extra": (write("extra.ptd", extra), "decoder.layers.9.mlp.up_proj.lora_a_t"),
+            "dtype": (write("dtype.ptd", half), keys[2]), "truncated": (truncated, "")}
+
+
+def test_adapter_files_that_do_not_fit_are_refused_naming_the_tensor(loop, runner, tmp_path):
+    section = read_bundle(loop["et"]).manifest["executorch"]["adapter"]
+    before = (loop["et"] / "adapter.ptd").read_bytes()
+    for case, (path, tensor) in _foreign_files(loop, tmp_path).items():
+        with pytest.raises(UserError) as python_refusal:
+            check_adapter_file(path, section)
+        assert tensor in str(python_refusal.value), case
+        cli = subprocess.run([sys.executable, "-m", "mobilepeft", "generate", "--bundle", str(loop["et"]), "--adapter", str(path),
+                              "--prompt", "What shape is this?"], capture_output=True, text=True, timeout=300)
+        assert cli.returncode == 2 and tensor in cli.stderr and str(path) in cli.stderr, (case, cli.stderr)
+        native = _run(runner, "generate", "--bundle", str(loop["et"]), "--adapter", str(path), "--prompt", "x")
+        assert native.returncode != 0 and tensor in native.stderr and str(path) in native.stderr, (case, native.stderr)
+    assert (loop["et"] / "adapter.ptd").read_bytes() == before
+
+
+def test_a_refused_write_leaves_the_previous_adapter_file(loop, tmp_path):
+    out = tmp_path / "mine.ptd"
+    good = write_bundle_adapter(loop["et"], tensors_from_ort(loop["me"] / "checkpoint", loop["ort"]), out)
+    previous = good.read_bytes()
+    tensors = tensors_from_adapter(loop["adapter"])
+    key = sorted(tensors)[0]
+    tensors[key] = tensors[key][:, :-1]
+    with pytest.raises(UserError, match=key.replace(".", r"\.")):
+        write_bundle_adapter(loop["et"], tensors, out)
+    assert out.read_bytes() == previous
