@@ -1,7 +1,6 @@
 #include "adapter.h"
 
 #include <algorithm>
-#include <cstdio>
 #include <cstring>
 
 #include <executorch/extension/data_loader/buffer_data_loader.h>
@@ -35,6 +34,15 @@ std::string shape_text(const std::vector<int64_t>& shape) {
   std::string s = "[";
   for (size_t k = 0; k < shape.size(); ++k) s += (k ? ", " : "") + std::to_string(shape[k]);
   return s + "]";
+}
+
+// The bundle's own adapter file, checked to have the layout its manifest states.
+std::vector<uint8_t> read_bundle_adapter(const AdapterLayout& layout) {
+  std::vector<uint8_t> data = read_bytes(layout.default_file);
+  if (data.size() != layout.file_bytes || head_digest(data, layout.head_bytes) != layout.head_sha256)
+    throw BundleError(layout.default_file + ": the bundle's adapter file does not have the layout its manifest states "
+                      "(size or head SHA-256); restore it with `mobilepeft adapter to-ptd` or re-export the bundle");
+  return data;
 }
 
 }  // namespace
@@ -102,10 +110,7 @@ std::vector<const uint8_t*> check_adapter_file(const AdapterLayout& layout, cons
 }
 
 AdapterSlot::AdapterSlot(const Manifest& manifest) : layout_(AdapterLayout::read(manifest)) {
-  buffer_ = read_bytes(layout_.default_file);
-  if (buffer_.size() != layout_.file_bytes || head_digest(buffer_, layout_.head_bytes) != layout_.head_sha256)
-    throw BundleError(layout_.default_file + ": the bundle's adapter file does not have the layout its manifest states "
-                      "(size or head SHA-256); restore it with `mobilepeft adapter to-ptd` or re-export the bundle");
+  buffer_ = read_bundle_adapter(layout_);
   check_adapter_file(layout_, layout_.default_file, buffer_);
   active_ = layout_.default_file;
 }
@@ -122,12 +127,9 @@ void AdapterSlot::swap(const std::string& path) {
   active_ = path;
 }
 
-void write_adapter_file(const AdapterLayout& layout, const Manifest& manifest,
-                        const std::map<std::string, std::vector<float>>& tensors, const std::string& out) {
-  std::vector<uint8_t> file = read_bytes(layout.default_file);
-  if (file.size() != layout.file_bytes || head_digest(file, layout.head_bytes) != layout.head_sha256)
-    throw BundleError(layout.default_file + ": the bundle's adapter file does not have the layout its manifest states; "
-                      "re-export the bundle");
+std::vector<uint8_t> adapter_file_bytes(const AdapterLayout& layout, const Manifest& manifest,
+                                        const std::map<std::string, std::vector<float>>& tensors) {
+  std::vector<uint8_t> file = read_bundle_adapter(layout);
   for (const auto& t : layout.tensors) {
     auto it = tensors.find(t.adapter_key);
     if (it == tensors.end())
@@ -146,11 +148,7 @@ void write_adapter_file(const AdapterLayout& layout, const Manifest& manifest,
       std::memcpy(dst, src.data(), t.bytes);
     }
   }
-  const std::string tmp = out + ".tmp";
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f || std::fwrite(file.data(), 1, file.size(), f) != file.size() || std::fclose(f) != 0)
-    throw std::runtime_error(tmp + ": cannot write the adapter file");
-  if (std::rename(tmp.c_str(), out.c_str()) != 0) throw std::runtime_error(out + ": cannot rename " + tmp + " into place");
+  return file;
 }
 
 }  // namespace mobilepeft

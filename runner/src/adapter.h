@@ -6,7 +6,7 @@
 // live ones. The base weights (in the .pte, packed by XNNPACK once) are never reloaded. A refused
 // file changes nothing.
 //
-// write_adapter_file is the phone-side writer: trained tensors (as ONNX Runtime hands them out,
+// adapter_file_bytes is the phone-side writer: trained tensors (as ONNX Runtime hands them out,
 // keyed by the PEFT name, A [r,in] and B [out,r]) into a new adapter file with the bundle's layout.
 #pragma once
 
@@ -62,9 +62,9 @@ class AdapterSlot {
 std::vector<const uint8_t*> check_adapter_file(const AdapterLayout& layout, const std::string& path,
                                                const std::vector<uint8_t>& data);
 
-// Write `out` (atomically) with the bundle's head and `tensors` (by adapter_key, float32, in the
-// trained layout) placed, transposed where the layout says so.
-void write_adapter_file(const AdapterLayout& layout, const Manifest& manifest,
-                        const std::map<std::string, std::vector<float>>& tensors, const std::string& out);
+// A new adapter file: the bundle's head with `tensors` (by adapter_key, float32, in the trained
+// layout) placed, transposed where the layout says so.
+std::vector<uint8_t> adapter_file_bytes(const AdapterLayout& layout, const Manifest& manifest,
+                                        const std::map<std::string, std::vector<float>>& tensors);
 
 }  // namespace mobilepeft

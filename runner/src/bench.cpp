@@ -56,12 +56,16 @@ Turn one_turn(VlmProgram& program, const std::vector<float>& pixels, const std::
   return {vision_ms, prompt_tokens / (prefill_ms / 1000), gen_len / (decode_ms / 1000), vision_ms + prefill_ms};
 }
 
-void put_stats(JsonWriter& out, const std::string& key, std::vector<double> values) {
+double median(std::vector<double> values) {
   std::sort(values.begin(), values.end());
   const size_t n = values.size();
-  out.put(key, n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2);
-  out.put(key + "_min", values.front());
-  out.put(key + "_max", values.back());
+  return n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
+}
+
+void put_stats(JsonWriter& out, const std::string& key, const std::vector<double>& values) {
+  out.put(key, median(values));
+  out.put(key + "_min", *std::min_element(values.begin(), values.end()));
+  out.put(key + "_max", *std::max_element(values.begin(), values.end()));
 }
 
 }  // namespace
@@ -110,8 +114,7 @@ std::string bench_json(VlmProgram& program, const Manifest& manifest, const Benc
     put_stats(out, "adapter_swap_ms", swaps);
     out.put("rss_before_swap_mb", rss_before);
     out.put("rss_after_swap_mb", rss_mb());
-    std::sort(first_token.begin(), first_token.end());
-    out.put("time_to_first_token_after_swap_ms", first_token[first_token.size() / 2]);
+    out.put("time_to_first_token_after_swap_ms", median(first_token));
   }
   out.put("model_load_time_ms", program.load_ms());
   put_stats(out, "vision_encode_ms", vision);

@@ -158,11 +158,14 @@ int import_adapter(const Manifest& manifest, const Args& args) {
     by_adapter_key[ort.string("onnx_training.trainable[].adapter_key", {int(i)})] = it->second;
   }
   const AdapterLayout layout = AdapterLayout::read(manifest);
-  write_adapter_file(layout, manifest, by_adapter_key, args.get("output"));
-  const std::string written = read_file(args.get("output"));
-  check_adapter_file(layout, args.get("output"), std::vector<uint8_t>(written.begin(), written.end()));
-  std::printf("{\"adapter\": \"%s\", \"bytes\": %zu, \"tensors\": %zu}\n", args.get("output").c_str(), written.size(),
-              layout.tensors.size());
+  const std::vector<uint8_t> file = adapter_file_bytes(layout, manifest, by_adapter_key);
+  check_adapter_file(layout, args.get("output"), file);  // read back by ExecuTorch's FlatTensor reader
+  write_atomically(args.get("output"), std::string(file.begin(), file.end()));
+  JsonWriter out;
+  out.put("adapter", args.get("output"));
+  out.put("bytes", static_cast<long long>(file.size()));
+  out.put("tensors", static_cast<long long>(layout.tensors.size()));
+  std::printf("%s\n", out.str().c_str());
   return 0;
 }
 

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilepeft.adapters.base import SHARED_ATTR
 from mobilepeft.adapters.files import adapter_key
 from mobilepeft.adapters.inject import adapter_layers
 from mobilepeft.adapters.targets import LLM_ROOT
@@ -59,28 +58,22 @@ class LoraLinearAsData(nn.Module):
         return out if self.lora_bias is None else out + self.lora_bias
 
 
-def keep_llm_adapter_unmerged(model: nn.Module) -> int:
+def keep_llm_adapter_unmerged(model: nn.Module) -> None:
     """Put :class:`LoraLinearAsData` in place of every LLM adapter layer and merge the others (CLIP
-    tower); returns how many modules keep their adapter. Rank-0 modules (HyDRA) carry none."""
+    tower). Rank-0 modules (HyDRA) carry no adapter: they are merged (a no-op) too."""
+    from mobilepeft.adapters.inject import merge_and_unload
+
     layers = adapter_layers(model)
     if not layers:
         raise UserError("--adapter-as-data needs an adapter", field="adapter", hint="pass --adapter DIR")
     forms = {path: layer.to_lora() for path, layer in layers.items()}  # before any layer is replaced
-    kept = 0
     for path, layer in layers.items():
-        parent, _, child = path.rpartition(".")
         form = forms[path]
         if path.startswith(LLM_ROOT) and form.rank > 0:
-            base = layer.base_layer
-            setattr(model.get_submodule(parent), child,
-                    LoraLinearAsData(base, form.A, form.B, form.scaling, form.bias, adapter_key(path)))
-            kept += 1
-        else:
-            layer.merge()
-            setattr(model.get_submodule(parent), child, layer.base_layer)
-    if hasattr(model, SHARED_ATTR):
-        delattr(model, SHARED_ATTR)
-    return kept
+            parent, _, child = path.rpartition(".")
+            setattr(model.get_submodule(parent), child, LoraLinearAsData(
+                layer.base_layer, form.A, form.B, form.scaling, form.bias, adapter_key(path)))
+    merge_and_unload(model)  # the adapter layers left
 
 
 def load_with_adapter_as_data(model_dir: Path, adapter_dir: str | Path, echo: Callable[[str], None]) -> nn.Module:

@@ -28,7 +28,6 @@ HEADER_OFFSET = 8
 HEADER_LENGTH = 40
 #: ExecuTorch's ScalarType codes of the dtypes an adapter file may hold.
 SCALAR_TYPES = {6: np.dtype("<f4"), 5: np.dtype("<f2"), 7: np.dtype("<f8")}
-DTYPE_NAMES = {6: "float32", 5: "float16", 7: "float64"}
 
 
 @dataclass(frozen=True)
@@ -93,7 +92,7 @@ def read_layout(path: str | Path, data: bytes | None = None) -> dict[str, PtdTen
     hint = "write it again from the bundle's adapter.ptd (`mobilepeft adapter to-ptd`), or re-export the bundle"
     if len(data) < HEADER_OFFSET + HEADER_LENGTH or data[4:8] != MAGIC or data[8:12] != HEADER_MAGIC:
         raise UserError("not an ExecuTorch FlatTensor data file (.ptd): bad magic or too short", path=path, hint=hint)
-    _, _, fb_offset, fb_size, seg_base, seg_size = struct.unpack_from("<4sIQQQQ", data, HEADER_OFFSET)
+    *_, seg_base, seg_size = struct.unpack_from("<4sIQQQQ", data, HEADER_OFFSET)
     if seg_base + seg_size > len(data):
         raise UserError(f"file is {len(data)} bytes but its header says the data ends at byte {seg_base + seg_size} "
                         "(truncated)", path=path, hint=hint)
@@ -116,7 +115,7 @@ def read_layout(path: str | Path, data: bytes | None = None) -> dict[str, PtdTen
             if size != expected or seg_base + offset + size > len(data):
                 raise UserError(f"tensor {key!r}: segment of {size} bytes for shape {list(shape)} "
                                 f"({expected} bytes expected) or past the end of the file", path=path, hint=hint)
-            tensors[key] = PtdTensor(key, DTYPE_NAMES[code], shape, seg_base + offset, size)
+            tensors[key] = PtdTensor(key, SCALAR_TYPES[code].name, shape, seg_base + offset, size)
     except (struct.error, IndexError, UnicodeDecodeError) as exc:
         raise UserError(f"damaged FlatTensor metadata ({exc})", path=path, hint=hint) from exc
     return tensors
