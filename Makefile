@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/mobilepeft demo $(DEMO_ARGS)
+demo: runner
+	$(BIN)/mobilepeft demo --runner build/runner/mobilepeft_runner $(DEMO_ARGS)
 
 test: $(STAMP)
 	@command -v kotlinc >/dev/null 2>&1 || echo "NOTE: kotlinc not found: the Android core's Kotlin tests (android_demo/app/core) are SKIPPED; apt-get install kotlin"

@@ -1,20 +1,19 @@
-"""The demo task's figures: ``mobilepeft demo`` with every adapter method and rank schedule.
+"""The demo task's figures: ``mobilepeft demo`` and its training half with every adapter method and rank schedule.
 
-Runs the demo pipeline (tiny model, synthetic dataset, 300 steps, validation before/after, reload,
-merge; ``mobilepeft.demo.run_demo``) once per configuration and records what it prints and its
-validation loss/accuracy:
+* ``lora`` with the default schedule (``hydra``) in ``outputs/demo``: exactly ``make demo``, the
+  whole loop (``mobilepeft.export.loop_demo.run_loop_demo``: training, both bundles, ORT
+  personalization, adapter.ptd, answers through the native runner's hot-swap), whose transcript
+  README.md and docs/on-device-loop.md show, and the checkpoint later benchmarks
+  (quant_agreement, coreml_sizes) read; ``mobilepeft eval`` on it gives the per-question-type
+  table of docs/evaluation.md and ``mobilepeft export onnx-training`` of its adapter the worked
+  example of docs/on-device-training.md (docs/results/demo.json, the default);
+* the training half (tiny model, synthetic dataset, 300 steps, validation before/after, reload,
+  merge; ``mobilepeft.demo.run_demo``) with every method and ``--schedule fixed`` (docs/methods.md,
+  "Which to pick") and ``lora`` with ``hierarchical`` and ``dynamic`` (docs/hydra.md, the
+  ablation table): ``--set methods`` (docs/results/demo_methods.json).
 
-* ``lora`` with the default schedule (``hydra``) in ``outputs/demo`` — exactly ``make demo``, whose
-  transcript README.md shows, and the checkpoint later benchmarks (quant_agreement, coreml_sizes)
-  read; ``mobilepeft eval`` on it gives the per-question-type table of docs/evaluation.md
-  and ``mobilepeft export onnx-training`` of its adapter the worked example of
-  docs/on-device-training.md (docs/results/demo.json, the default);
-* every method with ``--schedule fixed`` (docs/methods.md, "Which to pick") and ``lora`` with
-  ``hierarchical`` and ``dynamic`` (docs/hydra.md, the ablation table): ``--set methods``
-  (docs/results/demo_methods.json).
-
-    python benchmarks/demo_runs.py                    # make demo + eval: ~1 min on 2 idle cores
-    python benchmarks/demo_runs.py --set methods      # 6 more demo runs
+    make runner && python benchmarks/demo_runs.py     # make demo + eval: ~2.5 min on 2 idle cores
+    python benchmarks/demo_runs.py --set methods      # 6 more training runs
 """
 
 from __future__ import annotations
@@ -48,6 +47,7 @@ def parse_transcript(lines: list[str]) -> dict[str, Any]:
         "val_samples": r"chance [\d.]+%, (\d+) samples",
         "merged_max_logit_diff": r"max \|logit difference\| vs adapter model ([\d.e+-]+)\)",
         "ranks": r"ranks\s+(\d+)\.\.(\d+)",
+        "trained_s": r"trained in (\d+) s",
         "done_s": r"done in (\d+) s",
     }
     for key, pattern in patterns.items():
@@ -58,8 +58,10 @@ def parse_transcript(lines: list[str]) -> dict[str, Any]:
     return out
 
 
-def run_one(adapter: str, schedule: str, out_dir: Path, steps: int) -> dict[str, Any]:
+def run_one(adapter: str, schedule: str, out_dir: Path, steps: int, runner: Path | None) -> dict[str, Any]:
+    """The whole loop when ``runner`` is given (make demo), else the training half."""
     from mobilepeft.demo import run_demo
+    from mobilepeft.export.loop_demo import run_loop_demo
 
     lines: list[str] = []
 
@@ -68,7 +70,12 @@ def run_one(adapter: str, schedule: str, out_dir: Path, steps: int) -> dict[str,
         lines.append(line)
 
     t0 = time.perf_counter()
-    run_demo(out_dir, steps=steps, adapter=adapter, schedule=schedule, echo=echo)
+    loop = None
+    if runner is not None:
+        loop = run_loop_demo(out_dir, steps=steps, adapter=adapter, schedule=schedule, runner=runner, echo=echo)
+    else:
+        for line in run_demo(out_dir, steps=steps, adapter=adapter, schedule=schedule, echo=echo).summary:
+            echo(line)
     seconds = time.perf_counter() - t0
     run_dir = out_dir / f"run-{adapter}"
     evals = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "eval_accuracy" in r]
@@ -77,7 +84,8 @@ def run_one(adapter: str, schedule: str, out_dir: Path, steps: int) -> dict[str,
             "eval_before": {"loss": evals[0]["eval_loss"], "accuracy": evals[0]["eval_accuracy"]},
             "eval_after": {"loss": evals[-1]["eval_loss"], "accuracy": evals[-1]["eval_accuracy"]},
             "adapter_settings": settings,
-            "adapter_parameters": adapter_parameters(run_dir / "adapter"), "printed": parse_transcript(lines), "transcript": lines}
+            "adapter_parameters": adapter_parameters(run_dir / "adapter"), "printed": parse_transcript(lines),
+            "transcript": lines, **({"loop": loop} if loop else {})}
 
 
 def adapter_parameters(adapter_dir: Path) -> int:
@@ -136,6 +144,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--demo-dir", type=Path, default=Path("outputs/demo"), help="where lora:hydra runs (make demo's)")
     ap.add_argument("--work-dir", type=Path, default=Path("outputs/bench/demo"), help="the other configurations")
+    ap.add_argument("--runner", type=Path, default=Path("build/runner/mobilepeft_runner"),
+                    help="`make runner` output; make demo's run (lora:hydra) goes through it")
     ap.add_argument("--output", type=Path, default=None, help="default: docs/results/demo.json or demo_methods.json")
     args = ap.parse_args()
     args.output = args.output or RESULTS / ("demo.json" if args.set == "demo" else f"demo_{args.set}.json")
@@ -144,7 +154,7 @@ def main() -> None:
         adapter, schedule = config.split(":")
         out = args.demo_dir if config == "lora:hydra" else args.work_dir / f"{adapter}-{schedule}"
         print(f"== {config} -> {out}", flush=True)
-        runs[config] = run_one(adapter, schedule, out, args.steps)
+        runs[config] = run_one(adapter, schedule, out, args.steps, args.runner if config == "lora:hydra" else None)
     result: dict[str, Any] = {"benchmark": f"demo_runs --set {args.set}", "steps": args.steps, "runs": runs}
     if "lora:hydra" in runs:
         result["eval"] = run_eval(args.demo_dir)

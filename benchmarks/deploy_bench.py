@@ -53,15 +53,16 @@ HERE = Path(__file__).parent
 BUNDLES = {"fp32": ("none", False), "8da4w": ("8da4w", False), "8da4w_merged": ("8da4w", True)}
 
 
-def build_model_and_adapter(preset: str, work: Path) -> tuple[Path, Path]:
-    """The preset checkpoint and a LoRA adapter on it whose B factors are non-zero (so merging changes weights)."""
+def build_model_and_adapter(preset: str, work: Path, seed: int = 0) -> tuple[Path, Path]:
+    """The preset checkpoint and a LoRA adapter on it whose B factors are non-zero (so merging changes
+    weights); another ``seed`` gives another adapter for the same checkpoint."""
     from mobilepeft.adapters.files import save_adapter
     from mobilepeft.adapters.inject import adapter_layers, inject_adapters
     from mobilepeft.adapters.spec import AdapterSpec
     from mobilepeft.loading import load_vlm
     from mobilepeft.presets import write_preset
 
-    model_dir, adapter_dir = work / f"model-{preset}", work / f"lora-{preset}"
+    model_dir, adapter_dir = work / f"model-{preset}", work / (f"lora-{preset}" + (f"-seed{seed}" if seed else ""))
     if not (model_dir / "config.json").is_file():
         print(f"writing the {preset} preset to {model_dir}")
         write_preset(preset, model_dir, seed=0)
@@ -69,7 +70,7 @@ def build_model_and_adapter(preset: str, work: Path) -> tuple[Path, Path]:
         model = load_vlm(model_dir, load_tokenizer=False)
         spec = AdapterSpec(method="lora", rank=8, alpha=16)
         inject_adapters(model, spec)
-        generator = torch.Generator().manual_seed(0)
+        generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for layer in adapter_layers(model).values():
                 layer.lora_B.weight.normal_(0, 0.01, generator=generator)

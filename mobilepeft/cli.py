@@ -286,19 +286,6 @@ def adapter_to_lora_cmd(
     typer.echo(f"wrote PEFT LoRA adapter to {path}")
 
 
-@app.command("demo")
-def demo_cmd(
-    output_dir: Annotated[Path, typer.Option(help="Where the demo writes model, data and run.")] = Path("outputs/demo"),
-    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 300,
-    adapter: Annotated[str, typer.Option(help="Adapter method, as `mobilepeft train --adapter` (docs/methods.md).")] = "lora",
-    schedule: Annotated[str | None, typer.Option(help="Rank schedule (default: hydra; fixed for methods without per-module ranks).")] = None,
-) -> None:
-    """The main job on the embedded default: tiny MobileVLM + synthetic data -> trained adapter."""
-    from mobilepeft.demo import run_demo
-
-    run_demo(output_dir, steps=steps, adapter=adapter, schedule=schedule, echo=typer.echo)
-
-
 @app.callback(invoke_without_command=True)
 def root_options(
     ctx: typer.Context,

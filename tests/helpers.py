@@ -125,3 +125,40 @@ def build_native_runner(build_dir: Path) -> Path:
         done = subprocess.run(command, capture_output=True, text=True)
         assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return build_dir / "mobilepeft_runner"
+
+
+def foreign_adapter_files(ptd: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
+    """Adapter files that do not fit the bundle whose adapter file is ``ptd`` (written by ExecuTorch's own
+    FlatTensor serializer), each with the tensor a refusal must name: a wrong shape, a missing and an
+    extra tensor, float16, and the file truncated."""
+    import numpy as np
+    from executorch.exir._serialize.data_serializer import DataEntry, DataPayload
+    from executorch.exir.tensor_layout import TensorLayout
+    from executorch.extension.flat_tensor.serialize.serialize import FlatTensorSerializer
+
+    from mobilepeft.export.executorch.ptd import read_tensors
+
+    tensors = read_tensors(ptd)
+    keys = sorted(tensors)
+
+    def write(name: str, arrays: dict[str, np.ndarray]) -> Path:
+        buffers, named = [], {}
+        for i, (key, array) in enumerate(arrays.items()):
+            t = torch.from_numpy(np.ascontiguousarray(array))
+            buffers.append(t.numpy().tobytes())
+            named[key] = DataEntry(buffer_index=i, alignment=16, tensor_layout=TensorLayout.from_tensor(t))
+        path = tmp / name
+        with path.open("wb") as fh:
+            FlatTensorSerializer().serialize(DataPayload(buffers=buffers, named_data=named)).write_to_file(fh)
+        return path
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    wrong_shape = dict(tensors, **{keys[0]: np.zeros((tensors[keys[0]].shape[0], 2), np.float32)})
+    missing = {k: v for k, v in tensors.items() if k != keys[1]}
+    extra = dict(tensors, **{"decoder.layers.9.mlp.up_proj.lora_a_t": np.zeros((4, 4), np.float32)})
+    half = dict(tensors, **{keys[2]: tensors[keys[2]].astype(np.float16)})
+    truncated = tmp / "truncated.ptd"
+    truncated.write_bytes(ptd.read_bytes()[:-100])
+    return {"shape": (write("shape.ptd", wrong_shape), keys[0]), "missing": (write("missing.ptd", missing), keys[1]),
+            "extra": (write("extra.ptd", extra), "decoder.layers.9.mlp.up_proj.lora_a_t"),
+            "dtype": (write("dtype.ptd", half), keys[2]), "truncated": (truncated, "")}

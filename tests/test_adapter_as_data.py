@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import build_native_runner, greedy_reference, piece_ids, train_adapter
+from helpers import build_native_runner, foreign_adapter_files, greedy_reference, piece_ids, train_adapter
 from PIL import Image
 
 import mobilepeft
@@ -136,6 +136,28 @@ def test_native_runner_writes_swaps_and_answers_like_python(loop, runner):
         assert native["text"] == expected.text
 
 
+def test_native_answer_swaps_between_passes_like_separate_loads(loop, runner, tmp_path):
+    """`answer` loads once and swaps: each pass equals Python loading the bundle with that adapter."""
+    questions = [{"id": f"q{k}", "prompt": q, "image": _ppm(image, tmp_path / f"q{k}.ppm").name}
+                 for k, (q, image) in enumerate(_questions(loop["personal"], 6))]
+    (tmp_path / "questions.json").write_text(json.dumps(questions))
+    done = _run(runner, "answer", "--bundle", str(loop["et"]), "--questions", str(tmp_path / "questions.json"),
+                "--swap", f"{loop['ptd']},{loop['et'] / 'adapter.ptd'}", "--max-new-tokens", "6")
+    assert done.returncode == 0, done.stderr
+    passes = json.loads(done.stdout)["passes"]
+    assert [p["adapter"] for p in passes] == [str(loop["et"] / "adapter.ptd"), str(loop["ptd"]), str(loop["et"] / "adapter.ptd")]
+    for p, adapter in zip(passes, (None, loop["ptd"], None), strict=True):
+        python = BundleRunner(loop["et"], adapter=adapter)
+        expected = [python.generate(q["prompt"], tmp_path / q["image"], max_new_tokens=6).text for q in questions]
+        assert [a["text"] for a in p["answers"]] == expected
+    assert [a["text"] for a in passes[0]["answers"]] != [a["text"] for a in passes[1]["answers"]]
+    assert all(0 < p["swap_ms"] < 1000 for p in passes[1:])
+
+    (tmp_path / "bad.json").write_text(json.dumps([questions[0], {"id": "q1", "image": "x.ppm"}]))
+    done = _run(runner, "answer", "--bundle", str(loop["et"]), "--questions", str(tmp_path / "bad.json"))
+    assert done.returncode != 0 and "item 1" in done.stderr and "bad.json" in done.stderr
+
+
 def test_native_swap_keeps_the_base_loaded_once(loop, runner):
     done = _run(runner, "bench", "--bundle", str(loop["et"]), "--swap", str(loop["ptd"]), "--runs", "3",
                 "--gen-len", "4", "--prompt-len", "8")
@@ -149,43 +171,10 @@ def test_native_swap_keeps_the_base_loaded_once(loop, runner):
     assert result["time_to_first_token_after_swap_ms"] > 0
 
 
-def _foreign_files(loop, tmp: Path) -> dict[str, tuple[Path, str]]:
-    """Adapter files that do not fit the bundle, each with the tensor the refusal must name."""
-    from executorch.exir._serialize.data_serializer import DataEntry, DataPayload
-    from executorch.exir.tensor_layout import TensorLayout
-    from executorch.extension.flat_tensor.serialize.serialize import FlatTensorSerializer
-
-    tensors = read_tensors(loop["ptd"])
-    keys = sorted(tensors)
-
-    def write(name: str, arrays: dict[str, np.ndarray]) -> Path:
-        import torch
-
-        buffers, named = [], {}
-        for i, (key, array) in enumerate(arrays.items()):
-            t = torch.from_numpy(np.ascontiguousarray(array))
-            buffers.append(t.numpy().tobytes())
-            named[key] = DataEntry(buffer_index=i, alignment=16, tensor_layout=TensorLayout.from_tensor(t))
-        path = tmp / name
-        with path.open("wb") as fh:
-            FlatTensorSerializer().serialize(DataPayload(buffers=buffers, named_data=named)).write_to_file(fh)
-        return path
-
-    wrong_shape = dict(tensors, **{keys[0]: np.zeros((tensors[keys[0]].shape[0], 2), np.float32)})
-    missing = {k: v for k, v in tensors.items() if k != keys[1]}
-    extra = dict(tensors, **{"decoder.layers.9.mlp.up_proj.lora_a_t": np.zeros((4, 4), np.float32)})
-    half = dict(tensors, **{keys[2]: tensors[keys[2]].astype(np.float16)})
-    truncated = tmp / "truncated.ptd"
-    truncated.write_bytes(loop["ptd"].read_bytes()[:-100])
-    return {"shape": (write("shape.ptd", wrong_shape), keys[0]), "missing": (write("missing.ptd", missing), keys[1]),
-            "extra": (write("extra.ptd", extra), "decoder.layers.9.mlp.up_proj.lora_a_t"),
-            "dtype": (write("dtype.ptd", half), keys[2]), "truncated": (truncated, "")}
-
-
 def test_adapter_files_that_do_not_fit_are_refused_naming_the_tensor(loop, runner, tmp_path):
     section = read_bundle(loop["et"]).manifest["executorch"]["adapter"]
     before = (loop["et"] / "adapter.ptd").read_bytes()
-    for case, (path, tensor) in _foreign_files(loop, tmp_path).items():
+    for case, (path, tensor) in foreign_adapter_files(loop["ptd"], tmp_path).items():
         with pytest.raises(UserError) as python_refusal:
             check_adapter_file(path, section)
         assert tensor in str(python_refusal.value), case

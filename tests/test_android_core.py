@@ -244,13 +244,14 @@ def fixture_dir(kotlin_tools, tiny_ckpt, tmp_path_factory) -> Path:
 
 def build_fixtures(tiny_ckpt: Path, root: Path) -> Path:
     """Everything the Kotlin tests compare against, written under ``root/fixtures``."""
-    from helpers import train_adapter
+    from helpers import foreign_adapter_files, train_adapter
 
     from mobilepeft.data.synth import write_synthetic_dataset
     from mobilepeft.export.bundle import read_bundle
     from mobilepeft.export.ort.exporter import export_onnx_training
-    from mobilepeft.export.ort.personalize import _batches, open_trainer
+    from mobilepeft.export.ort.personalize import _batches, open_trainer, selftest_batch
     from mobilepeft.export.ort.to_adapter import adapter_from_ort
+    from mobilepeft.export.to_ptd import tensors_from_ort, write_bundle_adapter
 
     fx = root / "fixtures"
     fx.mkdir()
@@ -264,6 +265,25 @@ def build_fixtures(tiny_ckpt: Path, root: Path) -> Path:
     except ImportError as exc:  # pragma: no cover - executorch is a project dependency
         pytest.skip(f"executorch not importable ({exc})")
     export_executorch(tiny_ckpt, fx / "et_bundle", backend="portable", max_seq_len=64, echo=lambda _: None)
+    # The on-device loop: the same adapter kept as data, an ORT-trained state of it (a few steps on the
+    # self-test batch) and the adapter file Python writes from that state for the Kotlin writer to equal.
+    et_adapter = fx / "et_adapter_bundle"
+    export_executorch(tiny_ckpt, et_adapter, adapter_dir=adapter, backend="portable", max_seq_len=64,
+                      adapter_as_data=True, echo=lambda _: None)
+    trainer = open_trainer(read_bundle(ort))
+    trainer.set_learning_rate(1e-2)
+    for _ in range(3):
+        trainer.train_step(selftest_batch(read_bundle(ort))[0])
+    trainer.save_checkpoint(root / "trained_checkpoint")
+    trainer.export_inference(fx / "trained_inference_model.onnx", json.loads((ort / "manifest.json").read_text())
+                             ["onnx_training"]["inference_outputs"])
+    write_bundle_adapter(et_adapter, tensors_from_ort(root / "trained_checkpoint", ort), root / "expected_adapter.ptd")
+    adapter_section = json.loads((et_adapter / "manifest.json").read_text())["executorch"]["adapter"]
+    (fx / "adapter_expect.json").write_text(json.dumps({"tensors": len(adapter_section["tensors"]),
+                                                        "bytes": adapter_section["bytes"]}))
+    (fx / "foreign_ptd.json").write_text(json.dumps([
+        {"case": case, "file": str(path.relative_to(fx)), "tensor": tensor}
+        for case, (path, tensor) in foreign_adapter_files(et_adapter / "adapter.ptd", fx / "foreign_ptd").items()]))
 
     models = _tokenizer_variants(ort / "tokenizer.model", fx / "tokenizer")
     (fx / "tokenizer_cases.json").write_text(json.dumps(_tokenizer_cases(models)))
@@ -329,6 +349,20 @@ def test_kotlin_adapter_equals_adapter_from_ort(kotlin_run, fixture_dir):
         assert ours[key].dtype == value.dtype and ours[key].shape == value.shape, key
         assert np.array_equal(ours[key], value), key
     assert sorted(p.name for p in ours_dir.iterdir()) == sorted(p.name for p in expected_dir.iterdir())
+
+
+def test_kotlin_adapter_file_equals_the_python_writer(kotlin_run, fixture_dir):
+    """The Kotlin writer's adapter.ptd (from ORT's exported inference model) is byte-identical to the
+    one `mobilepeft adapter to-ptd` writes from the same ORT checkpoint, and that state is not the
+    bundle's own adapter (so copying the template could not pass)."""
+    from mobilepeft.export.executorch.ptd import read_tensors
+
+    ours = fixture_dir / "out" / "adapter_from_ort.ptd"
+    expected = fixture_dir.parent / "expected_adapter.ptd"
+    template = fixture_dir / "et_adapter_bundle" / "adapter.ptd"
+    assert ours.read_bytes() == expected.read_bytes()
+    moved = [k for k, v in read_tensors(template).items() if not np.array_equal(v, read_tensors(expected)[k])]
+    assert len(moved) >= len(read_tensors(template)) // 2, moved
 
 
 def test_every_manifest_read_is_a_schema_path():

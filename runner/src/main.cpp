@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "adapter.h"
+#include "answer.h"
 #include "bench.h"
 #include "generate.h"
 #include "image.h"
@@ -39,6 +40,8 @@ const char* kUsage =
     "                                   [--adapter FILE.ptd]\n"
     "       mobilepeft_runner bench --bundle DIR [--threads N] [--prompt-len N] [--gen-len N] [--runs N] [--warmup N] [--output FILE]\n"
     "                               [--swap FILE.ptd]\n"
+    "       mobilepeft_runner answer --bundle DIR --questions FILE.json [--adapter FILE.ptd] [--swap FILE.ptd[,FILE.ptd...]]\n"
+    "                                [--max-new-tokens N] [--threads N] [--output FILE]\n"
     "       mobilepeft_runner adapter-import --bundle DIR --ort-bundle ORT_DIR --checkpoint CKPT --output FILE.ptd\n"
     "       mobilepeft_runner tokenize --bundle DIR --text-file STRINGS.json\n"
     "       mobilepeft_runner preprocess --bundle DIR --image FILE.ppm --output PIXELS.f32\n"
@@ -47,6 +50,8 @@ const char* kUsage =
     "generate  answer a prompt (about an image) greedily; prints {\"text\", \"tokens\", \"pieces\", ...} as JSON\n"
     "bench     time a chat turn (vision encode, prefill, decode); prints the benchmark JSON of docs/mobile.md;\n"
     "          with --swap also the time to swap to another adapter file and back, RSS around it, first token after it\n"
+    "answer    answer a list of questions, load once: with the active adapter, then after swapping in each --swap\n"
+    "          file (nothing reloaded); prints each pass's answers, swap time and RSS around the swap as JSON\n"
     "adapter-import  write an adapter file for the bundle from an ONNX Runtime training checkpoint (the phone's\n"
     "          personalized adapter; ORT_DIR is the bundle it trained with), checked against both manifests\n"
     "tokenize  token ids of each string of a JSON array with the bundle's tokenizer (to check it against the host's)\n"
@@ -64,6 +69,7 @@ const char* kUsage =
     "                  successful verification (its stamp: $XDG_CACHE_HOME/mobilepeft/verified/, else\n"
     "                  ~/.cache/mobilepeft/verified/);\n"
     "                  full: hash every file; size: sizes only (UNSAFE: a file overwritten in place passes)\n"
+    "--questions       a JSON array of {\"id\", \"prompt\", \"image\"} (image paths relative to the file)\n"
     "--output          also write the JSON to FILE (atomically: FILE.tmp, then renamed)\n";
 
 struct Args {
@@ -91,7 +97,7 @@ Args parse(int argc, char** argv) {
   args.command = argv[1];
   static const std::vector<std::string> known = {"bundle", "prompt", "image", "max-new-tokens", "threads",
                                                  "prompt-len", "gen-len", "runs", "warmup", "output", "text-file", "verify",
-                                                 "adapter", "swap", "ort-bundle", "checkpoint"};
+                                                 "adapter", "swap", "ort-bundle", "checkpoint", "questions"};
   for (int i = 2; i < argc; ++i) {
     std::string flag = argv[i];
     if (flag.rfind("--", 0) != 0 || std::find(known.begin(), known.end(), flag.substr(2)) == known.end())
@@ -122,6 +128,17 @@ std::string tokenize_json(const Manifest& manifest, const std::string& text_file
     out += std::string(k ? ", " : "") + "[" + ids + "]";
   }
   return out + "]";
+}
+
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> out;
+  for (size_t from = 0; from < text.size();) {
+    const size_t comma = text.find(',', from);
+    const size_t end = comma == std::string::npos ? text.size() : comma;
+    if (end > from) out.push_back(text.substr(from, end - from));
+    from = end + 1;
+  }
+  return out;
 }
 
 // `sha256 FILE...`: lets a test (or a user on a phone) compare the runner's hash with sha256sum's.
@@ -181,7 +198,7 @@ int main(int argc, char** argv) {
     }
     if (argc >= 2 && std::string(argv[1]) == "sha256") return print_sha256(argc, argv);
     args = parse(argc, argv);
-    static const std::vector<std::string> commands = {"generate", "bench", "tokenize", "preprocess", "adapter-import"};
+    static const std::vector<std::string> commands = {"generate", "bench", "answer", "tokenize", "preprocess", "adapter-import"};
     if (std::find(commands.begin(), commands.end(), args.command) == commands.end()) throw std::invalid_argument("unknown command '" + args.command + "'");
     verify_mode = parse_verify_mode(args.get("verify", "cached"));
   } catch (const std::invalid_argument& e) {
@@ -220,6 +237,13 @@ int main(int argc, char** argv) {
         const SentencePieceBpe tokenizer = SentencePieceBpe::load(manifest.file(manifest.string("tokenizer.file")));
         Generator generator(program, tokenizer, manifest);
         json = generator.generate(args.get("prompt"), args.get("image"), args.int_option("max-new-tokens", 64, 1)).to_json();
+      } else if (args.command == "answer") {
+        if (args.get("questions").empty()) throw std::invalid_argument("answer needs --questions");
+        const std::vector<Question> questions = read_questions(args.get("questions"));
+        const SentencePieceBpe tokenizer = SentencePieceBpe::load(manifest.file(manifest.string("tokenizer.file")));
+        const std::string active = program.adapter() ? program.adapter()->active() : "merged";
+        json = answer_json(program, tokenizer, manifest, questions, active, split_list(args.get("swap")),
+                           args.int_option("max-new-tokens", 64, 1));
       } else {
         BenchSettings settings;
         settings.threads = threads;

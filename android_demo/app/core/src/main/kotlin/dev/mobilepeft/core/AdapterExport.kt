@@ -11,20 +11,12 @@ object AdapterExport {
     const val ADAPTER_FILE = "adapter_model.safetensors"
     const val PROJECTOR_FILE = "mm_projector.safetensors"
     const val META_FILE = "mobilepeft_adapter.json"
+    const val PROJECTOR_PREFIX = "model.mm_projector."
 
     fun write(section: OnnxTrainingSection, bundleAdapterDir: File, inferenceModel: ByteArray, outDir: File) {
-        val names = section.trainable.map { it.name }.toSet()
-        val found = OnnxInitializers.read(inferenceModel, names)
-        val lora = LinkedHashMap<String, OnnxInitializers.Tensor>()
-        val projector = LinkedHashMap<String, OnnxInitializers.Tensor>()
-        for (p in section.trainable) {
-            val t = found[p.name] ?: throw BundleError("the exported inference model has no parameter '${p.name}'; " +
-                "it was not trained from this bundle")
-            if (!t.shape.contentEquals(p.shape)) {
-                throw BundleError("parameter '${p.name}' has shape ${t.shape.toList()}, ${Manifest.FILE} says ${p.shape.toList()}")
-            }
-            if (p.adapterKey.startsWith("model.mm_projector.")) projector[p.adapterKey] = t else lora[p.adapterKey] = t
-        }
+        val trained = OnnxInitializers.trained(section, inferenceModel)
+        val projector = trained.filterKeys { it.startsWith(PROJECTOR_PREFIX) }
+        val lora = trained.filterKeys { !it.startsWith(PROJECTOR_PREFIX) }
         outDir.mkdirs()
         val files = bundleAdapterDir.listFiles() ?: throw BundleError("${bundleAdapterDir.path}: the bundle's adapter directory is missing")
         for (f in files) if (f.isFile) f.copyTo(File(outDir, f.name), overwrite = true)

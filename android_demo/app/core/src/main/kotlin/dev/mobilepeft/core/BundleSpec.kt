@@ -64,7 +64,8 @@ class BundleSpec(val manifest: Manifest) {
         manifest.string("executorch.backend"),
         manifest.string("executorch.quantization"),
         manifest.string("executorch.dtype"),
-        readMethods()
+        readMethods(),
+        if (manifest.has("executorch.adapter")) readAdapter() else null
     )
 
     val onnxTraining: OnnxTrainingSection? = if (!manifest.has("onnx_training")) null else readOnnxTraining()
@@ -111,6 +112,33 @@ class BundleSpec(val manifest: Manifest) {
             if (!methods.containsKey(required)) throw BundleError("${manifest.source}: executorch.methods lacks '$required'")
         }
         return methods
+    }
+
+    private fun readAdapter(): AdapterSection {
+        val tensors = (0 until manifest.count("executorch.adapter.tensors[]")).map { i ->
+            AdapterTensorSpec(
+                manifest.string("executorch.adapter.tensors[].key", i),
+                manifest.string("executorch.adapter.tensors[].adapter_key", i),
+                manifest.string("executorch.adapter.tensors[].dtype", i),
+                manifest.longs("executorch.adapter.tensors[].shape", i).toLongArray(),
+                manifest.bool("executorch.adapter.tensors[].transposed", i),
+                manifest.double("executorch.adapter.tensors[].scaling", i),
+                manifest.long("executorch.adapter.tensors[].offset", i),
+                manifest.long("executorch.adapter.tensors[].bytes", i)
+            )
+        }
+        val format = manifest.string("executorch.adapter.format")
+        if (format != "executorch_flat_tensor") {
+            throw BundleError("${manifest.source}: executorch.adapter.format is '$format'; this app writes 'executorch_flat_tensor'")
+        }
+        return AdapterSection(
+            manifest.string("executorch.adapter.file"),
+            format,
+            manifest.long("executorch.adapter.bytes"),
+            manifest.long("executorch.adapter.head_bytes"),
+            manifest.string("executorch.adapter.head_sha256"),
+            tensors
+        )
     }
 
     private fun readOnnxTraining(): OnnxTrainingSection {

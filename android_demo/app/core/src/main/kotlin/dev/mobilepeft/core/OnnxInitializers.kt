@@ -4,6 +4,24 @@ package dev.mobilepeft.core
 object OnnxInitializers {
     class Tensor(val shape: LongArray, val data: FloatArray)
 
+    /**
+     * The trained parameters of an ONNX Runtime bundle by adapter key (the manifest's order), read from the
+     * inference model ORT exported after training; each must be there with the manifest's shape.
+     */
+    fun trained(section: OnnxTrainingSection, model: ByteArray): Map<String, Tensor> {
+        val found = read(model, section.trainable.map { it.name }.toSet())
+        val out = LinkedHashMap<String, Tensor>()
+        for (p in section.trainable) {
+            val t = found[p.name] ?: throw BundleError("the exported inference model has no parameter '${p.name}'; " +
+                "it was not trained from this bundle")
+            if (!t.shape.contentEquals(p.shape)) {
+                throw BundleError("parameter '${p.name}' has shape ${t.shape.toList()}, ${Manifest.FILE} says ${p.shape.toList()}")
+            }
+            out[p.adapterKey] = t
+        }
+        return out
+    }
+
     fun read(model: ByteArray, names: Set<String>): Map<String, Tensor> {
         val out = HashMap<String, Tensor>()
         try {

@@ -28,11 +28,6 @@ object Safetensors {
         buf.putLong(headerBytes.size.toLong())
         buf.put(headerBytes)
         for (k in keys) for (v in tensors.getValue(k).data) buf.putFloat(v)
-        val tmp = File(file.parentFile, "." + file.name + ".tmp")
-        tmp.writeBytes(buf.array())
-        if (!tmp.renameTo(file)) {
-            file.delete()
-            if (!tmp.renameTo(file)) throw java.io.IOException("cannot write ${file.path}")
-        }
+        AtomicFile.write(file, buf.array())
     }
 }
