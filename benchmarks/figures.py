@@ -207,7 +207,7 @@ QUALITY = [
 ]
 
 DEMO = [
-    Figure("README.md", "val loss {before} -> {after}\n", "demo.json",
+    Figure("README.md", " val loss {before} -> {after}\n", "demo.json",
            {"before": ("runs/lora:hydra/eval_before/loss", ".3f"), "after": ("runs/lora:hydra/eval_after/loss", ".3f")}),
     Figure("README.md", "val accuracy {before}% -> {after}% (chance {chance}%, {n} samples)", "demo.json",
            {"before": ("runs/lora:hydra/eval_before/accuracy", "%.1f"),
@@ -529,7 +529,85 @@ EXTRA = [
             "gib": lambda d: f"{d['export_peak_rss_mib'] / 1024:.1f}", "d": ("selftest_rel_diff", "short.0e")}),
 ]
 
-FIGURES: list[Figure] = [*QUALITY, *DEMO, *DEMO_METHODS, *TRAINING, *ONDEVICE, *QUANT, *COREML, *COREML_1P7B, *NATIVE, *EXTRA]
+
+LOOP_RUN = "runs/lora:hydra/loop"
+
+
+def _loop_base_named_right(d: dict[str, Any]) -> str:
+    """How many of the base's held-out answers name the right shape (mapped to the user's words)."""
+    loop = get(d, LOOP_RUN)
+    words = loop["user_words"]
+    answers = loop["passes"][0]["answers"]
+    return str(sum(words.get(a.strip().lower()) == r for a, r in zip(answers, loop["references"], strict=True)))
+
+
+LOOP = [
+    Figure("README.md", "personalize   ORT eval loss {b} -> {a} in {n} steps (median step {ms} ms, batch {bs})", "demo.json",
+           {"b": (f"{LOOP_RUN}/personalize/eval_loss_before", ".3f"), "a": (f"{LOOP_RUN}/personalize/eval_loss_after", ".3f"),
+            "n": (f"{LOOP_RUN}/personalize/steps", "d"), "ms": (f"{LOOP_RUN}/personalize/train_step_ms_median", ".0f"),
+            "bs": (f"{LOOP_RUN}/personalize/batch_size", "d")}),
+    Figure("README.md", "user's words  before {b}/{n} -> after {a}/{n2} held-out answers", "demo.json",
+           {"b": (f"{LOOP_RUN}/passes/0/correct", "d"), "a": (f"{LOOP_RUN}/passes/1/correct", "d"),
+            "n": lambda d: str(len(get(d, LOOP_RUN)["references"])), "n2": lambda d: str(len(get(d, LOOP_RUN)["references"]))}),
+    Figure("README.md", "triangle; {k}/{n} of those name the right shape", "demo.json",
+           {"k": _loop_base_named_right, "n": lambda d: str(len(get(d, LOOP_RUN)["references"]))}),
+    Figure("README.md", "the base recognises the shape in {k} of the {n} held-out", "demo.json",
+           {"k": _loop_base_named_right, "n": lambda d: str(len(get(d, LOOP_RUN)["references"]))}),
+    Figure("README.md", "swap          {ms} ms in the answering process (bench: median {bench} ms); RSS {r0} -> {r1} MB",
+           "demo.json", {"ms": (f"{LOOP_RUN}/passes/1/swap_ms", ".2f"), "bench": (f"{LOOP_RUN}/speed/adapter_swap_ms", ".2f"),
+                         "r0": (f"{LOOP_RUN}/passes/1/rss_before_swap_mb", ".1f"),
+                         "r1": (f"{LOOP_RUN}/passes/1/rss_after_swap_mb", ".1f")}),
+    Figure("README.md", "speed         decode {d} tok/s, prefill {p} tok/s, first token after a swap {t} ms", "demo.json",
+           {"d": (f"{LOOP_RUN}/speed/decode_tokens_per_s", ".0f"), "p": (f"{LOOP_RUN}/speed/prefill_tokens_per_s", ".0f"),
+            "t": (f"{LOOP_RUN}/speed/time_to_first_token_after_swap_ms", ".1f")}),
+    Figure("README.md", "sizes         adapter.ptd {a} MB vs model.pte {p} MB", "demo.json",
+           {"a": (f"{LOOP_RUN}/files/adapter.ptd", "MB.2f"), "p": (f"{LOOP_RUN}/files/model.pte", "MB.1f")}),
+    Figure("README.md", "trained in {s} s", "demo.json", {"s": ("runs/lora:hydra/printed/trained_s", ".0f")}),
+    Figure("docs/on-device-loop.md", "held-out answers in the user's words from {b}/{n} to {a}/{n2} in {steps} steps (median "
+           "step {ms} ms); before it, {k}/{n3} of the model's answers", "demo.json",
+           {"b": (f"{LOOP_RUN}/passes/0/correct", "d"), "a": (f"{LOOP_RUN}/passes/1/correct", "d"),
+            "n": lambda d: str(len(get(d, LOOP_RUN)["references"])), "n2": lambda d: str(len(get(d, LOOP_RUN)["references"])),
+            "n3": lambda d: str(len(get(d, LOOP_RUN)["references"])), "k": _loop_base_named_right,
+            "steps": (f"{LOOP_RUN}/personalize/steps", "d"), "ms": (f"{LOOP_RUN}/personalize/train_step_ms_median", ".0f")}),
+    Figure("docs/on-device-loop.md", "the swap takes {ms} ms and RSS goes from {r0} to {r1} MB", "demo.json",
+           {"ms": (f"{LOOP_RUN}/passes/1/swap_ms", ".2f"), "r0": (f"{LOOP_RUN}/passes/1/rss_before_swap_mb", ".1f"),
+            "r1": (f"{LOOP_RUN}/passes/1/rss_after_swap_mb", ".1f")}),
+]
+
+
+def _cost_row(label: str, cell: str, keys: dict[str, tuple[str, str]]) -> Figure:
+    """One row of docs/on-device-loop.md's cost table: ``cell`` filled from the tiny JSON, then from the
+    1.7B JSON (read here: a figure has one JSON of its own)."""
+    big = {f"{k}_big": (lambda d, path=path, spec=spec: fmt(get(load("adapter_cost_1p7b-shape.json"), path), spec))
+           for k, (path, spec) in keys.items()}
+    big_cell = re.sub(r"\{(\w+)\}", r"{\1_big}", cell)
+    return Figure("docs/on-device-loop.md", f"| {label} | {cell} | {big_cell} |", "adapter_cost_tiny.json", {**keys, **big})
+
+
+COST = [
+    _cost_row("decode, merged → as data", "{m} → {a} tok/s",
+              {"m": ("median/merged/decode_tokens_per_s", ".1f"), "a": ("median/as_data/decode_tokens_per_s", ".1f")}),
+    _cost_row("decode time, as data / merged", "{r}×", {"r": ("as_data_over_merged_time/decode", ".3f")}),
+    _cost_row("prefill time, as data / merged", "{r}×", {"r": ("as_data_over_merged_time/prefill", ".3f")}),
+    _cost_row("swap (median of 10)", "{ms} ms", {"ms": ("swap/adapter_swap_ms", ".2f")}),
+    _cost_row("RSS before → after the swaps", "{b} → {a} MB",
+              {"b": ("swap/rss_before_swap_mb", ".0f"), "a": ("swap/rss_after_swap_mb", ".0f")}),
+    _cost_row("first token after a swap (image + prompt)", "{ms} ms", {"ms": ("swap/time_to_first_token_after_swap_ms", ".0f")}),
+    _cost_row("peak RSS, merged → as data", "{m} → {a} MB",
+              {"m": ("median/merged/peak_rss_mb", ".0f"), "a": ("median/as_data/peak_rss_mb", ".0f")}),
+    _cost_row("adapter.ptd vs model.pte", "{a} MB vs {p} MB",
+              {"a": ("file_bytes/adapter.ptd", "MB.2f"), "p": ("file_bytes/model.pte", "MB.1f")}),
+    Figure("docs/on-device-loop.md", "at the 1.7B shape decode is {r}× the merged model's time", "adapter_cost_1p7b-shape.json",
+           {"r": ("as_data_over_merged_time/decode", ".3f")}),
+    Figure("docs/on-device-loop.md", "and prefill is {r}×.", "adapter_cost_1p7b-shape.json",
+           {"r": ("as_data_over_merged_time/prefill", ".3f")}),
+    Figure("docs/on-device-loop.md", "The swap copies {mb} MB and leaves RSS", "adapter_cost_1p7b-shape.json",
+           {"mb": ("file_bytes/adapter.ptd", "MB.0f")}),
+    Figure("docs/on-device-loop.md", "the {gb} GB base is neither", "adapter_cost_1p7b-shape.json",
+           {"gb": ("file_bytes/model.pte", "GB.0f")}),
+]
+
+FIGURES: list[Figure] = [*QUALITY, *DEMO, *LOOP, *COST, *DEMO_METHODS, *TRAINING, *ONDEVICE, *QUANT, *COREML, *COREML_1P7B, *NATIVE, *EXTRA]
 
 #: Figures in the documents no committed JSON backs yet: (document, the note it carries next to them).
 UNCHECKED: list[tuple[str, str]] = [

@@ -33,6 +33,14 @@ DEMO_TRAIN = dict(rank=8, alpha=16.0, batch_size=16, lr=3e-3, warmup_ratio=0.05,
                   save_every=100, eval_batch_size=32, log_every=10)
 
 
+def _relative(path: Path) -> Path:
+    """``path`` relative to the working directory when inside it: what the demo prints stays short."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
 class Stages:
     """Numbered progress lines, ``[k/N] what -> where``, for a demo made of several parts."""
 
@@ -65,7 +73,7 @@ def run_demo(output_dir: Path, *, steps: int = 300, adapter: str = "lora", sched
              echo: Callable[[str], None] = print, stages: Stages | None = None) -> DemoTraining:
     """Run the training half in ``output_dir`` (scratch: the demo's model and data are reused,
     everything else is rewritten); ``stages`` numbers its progress lines within a longer demo."""
-    output_dir = claim_output_dir(output_dir, "demo", overwrite=True)
+    output_dir = _relative(claim_output_dir(output_dir, "demo", overwrite=True))
     output_dir.mkdir(parents=True, exist_ok=True)
     write_marker(output_dir, "demo")
     stages = stages or Stages(TRAINING_STAGES, echo)

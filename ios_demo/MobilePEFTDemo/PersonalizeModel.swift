@@ -147,6 +147,28 @@ final class PersonalizeModel: ObservableObject {
         }
     }
 
+    /// The personalized adapter for every ExecuTorch bundle in Documents that keeps this adapter as
+    /// data (`mobilepeft export executorch --adapter-as-data`): `adapter-<bundle>.ptd`, which that
+    /// bundle's runner swaps in without re-export (docs/on-device-loop.md). Other bundles are left alone.
+    nonisolated private func writeAdapterFiles(_ ort: Manifest, _ personalizer: Personalizer,
+                                               _ outputDirectory: URL) throws -> [URL] {
+        let trainable = try personalizer.session.trainableValues()
+        let folders = (try? FileManager.default.contentsOfDirectory(at: BundleFolder.documents,
+                                                                    includingPropertiesForKeys: nil)) ?? []
+        var written: [URL] = []
+        for folder in folders.sorted(by: { $0.path < $1.path }) {
+            guard let bundle = try? BundleFolder(url: folder), bundle.manifest.has("executorch.adapter") else { continue }
+            let out = outputDirectory.appendingPathComponent("adapter-\(bundle.name).ptd")
+            do {
+                try AdapterFile.write(executorchBundle: bundle.manifest, ortBundle: ort, trainable: trainable, to: out)
+                written.append(out)
+            } catch {
+                continue  // a bundle exported from another adapter: its tensors do not fit this one
+            }
+        }
+        return written
+    }
+
     /// The whole session, off the main actor.
     nonisolated private func runSession(_ manifest: Manifest, _ drafts: [ExampleDraft], _ settings: PersonalizeSettings,
                                         _ checkpoint: URL?, _ outputDirectory: URL, _ cancel: CancelFlag,
@@ -187,6 +209,7 @@ final class PersonalizeModel: ObservableObject {
             try report.benchResult(harness: "ios-app", threads: threads).write(to: bench)
             files.append(bench)
         }
+        files += try writeAdapterFiles(manifest, personalizer, outputDirectory)
         await MainActor.run { self.outputs = files }
 
         await show("answering after training…")

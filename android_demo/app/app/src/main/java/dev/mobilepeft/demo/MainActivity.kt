@@ -17,10 +17,13 @@ import android.widget.ProgressBar
 import android.widget.ScrollView
 import android.widget.Spinner
 import android.widget.TextView
+import dev.mobilepeft.core.AdapterFile
 import dev.mobilepeft.core.BenchSettings
 import dev.mobilepeft.core.BenchmarkRunner
 import dev.mobilepeft.core.GreedyAnswerer
 import dev.mobilepeft.core.ImagePreprocessor
+import dev.mobilepeft.core.OnnxInitializers
+import dev.mobilepeft.core.OnnxTrainingSection
 import dev.mobilepeft.core.PersonalizeConfig
 import dev.mobilepeft.core.Personalizer
 import dev.mobilepeft.core.PilBicubicResizer
@@ -276,13 +279,15 @@ class MainActivity : Activity() {
                 }
                 runOnUiThread { status.text = "Exporting the adapter…" }
                 val inference = personalizer.export(session, result, backend, bundle.dir, outDir)
+                val deployed = writeAdapterFiles(section, inference, outDir)
                 val afterAnswers = answerAll(env, inference, threads, output, spec, tokenizer, imageTokens, samples)
                 val json = result.benchResult(DeviceInfo.describe(), threads, DeviceInfo.peakRssMb()).toJson()
                 File(outDir, "train_benchmark.json").writeText(json)
                 lastJson = json
                 val report = StringBuilder()
                 result.stopReason?.let { report.append("Stopped early: ").append(it).append("\n\n") }
-                report.append("Saved to ${outDir.path} (checkpoint, inference_model.onnx, adapter/)\n\n")
+                report.append("Saved to ${outDir.path} (checkpoint, inference_model.onnx, adapter/)\n")
+                report.append(deployed).append("\n")
                 for (i in samples.indices) {
                     report.append("${samples[i].label}: ${samples[i].question}\n")
                     report.append("  wanted: ${samples[i].answer}\n  before: ${beforeAnswers[i]}\n  after:  ${afterAnswers[i]}\n\n")
@@ -298,6 +303,24 @@ class MainActivity : Activity() {
                 encoder.close()
             }
         }
+    }
+
+    /**
+     * The personalized adapter for every imported ExecuTorch bundle that keeps this adapter as data
+     * (`mobilepeft export executorch --adapter-as-data`): OUT/adapter-<bundle>.ptd, which that bundle's
+     * runner swaps in without re-export (docs/on-device-loop.md). Other bundles are left alone.
+     */
+    private fun writeAdapterFiles(ort: OnnxTrainingSection, inference: File, outDir: File): String {
+        val trained = OnnxInitializers.trained(ort, inference.readBytes())
+        val lines = StringBuilder()
+        for (dir in bundles) {
+            val adapter = BundleStore.open(this, dir).spec.executorch?.adapter ?: continue
+            if (adapter.tensors.map { it.adapterKey }.toSet() != trained.keys) continue
+            val out = File(outDir, "adapter-${dir.name}.ptd")
+            AdapterFile.write(adapter, File(dir, adapter.file), trained, out)
+            lines.append("Wrote ${out.path}: the personalized adapter for ${dir.name}\n")
+        }
+        return lines.toString()
     }
 
     private fun answerAll(
