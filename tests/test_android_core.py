@@ -244,7 +244,7 @@ def fixture_dir(kotlin_tools, tiny_ckpt, tmp_path_factory) -> Path:
 
 def build_fixtures(tiny_ckpt: Path, root: Path) -> Path:
     """Everything the Kotlin tests compare against, written under ``root/fixtures``."""
-    from helpers import foreign_adapter_files, train_adapter
+    from helpers import build_native_runner, foreign_adapter_files, train_adapter
 
     from mobilepeft.data.synth import write_synthetic_dataset
     from mobilepeft.export.bundle import read_bundle
@@ -272,7 +272,7 @@ def build_fixtures(tiny_ckpt: Path, root: Path) -> Path:
                       adapter_as_data=True, echo=lambda _: None)
     trainer = open_trainer(read_bundle(ort))
     trainer.set_learning_rate(1e-2)
-    for _ in range(3):
+    for _ in range(10):
         trainer.train_step(selftest_batch(read_bundle(ort))[0])
     trainer.save_checkpoint(root / "trained_checkpoint")
     trainer.export_inference(fx / "trained_inference_model.onnx", json.loads((ort / "manifest.json").read_text())
@@ -284,6 +284,28 @@ def build_fixtures(tiny_ckpt: Path, root: Path) -> Path:
     (fx / "foreign_ptd.json").write_text(json.dumps([
         {"case": case, "file": str(path.relative_to(fx)), "tensor": tensor}
         for case, (path, tensor) in foreign_adapter_files(et_adapter / "adapter.ptd", fx / "foreign_ptd").items()]))
+    # The native runner's JNI library (runner/, built here against the executorch wheel), and the answers
+    # its command line (`answer`, checked against Python's ExecuTorch runtime in test_adapter_as_data.py)
+    # gives with the bundle's own adapter and, swapped in, with the ORT-trained file.
+    shutil.copy(root / "expected_adapter.ptd", fx / "expected_adapter.ptd")
+    runner = build_native_runner(root / "runner-build")
+    library = runner.parent / "libmobilepeft_jni.so"
+    (fx / "native_questions").mkdir()
+    questions = []
+    for k, sample in enumerate(json.loads((data / "val.json").read_text())[:4]):
+        ppm = fx / "native_questions" / f"q{k}.ppm"
+        Image.open(data / sample["image"]).convert("RGB").save(ppm)
+        questions.append({"prompt": sample["conversations"][0]["value"], "image": str(ppm.relative_to(fx))})
+    (fx / "native_questions.json").write_text(json.dumps(questions))
+    done = subprocess.run([str(runner), "answer", "--bundle", str(et_adapter), "--questions", str(fx / "native_questions.json"),
+                           "--swap", str(fx / "expected_adapter.ptd"), "--max-new-tokens", "8"],
+                          capture_output=True, text=True, check=True)
+    passes = json.loads(done.stdout)["passes"]
+    native = {"questions": questions, "expected_bundle_adapter": [a["text"] for a in passes[0]["answers"]],
+              "expected_personal_adapter": [a["text"] for a in passes[1]["answers"]]}
+    if library.is_file():
+        native["library"] = str(library)
+    (fx / "native.json").write_text(json.dumps(native))
 
     models = _tokenizer_variants(ort / "tokenizer.model", fx / "tokenizer")
     (fx / "tokenizer_cases.json").write_text(json.dumps(_tokenizer_cases(models)))
@@ -363,6 +385,15 @@ def test_kotlin_adapter_file_equals_the_python_writer(kotlin_run, fixture_dir):
     assert ours.read_bytes() == expected.read_bytes()
     moved = [k for k, v in read_tensors(template).items() if not np.array_equal(v, read_tensors(expected)[k])]
     assert len(moved) >= len(read_tensors(template)) // 2, moved
+
+
+def test_kotlin_drives_the_native_runner_through_jni(kotlin_run, fixture_dir):
+    """The Kotlin core's NativeRunner ran the JNI library (its test passed in the Kotlin suite), and the
+    two adapters answer differently, so equal answers after the swap show the swap took effect."""
+    native = json.loads((fixture_dir / "native.json").read_text())
+    assert "library" in native, "runner/ built no libmobilepeft_jni.so: install a JDK (jni.h)"
+    assert re.search(r"^PASS native runner: ", kotlin_run.stdout, flags=re.M), kotlin_run.stdout[-2000:]
+    assert native["expected_bundle_adapter"] != native["expected_personal_adapter"]
 
 
 def test_every_manifest_read_is_a_schema_path():

@@ -18,6 +18,26 @@ std::string strip(const std::string& s) {
   return s.substr(a, s.find_last_not_of(ws) - a + 1);
 }
 
+// Byte-fallback tokens can end an answer in the middle of a UTF-8 sequence (or a weak model can emit
+// stray bytes): invalid sequences become U+FFFD, so the JSON and the apps' strings stay valid UTF-8.
+std::string valid_utf8(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size();) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+    bool ok = n > 0 && i + n <= s.size();
+    for (size_t k = 1; ok && k < n; ++k) ok = (static_cast<unsigned char>(s[i + k]) >> 6) == 0x2;
+    if (ok) {
+      out.append(s, i, n);
+      i += n;
+    } else {
+      out += "\xEF\xBF\xBD";
+      ++i;
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 Generation Generator::generate(const std::string& prompt, const std::string& image_path, int max_new_tokens) {
@@ -67,13 +87,13 @@ Generation Generator::generate(const std::string& prompt, const std::string& ima
     const int token = argmax(logits);
     if (token == eos) break;
     out.tokens.push_back(token);
-    out.pieces.push_back(tokenizer_.piece_text(token));
+    out.pieces.push_back(valid_utf8(tokenizer_.piece_text(token)));
     if (k + 1 == max_new_tokens || position + 1 >= max_seq) break;
     logits = program_.decode(program_.embed({token}), position++);
   }
   std::string joined;
-  for (const std::string& p : out.pieces) joined += p;
-  joined = strip(joined);
+  for (const int token : out.tokens) joined += tokenizer_.piece_text(token);
+  joined = strip(valid_utf8(joined));
   const std::string stop = manifest_.string("prompt.stop");
   if (!stop.empty() && joined.size() >= stop.size() && joined.compare(joined.size() - stop.size(), stop.size(), stop) == 0)
     joined = strip(joined.substr(0, joined.size() - stop.size()));

@@ -22,6 +22,7 @@ import dev.mobilepeft.core.BenchSettings
 import dev.mobilepeft.core.BenchmarkRunner
 import dev.mobilepeft.core.GreedyAnswerer
 import dev.mobilepeft.core.ImagePreprocessor
+import dev.mobilepeft.core.NativeRunner
 import dev.mobilepeft.core.OnnxInitializers
 import dev.mobilepeft.core.OnnxTrainingSection
 import dev.mobilepeft.core.PersonalizeConfig
@@ -256,15 +257,21 @@ class MainActivity : Activity() {
             val session = backend.open(backend.bundleCheckpoint)
             val stamp = SimpleDateFormat("yyyyMMdd-HHmmss", Locale.US).format(Date())
             val outDir = File(getExternalFilesDir(null) ?: filesDir, "personalized/$stamp")
+            // The deployed model: an imported ExecuTorch bundle keeping this adapter as data answers through
+            // the native runner, which swaps the personalized adapter in after training (docs/on-device-loop.md).
+            val deploy = deployBundles(section)
+            val native = deploy.firstOrNull()?.let { NativeRunner.loadLibrary(); NativeRunner.open(it, threads) }
             try {
                 val s = spec.image.size.toLong()
                 val imageTokens = samples.map { encoder.encode(it.pixels, longArrayOf(1, 3, s, s)) }
+                val pixelFiles = samples.mapIndexed { i, sample -> NativeRunner.pixelFile(sample.pixels, File(cacheDir, "photo$i.f32")) }
                 val output = section.inferenceOutputs[0]
                 // Answers before: the untouched adapter, exported the same way as the trained one.
                 runOnUiThread { status.text = "Answering with the bundle's adapter…" }
                 val before = File(cacheDir, "before_inference_model.onnx")
                 session.exportModelForInference(before.path, section.inferenceOutputs)
-                val beforeAnswers = answerAll(env, before, threads, output, spec, tokenizer, imageTokens, samples)
+                val beforeAnswers = if (native != null) samples.indices.map { native.answer(samples[it].question, pixelFiles[it]) }
+                    else answerAll(env, before, threads, output, spec, tokenizer, imageTokens, samples)
                 val personalizer = Personalizer(spec, tokenizer, encoder)
                 val losses = ArrayList<Float>()
                 val result = personalizer.train(session, samples, PersonalizeConfig(steps = steps, batchSize = batchSize),
@@ -279,8 +286,15 @@ class MainActivity : Activity() {
                 }
                 runOnUiThread { status.text = "Exporting the adapter…" }
                 val inference = personalizer.export(session, result, backend, bundle.dir, outDir)
-                val deployed = writeAdapterFiles(section, inference, outDir)
-                val afterAnswers = answerAll(env, inference, threads, output, spec, tokenizer, imageTokens, samples)
+                val deployed = StringBuilder(writeAdapterFiles(section, inference, outDir, deploy))
+                val afterAnswers = if (native != null) {
+                    val swapMs = native.swap(File(outDir, "adapter-${deploy[0].name}.ptd"))
+                    deployed.append(String.format(Locale.US, "Answers from %s (ExecuTorch, native runner): adapter swapped in %.1f ms, RSS %.0f MB\n",
+                        deploy[0].name, swapMs, native.rssMb))
+                    samples.indices.map { native.answer(samples[it].question, pixelFiles[it]) }
+                } else {
+                    answerAll(env, inference, threads, output, spec, tokenizer, imageTokens, samples)
+                }
                 val json = result.benchResult(DeviceInfo.describe(), threads, DeviceInfo.peakRssMb()).toJson()
                 File(outDir, "train_benchmark.json").writeText(json)
                 lastJson = json
@@ -301,6 +315,7 @@ class MainActivity : Activity() {
             } finally {
                 session.close()
                 encoder.close()
+                native?.close()
             }
         }
     }
@@ -310,17 +325,22 @@ class MainActivity : Activity() {
      * (`mobilepeft export executorch --adapter-as-data`): OUT/adapter-<bundle>.ptd, which that bundle's
      * runner swaps in without re-export (docs/on-device-loop.md). Other bundles are left alone.
      */
-    private fun writeAdapterFiles(ort: OnnxTrainingSection, inference: File, outDir: File): String {
+    private fun writeAdapterFiles(ort: OnnxTrainingSection, inference: File, outDir: File, deploy: List<File>): String {
         val trained = OnnxInitializers.trained(ort, inference.readBytes())
         val lines = StringBuilder()
-        for (dir in bundles) {
-            val adapter = BundleStore.open(this, dir).spec.executorch?.adapter ?: continue
-            if (adapter.tensors.map { it.adapterKey }.toSet() != trained.keys) continue
+        for (dir in deploy) {
+            val adapter = BundleStore.open(this, dir).spec.requireExecutorch().adapter ?: continue
             val out = File(outDir, "adapter-${dir.name}.ptd")
             AdapterFile.write(adapter, File(dir, adapter.file), trained, out)
             lines.append("Wrote ${out.path}: the personalized adapter for ${dir.name}\n")
         }
         return lines.toString()
+    }
+
+    /** Imported ExecuTorch bundles that keep as data the adapter this ORT bundle trains. */
+    private fun deployBundles(ort: OnnxTrainingSection): List<File> = bundles.filter { dir ->
+        val adapter = BundleStore.open(this, dir).spec.executorch?.adapter
+        adapter != null && AdapterFile.fits(adapter, ort)
     }
 
     private fun answerAll(

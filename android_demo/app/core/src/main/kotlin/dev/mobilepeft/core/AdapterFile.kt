@@ -12,6 +12,11 @@ import java.nio.ByteOrder
  * copies that head and puts each tensor at the offset the manifest states: no flatbuffer library needed.
  */
 object AdapterFile {
+    /** Whether `section` holds exactly the adapter an ORT bundle trains, so the phone can write its file (an ORT
+     *  bundle that also trains the projector does not fit: the ExecuTorch bundle holds the projector merged). */
+    fun fits(section: AdapterSection, ort: OnnxTrainingSection): Boolean =
+        section.tensors.map { it.adapterKey }.toSet() == ort.trainable.map { it.adapterKey }.toSet()
+
     /** Refuse a file that does not fit the bundle, naming the first tensor that does not (missing, extra, shape, dtype). */
     fun check(section: AdapterSection, data: ByteArray, source: String) {
         val found = FlatTensorFile.read(data, source)

@@ -16,6 +16,7 @@ fun adapterFileTests(): List<TestCase> = listOf(
         assertEq(expect.o("bytes").lng(), section.bytes, "bytes")
         check(section.tensors.any { it.transposed && it.shape[0] > it.shape[1] }) { "A^T stored [in, r]" }
         check(section.tensors.all { it.scaling > 0 && it.offset >= section.headBytes }) { "scaling and offsets" }
+        check(AdapterFile.fits(section, Bundle(fx.file("ort_bundle")).spec.requireOnnxTraining())) { "the ORT bundle's adapter fits" }
     },
     TestCase("adapter file: written from the ORT-trained state, read back by the FlatTensor reader") { fx ->
         val et = Bundle(fx.file("et_adapter_bundle")).spec.requireExecutorch()
