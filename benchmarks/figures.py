@@ -597,6 +597,12 @@ COST = [
               {"m": ("median/merged/peak_rss_mb", ".0f"), "a": ("median/as_data/peak_rss_mb", ".0f")}),
     _cost_row("adapter.ptd vs model.pte", "{a} MB vs {p} MB",
               {"a": ("file_bytes/adapter.ptd", "MB.2f"), "p": ("file_bytes/model.pte", "MB.1f")}),
+    Figure("docs/on-device-loop.md", "named data costs {n} µs per call, the same tensors as method inputs {i} µs, and as ordinary "
+           "constants packed by XNNPACK (not replaceable, the reference) {c} µs", "adapter_mechanisms.json",
+           {"n": ("mechanisms/named_data/us_per_call", ".0f"), "i": ("mechanisms/method_inputs/us_per_call", ".0f"),
+            "c": ("mechanisms/merged_constants/us_per_call", ".0f")}),
+    Figure("docs/on-device-loop.md", ": {n} LoRA blocks of {d} → {r} → {d2} in a row", "adapter_mechanisms.json",
+           {"n": ("modules", "d"), "d": ("dim", "d"), "r": ("rank", "d"), "d2": ("dim", "d")}),
     Figure("docs/on-device-loop.md", "at the 1.7B shape decode is {r}× the merged model's time", "adapter_cost_1p7b-shape.json",
            {"r": ("as_data_over_merged_time/decode", ".3f")}),
     Figure("docs/on-device-loop.md", "and prefill is {r}×.", "adapter_cost_1p7b-shape.json",
