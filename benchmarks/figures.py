@@ -533,14 +533,6 @@ EXTRA = [
 LOOP_RUN = "runs/lora:hydra/loop"
 
 
-def _loop_base_named_right(d: dict[str, Any]) -> str:
-    """How many of the base's held-out answers name the right shape (mapped to the user's words)."""
-    loop = get(d, LOOP_RUN)
-    words = loop["user_words"]
-    answers = loop["passes"][0]["answers"]
-    return str(sum(words.get(a.strip().lower()) == r for a, r in zip(answers, loop["references"], strict=True)))
-
-
 LOOP = [
     Figure("README.md", "personalize   ORT eval loss {b} -> {a} in {n} steps (median step {ms} ms, batch {bs})", "demo.json",
            {"b": (f"{LOOP_RUN}/personalize/eval_loss_before", ".3f"), "a": (f"{LOOP_RUN}/personalize/eval_loss_after", ".3f"),
@@ -550,9 +542,9 @@ LOOP = [
            {"b": (f"{LOOP_RUN}/passes/0/correct", "d"), "a": (f"{LOOP_RUN}/passes/1/correct", "d"),
             "n": lambda d: str(len(get(d, LOOP_RUN)["references"])), "n2": lambda d: str(len(get(d, LOOP_RUN)["references"]))}),
     Figure("README.md", "triangle; {k}/{n} of those name the right shape", "demo.json",
-           {"k": _loop_base_named_right, "n": lambda d: str(len(get(d, LOOP_RUN)["references"]))}),
+           {"k": (f"{LOOP_RUN}/base_right_shape", "d"), "n": lambda d: str(len(get(d, LOOP_RUN)["references"]))}),
     Figure("README.md", "the base recognises the shape in {k} of the {n} held-out", "demo.json",
-           {"k": _loop_base_named_right, "n": lambda d: str(len(get(d, LOOP_RUN)["references"]))}),
+           {"k": (f"{LOOP_RUN}/base_right_shape", "d"), "n": lambda d: str(len(get(d, LOOP_RUN)["references"]))}),
     Figure("README.md", "swap          {ms} ms in the answering process (bench: median {bench} ms); RSS {r0} -> {r1} MB",
            "demo.json", {"ms": (f"{LOOP_RUN}/passes/1/swap_ms", ".2f"), "bench": (f"{LOOP_RUN}/speed/adapter_swap_ms", ".2f"),
                          "r0": (f"{LOOP_RUN}/passes/1/rss_before_swap_mb", ".1f"),
@@ -567,7 +559,7 @@ LOOP = [
            "step {ms} ms); before it, {k}/{n3} of the model's answers", "demo.json",
            {"b": (f"{LOOP_RUN}/passes/0/correct", "d"), "a": (f"{LOOP_RUN}/passes/1/correct", "d"),
             "n": lambda d: str(len(get(d, LOOP_RUN)["references"])), "n2": lambda d: str(len(get(d, LOOP_RUN)["references"])),
-            "n3": lambda d: str(len(get(d, LOOP_RUN)["references"])), "k": _loop_base_named_right,
+            "n3": lambda d: str(len(get(d, LOOP_RUN)["references"])), "k": (f"{LOOP_RUN}/base_right_shape", "d"),
             "steps": (f"{LOOP_RUN}/personalize/steps", "d"), "ms": (f"{LOOP_RUN}/personalize/train_step_ms_median", ".0f")}),
     Figure("docs/on-device-loop.md", "the swap takes {ms} ms and RSS goes from {r0} to {r1} MB", "demo.json",
            {"ms": (f"{LOOP_RUN}/passes/1/swap_ms", ".2f"), "r0": (f"{LOOP_RUN}/passes/1/rss_before_swap_mb", ".1f"),

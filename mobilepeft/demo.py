@@ -59,11 +59,9 @@ TRAINING_STAGES = 5
 class DemoTraining:
     """What the training half produced, and the lines that summarise it."""
 
+    output_dir: Path  # the demo's folder as the demo prints it (relative to the working directory when inside it)
     model_dir: Path
-    data_dir: Path
-    run_dir: Path
     adapter_dir: Path
-    merged_dir: Path
     eval_before: dict[str, Any]
     eval_after: dict[str, Any]
     summary: list[str]
@@ -121,4 +119,4 @@ def run_demo(output_dir: Path, *, steps: int = 300, adapter: str = "lora", sched
         lines.append(f"  ranks         {min(final)}..{max(final)} at the budget of rank {cfg.adapter.rank}: "
                      f"{run_dir / 'rank_history.png'}")
     lines.append(f"  trained in {time.perf_counter() - t0:.0f} s")
-    return DemoTraining(model_dir, data_dir, run_dir, result.adapter_dir, merged_dir, b, a, lines)
+    return DemoTraining(output_dir, model_dir, result.adapter_dir, b, a, lines)

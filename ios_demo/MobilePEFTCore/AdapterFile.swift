@@ -97,6 +97,20 @@ public enum AdapterFile {
         return out
     }
 
+    /// Whether `executorchBundle` keeps as data exactly the adapter `ortBundle` trains, so a file can be
+    /// written for it (an ORT bundle that also trains the projector does not fit: the ExecuTorch
+    /// bundle holds the projector merged).
+    public static func fits(executorchBundle: Manifest, ortBundle: Manifest) throws -> Bool {
+        guard executorchBundle.has("executorch.adapter") else { return false }
+        let stored = try Set((0..<executorchBundle.count("executorch.adapter.tensors[]")).map {
+            try executorchBundle.string("executorch.adapter.tensors[].adapter_key", $0)
+        })
+        let trained = try Set((0..<ortBundle.count("onnx_training.trainable[]")).map {
+            try ortBundle.string("onnx_training.trainable[].adapter_key", $0)
+        })
+        return stored == trained
+    }
+
     /// Writes the personalized adapter file atomically: the previous file stays until this one is whole.
     public static func write(executorchBundle: Manifest, ortBundle: Manifest, trainable: [Float], to url: URL) throws {
         let data = try bytes(executorchBundle: executorchBundle, ortBundle: ortBundle, trainable: trainable)

@@ -157,14 +157,11 @@ final class PersonalizeModel: ObservableObject {
                                                                     includingPropertiesForKeys: nil)) ?? []
         var written: [URL] = []
         for folder in folders.sorted(by: { $0.path < $1.path }) {
-            guard let bundle = try? BundleFolder(url: folder), bundle.manifest.has("executorch.adapter") else { continue }
+            guard let bundle = try? BundleFolder(url: folder),
+                  try AdapterFile.fits(executorchBundle: bundle.manifest, ortBundle: ort) else { continue }
             let out = outputDirectory.appendingPathComponent("adapter-\(bundle.name).ptd")
-            do {
-                try AdapterFile.write(executorchBundle: bundle.manifest, ortBundle: ort, trainable: trainable, to: out)
-                written.append(out)
-            } catch {
-                continue  // a bundle exported from another adapter: its tensors do not fit this one
-            }
+            try AdapterFile.write(executorchBundle: bundle.manifest, ortBundle: ort, trainable: trainable, to: out)
+            written.append(out)
         }
         return written
     }

@@ -64,7 +64,7 @@ def run_loop_demo(output_dir: Path, *, steps: int = 300, adapter: str = "lora", 
     t0 = time.perf_counter()
     stages = Stages(TRAINING_STAGES + LOOP_STAGES, echo)
     trained = run_demo(output_dir, steps=steps, adapter=adapter, schedule=schedule, echo=echo, stages=stages)
-    output_dir = trained.model_dir.parent
+    output_dir = trained.output_dir
     ort_dir, et_dir = output_dir / "bundles" / "ort", output_dir / "bundles" / "executorch"
     personal_dir, phone_dir = output_dir / "personal-data", output_dir / "phone"
 
@@ -86,22 +86,26 @@ def run_loop_demo(output_dir: Path, *, steps: int = 300, adapter: str = "lora", 
                              **PERSONALIZE)
     personal_ptd = write_bundle_adapter(et_dir, tensors_from_ort(phone_dir / "checkpoint", ort_dir),
                                         phone_dir / "adapter.ptd")
-    questions = _questions(data["val_json"], output_dir / "questions")
+    questions_dir = output_dir / "questions"
+    questions = _questions(data["val_json"], questions_dir)
     references = [q.pop("reference") for q in questions]
     if runner is not None:
         stages("answering the held-out questions with the native runner: load once, answer with the desktop "
                "adapter, swap in the personalized adapter.ptd (no reload), answer again")
         passes, speed = _native_answers(Path(runner), et_dir, questions, personal_ptd, references,
-                                        output_dir / "questions" / "questions.json")
+                                        questions_dir / "questions.json")
     else:
         stages("answering the held-out questions with ExecuTorch's Python runtime (no native runner: "
                "`make runner` builds it; this runtime reloads the program to switch adapters)")
-        passes, speed = _python_answers(et_dir, questions, personal_ptd, references), {}
+        passes, speed = _python_answers(et_dir, questions, questions_dir, personal_ptd, references), {}
 
     seconds = time.perf_counter() - t0
+    # The base's ceiling for the mapping: its answers that name the right shape, in the user's words.
+    base_right_shape = sum(USER_WORDS.get(a.strip().lower()) == r for a, r in zip(passes[0].answers, references,
+                                                                                 strict=True))
     figures = {"training": {"eval_before": trained.eval_before, "eval_after": trained.eval_after},
                "personalize": {k: v for k, v in asdict(report).items() if k != "train_losses"},
-               "user_words": USER_WORDS, "references": references,
+               "user_words": USER_WORDS, "references": references, "base_right_shape": base_right_shape,
                "passes": [asdict(p) for p in passes], "speed": speed,
                "files": {"model.pte": (et_dir / "model.pte").stat().st_size,
                          "adapter.ptd": personal_ptd.stat().st_size},
@@ -178,12 +182,11 @@ def _native_answers(runner: Path, et_dir: Path, questions: list[dict[str, str]],
     return passes, {"load_ms": result["load_ms"], **{k: bench[k] for k in keys}}
 
 
-def _python_answers(et_dir: Path, questions: list[dict[str, str]], personal_ptd: Path,
+def _python_answers(et_dir: Path, questions: list[dict[str, str]], folder: Path, personal_ptd: Path,
                     references: list[str]) -> list[Pass]:
     from mobilepeft.export.executorch.runner import BundleRunner
 
     passes = []
-    folder = personal_ptd.parent.parent / "questions"
     for adapter in (None, personal_ptd):
         with _native_noise_held():
             runner = BundleRunner(et_dir, adapter=adapter)
@@ -197,17 +200,14 @@ def _summary(figures: dict[str, Any], passes: list[Pass], ort_dir: Path, et_dir:
              output_dir: Path) -> list[str]:
     base, personal = passes
     n = len(figures["references"])
-    shape_words = {word: shape for shape, word in USER_WORDS.items()}
-    named_right = sum(USER_WORDS.get(a.strip().lower()) == r for a, r in zip(base.answers, figures["references"],
-                                                                            strict=True))
     p = figures["personalize"]
     lines = [
         "  on the phone (the loop)",
         f"  personalize   ORT eval loss {p['eval_loss_before']:.3f} -> {p['eval_loss_after']:.3f} in {p['steps']} steps "
         f"(median step {p['train_step_ms_median']:.0f} ms, batch {p['batch_size']})",
         f"  user's words  before {base.correct}/{n} -> after {personal.correct}/{n} held-out answers in the user's "
-        f"words ({', '.join(sorted(set(shape_words)))})",
-        f"                (before, the model answers {', '.join(sorted(set(base.answers)))}; {named_right}/{n} of those "
+        f"words ({', '.join(sorted(USER_WORDS.values()))})",
+        f"                (before, the model answers {', '.join(sorted(set(base.answers)))}; {figures['base_right_shape']}/{n} of those "
         "name the right shape: the base's own ceiling for the mapping)",
         f"  e.g.          {base.answers[0]!r} -> {personal.answers[0]!r} (reference {figures['references'][0]!r})",
     ]

@@ -1,16 +1,11 @@
 #include "answer.h"
 
-#include <chrono>
-
 #include "bench.h"
 #include "generate.h"
 #include "json.h"
 
 namespace mobilepeft {
 namespace {
-
-using Clock = std::chrono::steady_clock;
-double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
 
 std::string folder_of(const std::string& path) {
   const size_t slash = path.find_last_of('/');

@@ -32,9 +32,6 @@ ThreadPool* get_threadpool();
 namespace mobilepeft {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
-
 struct Turn {
   double vision_encode_ms, prefill_tokens_per_s, decode_tokens_per_s, time_to_first_token_ms;
 };

@@ -4,6 +4,7 @@
 // of mobilepeft/export/bench.schema.json (docs/mobile.md).
 #pragma once
 
+#include <chrono>
 #include <string>
 
 #include "manifest.h"
@@ -21,6 +22,9 @@ struct BenchSettings {
 };
 
 std::string bench_json(VlmProgram& program, const Manifest& manifest, const BenchSettings& settings);
+
+using Clock = std::chrono::steady_clock;
+inline double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
 
 void set_threads(int threads);  // ExecuTorch's (XNNPACK's) thread pool
 double peak_rss_mb();  // VmHWM: this process's resident high-water mark

@@ -5,7 +5,6 @@
 // the runner's message (it names the file and the tensor); nothing escapes as a C++ exception.
 #include <jni.h>
 
-#include <chrono>
 #include <memory>
 #include <string>
 
@@ -86,9 +85,9 @@ JNIEXPORT jdouble JNICALL Java_dev_mobilepeft_core_NativeRunnerJni_nativeSwap(JN
     Session* s = session(handle);
     if (!s->program.adapter())
       throw BundleError(s->manifest.file("manifest.json") + ": the bundle has its adapter merged; export it with --adapter-as-data");
-    const auto t0 = std::chrono::steady_clock::now();
+    const auto t0 = Clock::now();
     s->program.adapter()->swap(text(env, path));
-    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    return ms_since(t0);
   }, jdouble(-1));
 }
 

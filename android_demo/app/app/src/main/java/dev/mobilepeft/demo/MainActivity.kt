@@ -18,6 +18,7 @@ import android.widget.ScrollView
 import android.widget.Spinner
 import android.widget.TextView
 import dev.mobilepeft.core.AdapterFile
+import dev.mobilepeft.core.AdapterSection
 import dev.mobilepeft.core.BenchSettings
 import dev.mobilepeft.core.BenchmarkRunner
 import dev.mobilepeft.core.GreedyAnswerer
@@ -260,7 +261,7 @@ class MainActivity : Activity() {
             // The deployed model: an imported ExecuTorch bundle keeping this adapter as data answers through
             // the native runner, which swaps the personalized adapter in after training (docs/on-device-loop.md).
             val deploy = deployBundles(section)
-            val native = deploy.firstOrNull()?.let { NativeRunner.loadLibrary(); NativeRunner.open(it, threads) }
+            val native = deploy.firstOrNull()?.let { NativeRunner.loadLibrary(); NativeRunner.open(it.first, threads) }
             try {
                 val s = spec.image.size.toLong()
                 val imageTokens = samples.map { encoder.encode(it.pixels, longArrayOf(1, 3, s, s)) }
@@ -288,9 +289,9 @@ class MainActivity : Activity() {
                 val inference = personalizer.export(session, result, backend, bundle.dir, outDir)
                 val deployed = StringBuilder(writeAdapterFiles(section, inference, outDir, deploy))
                 val afterAnswers = if (native != null) {
-                    val swapMs = native.swap(File(outDir, "adapter-${deploy[0].name}.ptd"))
+                    val swapMs = native.swap(File(outDir, "adapter-${deploy[0].first.name}.ptd"))
                     deployed.append(String.format(Locale.US, "Answers from %s (ExecuTorch, native runner): adapter swapped in %.1f ms, RSS %.0f MB\n",
-                        deploy[0].name, swapMs, native.rssMb))
+                        deploy[0].first.name, swapMs, native.rssMb))
                     samples.indices.map { native.answer(samples[it].question, pixelFiles[it]) }
                 } else {
                     answerAll(env, inference, threads, output, spec, tokenizer, imageTokens, samples)
@@ -325,11 +326,11 @@ class MainActivity : Activity() {
      * (`mobilepeft export executorch --adapter-as-data`): OUT/adapter-<bundle>.ptd, which that bundle's
      * runner swaps in without re-export (docs/on-device-loop.md). Other bundles are left alone.
      */
-    private fun writeAdapterFiles(ort: OnnxTrainingSection, inference: File, outDir: File, deploy: List<File>): String {
+    private fun writeAdapterFiles(ort: OnnxTrainingSection, inference: File, outDir: File,
+                                  deploy: List<Pair<File, AdapterSection>>): String {
         val trained = OnnxInitializers.trained(ort, inference.readBytes())
         val lines = StringBuilder()
-        for (dir in deploy) {
-            val adapter = BundleStore.open(this, dir).spec.requireExecutorch().adapter ?: continue
+        for ((dir, adapter) in deploy) {
             val out = File(outDir, "adapter-${dir.name}.ptd")
             AdapterFile.write(adapter, File(dir, adapter.file), trained, out)
             lines.append("Wrote ${out.path}: the personalized adapter for ${dir.name}\n")
@@ -337,10 +338,9 @@ class MainActivity : Activity() {
         return lines.toString()
     }
 
-    /** Imported ExecuTorch bundles that keep as data the adapter this ORT bundle trains. */
-    private fun deployBundles(ort: OnnxTrainingSection): List<File> = bundles.filter { dir ->
-        val adapter = BundleStore.open(this, dir).spec.executorch?.adapter
-        adapter != null && AdapterFile.fits(adapter, ort)
+    /** Imported ExecuTorch bundles that keep as data the adapter this ORT bundle trains, with their adapter section. */
+    private fun deployBundles(ort: OnnxTrainingSection): List<Pair<File, AdapterSection>> = bundles.mapNotNull { dir ->
+        BundleStore.open(this, dir).spec.executorch?.adapter?.takeIf { AdapterFile.fits(it, ort) }?.let { dir to it }
     }
 
     private fun answerAll(
