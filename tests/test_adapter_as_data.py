@@ -196,3 +196,79 @@ def test_a_refused_write_leaves_the_previous_adapter_file(loop, tmp_path):
     with pytest.raises(UserError, match=key.replace(".", r"\.")):
         write_bundle_adapter(loop["et"], tensors, out)
     assert out.read_bytes() == previous
+
+
+class _CRunner:
+    """The runner's C API (runner/include/mobilepeft/runner.h) through ctypes, as the iOS core calls it."""
+
+    def __init__(self, library: Path) -> None:
+        import ctypes
+
+        self.ctypes = ctypes
+        lib = self.lib = ctypes.CDLL(str(library))
+        lib.mobilepeft_runner_open.restype = ctypes.c_void_p
+        lib.mobilepeft_runner_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_void_p)]
+        lib.mobilepeft_runner_keeps_adapter_as_data.argtypes = [ctypes.c_void_p]
+        lib.mobilepeft_runner_active_adapter.restype = ctypes.c_char_p
+        lib.mobilepeft_runner_active_adapter.argtypes = [ctypes.c_void_p]
+        lib.mobilepeft_runner_swap.restype = ctypes.c_double
+        lib.mobilepeft_runner_swap.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
+        lib.mobilepeft_runner_answer.restype = ctypes.c_void_p
+        lib.mobilepeft_runner_answer.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int,
+                                                 ctypes.POINTER(ctypes.c_void_p)]
+        lib.mobilepeft_runner_rss_mb.restype = ctypes.c_double
+        lib.mobilepeft_runner_close.argtypes = [ctypes.c_void_p]
+        lib.mobilepeft_string_free.argtypes = [ctypes.c_void_p]
+
+    def _take(self, pointer: int | None) -> str:
+        text = self.ctypes.string_at(pointer).decode("utf-8")
+        self.lib.mobilepeft_string_free(pointer)
+        return text
+
+    def call(self, name: str, *args):
+        """``(result, error message or None)``."""
+        error = self.ctypes.c_void_p()
+        result = getattr(self.lib, f"mobilepeft_runner_{name}")(*args, self.ctypes.byref(error))
+        return result, (self._take(error.value) if error.value else None)
+
+    def answer(self, handle: int, prompt: str, image: Path) -> str:
+        text, error = self.call("answer", handle, prompt.encode(), str(image).encode(), 6)
+        assert text, error
+        return self._take(text)
+
+
+def test_c_library_answers_and_swaps_in_place_and_keeps_the_adapter_it_had_on_refusal(loop, runner, tmp_path):
+    """libmobilepeft (the iOS core's native runner): load once, answer like Python with each adapter,
+    swap in place; a foreign file is refused naming the tensor and the active adapter keeps answering."""
+    c = _CRunner(runner.parent / "libmobilepeft.so")
+    handle, error = c.call("open", str(tmp_path / "nothing").encode(), 2)
+    assert handle is None and str(tmp_path / "nothing") in error
+
+    handle, error = c.call("open", str(loop["et"]).encode(), 2)
+    assert handle, error
+    try:
+        assert c.lib.mobilepeft_runner_keeps_adapter_as_data(handle) == 1
+        assert c.lib.mobilepeft_runner_active_adapter(handle).decode() == str(loop["et"] / "adapter.ptd")
+        questions = [(q.replace("<image>\n", ""), _ppm(image, tmp_path / f"q{k}.ppm"))
+                     for k, (q, image) in enumerate(_questions(loop["personal"], 4))]
+        desktop = [c.answer(handle, q, image) for q, image in questions]
+        python = BundleRunner(loop["et"])
+        assert desktop == [python.generate(q, image, max_new_tokens=6).text for q, image in questions]
+
+        rss_before = c.lib.mobilepeft_runner_rss_mb()
+        ms, error = c.call("swap", handle, str(loop["ptd"]).encode())
+        assert 0 < ms < 1000, error
+        personal = [c.answer(handle, q, image) for q, image in questions]
+        python = BundleRunner(loop["et"], adapter=loop["ptd"])
+        assert personal == [python.generate(q, image, max_new_tokens=6).text for q, image in questions]
+        assert personal != desktop
+        pte_mb = (loop["et"] / "model.pte").stat().st_size / 2**20
+        assert c.lib.mobilepeft_runner_rss_mb() - rss_before < 0.5 * pte_mb
+
+        for case, (path, tensor) in foreign_adapter_files(loop["ptd"], tmp_path).items():
+            ms, error = c.call("swap", handle, str(path).encode())
+            assert ms == -1 and tensor in error and str(path) in error, (case, error)
+            assert c.lib.mobilepeft_runner_active_adapter(handle).decode() == str(loop["ptd"])
+        assert [c.answer(handle, q, image) for q, image in questions] == personal
+    finally:
+        c.lib.mobilepeft_runner_close(handle)

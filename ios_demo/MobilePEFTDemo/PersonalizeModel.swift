@@ -39,7 +39,8 @@ final class CancelFlag: @unchecked Sendable {
 }
 
 /// The Personalize screen's state and its background work: open the ORT bundle, answer the
-/// first questions, train with progress, save checkpoint + adapter + inference model, answer again.
+/// first questions, train with progress, save checkpoint + adapter + inference model (and an
+/// `adapter-<bundle>.ptd` for each deployable ExecuTorch bundle), answer again.
 @MainActor
 final class PersonalizeModel: ObservableObject {
     @Published private(set) var bundle: BundleFolder?
@@ -147,26 +148,31 @@ final class PersonalizeModel: ObservableObject {
         }
     }
 
-    /// The personalized adapter for every ExecuTorch bundle in Documents that keeps this adapter as
-    /// data (`mobilepeft export executorch --adapter-as-data`): `adapter-<bundle>.ptd`, which that
-    /// bundle's runner swaps in without re-export (docs/on-device-loop.md). Other bundles are left alone.
-    nonisolated private func writeAdapterFiles(_ ort: Manifest, _ personalizer: Personalizer,
-                                               _ outputDirectory: URL) throws -> [URL] {
-        let trainable = try personalizer.session.trainableValues()
+    /// The ExecuTorch bundles in Documents that keep this adapter as data (`mobilepeft export executorch
+    /// --adapter-as-data`): each gets the personalized adapter as `adapter-<bundle>.ptd`, which its
+    /// runner swaps in without re-export (docs/on-device-loop.md). Other bundles are left alone.
+    nonisolated private func deployableBundles(_ ort: Manifest) throws -> [BundleFolder] {
         let folders = (try? FileManager.default.contentsOfDirectory(at: BundleFolder.documents,
                                                                     includingPropertiesForKeys: nil)) ?? []
-        var written: [URL] = []
-        for folder in folders.sorted(by: { $0.path < $1.path }) {
-            guard let bundle = try? BundleFolder(url: folder),
-                  try AdapterFile.fits(executorchBundle: bundle.manifest, ortBundle: ort) else { continue }
-            let out = outputDirectory.appendingPathComponent("adapter-\(bundle.name).ptd")
-            try AdapterFile.write(executorchBundle: bundle.manifest, ortBundle: ort, trainable: trainable, to: out)
-            written.append(out)
+        return try folders.sorted(by: { $0.path < $1.path }).compactMap { folder in
+            guard let bundle = try? BundleFolder(url: folder) else { return nil }
+            return try AdapterFile.fits(executorchBundle: bundle.manifest, ortBundle: ort) ? bundle : nil
         }
-        return written
     }
 
-    /// The whole session, off the main actor.
+    nonisolated private func writeAdapterFiles(_ ort: Manifest, _ bundles: [BundleFolder], _ personalizer: Personalizer,
+                                               _ outputDirectory: URL) throws -> [URL] {
+        let trainable = try personalizer.session.trainableValues()
+        return try bundles.map { bundle in
+            let out = outputDirectory.appendingPathComponent("adapter-\(bundle.name).ptd")
+            try AdapterFile.write(executorchBundle: bundle.manifest, ortBundle: ort, trainable: trainable, to: out)
+            return out
+        }
+    }
+
+    /// The whole session, off the main actor. With a deployable ExecuTorch bundle in Documents the
+    /// answers come from it through the native runner (loaded once; the personalized adapter swapped in
+    /// after training), otherwise from ONNX Runtime's inference graph.
     nonisolated private func runSession(_ manifest: Manifest, _ drafts: [ExampleDraft], _ settings: PersonalizeSettings,
                                         _ checkpoint: URL?, _ outputDirectory: URL, _ cancel: CancelFlag,
                                         _ asked: Int) async throws {
@@ -182,10 +188,23 @@ final class PersonalizeModel: ObservableObject {
         }
         let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("before_\(UUID().uuidString).onnx")
         defer { try? FileManager.default.removeItem(at: scratch) }
+        let deploy = try deployableBundles(manifest)
+        let native = try deploy.first.map { try NativeRunner.open(bundle: $0.url, threads: threads) }
+        let photos = try samples.prefix(asked).enumerated().map { i, sample in
+            try sample.pixels.map {
+                try NativeRunner.pixelFile($0, to: FileManager.default.temporaryDirectory.appendingPathComponent("photo\(i).f32"))
+            }
+        }
+        defer { photos.compactMap { $0 }.forEach { try? FileManager.default.removeItem(at: $0) } }
 
         await show("answering before training…")
-        try personalizer.session.exportInferenceModel(to: scratch, outputs: personalizer.inferenceOutputs)
-        let before = try answerAll(personalizer, model: scratch, manifest, drafts, samples, asked, threads)
+        let before: [String]
+        if let native {
+            before = try zip(drafts, photos).map { draft, photo in try native.answer(draft.question, image: photo) }
+        } else {
+            try personalizer.session.exportInferenceModel(to: scratch, outputs: personalizer.inferenceOutputs)
+            before = try answerAll(personalizer, model: scratch, manifest, drafts, samples, asked, threads)
+        }
         await MainActor.run { self.answers = zip(drafts, before).map { AnswerPair(question: $0.question, before: $1) } }
 
         await show("training…")
@@ -206,13 +225,24 @@ final class PersonalizeModel: ObservableObject {
             try report.benchResult(harness: "ios-app", threads: threads).write(to: bench)
             files.append(bench)
         }
-        files += try writeAdapterFiles(manifest, personalizer, outputDirectory)
+        let adapterFiles = try writeAdapterFiles(manifest, deploy, personalizer, outputDirectory)
+        files += adapterFiles
         await MainActor.run { self.outputs = files }
 
         await show("answering after training…")
-        let inference = outputDirectory.appendingPathComponent("inference_model.onnx")
-        let after = try answerAll(personalizer, model: inference, manifest, drafts, samples, asked, threads)
-        let summary = report.stoppedEarly ?? String(format: "eval loss %.4f → %.4f", report.evalLossBefore, report.evalLossAfter)
+        let after: [String]
+        var deployed = ""
+        if let native, let adapter = adapterFiles.first {
+            let swapMs = try native.swap(to: adapter)
+            deployed = String(format: " · answers from %@ (ExecuTorch): adapter swapped in %.1f ms, RSS %.0f MB",
+                              deploy[0].name, swapMs, NativeRunner.rssMb)
+            after = try zip(drafts, photos).map { draft, photo in try native.answer(draft.question, image: photo) }
+        } else {
+            let inference = outputDirectory.appendingPathComponent("inference_model.onnx")
+            after = try answerAll(personalizer, model: inference, manifest, drafts, samples, asked, threads)
+        }
+        let summary = (report.stoppedEarly ?? String(format: "eval loss %.4f → %.4f", report.evalLossBefore,
+                                                     report.evalLossAfter)) + deployed
         await MainActor.run {
             for i in self.answers.indices where i < after.count { self.answers[i].after = after[i] }
             self.error = report.stoppedEarly

@@ -12,6 +12,9 @@
 #ifdef __ANDROID__
 #include <sys/system_properties.h>
 #endif
+#ifdef __APPLE__
+#include <mach/mach.h>
+#endif
 
 #if __has_include(<executorch/extension/threadpool/threadpool.h>)
 #include <executorch/extension/threadpool/threadpool.h>
@@ -135,6 +138,20 @@ void set_threads(int threads) {
   executorch::extension::threadpool::get_threadpool()->_unsafe_reset_threadpool(uint32_t(threads));
 }
 
+#ifdef __APPLE__
+// No /proc on Apple platforms: the task's own counters (the phys_footprint Xcode shows is not RSS).
+namespace {
+double task_mb(bool peak) {
+  mach_task_basic_info_data_t info{};
+  mach_msg_type_number_t count = MACH_TASK_BASIC_INFO_COUNT;
+  if (task_info(mach_task_self(), MACH_TASK_BASIC_INFO, reinterpret_cast<task_info_t>(&info), &count) != KERN_SUCCESS)
+    return 0;
+  return double(peak ? info.resident_size_max : info.resident_size) / (1024.0 * 1024.0);
+}
+}  // namespace
+double peak_rss_mb() { return task_mb(true); }
+double rss_mb() { return task_mb(false); }
+#else
 namespace {
 double status_mb(const std::string& field) {  // a "Vm...: N kB" line of /proc/self/status
   std::ifstream status("/proc/self/status");
@@ -144,9 +161,9 @@ double status_mb(const std::string& field) {  // a "Vm...: N kB" line of /proc/s
   return 0;
 }
 }  // namespace
-
 double peak_rss_mb() { return status_mb("VmHWM:"); }
 double rss_mb() { return status_mb("VmRSS:"); }
+#endif
 
 std::string device_description() {
 #ifdef __ANDROID__

@@ -1,94 +1,61 @@
-// The native runner as a library for the apps (docs/on-device-loop.md): the Android core's
-// NativeRunner (android_demo/app/core, dev.mobilepeft.core.NativeRunner) opens a bundle once, answers
-// with the fast ExecuTorch program and swaps the personalized adapter in place through AdapterSlot,
-// the same code `mobilepeft_runner answer` runs. Errors become dev.mobilepeft.core.BundleError with
-// the runner's message (it names the file and the tensor); nothing escapes as a C++ exception.
+// The Android core's NativeRunner (android_demo/app/core, dev.mobilepeft.core.NativeRunner) over the
+// runner's C API (runner/include/mobilepeft/runner.h; docs/on-device-loop.md): Java strings in,
+// errors out as dev.mobilepeft.core.BundleError with the runner's message (it names the file and
+// the tensor).
 #include <jni.h>
 
-#include <memory>
 #include <string>
 
-#include "bench.h"
-#include "generate.h"
-#include "manifest.h"
-#include "sentencepiece.h"
-#include "verify.h"
-#include "vlm_program.h"
+#include "mobilepeft/runner.h"
 
 namespace {
 
-using namespace mobilepeft;
+// A Java string as UTF-8 for the C API, released when this goes out of scope.
+class Utf {
+ public:
+  Utf(JNIEnv* env, jstring s) : env_(env), s_(s), chars_(s ? env->GetStringUTFChars(s, nullptr) : nullptr) {}
+  ~Utf() {
+    if (chars_) env_->ReleaseStringUTFChars(s_, chars_);
+  }
+  Utf(const Utf&) = delete;
+  Utf& operator=(const Utf&) = delete;
+  const char* c_str() const { return chars_ ? chars_ : ""; }
 
-// The bundle's files are checked (size and SHA-256, cached) before anything is loaded from them.
-const Manifest& verified(const Manifest& manifest) {
-  verify_bundle(manifest, VerifyMode::Cached, default_stamp_dir());
-  return manifest;
-}
-
-struct Session {
-  explicit Session(const std::string& dir)
-      : manifest(Manifest::load(dir)),
-        program(verified(manifest)),
-        tokenizer(SentencePieceBpe::load(manifest.file(manifest.string("tokenizer.file")))),
-        generator(program, tokenizer, manifest) {}
-  Manifest manifest;
-  VlmProgram program;
-  SentencePieceBpe tokenizer;
-  Generator generator;
+ private:
+  JNIEnv* env_;
+  jstring s_;
+  const char* chars_;
 };
 
-std::string text(JNIEnv* env, jstring s) {
-  if (!s) return "";
-  const char* chars = env->GetStringUTFChars(s, nullptr);
-  std::string out(chars);
-  env->ReleaseStringUTFChars(s, chars);
-  return out;
+// Throw BundleError with `error` (the C API's message) and free it.
+void raise(JNIEnv* env, char* error) {
+  jclass type = env->FindClass("dev/mobilepeft/core/BundleError");
+  if (type) env->ThrowNew(type, error ? error : "unknown native error");  // else NoClassDefFoundError is pending
+  mobilepeft_string_free(error);
 }
 
-void raise(JNIEnv* env, const std::string& message) {
-  jclass error = env->FindClass("dev/mobilepeft/core/BundleError");
-  if (!error) return;  // FindClass left a NoClassDefFoundError pending
-  env->ThrowNew(error, message.c_str());
-}
-
-template <typename F>
-auto guarded(JNIEnv* env, F body, decltype(body()) fallback) -> decltype(body()) {
-  try {
-    return body();
-  } catch (const std::exception& e) {
-    raise(env, e.what());
-  } catch (...) {
-    raise(env, "unknown native error");
-  }
-  return fallback;
-}
-
-Session* session(jlong handle) { return reinterpret_cast<Session*>(handle); }
+MobilepeftRunner* runner(jlong handle) { return reinterpret_cast<MobilepeftRunner*>(handle); }
 
 }  // namespace
 
 extern "C" {
 
 JNIEXPORT jlong JNICALL Java_dev_mobilepeft_core_NativeRunnerJni_nativeOpen(JNIEnv* env, jclass, jstring dir, jint threads) {
-  return guarded(env, [&]() -> jlong {
-    set_threads(int(threads));
-    return reinterpret_cast<jlong>(new Session(text(env, dir)));
-  }, jlong(0));
+  char* error = nullptr;
+  MobilepeftRunner* opened = mobilepeft_runner_open(Utf(env, dir).c_str(), int(threads), &error);
+  if (!opened) raise(env, error);
+  return reinterpret_cast<jlong>(opened);
 }
 
 JNIEXPORT jboolean JNICALL Java_dev_mobilepeft_core_NativeRunnerJni_nativeKeepsAdapterAsData(JNIEnv*, jclass, jlong handle) {
-  return session(handle)->program.adapter() ? JNI_TRUE : JNI_FALSE;
+  return mobilepeft_runner_keeps_adapter_as_data(runner(handle)) ? JNI_TRUE : JNI_FALSE;
 }
 
 JNIEXPORT jdouble JNICALL Java_dev_mobilepeft_core_NativeRunnerJni_nativeSwap(JNIEnv* env, jclass, jlong handle, jstring path) {
-  return guarded(env, [&]() -> jdouble {
-    Session* s = session(handle);
-    if (!s->program.adapter())
-      throw BundleError(s->manifest.file("manifest.json") + ": the bundle has its adapter merged; export it with --adapter-as-data");
-    const auto t0 = Clock::now();
-    s->program.adapter()->swap(text(env, path));
-    return ms_since(t0);
-  }, jdouble(-1));
+  char* error = nullptr;
+  const double ms = mobilepeft_runner_swap(runner(handle), Utf(env, path).c_str(), &error);
+  if (ms < 0) raise(env, error);
+  return ms;
 }
 
 // The answer as UTF-8 bytes (Kotlin decodes them): NewStringUTF takes JNI's modified UTF-8, which
@@ -96,18 +63,26 @@ JNIEXPORT jdouble JNICALL Java_dev_mobilepeft_core_NativeRunnerJni_nativeSwap(JN
 JNIEXPORT jbyteArray JNICALL Java_dev_mobilepeft_core_NativeRunnerJni_nativeAnswer(JNIEnv* env, jclass, jlong handle,
                                                                                     jstring prompt, jstring image,
                                                                                     jint max_new_tokens) {
-  return guarded(env, [&]() -> jbyteArray {
-    const Generation g = session(handle)->generator.generate(text(env, prompt), text(env, image), int(max_new_tokens));
-    jbyteArray out = env->NewByteArray(jsize(g.text.size()));
-    if (out) env->SetByteArrayRegion(out, 0, jsize(g.text.size()), reinterpret_cast<const jbyte*>(g.text.data()));
-    return out;
-  }, jbyteArray(nullptr));
+  char* error = nullptr;
+  char* text = mobilepeft_runner_answer(runner(handle), Utf(env, prompt).c_str(), Utf(env, image).c_str(),
+                                        int(max_new_tokens), &error);
+  if (!text) {
+    raise(env, error);
+    return nullptr;
+  }
+  const std::string answer(text);
+  mobilepeft_string_free(text);
+  jbyteArray out = env->NewByteArray(jsize(answer.size()));
+  if (out) env->SetByteArrayRegion(out, 0, jsize(answer.size()), reinterpret_cast<const jbyte*>(answer.data()));
+  return out;
 }
 
-JNIEXPORT jdouble JNICALL Java_dev_mobilepeft_core_NativeRunnerJni_nativeRssMb(JNIEnv*, jclass) { return rss_mb(); }
+JNIEXPORT jdouble JNICALL Java_dev_mobilepeft_core_NativeRunnerJni_nativeRssMb(JNIEnv*, jclass) {
+  return mobilepeft_runner_rss_mb();
+}
 
 JNIEXPORT void JNICALL Java_dev_mobilepeft_core_NativeRunnerJni_nativeClose(JNIEnv*, jclass, jlong handle) {
-  delete session(handle);
+  mobilepeft_runner_close(runner(handle));
 }
 
 }  // extern "C"

@@ -21,6 +21,7 @@ class VlmProgram {
   explicit VlmProgram(const Manifest& manifest);
 
   AdapterSlot* adapter() { return adapter_.get(); }  // null when the adapter is merged
+  const AdapterSlot* adapter() const { return adapter_.get(); }
 
   double load_ms() const { return load_ms_; }
   int image_tokens() const { return image_tokens_; }
