@@ -9,8 +9,11 @@ are the medians of its per-round medians and the ratio adapter-as-data / merged 
 (another seed, written by ``mobilepeft adapter to-ptd``): swap time, RSS before and after the swap
 (the base must not be loaded twice), first token after a swap, peak RSS. And the file sizes.
 
-    make runner && python benchmarks/adapter_cost.py --preset tiny
-    make runner && python benchmarks/adapter_cost.py                  # MobileVLM-1.7B shape
+    make runner && python benchmarks/adapter_cost.py --preset tiny --rounds 5 --runs 20
+    make runner && python benchmarks/adapter_cost.py --rounds 5       # MobileVLM-1.7B shape
+
+(The tiny model decodes a token in about a millisecond: it needs many turns per sample to rise
+above the machine's noise.)
 
 Writes docs/results/adapter_cost_<preset>.json. At 1.7B the two exports take ~15 min each on 2
 cores (reused from --work-dir afterwards) and ~19 GB of RAM.

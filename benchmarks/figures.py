@@ -595,7 +595,7 @@ COST = [
             "c": ("mechanisms/merged_constants/us_per_call", ".0f")}),
     Figure("docs/on-device-loop.md", ": {n} LoRA blocks of {d} → {r} → {d2} in a row", "adapter_mechanisms.json",
            {"n": ("modules", "d"), "d": ("dim", "d"), "r": ("rank", "d"), "d2": ("dim", "d")}),
-    Figure("docs/on-device-loop.md", "at the 1.7B shape decode is {r}× the merged model's time", "adapter_cost_1p7b-shape.json",
+    Figure("docs/on-device-loop.md", "At the 1.7B shape decode is {r}× the merged model's time", "adapter_cost_1p7b-shape.json",
            {"r": ("as_data_over_merged_time/decode", ".3f")}),
     Figure("docs/on-device-loop.md", "and prefill is {r}×.", "adapter_cost_1p7b-shape.json",
            {"r": ("as_data_over_merged_time/prefill", ".3f")}),
