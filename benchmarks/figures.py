@@ -387,14 +387,8 @@ def _ondevice_row(label: str, shape: str, layers: int) -> Figure:
 
 ONDEVICE = [
     *[_ondevice_row(*row) for row in _ONDEVICE_ROWS],
-    Figure("docs/on-device-training.md", "Extrapolated to all 24 layers of MobileLLaMA-1.4B: {ort} ms per layer in ORT "
-           "({pt} ms in PyTorch), about {step} s per step of 2×256 tokens on these 2 cores, and ~{rss} GiB peak RSS — "
-           "fp32 frozen weights ({frozen} GB) dominate", "ondevice_train.json",
-           {"ort": ("extrapolation/train_step_ms_per_layer_ort", ".0f"),
-            "pt": ("extrapolation/train_step_ms_per_layer_pytorch", ".0f"),
-            "step": lambda d: f"{d['extrapolation']['train_step_ms_full_ort'] / 1000:.1f}",
-            "rss": lambda d: f"{d['extrapolation']['train_peak_rss_mb_full_ort'] / 1024:.0f}",
-            "frozen": lambda d: f"{_frozen_full(d) / 1e9:.1f}"}),
+    Figure("docs/on-device-training.md", "The whole decoder at 1.7B does not fit a phone (its fp32 frozen weights alone are "
+           "{frozen} GB)", "ondevice_train.json", {"frozen": lambda d: f"{_frozen_full(d) / 1e9:.1f}"}),
     Figure("docs/on-device-training.md", "the LoRA tensors themselves (1.0) plus graphs and framing ({big} at the 1.4B "
            "shape; {tiny} for the tiny model,", "ondevice_train.json",
            {"big": _minmax(lambda d: [r["sizes"]["overhead_over_lora"] - 1 for r in d["rows"]
@@ -605,7 +599,60 @@ COST = [
            {"gb": ("file_bytes/model.pte", "GB.0f")}),
 ]
 
-FIGURES: list[Figure] = [*QUALITY, *DEMO, *LOOP, *COST, *DEMO_METHODS, *TRAINING, *ONDEVICE, *QUANT, *COREML, *COREML_1P7B, *NATIVE, *EXTRA]
+def _split_row(k: int) -> Figure:
+    """One row of docs/on-device-training.md's K table (benchmarks/split_quality.py)."""
+    def step(d: dict[str, Any]) -> str:
+        return f"{statistics.mean(r['train_step_ms_median'] for r in d['runs'] if r['train_layers'] == k):.0f}"
+
+    label = f"{k} (all)" if k == 4 else str(k)
+    return Figure("docs/on-device-training.md", f"| {label} | {{acc}}% | {{held}} | {{sel}} | {{ms}} ms |",
+                  "split_quality.json", {"acc": (f"held_out_accuracy_after/{k}", "%.1f"), "held": (f"held_out_share/{k}", ".2f"),
+                                         "sel": (f"selection_share/{k}", ".2f"), "ms": step})
+
+
+P17 = "modes/top4"
+
+
+def _p17_file(*names: str) -> Callable[[dict[str, Any]], str]:
+    return lambda d: f"{sum(get(d, f'{P17}/export/files_bytes')[n] for n in names) / 1e9:.2f}"
+
+
+SPLIT = [
+    Figure("README.md", "once per sample and frees before training. Measured at the real shape with K = 4 of 24: peak RSS "
+           "{m} MiB per personalization step (whole process), {s} s per step of 256 tokens", "personalize_1p7b.json",
+           {"m": ("personalization_step_peak_rss_mib", ".0f"), "s": (f"{P17}/session/step_seconds", ".2f")}),
+    Figure("README.md", "half of the layers keep {s} of the all-layers gain", "split_quality.json",
+           {"s": ("default_held_out_share", ".2f")}),
+    Figure("docs/on-device-training.md", "| export | {s} s, peak {g} GiB | stopped at {fg} GiB after {fs} s,", "personalize_1p7b.json",
+           {"s": (f"{P17}/export/seconds", ".0f"), "g": (f"{P17}/export/peak_rss_gib", ".1f"),
+            "fg": ("modes/full/export/peak_rss_gib", ".1f"), "fs": ("modes/full/export/seconds", ".0f")}),
+    Figure("docs/on-device-training.md", "(once per sample) | peak {m} MiB |", "personalize_1p7b.json",
+           {"m": (f"{P17}/session/phases/frozen_graphs/peak_rss_mib", ".0f")}),
+    Figure("docs/on-device-training.md", "| phase 2: training step | peak {m} MiB, {s} s per step, {t} tokens/s |",
+           "personalize_1p7b.json", {"m": (f"{P17}/session/phases/training/peak_rss_mib", ".0f"),
+                                     "s": (f"{P17}/session/step_seconds", ".2f"), "t": (f"{P17}/session/tokens_per_s", ".0f")}),
+    Figure("docs/on-device-training.md", "(target 3072) | **{m}** |", "personalize_1p7b.json",
+           {"m": ("personalization_step_peak_rss_mib", ".0f")}),
+    Figure("docs/on-device-training.md", "| `vision_encoder.onnx` | {g} GB |", "personalize_1p7b.json",
+           {"g": _p17_file("vision_encoder.onnx")}),
+    Figure("docs/on-device-training.md", "(+ `.data`, int8) | {g} GB |", "personalize_1p7b.json",
+           {"g": _p17_file("decoder_prefix.onnx", "decoder_prefix.onnx.data")}),
+    Figure("docs/on-device-training.md", "LoRA) | {g} GB |", "personalize_1p7b.json", {"g": _p17_file("checkpoint")}),
+    Figure("docs/on-device-training.md", "| all files | {g} GB |", "personalize_1p7b.json",
+           {"g": lambda d: f"{get(d, f'{P17}/export/total_bytes') / 1e9:.2f}"}),
+    Figure("docs/on-device-training.md", "the interpreter and its imports are {m} MiB of those peaks", "personalize_1p7b.json",
+           {"m": (f"{P17}/session/python_baseline_rss_mib", ".0f")}),
+    Figure("docs/on-device-training.md", "the fp32 CLIP tower ({v} GB), then the int8 layers below K ({p} GB:",
+           "personalize_1p7b.json", {"v": _p17_file("vision_encoder.onnx"),
+                                     "p": _p17_file("decoder_prefix.onnx", "decoder_prefix.onnx.data")}),
+    *[_split_row(k) for k in range(1, 5)],
+    Figure("docs/on-device-training.md", "before personalization it is {b}%.", "split_quality.json",
+           {"b": ("held_out_accuracy_before", "%.1f")}),
+    Figure("docs/on-device-training.md", "is K = {k}, half the layers; on the held-out questions it keeps {s} of the gain",
+           "split_quality.json", {"k": ("default_train_layers", "d"), "s": ("default_held_out_share", ".2f")}),
+]
+
+FIGURES: list[Figure] = [*QUALITY, *SPLIT, *DEMO, *LOOP, *COST, *DEMO_METHODS, *TRAINING, *ONDEVICE, *QUANT, *COREML, *COREML_1P7B, *NATIVE, *EXTRA]
 
 #: Figures in the documents no committed JSON backs yet: (document, the note it carries next to them).
 UNCHECKED: list[tuple[str, str]] = [

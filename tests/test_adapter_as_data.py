@@ -50,7 +50,7 @@ def loop(tiny_ckpt, synth_data, tmp_path_factory):
     write_personal_dataset(personal, n_train=48, n_val=16)
     me = root / "me"
     personalize(ort, personal / "train.json", me, steps=40, lr=3e-3, batch_size=8, echo=lambda _: None)
-    ptd = write_bundle_adapter(et, tensors_from_ort(me / "checkpoint", ort), me / "adapter.ptd")
+    ptd = write_bundle_adapter(et, tensors_from_ort(me / "checkpoint", ort, et), me / "adapter.ptd")
     return dict(root=root, adapter=adapter, et=et, ort=ort, personal=personal, me=me, ptd=ptd,
                 peft=adapter_from_ort(me / "checkpoint", ort, root / "me-adapter"))
 
@@ -188,7 +188,7 @@ def test_adapter_files_that_do_not_fit_are_refused_naming_the_tensor(loop, runne
 
 def test_a_refused_write_leaves_the_previous_adapter_file(loop, tmp_path):
     out = tmp_path / "mine.ptd"
-    good = write_bundle_adapter(loop["et"], tensors_from_ort(loop["me"] / "checkpoint", loop["ort"]), out)
+    good = write_bundle_adapter(loop["et"], tensors_from_ort(loop["me"] / "checkpoint", loop["ort"], loop["et"]), out)
     previous = good.read_bytes()
     tensors = tensors_from_adapter(loop["adapter"])
     key = sorted(tensors)[0]
@@ -272,3 +272,20 @@ def test_c_library_answers_and_swaps_in_place_and_keeps_the_adapter_it_had_on_re
         assert [c.answer(handle, q, image) for q, image in questions] == personal
     finally:
         c.lib.mobilepeft_runner_close(handle)
+
+
+def test_bundles_of_different_decoders_are_refused_naming_both(loop, tmp_path):
+    """An ORT bundle and an ExecuTorch bundle of different models (here: the ExecuTorch bundle's manifest
+    says 24 layers of 2048) cannot make an adapter file together; the message names both."""
+    import shutil
+
+    other = tmp_path / "other-et"
+    shutil.copytree(loop["et"], other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["model"].update(num_hidden_layers=24, hidden_size=2048)
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError) as refusal:
+        tensors_from_ort(loop["me"] / "checkpoint", loop["ort"], other)
+    message = str(refusal.value)
+    assert str(loop["ort"]) in message and str(other) in message
+    assert "4 decoder layers of hidden size 128" in message and "24 decoder layers of hidden size 2048" in message

@@ -277,7 +277,7 @@ def build_fixtures(tiny_ckpt: Path, root: Path) -> Path:
     trainer.save_checkpoint(root / "trained_checkpoint")
     trainer.export_inference(fx / "trained_inference_model.onnx", json.loads((ort / "manifest.json").read_text())
                              ["onnx_training"]["inference_outputs"])
-    write_bundle_adapter(et_adapter, tensors_from_ort(root / "trained_checkpoint", ort), root / "expected_adapter.ptd")
+    write_bundle_adapter(et_adapter, tensors_from_ort(root / "trained_checkpoint", ort, et_adapter), root / "expected_adapter.ptd")
     adapter_section = json.loads((et_adapter / "manifest.json").read_text())["executorch"]["adapter"]
     (fx / "adapter_expect.json").write_text(json.dumps({"tensors": len(adapter_section["tensors"]),
                                                         "bytes": adapter_section["bytes"]}))

@@ -45,6 +45,8 @@ def export_onnx_training_cmd(
     ort_format: Annotated[bool, typer.Option("--ort-format", help="Also write .ort copies of the graphs (smaller, faster to load on device).")] = False,
     sample_data: Annotated[Path | None, typer.Option(help="LLaVA JSON whose first sample becomes selftest.npz (default: a built-in synthetic sample).")] = None,
     image_folder: Annotated[Path | None, typer.Option(help="Image folder of --sample-data (default: its folder).")] = None,
+    train_layers: Annotated[int | None, typer.Option(min=1, help="Train the adapter in the top N decoder layers only: the layers below become decoder_prefix.onnx, run once per sample, so a phone holds N layers in the training graph (default: all layers train). See docs/on-device-training.md.")] = None,
+    prefix_weights: Annotated[str, typer.Option(help="Weights of decoder_prefix.onnx with --train-layers: int8 (ORT dynamic quantization, ~1/4 the memory) or float32.")] = "int8",
     overwrite: Overwrite = False,
 ) -> None:
     """Write ONNX Runtime on-device training artifacts: training/eval/optimizer graphs, checkpoint,
@@ -60,7 +62,8 @@ def export_onnx_training_cmd(
     claim_output(output_dir, "bundle", overwrite, model, adapter, sample_data, image_folder)
     manifest = export_onnx_training(model, adapter, output_dir, seq_len=seq_len, train_projector=train_projector,
                                     optimizer=optimizer, learning_rate=lr, ort_format=ort_format,
-                                    sample_data=sample_data, image_folder=image_folder, echo=typer.echo)
+                                    sample_data=sample_data, image_folder=image_folder, train_layers=train_layers,
+                                    prefix_weights=prefix_weights, echo=typer.echo)
     sizes = {k: v["bytes"] for k, v in manifest["files"].items()}
     total = sum(sizes.values())
     typer.echo(f"wrote {output_dir}: {len(sizes)} files, {total / 1e6:.1f} MB "
@@ -232,7 +235,7 @@ def personalize_cmd(
     if executorch_bundle is not None:
         from mobilepeft.export.to_ptd import tensors_from_ort, write_bundle_adapter
 
-        path = write_bundle_adapter(executorch_bundle, tensors_from_ort(output_dir / "checkpoint", bundle),
+        path = write_bundle_adapter(executorch_bundle, tensors_from_ort(output_dir / "checkpoint", bundle, executorch_bundle),
                                     output_dir / "adapter.ptd")
         typer.echo(f"wrote {path}: the personalized adapter for {executorch_bundle}")
 
@@ -272,7 +275,7 @@ def adapter_to_ptd_cmd(
 
     if (adapter is None) == (ort_checkpoint is None) or (ort_checkpoint is None) != (ort_bundle is None):
         raise UserError("give either --ort-checkpoint with --ort-bundle, or --adapter", field="adapter")
-    tensors = tensors_from_adapter(adapter) if adapter is not None else tensors_from_ort(ort_checkpoint, ort_bundle)
+    tensors = tensors_from_adapter(adapter) if adapter is not None else tensors_from_ort(ort_checkpoint, ort_bundle, bundle)
     path = write_bundle_adapter(bundle, tensors, output)
     typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, {len(tensors)} tensors)")
 

@@ -84,7 +84,7 @@ def run_loop_demo(output_dir: Path, *, steps: int = 300, adapter: str = "lora", 
     with _native_noise_held():
         report = personalize(ort_dir, data["train_json"], phone_dir, eval_data=data["val_json"], echo=_silent,
                              **PERSONALIZE)
-    personal_ptd = write_bundle_adapter(et_dir, tensors_from_ort(phone_dir / "checkpoint", ort_dir),
+    personal_ptd = write_bundle_adapter(et_dir, tensors_from_ort(phone_dir / "checkpoint", ort_dir, et_dir),
                                         phone_dir / "adapter.ptd")
     questions_dir = output_dir / "questions"
     questions = _questions(data["val_json"], questions_dir)

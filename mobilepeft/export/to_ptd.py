@@ -16,23 +16,44 @@ from pathlib import Path
 import numpy as np
 
 from mobilepeft.errors import UserError
-from mobilepeft.export.bundle import read_bundle
+from mobilepeft.export.bundle import Bundle, read_bundle
 from mobilepeft.export.executorch.adapter_data import write_adapter_file
 from mobilepeft.export.ort.runtime import trainable_arrays
 
 PROJECTOR_PREFIX = "model.mm_projector."
 
 
-def tensors_from_ort(checkpoint: str | Path, ort_bundle: str | Path) -> dict[str, np.ndarray]:
-    """The checkpoint's trained tensors by ``adapter_key`` (checked against the ORT bundle's list)."""
-    section = read_bundle(ort_bundle).section("onnx_training")
+def tensors_from_ort(checkpoint: str | Path, ort_bundle: str | Path,
+                     executorch_bundle: str | Path | None = None) -> dict[str, np.ndarray]:
+    """The ORT bundle's adapter by ``adapter_key`` with the checkpoint's trained tensors over it (checked against
+    the ORT bundle's list), for ``executorch_bundle``: a bundle that trains only the top layers keeps the
+    exported values below. Two bundles of different decoders (layer count, hidden size) are refused."""
+    bundle = read_bundle(ort_bundle)
+    if executorch_bundle is not None:
+        _check_same_decoder(bundle, read_bundle(executorch_bundle))
+    section = bundle.section("onnx_training")
     arrays = trainable_arrays(Path(checkpoint), section)
     projector = [e["adapter_key"] for e in section["trainable"] if e["adapter_key"].startswith(PROJECTOR_PREFIX)]
     if projector:
         raise UserError(f"the ORT bundle trains the projector ({projector[0]}), which the ExecuTorch bundle holds "
                         "merged in vision_encoder", path=Path(ort_bundle),
                         hint="export the ORT bundle without --train-projector for the on-device loop")
-    return {e["adapter_key"]: arrays[e["name"]] for e in section["trainable"]}
+    exported = tensors_from_adapter(bundle.file(section["adapter_dir"]))
+    return exported | {e["adapter_key"]: arrays[e["name"]] for e in section["trainable"]}
+
+
+def _check_same_decoder(ort: Bundle, executorch: Bundle) -> None:
+    def decoder(b: Bundle) -> str:
+        m = b.manifest["model"]
+        return f"{m['num_hidden_layers']} decoder layers of hidden size {m['hidden_size']}"
+
+    keys = ("num_hidden_layers", "hidden_size")
+    if any(ort.manifest["model"][k] != executorch.manifest["model"][k] for k in keys):
+        split = ort.manifest["onnx_training"].get("split")
+        trains = f", training the top {split['train_layers']}" if split else ""
+        raise UserError(f"the ORT bundle {ort.path} has {decoder(ort)}{trains}; the ExecuTorch bundle "
+                        f"{executorch.path} has {decoder(executorch)}: they come from different models",
+                        hint="export both bundles from the same checkpoint and adapter")
 
 
 def tensors_from_adapter(adapter_dir: str | Path, model_dir: str | Path | None = None) -> dict[str, np.ndarray]:

@@ -38,12 +38,15 @@ from mobilepeft.export.graphs.vision import VisionEncoder
 from mobilepeft.export.native_output import native_output_captured, tail
 from mobilepeft.export.numerics import relative_error
 from mobilepeft.export.ort.batch import encode_sample, stack_batch
-from mobilepeft.export.ort.runtime import OrtTrainer, VisionRunner
+from mobilepeft.export.ort.runtime import OrtTrainer, PrefixRunner, VisionRunner
 from mobilepeft.export.ort.training_graph import (
     FLAT_LOGITS,
+    HIDDEN_STATES,
+    IMAGE_EMBEDS,
     LABELS,
     LOGITS,
     TEXT_INPUTS,
+    DecoderPrefix,
     TextDecoderForTraining,
     differentiable_activations,
 )
@@ -58,6 +61,9 @@ DEFAULT_LR = {"adamw": 1e-4, "sgd": 1e-2}
 MAX_GRAD_NORM = 1.0
 SELFTEST_RTOL = 1e-4
 ADAPTER_DIR = "adapter"
+PREFIX_FILE = "decoder_prefix.onnx"
+PREFIX_WEIGHTS = ("int8", "float32")
+PROTOBUF_LIMIT = 2 * 1024**3  # one ONNX file's protobuf; larger weights go to external data
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -81,9 +87,16 @@ def export_onnx_training(
     ort_format: bool = False,
     sample_data: str | Path | None = None,
     image_folder: str | Path | None = None,
+    train_layers: int | None = None,
+    prefix_weights: str = "int8",
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Write the bundle ``out_dir`` and return its manifest (see the module docstring)."""
+    """Write the bundle ``out_dir`` and return its manifest (see the module docstring).
+
+    ``train_layers``: train the adapter in the top that many decoder layers only; the layers below
+    (their adapter included) become ``decoder_prefix.onnx``, an inference model the app runs once per
+    sample, stored with ``prefix_weights`` (``int8`` or ``float32``). None: the whole decoder trains.
+    """
     from mobilepeft.loading import load_vlm
     from mobilepeft.merge import lower_adapter
 
@@ -91,6 +104,9 @@ def export_onnx_training(
         raise UserError(f"unknown optimizer {optimizer!r}", field="optimizer", hint="adamw or sgd")
     if learning_rate is not None and not (math.isfinite(learning_rate) and learning_rate > 0):
         raise UserError(f"learning rate must be positive, got {learning_rate}", field="lr")
+    if prefix_weights not in PREFIX_WEIGHTS:
+        raise UserError(f"unknown prefix weights {prefix_weights!r}", field="prefix-weights",
+                        hint=" or ".join(PREFIX_WEIGHTS))
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     with atomic_output(out_dir, "bundle") as tmp, tempfile.TemporaryDirectory(prefix="mobilepeft-onnx-") as scratch_name:
         scratch = Path(scratch_name)
@@ -98,6 +114,7 @@ def export_onnx_training(
         lower_adapter(adapter_dir, tmp / ADAPTER_DIR, model_dir)
         model = load_vlm(model_dir, adapter=tmp / ADAPTER_DIR)
         num_image_tokens = model.config.num_image_tokens
+        frozen_layers = _frozen_layers(model, train_layers, train_projector)
         conv, folder = _selftest_sample(sample_data, image_folder, scratch)
         if seq_len is None:  # room for the self-test sample too, whatever the tokenizer makes of it
             ids, _ = tokenize_conversation(conv.turns[:1], model.tokenizer, num_image_tokens=num_image_tokens)
@@ -107,8 +124,8 @@ def export_onnx_training(
                             field="seq-len", hint=f"use at least {default_seq_len(num_image_tokens)}")
 
         echo(f"[2/5] exporting the text decoder (seq_len {seq_len}, opset {OPSET})")
-        decoder = TextDecoderForTraining(model, train_projector=train_projector)
-        trainable = _mark_trainable(model, train_projector)
+        decoder = TextDecoderForTraining(model, train_projector=train_projector, frozen_layers=frozen_layers)
+        trainable = _mark_trainable(model, train_projector, frozen_layers)
         row = encode_sample(conv, model.tokenizer, num_image_tokens=num_image_tokens, seq_len=seq_len,
                             pad_id=model.tokenizer.pad_id)
         pixel_values = _pixel_values(model, conv, folder)
@@ -118,15 +135,26 @@ def export_onnx_training(
         if image_input is None:
             image_input = np.zeros((1, *_image_input_shape(model, train_projector)), dtype=np.float32)
         batch = stack_batch([row], decoder.image_input, image_input)
+        prefix = DecoderPrefix(model, frozen_layers).eval() if frozen_layers else None
+        if prefix is not None:
+            prefix_batch = batch
+            with torch.no_grad():
+                hidden = prefix(*(torch.from_numpy(batch[n]) for n in (*TEXT_INPUTS, IMAGE_EMBEDS))).numpy()
+            batch = {HIDDEN_STATES: hidden, "attention_mask": batch["attention_mask"], LABELS: batch[LABELS]}
         graph, artifact_source = _export_decoder(decoder, batch, scratch / "decoder.onnx")
-        frozen = [n for n, p in decoder.named_parameters() if n not in trainable]
+        in_graph = {i.name for i in graph.graph.initializer}
+        frozen = [n for n, p in decoder.named_parameters() if n not in trainable and n in in_graph]
 
         echo(f"[3/5] generating ORT training artifacts ({optimizer}, {len(trainable)} trainable tensors)")
         _generate_artifacts(graph, artifact_source, trainable, frozen, optimizer, tmp, scratch, ort_format)
 
-        echo("[4/5] exporting the vision encoder")
+        echo("[4/5] exporting the vision encoder" + (f" and the frozen layers 0-{frozen_layers - 1} ({prefix_weights})"
+                                                     if prefix is not None else ""))
         vision_file = tmp / "vision_encoder.onnx"
         _export_vision(vision, model, vision_file)
+        split = None
+        if prefix is not None:
+            split = _export_prefix(prefix, prefix_batch, hidden, tmp / PREFIX_FILE, scratch, prefix_weights)
 
         echo("[5/5] self-test: ORT vs PyTorch on a real sample")
         reference = _pytorch_loss(model, conv, pixel_values, seq_len)
@@ -146,7 +174,7 @@ def export_onnx_training(
         model.tokenizer.save(tmp)
         manifest = _manifest(model, model_dir, decoder, trainable, frozen, batch, seq_len, optimizer,
                              learning_rate or DEFAULT_LR[optimizer], train_projector, reference, ort_format,
-                             trainer.loss_output, read_adapter_spec(tmp / ADAPTER_DIR)[0].dropout)
+                             trainer.loss_output, read_adapter_spec(tmp / ADAPTER_DIR)[0].dropout, split)
         manifest = write_manifest(tmp, manifest)
     return manifest
 
@@ -166,12 +194,28 @@ def _selftest_sample(sample_data: str | Path | None, image_folder: str | Path | 
     return conversations[0], folder
 
 
-def _mark_trainable(model: MobileVLMForCausalLM, train_projector: bool) -> list[str]:
-    """Parameter names (as the decoder module names them) that ORT trains; everything else frozen."""
+def _frozen_layers(model: MobileVLMForCausalLM, train_layers: int | None, train_projector: bool) -> int:
+    """How many decoder layers go to the frozen prefix for ``--train-layers`` (0: none, the whole decoder trains)."""
+    total = len(model.llm.model.layers)
+    if train_layers is None or train_layers == total:
+        return 0
+    if not 1 <= train_layers <= total:
+        raise UserError(f"--train-layers {train_layers}: the model has {total} decoder layers", field="train-layers",
+                        hint=f"pass 1 to {total}")
+    if train_projector:
+        raise UserError("--train-projector needs the whole decoder in the training graph (the projector runs "
+                        "before the frozen layers)", field="train-layers", hint="drop --train-layers or --train-projector")
+    return total - train_layers
+
+
+def _mark_trainable(model: MobileVLMForCausalLM, train_projector: bool, frozen_layers: int = 0) -> list[str]:
+    """Parameter names (as the decoder module names them) that ORT trains; everything else frozen.
+    The adapter of the first ``frozen_layers`` decoder layers stays as exported (it is in the prefix)."""
     from mobilepeft.adapters.inject import adapter_parameters
 
     model.requires_grad_(False)
-    lora = {n for n, _ in adapter_parameters(model).items() if n.startswith("llm.")}
+    below = tuple(f"llm.model.layers.{i}." for i in range(frozen_layers))
+    lora = {n for n, _ in adapter_parameters(model).items() if n.startswith("llm.") and not n.startswith(below)}
     for name, param in model.named_parameters():
         param.requires_grad_(name in lora or (train_projector and name.startswith("mm_projector.")))
     return [n for n, p in model.named_parameters() if p.requires_grad]
@@ -205,9 +249,9 @@ def _export_decoder(decoder: TextDecoderForTraining, batch: dict[str, np.ndarray
     that graph, or for a decoder over 2 GB the path of a file whose weights are external data."""
     import onnx
 
-    names = [*TEXT_INPUTS, decoder.image_input]
+    names = list(decoder.inputs)
     args = tuple(torch.from_numpy(batch[n]) for n in names)
-    dynamic = {n: {0: "batch", 1: "seq"} for n in TEXT_INPUTS} | {decoder.image_input: {0: "batch"}}
+    dynamic = {n: {0: "batch"} if n == decoder.image_input else {0: "batch", 1: "seq"} for n in names}
     with _quiet_export(), differentiable_activations(decoder):
         torch.onnx.export(decoder, args, str(file), dynamo=False, opset_version=OPSET, export_params=True,
                           training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False,
@@ -302,6 +346,45 @@ def _export_vision(vision: VisionEncoder, model: MobileVLMForCausalLM, file: Pat
                           dynamic_axes={"pixel_values": {0: "batch"}, "image_tokens": {0: "batch"}})
 
 
+def _export_prefix(prefix: DecoderPrefix, batch: dict[str, np.ndarray], hidden: np.ndarray, file: Path,
+                   scratch: Path, weights: str) -> dict[str, Any]:
+    """``decoder_prefix.onnx`` (weights int8 by ORT's dynamic quantization, or float32; over protobuf's
+    2 GB in ``decoder_prefix.onnx.data``) and the manifest's ``split`` section, with how far its output
+    is from PyTorch's on the self-test batch."""
+    import onnx
+
+    names = [*TEXT_INPUTS, IMAGE_EMBEDS]
+    args = tuple(torch.from_numpy(batch[n]) for n in names)
+    raw = scratch / "prefix-fp32" / "prefix.onnx"
+    raw.parent.mkdir()
+    with _quiet_export():
+        torch.onnx.export(prefix, args, str(raw), dynamo=False, opset_version=OPSET, input_names=names,
+                          output_names=[HIDDEN_STATES],
+                          dynamic_axes={n: {0: "batch", 1: "seq"} if n != IMAGE_EMBEDS else {0: "batch"} for n in names}
+                          | {HIDDEN_STATES: {0: "batch", 1: "seq"}})
+    weight_bytes = sum(p.numel() * p.element_size() for p in prefix.parameters())
+    external = weight_bytes > PROTOBUF_LIMIT * (0.25 if weights == "int8" else 0.9)  # int8 is ~1/4 the size
+    if weights == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        with native_output_captured(2), contextlib.redirect_stdout(io.StringIO()), _quiet_export():
+            quantize_dynamic(str(raw), str(file), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                             per_channel=True, use_external_data_format=external)
+    else:
+        model = onnx.load(str(raw))
+        onnx.save(model, str(file), save_as_external_data=external, all_tensors_to_one_file=True,
+                  location=file.name + ".data")
+    onnx_hidden = PrefixRunner(file).hidden_states(batch)
+    error = relative_error(onnx_hidden, hidden)
+    if weights == "float32" and error > SELFTEST_RTOL:
+        raise RuntimeError(f"ONNX decoder prefix differs from PyTorch (rel. {error:.1e}): exporter bug")
+    return {"frozen_layers": prefix.frozen_layers, "weights": weights, "file": file.name,
+            "data_file": file.name + ".data" if external else None,
+            "inputs": [{"name": n, "dtype": str(batch[n].dtype)} for n in names],
+            "output": {"name": HIDDEN_STATES, "dtype": "float32", "shape": ["batch", "seq", hidden.shape[-1]]},
+            "selftest_rel_error": error}
+
+
 def _pytorch_loss(model: MobileVLMForCausalLM, conv: Conversation, pixel_values: torch.Tensor | None,
                   seq_len: int) -> float:
     """The loss of the original model's own forward (image splicing and all), the self-test's reference."""
@@ -316,12 +399,12 @@ def _pytorch_loss(model: MobileVLMForCausalLM, conv: Conversation, pixel_values:
 def _manifest(model: MobileVLMForCausalLM, model_dir: Path, decoder: TextDecoderForTraining, trainable: list[str],
               frozen: list[str], batch: dict[str, np.ndarray], seq_len: int, optimizer: str, lr: float,
               train_projector: bool, reference: float, ort_format: bool, loss_output: str,
-              lora_dropout: float) -> dict[str, Any]:
+              lora_dropout: float, split: dict[str, Any] | None) -> dict[str, Any]:
     import onnxruntime
 
     cfg = model.config
     params = dict(decoder.named_parameters())
-    image_shape = ["batch", *batch[decoder.image_input].shape[1:]]
+    image_shape = ["batch", *_image_input_shape(model, train_projector)]
     image_desc = ("CLIP features (vision_encoder output); the projector trains on device" if train_projector
                   else "projected image tokens (vision_encoder output)")
     section: dict[str, Any] = {
@@ -361,6 +444,15 @@ def _manifest(model: MobileVLMForCausalLM, model_dir: Path, decoder: TextDecoder
         "train_projector": train_projector,
         "lora_dropout": lora_dropout,
     }
+    if split is not None:
+        hidden = ["batch", seq_len, cfg.hidden_size]
+        section["split"] = dict(
+            split, train_layers=len(model.llm.model.layers) - split["frozen_layers"],
+            num_hidden_layers=len(model.llm.model.layers), hidden_size=cfg.hidden_size,
+            description="the sample inputs above feed `file` (the frozen layers, once per sample); the training "
+                        "graph takes its output and the attention mask",
+            graph_inputs=[{"name": HIDDEN_STATES, "dtype": "float32", "shape": hidden},
+                          {"name": "attention_mask", "dtype": "int64", "shape": ["batch", seq_len]}])
     if ort_format:
         section["ort_format"] = {k: f"{k}.ort" for k in ("training_model", "eval_model", "optimizer_model")}
     return dict(base_manifest(model, model_dir, seq_len), onnx_training=section)

@@ -22,7 +22,8 @@ from mobilepeft.errors import UserError
 from mobilepeft.export.bundle import Bundle, read_bundle
 from mobilepeft.export.numerics import relative_error
 from mobilepeft.export.ort.batch import EncodedSample, encode_sample, stack_batch
-from mobilepeft.export.ort.runtime import OrtTrainer, VisionRunner, trainable_arrays
+from mobilepeft.export.ort.runtime import OrtTrainer, PrefixRunner, VisionRunner, trainable_arrays
+from mobilepeft.export.ort.training_graph import HIDDEN_STATES, LABELS
 from mobilepeft.io import write_json
 from mobilepeft.models.tokenizer import IGNORE_INDEX, Tokenizer
 from mobilepeft.outputs import atomic_output
@@ -75,15 +76,24 @@ def run_selftest(bundle: Bundle, *, threads: int | None = None) -> SelftestResul
 
 
 class BatchBuilder:
-    """Raw LLaVA samples -> graph inputs, using only the bundle (tokenizer, vision encoder, manifest)."""
+    """Raw LLaVA samples -> graph inputs, using only the bundle (tokenizer, vision encoder, manifest).
+
+    The frozen graphs (vision encoder; a split bundle's decoder prefix) run once per photo / row:
+    :meth:`prepare` computes everything the rows need and frees those sessions, so a phone holds
+    them and the training graph one after the other, never together.
+    """
 
     def __init__(self, bundle: Bundle, *, threads: int | None = None) -> None:
         self.bundle = bundle
         self.sec = bundle.section(SECTION)
         self.tokenizer = Tokenizer(bundle.path)
-        self.vision = VisionRunner(bundle.file(self.sec["vision_encoder"]["file"]), threads=threads)
+        self.vision: VisionRunner | None = VisionRunner(bundle.file(self.sec["vision_encoder"]["file"]), threads=threads)
         self.image_shape = tuple(self.sec["vision_encoder"]["output"]["shape"][1:])
         self._encoded: dict[Path, np.ndarray] = {}
+        split = self.sec.get("split")
+        self.split = split is not None
+        self.prefix = PrefixRunner(bundle.file(split["file"]), threads=threads) if split else None
+        self._hidden: dict[int, tuple[EncodedSample, np.ndarray]] = {}  # id(row) -> (row, its hidden states)
 
     def samples(self, data: str | Path, image_folder: str | Path | None) -> tuple[list[EncodedSample], Path]:
         folder = Path(image_folder) if image_folder is not None else Path(data).parent
@@ -108,12 +118,45 @@ class BatchBuilder:
 
             with Image.open(path) as image:
                 pixels = preprocess_images([image], self.bundle.manifest["image_preprocessing"]["size"]).numpy()
-            self._encoded[path] = self.vision.encode(pixels)[0]
+            self._encoded[path] = self._live(self.vision, "vision encoder").encode(pixels)[0]
         return self._encoded[path]
 
+    def hidden_states(self, row: EncodedSample, folder: Path) -> np.ndarray:
+        """A split bundle's frozen layers' output for the row (computed once per row object)."""
+        if id(row) not in self._hidden:
+            single = stack_batch([row], self.sec["image_input"], self.image_tokens(row, folder)[None])
+            self._hidden[id(row)] = (row, self._live(self.prefix, "decoder prefix").hidden_states(single)[0])
+        return self._hidden[id(row)][1]
+
+    def prepare(self, *sets: tuple[Sequence[EncodedSample], Path]) -> None:
+        """Run the frozen graphs for every ``(rows, folder)`` set now, one graph at a time, and free each
+        when it is done: every photo through the vision encoder, then (split bundle) every row through the
+        decoder prefix. Later batches come from what was kept (image tokens, or hidden states)."""
+        for rows, folder in sets:
+            for row in rows:
+                self.image_tokens(row, folder)
+        self.vision = None
+        if self.split:
+            for rows, folder in sets:
+                for row in rows:
+                    self.hidden_states(row, folder)
+            self.prefix, self._encoded = None, {}
+
     def batch(self, rows: Sequence[EncodedSample], folder: Path) -> dict[str, np.ndarray]:
-        images = np.stack([self.image_tokens(r, folder) for r in rows])
-        return stack_batch(rows, self.sec["image_input"], images)
+        """The training graph's inputs for ``rows``; in a split bundle the frozen layers' output instead
+        of ids and image tokens (the rows of one ``samples`` call are reused across steps)."""
+        if not self.split:
+            images = np.stack([self.image_tokens(r, folder) for r in rows])
+            return stack_batch(rows, self.sec["image_input"], images)
+        return {HIDDEN_STATES: np.stack([self.hidden_states(r, folder) for r in rows]),
+                "attention_mask": np.stack([r.attention_mask for r in rows]),
+                LABELS: np.concatenate([r.labels for r in rows])}
+
+    @staticmethod
+    def _live(session, what: str):
+        if session is None:
+            raise RuntimeError(f"the {what} was released before every row was prepared")
+        return session
 
 
 def mean_loss(trainer: OrtTrainer, builder: BatchBuilder, rows: Sequence[EncodedSample], folder: Path,
@@ -171,6 +214,7 @@ def personalize(bundle_dir: str | Path, data: str | Path, out_dir: str | Path, *
         eval_rows, eval_folder = builder.samples(eval_data, eval_image_folder)
     else:
         eval_rows, eval_folder = rows, folder
+    builder.prepare((rows, folder), (eval_rows, eval_folder))  # frozen graphs freed: never beside the training session
     trainer = open_trainer(bundle, Path(checkpoint) if checkpoint else None, threads=threads)
     trainer.set_learning_rate(lr)
 

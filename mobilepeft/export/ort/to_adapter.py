@@ -1,8 +1,9 @@
 """``mobilepeft adapter from-ort``: an on-device ORT checkpoint back to a PEFT adapter directory.
 
 The bundle keeps the LoRA adapter it was exported from (``adapter/``: PEFT config, our
-metadata, the frozen extras such as a CLIP-tower LoRA or a projector that did not train on the
-device). The result is that directory with the trained tensors read from the checkpoint, so
+metadata, the frozen extras such as a CLIP-tower LoRA, the layers below ``--train-layers`` or a
+projector that did not train on the device). The result is that directory with the trained tensors
+read from the checkpoint over it, so
 ``mobilepeft merge``, PEFT and every exporter take it like any trained adapter.
 """
 
@@ -13,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from mobilepeft.adapters.files import META_FILE, PROJECTOR_FILE
 from mobilepeft.export.bundle import read_bundle
@@ -35,6 +37,7 @@ def adapter_from_ort(checkpoint: str | Path, bundle_dir: str | Path, out_dir: st
         target = projector if entry["adapter_key"].startswith("model.mm_projector.") else lora
         target[entry["adapter_key"]] = torch.from_numpy(arrays[entry["name"]])
     source = bundle.file(sec["adapter_dir"])
+    lora = load_file(source / ADAPTER_FILE) | lora  # what did not train on the phone keeps its exported value
     with atomic_output(out_dir, "adapter") as tmp:
         for file in source.iterdir():
             if file.is_file():

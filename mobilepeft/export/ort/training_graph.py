@@ -21,7 +21,7 @@ This keeps one graph valid for any prompt layout and needs no extra index input.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -32,9 +32,26 @@ from mobilepeft.models.mobilevlm import MobileVLMForCausalLM
 TEXT_INPUTS = ("input_ids", "attention_mask")
 IMAGE_EMBEDS = "image_embeds"
 IMAGE_FEATURES = "image_features"
+HIDDEN_STATES = "hidden_states"
 LOGITS = "logits"
 FLAT_LOGITS = "flat_logits"
 LABELS = "labels"
+
+
+def run_layers(decoder: nn.Module, layers: Sequence[nn.Module], hidden: torch.Tensor,
+               attention_mask: torch.Tensor) -> torch.Tensor:
+    """``layers`` of the LLaMA ``decoder`` over ``hidden`` [B,T,D] with an explicit causal + padding mask."""
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    length = attention_mask.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=hidden.device).tril()
+    allowed = causal[None, None] & attention_mask.bool()[:, None, None, :]
+    # finfo.min rather than -inf: a fully masked row (left padding) stays finite.
+    mask = torch.where(allowed, torch.zeros((), dtype=hidden.dtype),
+                       torch.full((), torch.finfo(hidden.dtype).min, dtype=hidden.dtype))
+    rope = decoder.rotary_emb(hidden, positions)
+    for layer in layers:
+        hidden = layer(hidden, attention_mask=mask, position_ids=positions, position_embeddings=rope)
+    return hidden
 
 
 class TextDecoderForTraining(nn.Module):
@@ -44,35 +61,55 @@ class TextDecoderForTraining(nn.Module):
     projector trains on the device, ``image_features`` [B, N, mm_hidden] (CLIP features) that
     the graph projects itself. Text-only rows carry no -200 positions; their image input is
     ignored (any values, e.g. zeros).
+
+    With ``frozen_layers`` > 0 (``--train-layers``) the graph starts after that many decoder layers:
+    its input is their output, ``hidden_states`` [B, T, hidden], which :class:`DecoderPrefix` computes
+    once per sample outside the training graph (docs/on-device-training.md, "Training the top layers").
     """
 
-    def __init__(self, model: MobileVLMForCausalLM, *, train_projector: bool) -> None:
+    def __init__(self, model: MobileVLMForCausalLM, *, train_projector: bool, frozen_layers: int = 0) -> None:
         super().__init__()
+        if frozen_layers and train_projector:
+            raise ValueError("the projector runs before the frozen layers: it cannot train in a split bundle")
         self.llm = model.llm
         self.mm_projector = model.mm_projector if train_projector else None
+        self.frozen_layers = frozen_layers
 
     @property
     def image_input(self) -> str:
         return IMAGE_FEATURES if self.mm_projector is not None else IMAGE_EMBEDS
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        decoder = self.llm.model
-        image_embeds = self.mm_projector(image) if self.mm_projector is not None else image
-        hidden = embed_with_image(decoder.embed_tokens.weight, input_ids, image_embeds)
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The graph's input names, in order."""
+        return (HIDDEN_STATES, "attention_mask") if self.frozen_layers else (*TEXT_INPUTS, self.image_input)
 
-        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        length = input_ids.shape[1]
-        causal = torch.ones(length, length, dtype=torch.bool, device=input_ids.device).tril()
-        allowed = causal[None, None] & attention_mask.bool()[:, None, None, :]
-        # finfo.min rather than -inf: a fully masked row (left padding) stays finite.
-        mask = torch.where(allowed, torch.zeros((), dtype=hidden.dtype),
-                           torch.full((), torch.finfo(hidden.dtype).min, dtype=hidden.dtype))
-        rope = decoder.rotary_emb(hidden, positions)
-        for layer in decoder.layers:
-            hidden = layer(hidden, attention_mask=mask, position_ids=positions, position_embeddings=rope)
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        decoder = self.llm.model
+        if self.frozen_layers:
+            hidden, attention_mask = args
+        else:
+            input_ids, attention_mask, image = args
+            image_embeds = self.mm_projector(image) if self.mm_projector is not None else image
+            hidden = embed_with_image(decoder.embed_tokens.weight, input_ids, image_embeds)
+        hidden = run_layers(decoder, decoder.layers[self.frozen_layers:], hidden, attention_mask)
         logits = self.llm.lm_head(decoder.norm(hidden))
         return logits, logits.reshape(-1, logits.shape[-1])
+
+
+class DecoderPrefix(nn.Module):
+    """``(input_ids, attention_mask, image_embeds) -> hidden_states`` after the first ``frozen_layers``
+    decoder layers (their adapter included): the frozen part of a split bundle, an inference model."""
+
+    def __init__(self, model: MobileVLMForCausalLM, frozen_layers: int) -> None:
+        super().__init__()
+        self.llm = model.llm
+        self.frozen_layers = frozen_layers
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+        decoder = self.llm.model
+        hidden = embed_with_image(decoder.embed_tokens.weight, input_ids, image_embeds)
+        return run_layers(decoder, decoder.layers[: self.frozen_layers], hidden, attention_mask)
 
 
 class _HardSwish(nn.Module):
