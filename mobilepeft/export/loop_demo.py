@@ -100,7 +100,7 @@ def run_loop_demo(output_dir: Path, *, steps: int = 300, adapter: str = "lora", 
         passes, speed = _python_answers(et_dir, questions, questions_dir, personal_ptd, references), {}
 
     seconds = time.perf_counter() - t0
-    # The base's ceiling for the mapping: its answers that name the right shape, in the user's words.
+    # What renaming the base's answers alone would reach: those that name the right shape.
     base_right_shape = sum(USER_WORDS.get(a.strip().lower()) == r for a, r in zip(passes[0].answers, references,
                                                                                  strict=True))
     figures = {"training": {"eval_before": trained.eval_before, "eval_after": trained.eval_after},
@@ -208,7 +208,7 @@ def _summary(figures: dict[str, Any], passes: list[Pass], ort_dir: Path, et_dir:
         f"  user's words  before {base.correct}/{n} -> after {personal.correct}/{n} held-out answers in the user's "
         f"words ({', '.join(sorted(USER_WORDS.values()))})",
         f"                (before, the model answers {', '.join(sorted(set(base.answers)))}; {figures['base_right_shape']}/{n} of those "
-        "name the right shape: the base's own ceiling for the mapping)",
+        "name the right shape: what renaming the base's answers alone would reach)",
         f"  e.g.          {base.answers[0]!r} -> {personal.answers[0]!r} (reference {figures['references'][0]!r})",
     ]
     speed = figures["speed"]
