@@ -8,7 +8,7 @@ DEMO_ARGS ?=
 QUALITY_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test runner lint bench-train-step bench-train-throughput bench-adapter-overhead bench-schedule-overhead bench-ondevice-train bench-deploy bench-quant-agreement bench-coreml-sizes bench-native-runner bench-quality clean
+.PHONY: demo test test-slow runner lint bench-train-step bench-train-throughput bench-adapter-overhead bench-schedule-overhead bench-ondevice-train bench-deploy bench-quant-agreement bench-coreml-sizes bench-native-runner bench-quality clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(STAMP)
 	@command -v kotlinc >/dev/null 2>&1 || echo "NOTE: kotlinc not found: the Android core's Kotlin tests (android_demo/app/core) are SKIPPED; apt-get install kotlin"
 	# Two workers, one test file each at a time (module fixtures such as exported bundles are built once).
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
+
+# The slow tests (a >2 GB ONNX Runtime training bundle: ~5 min and ~15 GiB on 2 cores); CI runs them.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
 
 # The native runner (runner/) against the installed executorch wheel: build/runner/mobilepeft_runner.
 runner: $(STAMP)

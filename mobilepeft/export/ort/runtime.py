@@ -8,7 +8,10 @@ lazyResetGrad), ``eval_loss`` (evalStep), ``save_checkpoint``, ``export_inferenc
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -120,12 +123,17 @@ class OrtTrainer:
             tmp_data.unlink(missing_ok=True)
 
     def export_inference(self, path: Path, outputs: list[str]) -> None:
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        """``exportModelForInference`` into a scratch folder beside ``path``, then moved into place (its
+        external data first, the model last). Over 2 GB ORT writes the weights beside the model and
+        takes only a relative path for that, so the export runs from inside the scratch folder."""
+        scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
         try:
-            self.module.export_model_for_inferencing(str(tmp), outputs)
-            os.replace(tmp, path)
+            with contextlib.chdir(scratch):
+                self.module.export_model_for_inferencing(path.name, outputs)
+            for produced in sorted(scratch.iterdir(), key=lambda f: f.name == path.name):
+                os.replace(produced, path.parent / produced.name)
         finally:
-            tmp.unlink(missing_ok=True)
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def inference_session(file: Path, threads: int | None, what: str) -> onnxruntime.InferenceSession:
