@@ -54,11 +54,13 @@ def worker(bundle: Path, data: Path, steps: int, threads: int) -> dict[str, Any]
     import numpy as np
 
     from mobilepeft.export.bundle import read_bundle
+    from mobilepeft.export.ort.memory import session_estimate_mib
     from mobilepeft.export.ort.personalize import BatchBuilder, open_trainer
 
     phases: dict[str, dict[str, float]] = {}
     start_rss = _vm("VmRSS:")
     b = read_bundle(bundle)
+    estimate = session_estimate_mib(b, 1)
     _phase_start()
     t0 = time.perf_counter()
     builder = BatchBuilder(b, threads=threads)
@@ -81,7 +83,7 @@ def worker(bundle: Path, data: Path, steps: int, threads: int) -> dict[str, Any]
     step_s = float(np.median(times[1:] if len(times) > 1 else times))
     phases["training"] = {"peak_rss_mib": _vm("VmHWM:"), "session_load_seconds": load_s, "step_seconds_median": step_s,
                           "step_seconds": times, "losses": losses}
-    return {"phases": phases, "python_baseline_rss_mib": start_rss,
+    return {"phases": phases, "python_baseline_rss_mib": start_rss, "estimate_mib": estimate,
             "personalization_step_peak_rss_mib": max(p["peak_rss_mib"] for p in phases.values()),
             "step_seconds": step_s, "tokens_per_s": SEQ_LEN / step_s}
 
@@ -119,10 +121,13 @@ def run_watched(cmd: list[str], limit_gib: float) -> dict[str, Any]:
 
 def export(model: Path, adapter: Path, out: Path, sample: Path, train_layers: int | None,
            limit_gib: float) -> dict[str, Any]:
-    """Export ``out`` (or reuse it with the record of its export, ``<out>.export.json``)."""
+    """Export ``out`` (or reuse the record of an earlier export of it, ``<out>.export.json``: the bundle,
+    or how the export failed)."""
     record = out.with_name(out.name + ".export.json")
-    if record.is_file() and (out / "manifest.json").is_file():
-        return json.loads(record.read_text())
+    if record.is_file():
+        previous = json.loads(record.read_text())
+        if previous["returncode"] != 0 or (out / "manifest.json").is_file():
+            return previous
     cmd = [sys.executable, "-m", "mobilepeft", "export", "onnx-training", "--model", str(model), "--adapter",
            str(adapter), "--output-dir", str(out), "--seq-len", str(SEQ_LEN), "--sample-data", str(sample),
            "--overwrite"]
@@ -133,7 +138,7 @@ def export(model: Path, adapter: Path, out: Path, sample: Path, train_layers: in
     if result["returncode"] == 0:
         result["files_bytes"] = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
         result["total_bytes"] = sum(result["files_bytes"].values())
-        record.write_text(json.dumps(result))
+    record.write_text(json.dumps(result))
     print(f"  {'exported' if result['returncode'] == 0 else 'stopped'} after {result['seconds']:.0f} s, "
           f"peak {result['peak_rss_gib']:.1f} GiB", flush=True)
     return result

@@ -99,3 +99,20 @@ def test_bad_splits_are_refused_by_name(split, tmp_path):
                            "--prefix-weights", "int4"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "int4" in done.stderr and "prefix-weights" in done.stderr, done.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+def test_a_session_over_the_memory_limit_is_refused_before_anything_loads(split, tmp_path):
+    from mobilepeft.export.ort.memory import check_memory
+
+    bundle = read_bundle(split["bundles"]["int8"])
+    estimate = check_memory(bundle, 8, None)
+    checkpoint_mib = bundle.manifest["files"]["checkpoint"]["bytes"] / 2**20
+    assert estimate["training"] > 2 * checkpoint_mib and estimate["frozen_graphs"] > 0
+    assert check_memory(bundle, 8, max(estimate.values()) + 1) == estimate
+    assert check_memory(bundle, 1, None)["training"] < estimate["training"]  # logits grow with the batch
+    out = tmp_path / "me"
+    done = subprocess.run([sys.executable, "-m", "mobilepeft", "personalize", "--bundle", str(bundle.path), "--data",
+                           str(split["personal"] / "train.json"), "--output-dir", str(out), "--batch-size", "8",
+                           "--memory-limit-mib", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "needs about" in done.stderr and "limit is 1 MiB" in done.stderr, done.stderr
+    assert str(bundle.path) in done.stderr and not out.exists()

@@ -213,6 +213,7 @@ def personalize_cmd(
     checkpoint: Annotated[Path | None, typer.Option(help="Continue from this ORT checkpoint (e.g. an earlier OUT/checkpoint) instead of the bundle's.")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="ORT intra-op threads (default: all cores).")] = None,
     executorch_bundle: Annotated[Path | None, typer.Option(help="Also write OUT/adapter.ptd for this ExecuTorch bundle (exported with --adapter-as-data), as the phone does after training.")] = None,
+    memory_limit_mib: Annotated[float | None, typer.Option(min=1, help="Refuse before loading anything when the session's estimated peak RSS is above this, as a phone app does with the memory it may use (e.g. 3072).")] = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Replay the phone's training loop with onnxruntime.training on the bundle's artifacts.
@@ -229,7 +230,8 @@ def personalize_cmd(
     claim_output(output_dir, "personalization", overwrite, bundle, data, image_folder, eval_data, eval_image_folder, checkpoint)
     report = personalize(bundle, data, output_dir, image_folder=image_folder, eval_data=eval_data,
                          eval_image_folder=eval_image_folder, steps=steps, lr=lr, batch_size=batch_size,
-                         seed=seed, checkpoint=checkpoint, threads=threads, echo=typer.echo)
+                         seed=seed, checkpoint=checkpoint, threads=threads, memory_limit_mib=memory_limit_mib,
+                         echo=typer.echo)
     typer.echo(f"loss {report.eval_loss_before:.4f} -> {report.eval_loss_after:.4f}; "
                f"median step {report.train_step_ms_median:.1f} ms; wrote {output_dir}")
     if executorch_bundle is not None:

@@ -22,6 +22,7 @@ from mobilepeft.errors import UserError
 from mobilepeft.export.bundle import Bundle, read_bundle
 from mobilepeft.export.numerics import relative_error
 from mobilepeft.export.ort.batch import EncodedSample, encode_sample, stack_batch
+from mobilepeft.export.ort.memory import check_memory
 from mobilepeft.export.ort.runtime import OrtTrainer, PrefixRunner, VisionRunner, trainable_arrays
 from mobilepeft.export.ort.training_graph import HIDDEN_STATES, LABELS
 from mobilepeft.io import write_json
@@ -190,13 +191,14 @@ def personalize(bundle_dir: str | Path, data: str | Path, out_dir: str | Path, *
                 eval_data: str | Path | None = None, eval_image_folder: str | Path | None = None,
                 steps: int = 20, lr: float | None = None, batch_size: int = 4, seed: int = 0,
                 checkpoint: str | Path | None = None, threads: int | None = None,
-                echo: Callable[[str], None] = print) -> PersonalizeReport:
+                memory_limit_mib: float | None = None, echo: Callable[[str], None] = print) -> PersonalizeReport:
     """Train the bundle's adapter on ``data`` with ORT and write ``out_dir``:
 
     ``checkpoint`` (the updated ORT checkpoint), ``inference_model.onnx`` (logits model with the
     trained weights, from ``export_model_for_inferencing``) and ``personalize.json`` (this report).
     ``checkpoint`` continues from an earlier session's checkpoint instead of the bundle's, as a
-    phone does from one day to the next.
+    phone does from one day to the next. ``memory_limit_mib``: refuse, before anything loads, a session
+    whose estimated peak (:mod:`.memory`) is larger, as an app does with the memory it may use.
     """
     if steps < 1 or batch_size < 1:
         raise UserError("--steps and --batch-size must be at least 1", field="steps")
@@ -205,6 +207,8 @@ def personalize(bundle_dir: str | Path, data: str | Path, out_dir: str | Path, *
     started = time.perf_counter()
     bundle = read_bundle(bundle_dir)
     sec = bundle.section(SECTION)
+    estimate = check_memory(bundle, batch_size, memory_limit_mib)
+    echo("estimated peak: " + ", ".join(f"{k.replace('_', ' ')} {v:.0f} MiB" for k, v in estimate.items()))
     if checkpoint is not None:
         trainable_arrays(Path(checkpoint), sec)
     lr = lr or sec["optimizer"]["default_learning_rate"]
