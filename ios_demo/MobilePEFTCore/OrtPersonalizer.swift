@@ -19,6 +19,13 @@ public final class OrtTrainingSession: TrainingSession {
         guard manifest.has("onnx_training") else {
             throw MobilePEFTError("\(Manifest.fileName) has no onnx_training section: export the bundle with `mobilepeft export onnx-training` to personalise on the phone")
         }
+        if manifest.has("onnx_training.split") {
+            let top = try manifest.int("onnx_training.split.train_layers")
+            let all = try manifest.int("onnx_training.split.num_hidden_layers")
+            throw MobilePEFTError("\(Manifest.fileName): onnx_training.split: the bundle trains only the top \(top) of \(all) "
+                + "decoder layers (export --train-layers), and this app's training loop takes whole-decoder bundles: "
+                + "export it without --train-layers, or personalize it with `mobilepeft personalize`")
+        }
         let train = try manifest.directory.appendingPathComponent(manifest.string("onnx_training.training_model"))
         let eval = try manifest.directory.appendingPathComponent(manifest.string("onnx_training.eval_model"))
         let optimizer = try manifest.directory.appendingPathComponent(manifest.string("onnx_training.optimizer_model"))

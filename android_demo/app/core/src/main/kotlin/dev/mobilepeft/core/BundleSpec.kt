@@ -142,6 +142,12 @@ class BundleSpec(val manifest: Manifest) {
     }
 
     private fun readOnnxTraining(): OnnxTrainingSection {
+        if (manifest.has("onnx_training.split")) {
+            throw BundleError("${manifest.source}: onnx_training.split: the bundle trains only the top " +
+                "${manifest.long("onnx_training.split.train_layers")} of ${manifest.long("onnx_training.split.num_hidden_layers")} " +
+                "decoder layers (export --train-layers), and this app's training loop takes whole-decoder bundles: " +
+                "export it without --train-layers, or personalize it with `mobilepeft personalize`")
+        }
         val inputs = (0 until manifest.count("onnx_training.inputs[]")).map { i ->
             TensorSpec(
                 manifest.string("onnx_training.inputs[].name", i),
