@@ -289,3 +289,35 @@ def test_bundles_of_different_decoders_are_refused_naming_both(loop, tmp_path):
     message = str(refusal.value)
     assert str(loop["ort"]) in message and str(other) in message
     assert "4 decoder layers of hidden size 128" in message and "24 decoder layers of hidden size 2048" in message
+
+
+def test_a_phone_that_trains_only_the_top_layers_writes_the_same_file_in_cpp_and_python(loop, runner, tmp_path):
+    """An ORT bundle with --train-layers 2: the C++ writer (adapter-import) keeps the ExecuTorch bundle's own
+    values below layer 2 and writes byte for byte what the Python writer writes; bundles of different
+    decoders are refused by the runner too, naming both."""
+    split = tmp_path / "ort-split"
+    export_onnx_training(_base_model(loop), loop["adapter"], split, train_layers=2, echo=lambda _: None)
+    me = tmp_path / "me"
+    personalize(split, loop["personal"] / "train.json", me, steps=5, lr=3e-3, batch_size=8, echo=lambda _: None)
+    imported = tmp_path / "imported.ptd"
+    done = _run(runner, "adapter-import", "--bundle", str(loop["et"]), "--ort-bundle", str(split),
+                "--checkpoint", str(me / "checkpoint"), "--output", str(imported))
+    assert done.returncode == 0, done.stderr
+    python = write_bundle_adapter(loop["et"], tensors_from_ort(me / "checkpoint", split, loop["et"]), tmp_path / "py.ptd")
+    assert imported.read_bytes() == python.read_bytes()
+    ours, bundle_own = read_tensors(imported), read_tensors(loop["et"] / "adapter.ptd")
+    for key, value in bundle_own.items():
+        below = any(f".layers.{i}." in key for i in (0, 1))
+        assert np.array_equal(ours[key], value) == below, key
+
+    import shutil
+
+    other = tmp_path / "other-et"
+    shutil.copytree(loop["et"], other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["model"].update(num_hidden_layers=24, hidden_size=2048)
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    done = _run(runner, "adapter-import", "--bundle", str(other), "--ort-bundle", str(split),
+                "--checkpoint", str(me / "checkpoint"), "--output", str(tmp_path / "x.ptd"))
+    assert done.returncode != 0 and "different models" in done.stderr and str(split) in done.stderr, done.stderr
+    assert not (tmp_path / "x.ptd").exists()

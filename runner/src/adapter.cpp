@@ -127,11 +127,27 @@ void AdapterSlot::swap(const std::string& path) {
   active_ = path;
 }
 
+namespace {
+// The decoder layer a PEFT tensor name belongs to (`...layers.7.self_attn...` -> 7), or -1.
+int decoder_layer(const std::string& key) {
+  const std::string marker = ".layers.";
+  const size_t at = key.find(marker);
+  if (at == std::string::npos) return -1;
+  size_t end = at + marker.size();
+  int layer = 0;
+  bool digits = false;
+  for (; end < key.size() && key[end] >= '0' && key[end] <= '9'; ++end, digits = true) layer = layer * 10 + (key[end] - '0');
+  return digits ? layer : -1;
+}
+}  // namespace
+
 std::vector<uint8_t> adapter_file_bytes(const AdapterLayout& layout, const Manifest& manifest,
-                                        const std::map<std::string, std::vector<float>>& tensors) {
+                                        const std::map<std::string, std::vector<float>>& tensors, int frozen_layers) {
   std::vector<uint8_t> file = read_bundle_adapter(layout);
   for (const auto& t : layout.tensors) {
     auto it = tensors.find(t.adapter_key);
+    if (it == tensors.end() && decoder_layer(t.adapter_key) >= 0 && decoder_layer(t.adapter_key) < frozen_layers)
+      continue;  // below the layers the phone trains: the bundle's own values stay
     if (it == tensors.end())
       throw BundleError("no trained tensor '" + t.adapter_key + "' for adapter tensor '" + t.key +
                         "': the training state must come from this bundle's adapter (" + manifest.dir() + ")");

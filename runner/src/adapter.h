@@ -63,8 +63,11 @@ std::vector<const uint8_t*> check_adapter_file(const AdapterLayout& layout, cons
                                                const std::vector<uint8_t>& data);
 
 // A new adapter file: the bundle's head with `tensors` (by adapter_key, float32, in the trained
-// layout) placed, transposed where the layout says so.
+// layout) placed, transposed where the layout says so. Tensors of decoder layers below
+// `frozen_layers` (an ORT bundle that trains only the top layers) may be absent: they keep the
+// bundle's own values.
 std::vector<uint8_t> adapter_file_bytes(const AdapterLayout& layout, const Manifest& manifest,
-                                        const std::map<std::string, std::vector<float>>& tensors);
+                                        const std::map<std::string, std::vector<float>>& tensors,
+                                        int frozen_layers = 0);
 
 }  // namespace mobilepeft

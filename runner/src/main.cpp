@@ -164,6 +164,15 @@ int import_adapter(const Manifest& manifest, const Args& args) {
   if (!AdapterLayout::present(manifest))
     throw BundleError(manifest.file("manifest.json") + ": the bundle has its adapter merged; export it with --adapter-as-data");
   const Manifest ort = Manifest::load(args.get("ort-bundle"));
+  for (const char* key : {"model.num_hidden_layers", "model.hidden_size"})
+    if (ort.integer(key) != manifest.integer(key))
+      throw BundleError("the ORT bundle " + ort.dir() + " has " + std::to_string(ort.integer("model.num_hidden_layers")) +
+                        " decoder layers of hidden size " + std::to_string(ort.integer("model.hidden_size")) +
+                        "; the ExecuTorch bundle " + manifest.dir() + " has " +
+                        std::to_string(manifest.integer("model.num_hidden_layers")) + " of hidden size " +
+                        std::to_string(manifest.integer("model.hidden_size")) + ": they come from different models");
+  const int frozen_layers =
+      ort.has("onnx_training.split") ? int(ort.integer("onnx_training.split.frozen_layers")) : 0;
   const auto trained = read_ort_trainable(args.get("checkpoint"));
   std::map<std::string, std::vector<float>> by_adapter_key;
   for (size_t i = 0; i < ort.count("onnx_training.trainable[]"); ++i) {
@@ -175,7 +184,7 @@ int import_adapter(const Manifest& manifest, const Args& args) {
     by_adapter_key[ort.string("onnx_training.trainable[].adapter_key", {int(i)})] = it->second;
   }
   const AdapterLayout layout = AdapterLayout::read(manifest);
-  const std::vector<uint8_t> file = adapter_file_bytes(layout, manifest, by_adapter_key);
+  const std::vector<uint8_t> file = adapter_file_bytes(layout, manifest, by_adapter_key, frozen_layers);
   check_adapter_file(layout, args.get("output"), file);  // read back by ExecuTorch's FlatTensor reader
   write_atomically(args.get("output"), std::string(file.begin(), file.end()));
   JsonWriter out;
