@@ -274,16 +274,21 @@ def test_c_library_answers_and_swaps_in_place_and_keeps_the_adapter_it_had_on_re
         c.lib.mobilepeft_runner_close(handle)
 
 
+def _bundle_of_another_decoder(bundle: Path, out: Path) -> Path:
+    """A copy of ``bundle`` whose manifest says 24 layers of hidden size 2048 (another model's)."""
+    import shutil
+
+    shutil.copytree(bundle, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["model"].update(num_hidden_layers=24, hidden_size=2048)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
 def test_bundles_of_different_decoders_are_refused_naming_both(loop, tmp_path):
     """An ORT bundle and an ExecuTorch bundle of different models (here: the ExecuTorch bundle's manifest
     says 24 layers of 2048) cannot make an adapter file together; the message names both."""
-    import shutil
-
-    other = tmp_path / "other-et"
-    shutil.copytree(loop["et"], other)
-    manifest = json.loads((other / "manifest.json").read_text())
-    manifest["model"].update(num_hidden_layers=24, hidden_size=2048)
-    (other / "manifest.json").write_text(json.dumps(manifest))
+    other = _bundle_of_another_decoder(loop["et"], tmp_path / "other-et")
     with pytest.raises(UserError) as refusal:
         tensors_from_ort(loop["me"] / "checkpoint", loop["ort"], other)
     message = str(refusal.value)
@@ -310,13 +315,7 @@ def test_a_phone_that_trains_only_the_top_layers_writes_the_same_file_in_cpp_and
         below = any(f".layers.{i}." in key for i in (0, 1))
         assert np.array_equal(ours[key], value) == below, key
 
-    import shutil
-
-    other = tmp_path / "other-et"
-    shutil.copytree(loop["et"], other)
-    manifest = json.loads((other / "manifest.json").read_text())
-    manifest["model"].update(num_hidden_layers=24, hidden_size=2048)
-    (other / "manifest.json").write_text(json.dumps(manifest))
+    other = _bundle_of_another_decoder(loop["et"], tmp_path / "other-et")
     done = _run(runner, "adapter-import", "--bundle", str(other), "--ort-bundle", str(split),
                 "--checkpoint", str(me / "checkpoint"), "--output", str(tmp_path / "x.ptd"))
     assert done.returncode != 0 and "different models" in done.stderr and str(split) in done.stderr, done.stderr

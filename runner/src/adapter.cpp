@@ -146,7 +146,8 @@ std::vector<uint8_t> adapter_file_bytes(const AdapterLayout& layout, const Manif
   std::vector<uint8_t> file = read_bundle_adapter(layout);
   for (const auto& t : layout.tensors) {
     auto it = tensors.find(t.adapter_key);
-    if (it == tensors.end() && decoder_layer(t.adapter_key) >= 0 && decoder_layer(t.adapter_key) < frozen_layers)
+    const int layer = decoder_layer(t.adapter_key);
+    if (it == tensors.end() && layer >= 0 && layer < frozen_layers)
       continue;  // below the layers the phone trains: the bundle's own values stay
     if (it == tensors.end())
       throw BundleError("no trained tensor '" + t.adapter_key + "' for adapter tensor '" + t.key +

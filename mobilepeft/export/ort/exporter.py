@@ -143,7 +143,7 @@ def export_onnx_training(
             batch = {HIDDEN_STATES: hidden, "attention_mask": batch["attention_mask"], LABELS: batch[LABELS]}
         graph, artifact_source = _export_decoder(decoder, batch, scratch / "decoder.onnx")
         in_graph = {i.name for i in graph.graph.initializer}
-        frozen = [n for n, p in decoder.named_parameters() if n not in trainable and n in in_graph]
+        frozen = [n for n, _ in decoder.named_parameters() if n not in trainable and n in in_graph]
 
         echo(f"[3/5] generating ORT training artifacts ({optimizer}, {len(trainable)} trainable tensors)")
         _generate_artifacts(graph, artifact_source, trainable, frozen, optimizer, tmp, scratch, ort_format)
@@ -172,7 +172,7 @@ def export_onnx_training(
              f"(rel. diff {relative_error(ort_loss, reference):.1e})")
 
         model.tokenizer.save(tmp)
-        manifest = _manifest(model, model_dir, decoder, trainable, frozen, batch, seq_len, optimizer,
+        manifest = _manifest(model, model_dir, decoder, trainable, frozen, seq_len, optimizer,
                              learning_rate or DEFAULT_LR[optimizer], train_projector, reference, ort_format,
                              trainer.loss_output, read_adapter_spec(tmp / ADAPTER_DIR)[0].dropout, split)
         manifest = write_manifest(tmp, manifest)
@@ -362,8 +362,9 @@ def _export_prefix(prefix: DecoderPrefix, batch: dict[str, np.ndarray], hidden: 
                           output_names=[HIDDEN_STATES],
                           dynamic_axes={n: {0: "batch", 1: "seq"} if n != IMAGE_EMBEDS else {0: "batch"} for n in names}
                           | {HIDDEN_STATES: {0: "batch", 1: "seq"}})
-    weight_bytes = sum(p.numel() * p.element_size() for p in prefix.parameters())
-    external = weight_bytes > PROTOBUF_LIMIT * (0.25 if weights == "int8" else 0.9)  # int8 is ~1/4 the size
+    # The float32 export as written (with its external data when the exporter needed it): over the
+    # limit, the final file keeps its weights beside it too (int8 included, whose embedding stays fp32).
+    external = sum(f.stat().st_size for f in raw.parent.iterdir()) > 0.9 * PROTOBUF_LIMIT
     if weights == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -397,7 +398,7 @@ def _pytorch_loss(model: MobileVLMForCausalLM, conv: Conversation, pixel_values:
 
 
 def _manifest(model: MobileVLMForCausalLM, model_dir: Path, decoder: TextDecoderForTraining, trainable: list[str],
-              frozen: list[str], batch: dict[str, np.ndarray], seq_len: int, optimizer: str, lr: float,
+              frozen: list[str], seq_len: int, optimizer: str, lr: float,
               train_projector: bool, reference: float, ort_format: bool, loss_output: str,
               lora_dropout: float, split: dict[str, Any] | None) -> dict[str, Any]:
     import onnxruntime
