@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import pytest
 import torch
 
@@ -274,3 +275,17 @@ def test_cli_export_check_personalize_from_ort(round_trip, bundle_copy, tmp_path
                       "--output-dir", tmp_path / "never")
     assert bad.returncode == 2 and "missing.png" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "never").exists()
+
+
+def test_inference_export_from_a_bundle_named_by_a_relative_path(round_trip, tmp_path, monkeypatch):
+    """`make demo` names its bundle relative to the working folder; the export runs from a scratch
+    folder, so the session must not read its eval model relative to where the export runs."""
+    monkeypatch.chdir(round_trip["bundle"].parent)
+    bundle = read_bundle(Path(round_trip["bundle"].name))
+    trainer = open_trainer(bundle)
+    target = tmp_path / "inference_model.onnx"
+    trainer.export_inference(target, bundle.section("onnx_training")["inference_outputs"])
+    batch, _ = selftest_batch(bundle)
+    session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    feeds = {i.name: batch[i.name] for i in session.get_inputs()}
+    assert np.isfinite(session.run(None, feeds)[0]).all()

@@ -74,6 +74,9 @@ class OrtTrainer:
 
         self.state = load_checkpoint_state(Path(checkpoint))
         options = session_options(threads)
+        # Absolute: ORT reads the eval model lazily, when export_inference runs from its scratch folder.
+        training_model, eval_model, optimizer_model = (Path(f).resolve() for f in
+                                                       (training_model, eval_model, optimizer_model))
         try:
             self.module = Module(str(training_model), self.state, str(eval_model), session_options=options)
             self.optimizer = Optimizer(str(optimizer_model), self.module)
