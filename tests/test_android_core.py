@@ -281,6 +281,7 @@ def build_fixtures(tiny_ckpt: Path, root: Path) -> Path:
     adapter_section = json.loads((et_adapter / "manifest.json").read_text())["executorch"]["adapter"]
     (fx / "adapter_expect.json").write_text(json.dumps({"tensors": len(adapter_section["tensors"]),
                                                         "bytes": adapter_section["bytes"]}))
+    _split_fixtures(tiny_ckpt, adapter, data, fx, root, et_adapter)
     (fx / "foreign_ptd.json").write_text(json.dumps([
         {"case": case, "file": str(path.relative_to(fx)), "tensor": tensor}
         for case, (path, tensor) in foreign_adapter_files(et_adapter / "adapter.ptd", fx / "foreign_ptd").items()]))
@@ -325,6 +326,56 @@ def build_fixtures(tiny_ckpt: Path, root: Path) -> Path:
     open_trainer(read_bundle(ort)).export_inference(fx / "inference_model.onnx", sec["inference_outputs"])
     adapter_from_ort(ort / "checkpoint", ort, root / "expected_adapter")
     return fx
+
+
+def _split_fixtures(tiny_ckpt: Path, adapter: Path, data: Path, fx: Path, root: Path, et_adapter: Path) -> None:
+    """A --train-layers bundle of the same adapter (the top 2 of 4 layers train) and what the Kotlin core must
+    match for it: each sample's real vision-encoder and frozen-layer outputs (ORT, here), the training batch
+    Python builds from them, the memory estimate, and the adapter files Python writes from a trained state,
+    its inference model exported once as one file and once with every tensor in external data."""
+    import onnx
+
+    from mobilepeft.export.bundle import read_bundle
+    from mobilepeft.export.ort.exporter import export_onnx_training
+    from mobilepeft.export.ort.memory import session_estimate_mib
+    from mobilepeft.export.ort.personalize import BatchBuilder, open_trainer, selftest_batch
+    from mobilepeft.export.ort.to_adapter import adapter_from_ort
+    from mobilepeft.export.to_ptd import tensors_from_ort, write_bundle_adapter
+
+    split = fx / "ort_split_bundle"
+    export_onnx_training(tiny_ckpt, adapter, split, train_layers=2, echo=lambda _: None)
+    bundle = read_bundle(split)
+    builder = BatchBuilder(bundle)
+    rows, folder = builder.samples(data / "train.json", data)
+    rows = rows[:3]
+    cases = fx / "split"
+    cases.mkdir()
+    samples = []
+    for i, (row, sample) in enumerate(zip(rows, json.loads((data / "train.json").read_text()))):
+        builder.image_tokens(row, folder).astype("<f4").tofile(cases / f"image{i}.f32")
+        builder.hidden_states(row, folder).astype("<f4").tofile(cases / f"hidden{i}.f32")
+        question, answer = (turn["value"] for turn in sample["conversations"][:2])
+        samples.append({"question": question.removeprefix("<image>\n"), "answer": answer,
+                        "input_ids": row.input_ids.tolist()})
+    batch = builder.batch(rows, folder)
+    batch["hidden_states"].astype("<f4").tofile(cases / "batch_hidden_states.f32")
+    (cases / "cases.json").write_text(json.dumps({
+        "samples": samples, "batch_attention_mask": batch["attention_mask"].reshape(-1).tolist(),
+        "batch_labels": batch["labels"].tolist(), "estimate_batch_4": session_estimate_mib(bundle, 4)}))
+
+    trainer = open_trainer(bundle)
+    trainer.set_learning_rate(1e-2)
+    for _ in range(10):
+        trainer.train_step(selftest_batch(bundle)[0])
+    trainer.save_checkpoint(root / "split_trained_checkpoint")
+    inference = cases / "trained_inference_model.onnx"
+    trainer.export_inference(inference, bundle.section("onnx_training")["inference_outputs"])
+    (cases / "external").mkdir()
+    onnx.save(onnx.load(inference), cases / "external" / inference.name, save_as_external_data=True,
+              all_tensors_to_one_file=True, location="weights.data", size_threshold=0)
+    write_bundle_adapter(et_adapter, tensors_from_ort(root / "split_trained_checkpoint", split, et_adapter),
+                         root / "expected_split_adapter.ptd")
+    adapter_from_ort(root / "split_trained_checkpoint", split, root / "expected_split_adapter")
 
 
 @pytest.fixture(scope="module")
@@ -387,6 +438,25 @@ def test_kotlin_adapter_file_equals_the_python_writer(kotlin_run, fixture_dir):
     assert len(moved) >= len(read_tensors(template)) // 2, moved
 
 
+def test_kotlin_writes_the_split_bundles_adapter_like_python(kotlin_run, fixture_dir):
+    """From a --train-layers bundle's exported inference model (one file, and all in external data), the
+    Kotlin core writes the adapter.ptd and the PEFT adapter Python writes: the layers below the top two keep
+    the bundle's values, the top two carry the trained ones."""
+    from safetensors.numpy import load_file
+
+    for variant in ("single", "external"):
+        ours = fixture_dir / "out" / f"split_adapter_{variant}.ptd"
+        assert ours.read_bytes() == (fixture_dir.parent / "expected_split_adapter.ptd").read_bytes(), variant
+        ours_dir = fixture_dir / "out" / f"split_adapter_dir_{variant}"
+        expected = load_file(fixture_dir.parent / "expected_split_adapter" / "adapter_model.safetensors")
+        got = load_file(ours_dir / "adapter_model.safetensors")
+        assert sorted(got) == sorted(expected)
+        assert all(np.array_equal(got[k], v) for k, v in expected.items()), variant
+    bundle_adapter = load_file(fixture_dir / "ort_split_bundle" / "adapter" / "adapter_model.safetensors")
+    changed = {k for k, v in expected.items() if not np.array_equal(v, bundle_adapter[k])}
+    assert changed and all(".layers.2." in k or ".layers.3." in k for k in changed), sorted(changed)
+
+
 def test_kotlin_drives_the_native_runner_through_jni(kotlin_run, fixture_dir):
     """The Kotlin core's NativeRunner ran the JNI library (its test passed in the Kotlin suite), and the
     two adapters answer differently, so equal answers after the swap show the swap took effect."""
@@ -410,9 +480,9 @@ def test_every_manifest_read_is_a_schema_path():
     assert len(reads) >= 60 and {"executorch.methods{}.input[]", "onnx_training.inputs[].shape",
                                  "onnx_training.trainable[].adapter_key", "files{}.bytes"} <= paths
     # Nothing else reads the manifest by key: JSON is parsed only by Manifest (and the adapter metadata
-    # update, and the verifier's own stamp file).
+    # update, the verifier's own stamp file and safetensors headers).
     for file in sources:
-        if file.name not in ("Manifest.kt", "Json.kt", "AdapterExport.kt", "BundleVerifier.kt"):
+        if file.name not in ("Manifest.kt", "Json.kt", "AdapterExport.kt", "BundleVerifier.kt", "Safetensors.kt"):
             assert "Json.parse(" not in file.read_text(), f"{file.name} parses JSON; read the manifest through Manifest"
 
 

@@ -34,6 +34,7 @@ from mobilepeft.data.llava import Conversation, load_llava
 from mobilepeft.data.template import spliced_length, tokenize_conversation
 from mobilepeft.errors import UserError
 from mobilepeft.export.bundle import base_manifest, write_manifest
+from mobilepeft.export.ort.memory import recorded_estimate
 from mobilepeft.export.graphs.vision import VisionEncoder
 from mobilepeft.export.native_output import native_output_captured, tail
 from mobilepeft.export.numerics import relative_error
@@ -175,6 +176,8 @@ def export_onnx_training(
         manifest = _manifest(model, model_dir, decoder, trainable, frozen, seq_len, optimizer,
                              learning_rate or DEFAULT_LR[optimizer], train_projector, reference, ort_format,
                              trainer.loss_output, read_adapter_spec(tmp / ADAPTER_DIR)[0].dropout, split)
+        section = manifest["onnx_training"]
+        section["memory_estimate_mib"] = recorded_estimate(tmp, section, seq_len, manifest["model"]["vocab_size"])
         manifest = write_manifest(tmp, manifest)
     return manifest
 

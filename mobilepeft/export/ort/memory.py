@@ -1,17 +1,19 @@
-"""How much memory a personalization session needs, estimated from the bundle before anything loads,
-so a phone without enough gets a clear refusal instead of being killed mid-step
-(docs/on-device-training.md, "Memory").
+"""How much memory a personalization session needs, estimated when the bundle is exported and recorded
+in its manifest (``onnx_training.memory_estimate_mib``), so a phone without enough gets a clear
+refusal before anything loads instead of being killed mid-step (docs/on-device-training.md, "Memory").
+The phones' cores read the recorded figures; this module is the only place that computes them.
 
 A session has two phases (:class:`~mobilepeft.export.ort.personalize.BatchBuilder`): the frozen graphs
 one at a time (vision encoder; a split bundle's decoder prefix), then the training session. Each
 phase's resident size was measured against the bytes it loads at MobileVLM-1.7B's shape
 (``benchmarks/personalize_1p7b.py``, docs/results/personalize_1p7b.json, without the interpreter's
 own share): the training phase about 2.2x the checkpoint, the frozen graphs about 1.0x the larger graph. The
-factors below round those up, and the logits of a step are added (they grow with the batch).
+factors below round those up; the logits of a step are recorded per batch row (they grow with the batch).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from mobilepeft.errors import UserError
@@ -23,21 +25,25 @@ LOGIT_COPIES = 4  # logits, their softmax, its gradient and the flattened view O
 MIB = 2**20
 
 
-def _bytes(bundle: Bundle, *names: str | None) -> int:
-    files = bundle.manifest["files"]
-    return sum(files[n]["bytes"] for n in names if n and n in files)
+def recorded_estimate(bundle_dir: Path, section: dict[str, Any], seq_len: int, vocab_size: int) -> dict[str, float]:
+    """The manifest's ``memory_estimate_mib`` for the bundle written in ``bundle_dir``: the frozen graphs'
+    phase, the training phase without the logits, and the logits per batch row."""
+    def size(*names: str | None) -> int:
+        return sum((bundle_dir / n).stat().st_size for n in names if n and (bundle_dir / n).is_file())
+
+    frozen = [size(section["vision_encoder"]["file"])]
+    if split := section.get("split"):
+        frozen.append(size(split["file"], split["data_file"]))
+    return {"frozen_graphs": round(FROZEN_FACTOR * max(frozen) / MIB, 1),
+            "training": round(TRAINING_FACTOR * size(section["checkpoint"], section["checkpoint"] + ".data") / MIB, 1),
+            "training_per_batch_row": round(seq_len * vocab_size * 4 * LOGIT_COPIES / MIB, 3)}
 
 
 def session_estimate_mib(bundle: Bundle, batch_size: int) -> dict[str, float]:
     """Estimated peak resident MiB of each phase of a personalization session with ``batch_size``."""
-    sec = bundle.section("onnx_training")
-    frozen = [_bytes(bundle, sec["vision_encoder"]["file"])]
-    if split := sec.get("split"):
-        frozen.append(_bytes(bundle, split["file"], split["data_file"]))
-    model = bundle.manifest["model"]
-    logits = batch_size * bundle.manifest["max_seq_len"] * model["vocab_size"] * 4 * LOGIT_COPIES
-    training = TRAINING_FACTOR * _bytes(bundle, sec["checkpoint"], sec["checkpoint"] + ".data") + logits
-    return {"frozen_graphs": FROZEN_FACTOR * max(frozen) / MIB, "training": training / MIB}
+    recorded = bundle.section("onnx_training")["memory_estimate_mib"]
+    return {"frozen_graphs": recorded["frozen_graphs"],
+            "training": recorded["training"] + batch_size * recorded["training_per_batch_row"]}
 
 
 def check_memory(bundle: Bundle, batch_size: int, limit_mib: float | None) -> dict[str, Any]:

@@ -91,6 +91,19 @@ object DeviceInfo {
         val kb = line.substringAfter(':').trim().split(' ')[0].toDouble()
         return kb / 1024.0
     }
+
+    /**
+     * The memory a personalization session may take, in MiB: what the system reports available now, less
+     * its low-memory threshold (below which it starts killing apps), plus what this process already holds.
+     */
+    fun availableMiB(context: android.content.Context): Double {
+        val am = context.getSystemService(android.content.Context.ACTIVITY_SERVICE) as android.app.ActivityManager
+        val info = android.app.ActivityManager.MemoryInfo()
+        am.getMemoryInfo(info)
+        val line = File("/proc/self/status").readLines().firstOrNull { it.startsWith("VmRSS:") }
+        val ownMiB = line?.substringAfter(':')?.trim()?.split(' ')?.get(0)?.toDouble()?.div(1024.0) ?: 0.0
+        return (info.availMem - info.threshold) / (1024.0 * 1024.0) + ownMiB
+    }
 }
 
 /**

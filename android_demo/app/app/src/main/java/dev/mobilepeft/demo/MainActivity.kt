@@ -31,6 +31,7 @@ import dev.mobilepeft.core.Personalizer
 import dev.mobilepeft.core.PilBicubicResizer
 import dev.mobilepeft.core.Sample
 import dev.mobilepeft.core.SentencePieceTokenizer
+import dev.mobilepeft.core.SplitLogitsModel
 import dev.mobilepeft.core.Verification
 import java.io.File
 import java.text.SimpleDateFormat
@@ -252,30 +253,46 @@ class MainActivity : Activity() {
             val samples = inputs.mapIndexed { i, (uri, q, a) ->
                 Sample(pre.preprocess(Photos.load(this, uri, spec.image.size)), q, a, "photo ${i + 1}")
             }
+            // Refused before anything loads when the session would not fit (docs/on-device-training.md, "Memory").
+            section.memoryEstimate.check(batchSize, DeviceInfo.availableMiB(this))
             val env = OrtEnvironment.getEnvironment()
+            // The frozen graphs run first, one at a time, each closed before the next opens: the vision encoder
+            // over every photo, then (a --train-layers bundle) the frozen decoder layers over every sample.
             val encoder = OrtImageEncoder(env, bundle, threads)
+            val personalizer = Personalizer(spec, tokenizer, encoder)
+            val imageTokens = try { personalizer.encodeImages(samples) } finally { encoder.close() }
+            runOnUiThread { status.text = "Running the frozen layers over ${samples.size} photos…" }
+            val prefix = section.split?.let { OrtDecoderPrefix(env, bundle, threads) }
+            val prepared = try { personalizer.prepare(samples, imageTokens, prefix) } finally { prefix?.close() }
             val backend = OrtTrainingBackend(env, bundle)
-            val session = backend.open(backend.bundleCheckpoint)
             val stamp = SimpleDateFormat("yyyyMMdd-HHmmss", Locale.US).format(Date())
             val outDir = File(getExternalFilesDir(null) ?: filesDir, "personalized/$stamp")
             // The deployed model: an imported ExecuTorch bundle keeping this adapter as data answers through
             // the native runner, which swaps the personalized adapter in after training (docs/on-device-loop.md).
+            // It is open only while it answers: never beside the training session.
             val deploy = deployBundles(section)
-            val native = deploy.firstOrNull()?.let { NativeRunner.loadLibrary(); NativeRunner.open(it.first, threads) }
+            if (deploy.isNotEmpty()) NativeRunner.loadLibrary()
+            var native = deploy.firstOrNull()?.let { NativeRunner.open(it.first, threads) }
+            var session: dev.mobilepeft.core.TrainingSession? = null
             try {
-                val s = spec.image.size.toLong()
-                val imageTokens = samples.map { encoder.encode(it.pixels, longArrayOf(1, 3, s, s)) }
                 val pixelFiles = samples.mapIndexed { i, sample -> NativeRunner.pixelFile(sample.pixels, File(cacheDir, "photo$i.f32")) }
                 val output = section.inferenceOutputs[0]
-                // Answers before: the untouched adapter, exported the same way as the trained one.
+                // Answers before: the untouched adapter, exported the same way as the trained one; the session
+                // that exports it is closed before answering, so the two never share the phone's memory.
                 runOnUiThread { status.text = "Answering with the bundle's adapter…" }
-                val before = File(cacheDir, "before_inference_model.onnx")
-                session.exportModelForInference(before.path, section.inferenceOutputs)
-                val beforeAnswers = if (native != null) samples.indices.map { native.answer(samples[it].question, pixelFiles[it]) }
-                    else answerAll(env, before, threads, output, spec, tokenizer, imageTokens, samples)
-                val personalizer = Personalizer(spec, tokenizer, encoder)
+                val beforeAnswers = native?.let { runner ->
+                    samples.indices.map { runner.answer(samples[it].question, pixelFiles[it]) }.also { runner.close(); native = null }
+                } ?: run {
+                    val before = File(cacheDir, "before_inference_model.onnx")
+                    backend.open(backend.bundleCheckpoint).let { s ->
+                        try { s.exportModelForInference(before.path, section.inferenceOutputs) } finally { s.close() }
+                    }
+                    answerAll(env, bundle, before, threads, output, tokenizer, imageTokens, samples)
+                }
+                val opened = backend.open(backend.bundleCheckpoint)
+                session = opened
                 val losses = ArrayList<Float>()
-                val result = personalizer.train(session, samples, PersonalizeConfig(steps = steps, batchSize = batchSize),
+                val result = personalizer.train(opened, prepared, PersonalizeConfig(steps = steps, batchSize = batchSize),
                     backend.bundleCheckpoint, File(cacheDir, "personalize-work")) { step, total, loss ->
                     losses.add(loss)
                     val snapshot = ArrayList(losses)
@@ -286,16 +303,17 @@ class MainActivity : Activity() {
                     }
                 }
                 runOnUiThread { status.text = "Exporting the adapter…" }
-                val inference = personalizer.export(session, result, backend, bundle.dir, outDir)
+                val inference = personalizer.export(opened, result, backend, bundle.dir, outDir)
+                opened.close()
+                session = null
                 val deployed = StringBuilder(writeAdapterFiles(section, inference, outDir, deploy))
-                val afterAnswers = if (native != null) {
-                    val swapMs = native.swap(File(outDir, "adapter-${deploy[0].first.name}.ptd"))
+                native = deploy.firstOrNull()?.let { NativeRunner.open(it.first, threads) }
+                val afterAnswers = native?.let { runner ->
+                    val swapMs = runner.swap(File(outDir, "adapter-${deploy[0].first.name}.ptd"))
                     deployed.append(String.format(Locale.US, "Answers from %s (ExecuTorch, native runner): adapter swapped in %.1f ms, RSS %.0f MB\n",
-                        deploy[0].first.name, swapMs, native.rssMb))
-                    samples.indices.map { native.answer(samples[it].question, pixelFiles[it]) }
-                } else {
-                    answerAll(env, inference, threads, output, spec, tokenizer, imageTokens, samples)
-                }
+                        deploy[0].first.name, swapMs, runner.rssMb))
+                    samples.indices.map { runner.answer(samples[it].question, pixelFiles[it]) }
+                } ?: answerAll(env, bundle, inference, threads, output, tokenizer, imageTokens, samples)
                 val json = result.benchResult(DeviceInfo.describe(), threads, DeviceInfo.peakRssMb()).toJson()
                 File(outDir, "train_benchmark.json").writeText(json)
                 lastJson = json
@@ -314,8 +332,7 @@ class MainActivity : Activity() {
                     results.text = report.toString()
                 }
             } finally {
-                session.close()
-                encoder.close()
+                session?.close()
                 native?.close()
             }
         }
@@ -328,11 +345,11 @@ class MainActivity : Activity() {
      */
     private fun writeAdapterFiles(ort: OnnxTrainingSection, inference: File, outDir: File,
                                   deploy: List<Pair<File, AdapterSection>>): String {
-        val trained = OnnxInitializers.trained(ort, inference.readBytes())
+        val trained = OnnxInitializers.trained(ort, inference)
         val lines = StringBuilder()
         for ((dir, adapter) in deploy) {
             val out = File(outDir, "adapter-${dir.name}.ptd")
-            AdapterFile.write(adapter, File(dir, adapter.file), trained, out)
+            AdapterFile.write(adapter, File(dir, adapter.file), trained, ort.split?.frozenLayers ?: 0, out)
             lines.append("Wrote ${out.path}: the personalized adapter for ${dir.name}\n")
         }
         return lines.toString()
@@ -343,16 +360,22 @@ class MainActivity : Activity() {
         BundleStore.open(this, dir).spec.executorch?.adapter?.takeIf { AdapterFile.fits(it, ort) }?.let { dir to it }
     }
 
+    /** Greedy answers from an exported inference model; a --train-layers bundle's runs behind its frozen layers. */
     private fun answerAll(
-        env: OrtEnvironment, model: File, threads: Int, output: String, spec: dev.mobilepeft.core.BundleSpec,
+        env: OrtEnvironment, bundle: dev.mobilepeft.core.Bundle, model: File, threads: Int, output: String,
         tokenizer: SentencePieceTokenizer, imageTokens: List<FloatArray>, samples: List<Sample>
     ): List<String> {
-        val logits = OrtLogitsModel(env, model, threads, output)
+        val spec = bundle.spec
+        val top = OrtLogitsModel(env, model, threads, output)
+        val split = spec.requireOnnxTraining().split
+        val prefix = split?.let { OrtDecoderPrefix(env, bundle, threads) }
+        val logits = if (split != null && prefix != null) SplitLogitsModel(split, prefix, top) else top
         try {
             val answerer = GreedyAnswerer(spec, logits, tokenizer)
             return samples.indices.map { answerer.answer(imageTokens[it], samples[it].question) }
         } finally {
             logits.close()
+            prefix?.close()
         }
     }
 

@@ -6,6 +6,7 @@ import ai.onnxruntime.OrtSession
 import ai.onnxruntime.OrtTrainingSession
 import dev.mobilepeft.core.Bundle
 import dev.mobilepeft.core.BundleError
+import dev.mobilepeft.core.DecoderPrefix
 import dev.mobilepeft.core.ImageEncoder
 import dev.mobilepeft.core.LogitsModel
 import dev.mobilepeft.core.TensorData
@@ -115,6 +116,46 @@ class OrtImageEncoder(private val env: OrtEnvironment, bundle: Bundle, threads: 
                 buf.get(data)
                 return data
             }
+        }
+    }
+
+    fun close() {
+        session.close()
+    }
+}
+
+/**
+ * A `--train-layers` bundle's frozen decoder layers (onnx_training.split.file) as an ORT inference session. Over
+ * 2 GB its weights are external data (split.data_file) beside it: ORT reads them from the file's folder, so the
+ * app passes a path, never the bytes.
+ */
+class OrtDecoderPrefix(private val env: OrtEnvironment, bundle: Bundle, threads: Int) : DecoderPrefix {
+    private val split = bundle.spec.requireOnnxTraining().split
+        ?: throw BundleError("${bundle.dir.path}: this bundle trains the whole decoder; it has no frozen layers to open")
+    private val session: OrtSession
+
+    init {
+        val options = OrtSession.SessionOptions()
+        options.setIntraOpNumThreads(threads)
+        session = env.createSession(bundle.file(split.file).path, options)
+    }
+
+    override fun hiddenStates(inputs: Map<String, TensorData>): FloatArray {
+        val feeds = LinkedHashMap<String, OnnxTensor>()
+        try {
+            for (name in session.inputNames) {
+                val t = inputs[name] ?: throw BundleError("${split.file} needs input '$name', which the sample lacks")
+                feeds[name] = toOnnx(env, t)
+            }
+            session.run(feeds).use { result ->
+                val out = result.get(split.output.name)
+                val buf = ((if (out.isPresent) out.get() else result.get(0)) as OnnxTensor).floatBuffer
+                val data = FloatArray(buf.remaining())
+                buf.get(data)
+                return data
+            }
+        } finally {
+            for (t in feeds.values) t.close()
         }
     }
 

@@ -12,10 +12,19 @@ import java.nio.ByteOrder
  * copies that head and puts each tensor at the offset the manifest states: no flatbuffer library needed.
  */
 object AdapterFile {
-    /** Whether `section` holds exactly the adapter an ORT bundle trains, so the phone can write its file (an ORT
-     *  bundle that also trains the projector does not fit: the ExecuTorch bundle holds the projector merged). */
-    fun fits(section: AdapterSection, ort: OnnxTrainingSection): Boolean =
-        section.tensors.map { it.adapterKey }.toSet() == ort.trainable.map { it.adapterKey }.toSet()
+    /** Whether `section` holds the adapter an ORT bundle trains, so the phone can write its file: every tensor the ORT
+     *  bundle trains has its place, and every other one lies in the layers a `--train-layers` bundle leaves frozen
+     *  (they keep the bundle file's values). An ORT bundle that also trains the projector does not fit: the
+     *  ExecuTorch bundle holds the projector merged. */
+    fun fits(section: AdapterSection, ort: OnnxTrainingSection): Boolean {
+        val trained = ort.trainable.map { it.adapterKey }.toSet()
+        val keys = section.tensors.map { it.adapterKey }.toSet()
+        return keys.containsAll(trained) && (keys - trained).all { decoderLayer(it) in 0 until (ort.split?.frozenLayers ?: 0) }
+    }
+
+    /** The decoder layer a PEFT tensor name belongs to (`...layers.7.self_attn...` -> 7), or -1. */
+    fun decoderLayer(adapterKey: String): Int =
+        Regex("""\.layers\.(\d+)\.""").find(adapterKey)?.groupValues?.get(1)?.toInt() ?: -1
 
     /** Refuse a file that does not fit the bundle, naming the first tensor that does not (missing, extra, shape, dtype). */
     fun check(section: AdapterSection, data: ByteArray, source: String) {
@@ -33,10 +42,12 @@ object AdapterFile {
 
     /**
      * The bytes of a new adapter file: `template` (the bundle's own adapter file, checked here) with each tensor of
-     * `trained` (by adapter key) in place, transposed where the bundle stores it so.
+     * `trained` (by adapter key) in place, transposed where the bundle stores it so. Tensors of the decoder layers
+     * below `frozenLayers` (a `--train-layers` ORT bundle's `split.frozen_layers`; 0 otherwise) that did not
+     * train keep the template's values.
      */
     fun bytes(section: AdapterSection, template: ByteArray, templateSource: String,
-              trained: Map<String, OnnxInitializers.Tensor>): ByteArray {
+              trained: Map<String, OnnxInitializers.Tensor>, frozenLayers: Int): ByteArray {
         if (template.size.toLong() != section.bytes) {
             throw BundleError("$templateSource: ${template.size} bytes, ${Manifest.FILE} says ${section.bytes} (copied incompletely?)")
         }
@@ -50,9 +61,9 @@ object AdapterFile {
             throw BundleError("trained tensor '${unknown[0]}' has no place in the bundle's adapter file " +
                 "(the ONNX Runtime bundle was exported from another adapter, or trains the projector)")
         }
-        val out = ByteBuffer.allocate(section.bytes.toInt()).order(ByteOrder.LITTLE_ENDIAN)
-        out.put(head)
+        val out = ByteBuffer.wrap(template.copyOf()).order(ByteOrder.LITTLE_ENDIAN)
         for (t in section.tensors) {
+            if (t.adapterKey !in trained && decoderLayer(t.adapterKey) in 0 until frozenLayers) continue
             val source = trained[t.adapterKey]
                 ?: throw BundleError("no trained tensor '${t.adapterKey}' for adapter tensor '${t.key}'; train with the " +
                     "ONNX Runtime bundle exported from this bundle's adapter")
@@ -74,7 +85,7 @@ object AdapterFile {
     }
 
     /** Write the personalized adapter file atomically (the previous file stays until the new one is complete). */
-    fun write(section: AdapterSection, template: File, trained: Map<String, OnnxInitializers.Tensor>, out: File) {
-        AtomicFile.write(out, bytes(section, template.readBytes(), template.path, trained))
+    fun write(section: AdapterSection, template: File, trained: Map<String, OnnxInitializers.Tensor>, frozenLayers: Int, out: File) {
+        AtomicFile.write(out, bytes(section, template.readBytes(), template.path, trained, frozenLayers))
     }
 }

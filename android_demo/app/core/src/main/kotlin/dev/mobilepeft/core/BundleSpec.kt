@@ -142,12 +142,6 @@ class BundleSpec(val manifest: Manifest) {
     }
 
     private fun readOnnxTraining(): OnnxTrainingSection {
-        if (manifest.has("onnx_training.split")) {
-            throw BundleError("${manifest.source}: onnx_training.split: the bundle trains only the top " +
-                "${manifest.long("onnx_training.split.train_layers")} of ${manifest.long("onnx_training.split.num_hidden_layers")} " +
-                "decoder layers (export --train-layers), and this app's training loop takes whole-decoder bundles: " +
-                "export it without --train-layers, or personalize it with `mobilepeft personalize`")
-        }
         val inputs = (0 until manifest.count("onnx_training.inputs[]")).map { i ->
             TensorSpec(
                 manifest.string("onnx_training.inputs[].name", i),
@@ -202,9 +196,37 @@ class BundleSpec(val manifest: Manifest) {
             manifest.string("onnx_training.optimizer.type"),
             manifest.double("onnx_training.optimizer.default_learning_rate"),
             manifest.double("onnx_training.optimizer.max_grad_norm"),
-            manifest.bool("onnx_training.train_projector")
+            manifest.bool("onnx_training.train_projector"),
+            if (manifest.has("onnx_training.split")) readSplit() else null,
+            MemoryEstimate(
+                manifest.double("onnx_training.memory_estimate_mib.frozen_graphs"),
+                manifest.double("onnx_training.memory_estimate_mib.training"),
+                manifest.double("onnx_training.memory_estimate_mib.training_per_batch_row")
+            )
         )
     }
+
+    private fun readSplit(): SplitSpec = SplitSpec(
+        manifest.string("onnx_training.split.file"),
+        if (manifest.has("onnx_training.split.data_file")) manifest.string("onnx_training.split.data_file") else null,
+        (0 until manifest.count("onnx_training.split.inputs[]")).map { manifest.string("onnx_training.split.inputs[].name", it) },
+        TensorSpec(
+            manifest.string("onnx_training.split.output.name"),
+            manifest.string("onnx_training.split.output.dtype"),
+            manifest.strings("onnx_training.split.output.shape").map { Dim.parse(it) }
+        ),
+        (0 until manifest.count("onnx_training.split.graph_inputs[]")).map { i ->
+            TensorSpec(
+                manifest.string("onnx_training.split.graph_inputs[].name", i),
+                manifest.string("onnx_training.split.graph_inputs[].dtype", i),
+                manifest.strings("onnx_training.split.graph_inputs[].shape", i).map { Dim.parse(it) }
+            )
+        },
+        manifest.int("onnx_training.split.frozen_layers"),
+        manifest.int("onnx_training.split.train_layers"),
+        manifest.int("onnx_training.split.num_hidden_layers"),
+        manifest.int("onnx_training.split.hidden_size")
+    )
 
     fun requireExecutorch(): ExecuTorchSection = executorch
         ?: throw BundleError("${manifest.source}: this bundle has no executorch section (export it with `mobilepeft export executorch`)")
@@ -219,6 +241,7 @@ class BundleSpec(val manifest: Manifest) {
         executorch?.let { out.add(it.file) }
         onnxTraining?.let {
             out.addAll(listOf(it.trainingModel, it.evalModel, it.optimizerModel, it.checkpoint, it.visionEncoder.file))
+            it.split?.let { s -> out.addAll(listOfNotNull(s.file, s.dataFile)) }
         }
         return out
     }

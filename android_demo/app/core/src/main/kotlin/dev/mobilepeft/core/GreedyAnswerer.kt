@@ -50,3 +50,19 @@ class GreedyAnswerer(
         return tokenizer.decode(generated.toIntArray()).trim()
     }
 }
+
+/**
+ * A `--train-layers` bundle answers through two graphs: its frozen layers ([prefix]) map the sample inputs
+ * to hidden states, and the exported inference model of the top layers ([top]) maps those to logits.
+ */
+class SplitLogitsModel(private val split: SplitSpec, private val prefix: DecoderPrefix, private val top: LogitsModel) : LogitsModel {
+    override fun logits(inputs: Map<String, TensorData>): FloatArray {
+        val mask = inputs["attention_mask"] ?: throw IllegalArgumentException("the sample inputs lack attention_mask")
+        val shape = longArrayOf(mask.shape[0], mask.shape[1], split.hiddenSize.toLong())
+        return top.logits(mapOf(split.output.name to TensorData.ofFloats(shape, prefix.hiddenStates(inputs)), "attention_mask" to mask))
+    }
+
+    override fun close() {
+        top.close()
+    }
+}

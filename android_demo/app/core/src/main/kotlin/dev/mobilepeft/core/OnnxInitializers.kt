@@ -1,6 +1,15 @@
 package dev.mobilepeft.core
 
-/** Float32 initializers of an ONNX model by name (the trained adapter in an exported inference model). */
+import java.io.File
+import java.io.RandomAccessFile
+import java.nio.ByteBuffer
+import java.nio.ByteOrder
+
+/**
+ * Float32 initializers of an ONNX model by name (the trained adapter in an exported inference model), read
+ * from the file field by field: the model is never loaded whole, so one over 2 GB (ORT then keeps its
+ * weights in external data beside it) reads like a small one, holding only the tensors asked for.
+ */
 object OnnxInitializers {
     class Tensor(val shape: LongArray, val data: FloatArray)
 
@@ -8,49 +17,55 @@ object OnnxInitializers {
      * The trained parameters of an ONNX Runtime bundle by adapter key (the manifest's order), read from the
      * inference model ORT exported after training; each must be there with the manifest's shape.
      */
-    fun trained(section: OnnxTrainingSection, model: ByteArray): Map<String, Tensor> {
+    fun trained(section: OnnxTrainingSection, model: File): Map<String, Tensor> {
         val found = read(model, section.trainable.map { it.name }.toSet())
         val out = LinkedHashMap<String, Tensor>()
         for (p in section.trainable) {
-            val t = found[p.name] ?: throw BundleError("the exported inference model has no parameter '${p.name}'; " +
-                "it was not trained from this bundle")
+            val t = found[p.name] ?: throw BundleError("${model.path}: the exported inference model has no parameter " +
+                "'${p.name}'; it was not trained from this bundle")
             if (!t.shape.contentEquals(p.shape)) {
-                throw BundleError("parameter '${p.name}' has shape ${t.shape.toList()}, ${Manifest.FILE} says ${p.shape.toList()}")
+                throw BundleError("${model.path}: parameter '${p.name}' has shape ${t.shape.toList()}, ${Manifest.FILE} says ${p.shape.toList()}")
             }
             out[p.adapterKey] = t
         }
         return out
     }
 
-    fun read(model: ByteArray, names: Set<String>): Map<String, Tensor> {
+    fun read(model: File, names: Set<String>): Map<String, Tensor> {
+        if (!model.isFile) throw BundleError("${model.path}: not found")
         val out = HashMap<String, Tensor>()
-        try {
-            val top = ProtoReader(model, 0, model.size)
-            while (top.hasMore()) {
-                val (field, wire) = top.tag()
-                if (field == 7 && wire == 2) { // ModelProto.graph
-                    val graph = top.message()
-                    while (graph.hasMore()) {
-                        val (gf, gw) = graph.tag()
-                        if (gf == 5 && gw == 2) readTensor(graph.message(), names, out) else graph.skip(gw) // GraphProto.initializer
+        RandomAccessFile(model, "r").use { file ->
+            try {
+                val top = FileProtoReader(file, 0, file.length())
+                while (top.hasMore()) {
+                    val (field, wire) = top.tag()
+                    if (field == 7 && wire == 2) { // ModelProto.graph
+                        val graph = top.message()
+                        while (graph.hasMore()) {
+                            val (gf, gw) = graph.tag()
+                            if (gf == 5 && gw == 2) readTensor(graph.message(), model, names, out) else graph.skip(gw) // GraphProto.initializer
+                        }
+                    } else {
+                        top.skip(wire)
                     }
-                } else {
-                    top.skip(wire)
                 }
+            } catch (e: ProtoError) {
+                throw BundleError("${model.path}: not a valid ONNX file (${e.message})")
             }
-        } catch (e: ProtoError) {
-            throw BundleError("the exported inference model is not a valid ONNX file (${e.message})")
         }
         return out
     }
 
-    private fun readTensor(r: ProtoReader, names: Set<String>, out: MutableMap<String, Tensor>) {
+    /** One TensorProto: its small fields are read, its data only located, and read only when [names] has it. */
+    private fun readTensor(r: FileProtoReader, model: File, names: Set<String>, out: MutableMap<String, Tensor>) {
         val dims = ArrayList<Long>()
         var dataType = 0
         var name = ""
-        var raw: ByteArray? = null
+        var raw: LongArray? = null // offset, length in the model file
+        var packedFloats: LongArray? = null
         val floats = ArrayList<Float>()
-        var external = false
+        val external = HashMap<String, String>()
+        var location = 0L
         while (r.hasMore()) {
             val (f, w) = r.tag()
             when {
@@ -58,28 +73,157 @@ object OnnxInitializers {
                 f == 1 && w == 2 -> { val p = r.message(); while (p.hasMore()) dims.add(p.varint()) }
                 f == 2 && w == 0 -> dataType = r.varint().toInt()
                 f == 4 && w == 5 -> floats.add(java.lang.Float.intBitsToFloat(r.fixed32()))
-                f == 4 && w == 2 -> { val p = r.message(); while (p.hasMore()) floats.add(java.lang.Float.intBitsToFloat(p.fixed32())) }
+                f == 4 && w == 2 -> packedFloats = r.region()
                 f == 8 && w == 2 -> name = r.string()
-                f == 9 && w == 2 -> raw = r.bytes()
-                f == 14 && w == 0 -> external = r.varint() == 1L
+                f == 9 && w == 2 -> raw = r.region()
+                f == 13 && w == 2 -> { // external_data: StringStringEntryProto {key = 1, value = 2}
+                    val e = r.message()
+                    var key = ""
+                    var value = ""
+                    while (e.hasMore()) {
+                        val (ef, ew) = e.tag()
+                        when {
+                            ef == 1 && ew == 2 -> key = e.string()
+                            ef == 2 && ew == 2 -> value = e.string()
+                            else -> e.skip(ew)
+                        }
+                    }
+                    external[key] = value
+                }
+                f == 14 && w == 0 -> location = r.varint()
                 else -> r.skip(w)
             }
         }
         if (!names.contains(name)) return
-        if (dataType != 1) throw BundleError("initializer $name has ONNX data type $dataType, expected float32 (1)")
-        if (external) throw BundleError("initializer $name is stored as external data; the app reads adapters from a single-file model")
+        if (dataType != 1) throw BundleError("${model.path}: initializer $name has ONNX data type $dataType, expected float32 (1)")
         val shape = dims.toLongArray()
-        val n = shape.fold(1L) { a, b -> a * b }.toInt()
-        val data = FloatArray(n)
-        val rawBytes = raw
-        if (rawBytes != null) {
-            if (rawBytes.size != 4 * n) throw BundleError("initializer $name has ${rawBytes.size} bytes for $n floats")
-            val bb = java.nio.ByteBuffer.wrap(rawBytes).order(java.nio.ByteOrder.LITTLE_ENDIAN)
-            for (i in 0 until n) data[i] = bb.getFloat(i * 4)
-        } else {
-            if (floats.size != n) throw BundleError("initializer $name has ${floats.size} floats for shape ${shape.toList()}")
-            for (i in 0 until n) data[i] = floats[i]
+        val count = shape.fold(1L) { a, b -> a * b }
+        if (count > Int.MAX_VALUE / 4) throw BundleError("${model.path}: initializer $name has $count values, too many for one array")
+        val n = count.toInt()
+        val data = when {
+            location == 1L -> readExternal(model, name, external, n)
+            raw != null -> littleEndianFloats(r.file, raw, n, "${model.path}: initializer $name")
+            packedFloats != null -> littleEndianFloats(r.file, packedFloats, n, "${model.path}: initializer $name")
+            else -> {
+                if (floats.size != n) throw BundleError("${model.path}: initializer $name has ${floats.size} floats for shape ${shape.toList()}")
+                FloatArray(n) { floats[it] }
+            }
         }
         out[name] = Tensor(shape, data)
+    }
+
+    /** A tensor kept in external data: `location` names a file beside the model, `offset` and `length` its bytes. */
+    private fun readExternal(model: File, name: String, entries: Map<String, String>, n: Int): FloatArray {
+        val location = entries["location"] ?: throw BundleError("${model.path}: initializer $name is external data without a location")
+        val dir = model.absoluteFile.parentFile
+        val file = File(dir, location)
+        if (!file.canonicalPath.startsWith(dir.canonicalPath + File.separator)) {
+            throw BundleError("${model.path}: initializer $name points outside the model's folder ($location)")
+        }
+        if (!file.isFile) throw BundleError("${file.path}: the external data of ${model.name} (initializer $name) is missing; copy it beside the model")
+        val offset = entries["offset"]?.toLongOrNull() ?: 0L
+        val length = entries["length"]?.toLongOrNull() ?: (4L * n)
+        RandomAccessFile(file, "r").use { data ->
+            if (offset < 0 || offset + length > data.length()) {
+                throw BundleError("${file.path}: initializer $name needs bytes $offset..${offset + length}, the file has ${data.length()} (truncated?)")
+            }
+            return littleEndianFloats(data, longArrayOf(offset, length), n, "${file.path}: initializer $name")
+        }
+    }
+
+    private fun littleEndianFloats(file: RandomAccessFile, region: LongArray, n: Int, what: String): FloatArray {
+        if (region[1] != 4L * n) throw BundleError("$what has ${region[1]} bytes for $n floats")
+        val bytes = ByteArray(4 * n)
+        file.seek(region[0])
+        file.readFully(bytes)
+        val floats = FloatArray(n)
+        ByteBuffer.wrap(bytes).order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer().get(floats)
+        return floats
+    }
+}
+
+/**
+ * Protocol-buffer wire format over a region of a file. Positions and lengths are Long and a length-delimited
+ * field can be stepped over or located ([region]) without being read, so a message larger than any array
+ * is walked in place.
+ */
+internal class FileProtoReader(val file: RandomAccessFile, private var pos: Long, private val end: Long) {
+    fun hasMore(): Boolean = pos < end
+
+    private fun byte(): Int {
+        if (pos >= end) throw ProtoError("truncated at byte $pos")
+        file.seek(pos)
+        val b = file.read()
+        if (b < 0) throw ProtoError("the file ends at byte $pos")
+        pos++
+        return b
+    }
+
+    fun varint(): Long {
+        var result = 0L
+        var shift = 0
+        while (shift < 64) {
+            val b = byte()
+            result = result or ((b and 0x7f).toLong() shl shift)
+            if (b and 0x80 == 0) return result
+            shift += 7
+        }
+        throw ProtoError("varint longer than 10 bytes at byte $pos")
+    }
+
+    fun tag(): Pair<Int, Int> {
+        val t = varint()
+        return Pair((t ushr 3).toInt(), (t and 7).toInt())
+    }
+
+    private fun length(): Long {
+        val n = varint()
+        if (n < 0 || n > end - pos) throw ProtoError("a field of $n bytes at byte $pos runs past its message (ends at $end)")
+        return n
+    }
+
+    fun fixed32(): Int {
+        if (end - pos < 4) throw ProtoError("truncated fixed32 at byte $pos")
+        file.seek(pos)
+        val b = ByteArray(4)
+        file.readFully(b)
+        pos += 4
+        return ByteBuffer.wrap(b).order(ByteOrder.LITTLE_ENDIAN).int
+    }
+
+    fun message(): FileProtoReader {
+        val n = length()
+        val r = FileProtoReader(file, pos, pos + n)
+        pos += n
+        return r
+    }
+
+    /** The next length-delimited field's [offset, length] in the file, stepped over unread. */
+    fun region(): LongArray {
+        val n = length()
+        val r = longArrayOf(pos, n)
+        pos += n
+        return r
+    }
+
+    fun string(): String {
+        val n = length()
+        if (n > 1 shl 20) throw ProtoError("a string of $n bytes at byte $pos")
+        val b = ByteArray(n.toInt())
+        file.seek(pos)
+        file.readFully(b)
+        pos += n
+        return String(b, Charsets.UTF_8)
+    }
+
+    fun skip(wire: Int) {
+        when (wire) {
+            0 -> varint()
+            1 -> pos += 8
+            2 -> { val n = length(); pos += n }
+            5 -> pos += 4
+            else -> throw ProtoError("unknown wire type $wire at byte $pos")
+        }
+        if (pos > end) throw ProtoError("a field runs past its message at byte $end")
     }
 }

@@ -6,6 +6,45 @@ class VisionEncoderSpec(val file: String, val input: TensorSpec, val output: Ten
 /** One member of the manifest's `onnx_training.trainable[]`: a trained graph parameter and its PEFT adapter key. */
 class TrainableParam(val name: String, val shape: LongArray, val adapterKey: String)
 
+/**
+ * The manifest's `onnx_training.split` (a bundle exported with `--train-layers K`): the frozen decoder layers
+ * below the top K are an inference graph ([file], its weights int8 or float32, external data in [dataFile] when
+ * over 2 GB) that maps the sample inputs to [output] once per sample; the training graph takes [graphInputs]
+ * (those hidden states and the attention mask) instead of the sample inputs (docs/on-device-training.md).
+ */
+class SplitSpec(
+    val file: String,
+    val dataFile: String?,
+    val inputs: List<String>,
+    val output: TensorSpec,
+    val graphInputs: List<TensorSpec>,
+    val frozenLayers: Int,
+    val trainLayers: Int,
+    val numHiddenLayers: Int,
+    val hiddenSize: Int
+)
+
+/**
+ * The manifest's `onnx_training.memory_estimate_mib`: what a personalization session will hold at its peak,
+ * estimated by the exporter from the file sizes (docs/on-device-training.md, "Memory"). The frozen graphs run
+ * first and are closed before the training session opens, so the peak is the larger phase.
+ */
+class MemoryEstimate(val frozenGraphsMiB: Double, val trainingMiB: Double, val trainingPerBatchRowMiB: Double) {
+    fun trainingMiB(batchSize: Int): Double = trainingMiB + batchSize * trainingPerBatchRowMiB
+
+    /** Refuse, before anything loads, a session that would not fit [availableMiB] (what the app may use). */
+    fun check(batchSize: Int, availableMiB: Double) {
+        val training = trainingMiB(batchSize)
+        val (phase, need) = if (training >= frozenGraphsMiB) "training" to training else "frozen graphs" to frozenGraphsMiB
+        if (need > availableMiB) {
+            val hint = if (phase == "training") "lower the batch size, or export with a smaller --train-layers"
+            else "export the frozen layers with --prefix-weights int8"
+            throw BundleError("personalizing this bundle needs about ${Math.round(need)} MiB ($phase, batch $batchSize); " +
+                "this phone can give it ${Math.round(availableMiB)} MiB: $hint")
+        }
+    }
+}
+
 /** The manifest's `onnx_training` section: the ONNX Runtime training artifacts and how to feed them. */
 class OnnxTrainingSection(
     val runtime: String,
@@ -27,7 +66,9 @@ class OnnxTrainingSection(
     val optimizerType: String,
     val defaultLearningRate: Double,
     val maxGradNorm: Double,
-    val trainProjector: Boolean
+    val trainProjector: Boolean,
+    val split: SplitSpec?,
+    val memoryEstimate: MemoryEstimate
 ) {
     fun input(name: String): TensorSpec = inputs.firstOrNull { it.name == name }
         ?: throw BundleError("${Manifest.FILE}: onnx_training.inputs has no '$name' (has ${inputs.map { it.name }})")

@@ -9,10 +9,18 @@ import java.io.File
 class Sample(val pixels: FloatArray, val question: String, val answer: String, val label: String)
 
 /**
+ * What the training loop reads, computed before the training session opens: each sample's encoded row and
+ * the frozen graphs' output for it (its image tokens, or a `--train-layers` bundle's hidden states).
+ */
+class PreparedSamples(val rows: List<EncodedRow>, val features: List<FloatArray?>, val split: Boolean)
+
+/**
  * The on-device training loop of mobilepeft/export/ort/personalize.py: samples -> rows (v1 template) + image tokens
- * (vision encoder, each photo once) -> named inputs -> trainStep / optimizerStep / lazyResetGrad,
- * with epoch-wise seeded shuffling, per-step timing and progress. A NaN/inf loss stops training
- * before its optimizer step and keeps the last checkpoint whose parameters gave a finite loss.
+ * (vision encoder, each photo once) [-> a `--train-layers` bundle's frozen layers, each sample once] -> named
+ * inputs -> trainStep / optimizerStep / lazyResetGrad, with epoch-wise seeded shuffling, per-step timing and
+ * progress. The frozen graphs run first, one at a time, so the app closes each before the training session
+ * opens (docs/on-device-training.md, "Memory"). A NaN/inf loss stops training before its optimizer step and
+ * keeps the last checkpoint whose parameters gave a finite loss.
  */
 class Personalizer(
     private val spec: BundleSpec,
@@ -35,20 +43,42 @@ class Personalizer(
     }
 
     /**
-     * Train [session] on [samples]. [workDir] receives periodic known-good checkpoints; [startCheckpoint]
+     * The rows of [samples] and what the training graph takes beside them: [images] ([encodeImages]) for a
+     * whole-decoder bundle; for a `--train-layers` bundle each row's hidden states from [prefix], run once per
+     * sample here (the app then closes it: the training loop never needs it again).
+     */
+    fun prepare(samples: List<Sample>, images: List<FloatArray?>, prefix: DecoderPrefix?): PreparedSamples {
+        if (samples.isEmpty()) throw ConversationError("add at least one photo with a question and an answer")
+        require(images.size == samples.size) { "${samples.size} samples but ${images.size} image encodings" }
+        val rows = encodeRows(samples)
+        val split = section.split ?: return PreparedSamples(rows, images, split = false)
+        if (prefix == null) {
+            throw BundleError("this bundle trains only the top ${split.trainLayers} of ${split.numHiddenLayers} decoder layers: " +
+                "open its frozen layers (${split.file}) as the decoder prefix")
+        }
+        val per = batches.seqLen * split.hiddenSize
+        val hidden = rows.mapIndexed { i, row ->
+            val h = prefix.hiddenStates(batches.build(listOf(row), listOf(images[i])))
+            if (h.size != per) throw BundleError("${split.file} gave ${h.size} values for ${samples[i].label}, expected " +
+                "${batches.seqLen} x ${split.hiddenSize}")
+            h
+        }
+        return PreparedSamples(rows, hidden, split = true)
+    }
+
+    /**
+     * Train [session] on [prepared] samples. [workDir] receives periodic known-good checkpoints; [startCheckpoint]
      * is the checkpoint the session was opened from (the fallback if the very first step diverges).
      */
     fun train(
         session: TrainingSession,
-        samples: List<Sample>,
+        prepared: PreparedSamples,
         config: PersonalizeConfig,
         startCheckpoint: String,
         workDir: File,
         progress: (Int, Int, Float) -> Unit = { _, _, _ -> }
     ): PersonalizeResult {
-        if (samples.isEmpty()) throw ConversationError("add at least one photo with a question and an answer")
-        val rows = encodeRows(samples)
-        val images = encodeImages(samples)
+        val rows = prepared.rows
         val lr = config.learningRate ?: section.defaultLearningRate
         session.setLearningRate(lr.toFloat())
         val order = personalizeBatches(rows.size, config.batchSize, config.steps, config.seed)
@@ -58,7 +88,9 @@ class Personalizer(
         var stopReason: String? = null
         workDir.mkdirs()
         for ((step, indices) in order.withIndex()) {
-            val inputs = batches.build(indices.map { rows[it] }, indices.map { images[it] })
+            val batchRows = indices.map { rows[it] }
+            val inputs = if (prepared.split) batches.buildSplit(batchRows, indices.map { prepared.features[it]!! })
+                else batches.build(batchRows, indices.map { prepared.features[it] })
             val t0 = clock.nanos()
             val loss = session.trainStep(inputs)
             val t1 = clock.nanos()
@@ -107,7 +139,7 @@ class Personalizer(
             s.saveCheckpoint(checkpoint.path)
             val inference = File(outDir, "inference_model.onnx")
             s.exportModelForInference(inference.path, section.inferenceOutputs)
-            AdapterExport.write(section, File(bundleDir, section.adapterDir), inference.readBytes(), File(outDir, "adapter"))
+            AdapterExport.write(section, File(bundleDir, section.adapterDir), inference, File(outDir, "adapter"))
             return inference
         } finally {
             if (reopened) s.close()

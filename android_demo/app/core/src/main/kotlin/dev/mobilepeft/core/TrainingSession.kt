@@ -21,3 +21,12 @@ interface TrainingBackend {
 interface ImageEncoder {
     fun encode(pixels: FloatArray, shape: LongArray): FloatArray
 }
+
+/**
+ * A `--train-layers` bundle's frozen decoder layers (onnx_training.split.file): one sample's inputs (the
+ * names in split.inputs) -> the hidden states the training graph takes, [1, seq_len, hidden]. Each sample
+ * goes through it once, before the training session opens.
+ */
+interface DecoderPrefix {
+    fun hiddenStates(inputs: Map<String, TensorData>): FloatArray
+}

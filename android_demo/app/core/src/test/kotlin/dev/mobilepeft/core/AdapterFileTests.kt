@@ -22,9 +22,9 @@ fun adapterFileTests(): List<TestCase> = listOf(
         val et = Bundle(fx.file("et_adapter_bundle")).spec.requireExecutorch()
         val section = et.adapter ?: fail("no adapter section")
         val ort = Bundle(fx.file("ort_bundle")).spec.requireOnnxTraining()
-        val trained = OnnxInitializers.trained(ort, fx.file("trained_inference_model.onnx").readBytes())
+        val trained = OnnxInitializers.trained(ort, fx.file("trained_inference_model.onnx"))
         val out = File(fx.out, "adapter_from_ort.ptd")
-        AdapterFile.write(section, fx.file("et_adapter_bundle/adapter.ptd"), trained, out)
+        AdapterFile.write(section, fx.file("et_adapter_bundle/adapter.ptd"), trained, 0, out)
         val written = out.readBytes()
         AdapterFile.check(section, written, out.path)
         val entries = FlatTensorFile.read(written, out.path)
@@ -52,15 +52,15 @@ fun adapterFileTests(): List<TestCase> = listOf(
     TestCase("adapter file: trained tensors of another rank are refused, and the previous file stays") { fx ->
         val section = Bundle(fx.file("et_adapter_bundle")).spec.requireExecutorch().adapter ?: fail("no adapter section")
         val ort = Bundle(fx.file("ort_bundle")).spec.requireOnnxTraining()
-        val trained = LinkedHashMap(OnnxInitializers.trained(ort, fx.file("trained_inference_model.onnx").readBytes()))
+        val trained = LinkedHashMap(OnnxInitializers.trained(ort, fx.file("trained_inference_model.onnx")))
         val out = File(fx.out, "kept.ptd")
-        AdapterFile.write(section, fx.file("et_adapter_bundle/adapter.ptd"), trained, out)
+        AdapterFile.write(section, fx.file("et_adapter_bundle/adapter.ptd"), trained, 0, out)
         val previous = out.readBytes()
         val key = trained.keys.first()
         val t = trained.getValue(key)
         val rank = t.shape[0].toInt() - 1
         trained[key] = OnnxInitializers.Tensor(longArrayOf(rank.toLong(), t.shape[1]), t.data.copyOf(rank * t.shape[1].toInt()))
-        val error = assertThrows<BundleError>("rank") { AdapterFile.write(section, fx.file("et_adapter_bundle/adapter.ptd"), trained, out) }
+        val error = assertThrows<BundleError>("rank") { AdapterFile.write(section, fx.file("et_adapter_bundle/adapter.ptd"), trained, 0, out) }
         check((error.message ?: "").contains(key)) { "names the tensor: ${error.message}" }
         check(out.readBytes().contentEquals(previous)) { "the previous file is unchanged" }
     }

@@ -221,7 +221,8 @@ fun personalizerTests(): List<TestCase> = listOf(
         val p = Personalizer(spec, tok, encoder, TickClock())
         val session = SoftmaxSession(spec.model.vocabSize, 32, FloatArray(spec.model.vocabSize * 32), fx.file("inference_model.onnx"))
         val progress = ArrayList<Int>()
-        val result = p.train(session, samples(spec), PersonalizeConfig(steps = 40, batchSize = 2, learningRate = 2.0, checkpointEvery = 0),
+        val all = samples(spec)
+        val result = p.train(session, p.prepare(all, p.encodeImages(all), null), PersonalizeConfig(steps = 40, batchSize = 2, learningRate = 2.0, checkpointEvery = 0),
             "start_checkpoint", File(fx.out, "work1")) { step, total, _ ->
             check(total == 40) { "total" }
             progress.add(step)
@@ -243,7 +244,7 @@ fun personalizerTests(): List<TestCase> = listOf(
             "quantization", "device", "runtime", "harness", "train_steps", "batch_size"), keys, "training keys")
         // Default learning rate comes from the manifest.
         val s2 = SoftmaxSession(spec.model.vocabSize, 32, FloatArray(spec.model.vocabSize * 32), fx.file("inference_model.onnx"))
-        p.train(s2, samples(spec), PersonalizeConfig(steps = 1, batchSize = 1), "c", File(fx.out, "work0"))
+        p.train(s2, p.prepare(all, p.encodeImages(all), null), PersonalizeConfig(steps = 1, batchSize = 1), "c", File(fx.out, "work0"))
         assertEq(spec.requireOnnxTraining().defaultLearningRate.toFloat(), s2.lr, "default lr")
     },
     TestCase("personalize: NaN loss stops, keeps the last good checkpoint, export reopens it") { fx ->
@@ -258,7 +259,8 @@ fun personalizerTests(): List<TestCase> = listOf(
         SoftmaxSession(v, 32, FloatArray(v * 32), fx.file("inference_model.onnx")).saveCheckpoint(start)
         val session = backend.open(start) as SoftmaxSession
         session.poisonAfter = 3
-        val result = p.train(session, samples(spec), PersonalizeConfig(steps = 10, batchSize = 2, learningRate = 1.0, checkpointEvery = 2),
+        val all = samples(spec)
+        val result = p.train(session, p.prepare(all, p.encodeImages(all), null), PersonalizeConfig(steps = 10, batchSize = 2, learningRate = 1.0, checkpointEvery = 2),
             start, work)
         check(result.stoppedEarly && result.stopReason!!.contains("step 4")) { "stop: ${result.stopReason}" }
         assertEq(3, result.losses.size, "three good steps")
@@ -281,8 +283,8 @@ fun personalizerTests(): List<TestCase> = listOf(
         val section = spec.requireOnnxTraining()
         val out = File(fx.out, "adapter_from_onnx")
         out.deleteRecursively()
-        AdapterExport.write(section, fx.file("ort_bundle/adapter"), fx.file("inference_model.onnx").readBytes(), out)
-        val tensors = OnnxInitializers.read(fx.file("inference_model.onnx").readBytes(), section.trainable.map { it.name }.toSet())
+        AdapterExport.write(section, fx.file("ort_bundle/adapter"), fx.file("inference_model.onnx"), out)
+        val tensors = OnnxInitializers.read(fx.file("inference_model.onnx"), section.trainable.map { it.name }.toSet())
         assertEq(section.trainable.size, tensors.size, "every trainable tensor found")
         check(File(out, AdapterExport.ADAPTER_FILE).length() > 8) { "safetensors written" }
     },

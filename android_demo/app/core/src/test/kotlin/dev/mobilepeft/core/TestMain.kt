@@ -81,7 +81,7 @@ fun readRgb(file: File, width: Int, height: Int): RgbImage {
 fun main(args: Array<String>) {
     val fixtures = Fixtures(if (args.isNotEmpty()) File(args[0]) else null)
     val tests = jsonTests() + manifestTests() + tokenizerTests() + conversationTests() + imageTests() +
-        benchTests() + personalizerTests() + verifyTests() + adapterFileTests() + nativeRunnerTests()
+        benchTests() + personalizerTests() + verifyTests() + adapterFileTests() + splitTests() + nativeRunnerTests()
     var passed = 0
     var failed = 0
     for (t in tests) {
