@@ -39,7 +39,7 @@ final class BundleBenchmarkTests: XCTestCase {
     func testOrtTrainingSteps() throws {
         let manifest = try TestBundles.first("ONNX training artifacts") { manifest in manifest.has("onnx_training") }
         let threads = DeviceInfo.performanceCores
-        let personalizer = try OrtPersonalizer.open(manifest: manifest, threads: threads)
+        let personalizer = try OrtPersonalizer.open(manifest: manifest, batchSize: 2, threads: threads)
         let size = try manifest.int("image_preprocessing.size")
         var generator = SeededGenerator(seed: 1)
         let samples = (0..<4).map { i in
@@ -48,7 +48,8 @@ final class BundleBenchmarkTests: XCTestCase {
                                                     answer: "A red square number \(i).")])
         }
         let steps = TestBundles.settings.runs * 2
-        let report = try personalizer.train(samples, settings: PersonalizeSettings(steps: steps, batchSize: 2))
+        try personalizer.prepare(samples)
+        let report = try personalizer.train(settings: PersonalizeSettings(steps: steps, batchSize: 2))
         XCTAssertNil(report.stoppedEarly, report.stoppedEarly ?? "")
         XCTAssertEqual(report.steps, steps)
         XCTAssertTrue(report.trainLosses.allSatisfy(\.isFinite))

@@ -20,8 +20,10 @@ public enum AdapterFile {
     }
 
     /// The new file's bytes: `executorchBundle`'s adapter file with the tensors of `trainable`, the
-    /// ORT trainable buffer (`Personalizer.session.trainableValues()`: the parameters in
-    /// `onnx_training.trainable[]` order, each `[rows, cols]` row-major) of `ortBundle`.
+    /// ORT trainable buffer (`Personalizer.session().trainableValues()`: the parameters in
+    /// `onnx_training.trainable[]` order, each `[rows, cols]` row-major) of `ortBundle`. An ORT bundle
+    /// exported with `--train-layers` trains only the top layers: the tensors of the layers below
+    /// (`onnx_training.split.frozen_layers`) keep the template's values.
     public static func bytes(executorchBundle: Manifest, ortBundle: Manifest, trainable: [Float]) throws -> Data {
         guard executorchBundle.has("executorch.adapter") else {
             throw MobilePEFTError("\(Manifest.fileName) in \(executorchBundle.directory.path) has its adapter merged; export it with `mobilepeft export executorch --adapter-as-data`")
@@ -58,8 +60,8 @@ public enum AdapterFile {
             throw MobilePEFTError("the trainable buffer holds \(trainable.count) values, \(Manifest.fileName) onnx_training.trainable[] lists \(at)")
         }
 
-        var out = Data(head)
-        out.append(Data(count: total - headBytes))
+        let frozenLayers = try frozenLayerCount(ortBundle)
+        var out = template
         var placed = Set<String>()
         for i in 0..<(try executorchBundle.count("executorch.adapter.tensors[]")) {
             let slot = try Slot(key: executorchBundle.string("executorch.adapter.tensors[].key", i),
@@ -69,6 +71,9 @@ public enum AdapterFile {
                                 offset: executorchBundle.int("executorch.adapter.tensors[].offset", i))
             guard try executorchBundle.string("executorch.adapter.tensors[].dtype", i) == "float32" else {
                 throw MobilePEFTError("\(Manifest.fileName): adapter tensor '\(slot.key)' is not float32; this app writes float32")
+            }
+            if trained[slot.adapterKey] == nil, (0..<frozenLayers).contains(decoderLayer(slot.adapterKey)) {
+                continue  // below the layers the phone trains: the bundle's own values stay
             }
             guard let source = trained[slot.adapterKey] else {
                 throw MobilePEFTError("no trained tensor '\(slot.adapterKey)' for adapter tensor '\(slot.key)'; train with the ONNX Runtime bundle exported from this bundle's adapter")
@@ -97,9 +102,21 @@ public enum AdapterFile {
         return out
     }
 
-    /// Whether `executorchBundle` keeps as data exactly the adapter `ortBundle` trains, so a file can be
-    /// written for it (an ORT bundle that also trains the projector does not fit: the ExecuTorch
-    /// bundle holds the projector merged).
+    /// The decoder layer a PEFT tensor name belongs to (`...layers.7.self_attn...` -> 7), or -1.
+    static func decoderLayer(_ adapterKey: String) -> Int {
+        guard let range = adapterKey.range(of: #"\.layers\.[0-9]+\."#, options: .regularExpression) else { return -1 }
+        return Int(adapterKey[range].dropFirst(".layers.".count).dropLast()) ?? -1
+    }
+
+    /// How many decoder layers at the bottom an ORT bundle leaves frozen (`--train-layers`), 0 otherwise.
+    static func frozenLayerCount(_ ortBundle: Manifest) throws -> Int {
+        try ortBundle.has("onnx_training.split") ? ortBundle.int("onnx_training.split.frozen_layers") : 0
+    }
+
+    /// Whether `executorchBundle` keeps as data the adapter `ortBundle` trains, so a file can be written
+    /// for it: every trained tensor has its place, and every other one lies in the layers a `--train-layers`
+    /// bundle leaves frozen. An ORT bundle that also trains the projector does not fit: the ExecuTorch
+    /// bundle holds the projector merged.
     public static func fits(executorchBundle: Manifest, ortBundle: Manifest) throws -> Bool {
         guard executorchBundle.has("executorch.adapter") else { return false }
         let stored = try Set((0..<executorchBundle.count("executorch.adapter.tensors[]")).map {
@@ -108,7 +125,9 @@ public enum AdapterFile {
         let trained = try Set((0..<ortBundle.count("onnx_training.trainable[]")).map {
             try ortBundle.string("onnx_training.trainable[].adapter_key", $0)
         })
-        return stored == trained
+        let frozenLayers = try frozenLayerCount(ortBundle)
+        return trained.isSubset(of: stored)
+            && stored.subtracting(trained).allSatisfy { (0..<frozenLayers).contains(decoderLayer($0)) }
     }
 
     /// Writes the personalized adapter file atomically: the previous file stays until this one is whole.

@@ -1,4 +1,5 @@
 import Foundation
+import os
 
 /// What the benchmark JSON says about the machine that ran it.
 public enum DeviceInfo {
@@ -44,5 +45,27 @@ public enum DeviceInfo {
             return Int(value)
         }
         return cores
+    }
+
+    /// The memory this app may still allocate before iOS stops it, in MiB (`os_proc_available_memory`,
+    /// iOS 13+), plus what it already holds: what a personalization session may use.
+    public static func availableMegabytes() -> Double {
+        #if os(iOS)
+        return Double(os_proc_available_memory()) / 1_048_576 + residentMegabytes()
+        #else
+        return Double(ProcessInfo.processInfo.physicalMemory) / 1_048_576
+        #endif
+    }
+
+    /// This process's resident size now, in MiB (`task_info`).
+    public static func residentMegabytes() -> Double {
+        var info = mach_task_basic_info()
+        var count = mach_msg_type_number_t(MemoryLayout<mach_task_basic_info>.size / MemoryLayout<natural_t>.size)
+        let result = withUnsafeMutablePointer(to: &info) {
+            $0.withMemoryRebound(to: integer_t.self, capacity: Int(count)) {
+                task_info(mach_task_self_, task_flavor_t(MACH_TASK_BASIC_INFO), $0, &count)
+            }
+        }
+        return result == KERN_SUCCESS ? Double(info.resident_size) / 1_048_576 : 0
     }
 }

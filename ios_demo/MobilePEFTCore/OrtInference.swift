@@ -32,19 +32,58 @@ public final class OrtVisionEncoder: ImageEncoder {
     }
 }
 
+/// A `--train-layers` bundle's frozen decoder layers (`onnx_training.split.file`) as an ORT inference
+/// session: one sample's inputs -> hidden states `[1, seq_len, hidden]`. Over 2 GB its weights are
+/// external data (`split.data_file`) beside it, which ORT reads from the model's folder: the app
+/// passes the path, never the bytes.
+public final class OrtDecoderPrefix: DecoderPrefix {
+    private let session: ORTSession
+    private let inputNames: [String]
+    private let outputName: String
+
+    public init(manifest: Manifest, threads: Int) throws {
+        let file = try manifest.directory.appendingPathComponent(manifest.string("onnx_training.split.file"))
+        outputName = try manifest.string("onnx_training.split.output.name")
+        do {
+            let session = try ORTSession(env: OrtValues.environment(), modelPath: file.path,
+                                         sessionOptions: OrtValues.sessionOptions(threads: threads))
+            inputNames = try session.inputNames()
+            self.session = session
+        } catch {
+            throw MobilePEFTError("ONNX Runtime cannot load the frozen layers \(file.lastPathComponent) (\(error.localizedDescription)); copy the bundle again or re-export it")
+        }
+    }
+
+    public func hiddenStates(_ inputs: [String: TensorData]) throws -> [Float] {
+        let tensors = try inputNames.map { name -> TensorData in
+            guard let value = inputs[name] else { throw MobilePEFTError("the frozen layers take \(name), which the sample lacks") }
+            return value
+        }
+        let outputs = try OrtValues.withValues(tensors) { values in
+            try session.run(withInputs: Dictionary(uniqueKeysWithValues: zip(inputNames, values)),
+                            outputNames: [outputName], runOptions: nil)
+        }
+        guard let hidden = outputs[outputName] else { throw MobilePEFTError("the frozen layers returned no \(outputName)") }
+        return try OrtValues.floats(hidden, what: outputName)
+    }
+}
+
 /// Greedy answers from an inference model exported from the training session
 /// (`exportInferenceModel`, outputs `onnx_training.inference_outputs`): the whole padded
 /// `seq_len` row is recomputed for every new token (the model has no KV cache), which is
-/// plenty for showing before/after answers.
+/// plenty for showing before/after answers. A `--train-layers` bundle's model holds only the top
+/// layers: each step runs the frozen layers first and feeds it their hidden states.
 public final class OrtAnswerer {
     private let session: ORTSession
     private let template: ConversationTemplate
     private let layout: TrainingBatchLayout
     private let inputNames: [String]
     private let logitsName: String
+    private let prefix: DecoderPrefix?
 
     public init(model: URL, manifest: Manifest, template: ConversationTemplate, threads: Int) throws {
         layout = try TrainingBatchLayout(manifest: manifest)
+        prefix = try manifest.has("onnx_training.split") ? OrtDecoderPrefix(manifest: manifest, threads: threads) : nil
         logitsName = try manifest.string("onnx_training.inference_outputs[]", 0)
         self.template = template
         do {
@@ -81,7 +120,10 @@ public final class OrtAnswerer {
         let row = EncodedRow(inputIds: padded, attentionMask: mask,
                              labels: [Int64](repeating: Int64(template.ignoreIndex), count: seqLen),
                              hasImage: imageTokens != nil, ignoreIndex: Int64(template.ignoreIndex))
-        let named = try layout.inputs([row], images: [imageTokens])
+        var named = try layout.inputs([row], images: [imageTokens])
+        if let prefix {
+            named = try layout.splitInputs([row], hidden: [try prefix.hiddenStates(named)])
+        }
         // Exported models keep only the inputs their outputs need (labels usually go).
         let names = inputNames
         let tensors = try layout.ordered(named, as: names)

@@ -19,13 +19,6 @@ public final class OrtTrainingSession: TrainingSession {
         guard manifest.has("onnx_training") else {
             throw MobilePEFTError("\(Manifest.fileName) has no onnx_training section: export the bundle with `mobilepeft export onnx-training` to personalise on the phone")
         }
-        if manifest.has("onnx_training.split") {
-            let top = try manifest.int("onnx_training.split.train_layers")
-            let all = try manifest.int("onnx_training.split.num_hidden_layers")
-            throw MobilePEFTError("\(Manifest.fileName): onnx_training.split: the bundle trains only the top \(top) of \(all) "
-                + "decoder layers (export --train-layers), and this app's training loop takes whole-decoder bundles: "
-                + "export it without --train-layers, or personalize it with `mobilepeft personalize`")
-        }
         let train = try manifest.directory.appendingPathComponent(manifest.string("onnx_training.training_model"))
         let eval = try manifest.directory.appendingPathComponent(manifest.string("onnx_training.eval_model"))
         let optimizer = try manifest.directory.appendingPathComponent(manifest.string("onnx_training.optimizer_model"))
@@ -109,16 +102,24 @@ public final class OrtTrainingSession: TrainingSession {
 }
 
 /// Opens everything personalisation needs from a bundle: tokenizer and template, the vision
-/// encoder, the training session and the loop around them.
+/// encoder, (a `--train-layers` bundle) its frozen decoder layers, the training session and the loop
+/// around them. The frozen layers and the session open only when the loop needs them, one after the
+/// other (docs/on-device-training.md, "Memory").
 public enum OrtPersonalizer {
-    public static func open(manifest: Manifest, checkpointURL: URL? = nil,
+    /// `availableMB`: the memory the session may use (`DeviceInfo.availableMegabytes()`); a session the
+    /// exporter's estimate says would not fit with `batchSize` is refused before anything loads.
+    public static func open(manifest: Manifest, checkpointURL: URL? = nil, batchSize: Int,
+                            availableMB: Double = DeviceInfo.availableMegabytes(),
                             threads: Int = DeviceInfo.performanceCores) throws -> Personalizer {
+        try MemoryEstimate(manifest: manifest).check(batchSize: batchSize, availableMB: availableMB)
         let tokenizer = try SentencePieceTokenizer(
             contentsOf: manifest.directory.appendingPathComponent(manifest.string("tokenizer.file")))
         let ignoreIndex = try manifest.has("onnx_training.ignore_index") ? manifest.int("onnx_training.ignore_index") : -100
         let template = try ConversationTemplate(manifest: manifest, tokenizer: tokenizer, ignoreIndex: ignoreIndex)
-        let session = try OrtTrainingSession(manifest: manifest, checkpointURL: checkpointURL, threads: threads)
         let encoder = try OrtVisionEncoder(manifest: manifest, threads: threads)
-        return try Personalizer(session: session, encoder: encoder, template: template, manifest: manifest)
+        let openPrefix: (() throws -> DecoderPrefix)? = manifest.has("onnx_training.split")
+            ? { try OrtDecoderPrefix(manifest: manifest, threads: threads) } : nil
+        return try Personalizer(openSession: { try OrtTrainingSession(manifest: manifest, checkpointURL: checkpointURL, threads: threads) },
+                                encoder: encoder, openPrefix: openPrefix, template: template, manifest: manifest)
     }
 }

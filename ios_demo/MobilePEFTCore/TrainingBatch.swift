@@ -12,6 +12,10 @@ public struct TrainingBatchLayout {
     public let seqLen: Int
     /// One row's image input shape, `[P, D]` (vision encoder output without the batch axis).
     public let imageShape: [Int]
+    /// A `--train-layers` bundle's training graph takes the frozen layers' output under this name
+    /// (`onnx_training.split.output.name`), `[B, seq_len, splitHiddenSize]`, and the mask; nil otherwise.
+    public let splitOutputName: String?
+    public let splitHiddenSize: Int
 
     public init(manifest: Manifest) throws {
         guard try manifest.count("onnx_training.inputs[]") == 3 else {
@@ -33,6 +37,19 @@ public struct TrainingBatchLayout {
         // Output shape ["batch", P, D]: skip the batch axis (a string).
         let rank = try manifest.count("onnx_training.vision_encoder.output.shape[]")
         imageShape = try (1..<max(rank, 1)).map { try manifest.int("onnx_training.vision_encoder.output.shape[]", $0) }
+        if manifest.has("onnx_training.split") {
+            splitOutputName = try manifest.string("onnx_training.split.output.name")
+            splitHiddenSize = try manifest.int("onnx_training.split.hidden_size")
+            let graphInputs = try (0..<manifest.count("onnx_training.split.graph_inputs[]")).map {
+                try manifest.string("onnx_training.split.graph_inputs[].name", $0)
+            }
+            guard Set(graphInputs) == [splitOutputName!, maskName] else {
+                throw MobilePEFTError("\(Manifest.fileName): onnx_training.split.graph_inputs are \(graphInputs); this app feeds \(splitOutputName!) and \(maskName)")
+            }
+        } else {
+            splitOutputName = nil
+            splitHiddenSize = 0
+        }
     }
 
     public var imageValueCount: Int { imageShape.reduce(1, *) }
@@ -57,6 +74,28 @@ public struct TrainingBatchLayout {
             idsName: .int64(rows.flatMap(\.inputIds), shape: [b, seqLen]),
             maskName: .int64(rows.flatMap(\.attentionMask), shape: [b, seqLen]),
             imageName: .float(imageValues, shape: [b] + imageShape),
+            labelName: .int64(rows.flatMap(\.labels), shape: [b * seqLen]),
+        ]
+    }
+
+    /// A `--train-layers` bundle's training inputs for `rows`: each row's hidden states from the frozen
+    /// layers (computed once per sample), the attention mask and the labels.
+    public func splitInputs(_ rows: [EncodedRow], hidden: [[Float]]) throws -> [String: TensorData] {
+        guard let splitOutputName else { throw MobilePEFTError("this bundle trains the whole decoder: use inputs(_:images:)") }
+        guard rows.count == hidden.count else { throw MobilePEFTError("\(rows.count) rows but \(hidden.count) hidden states") }
+        let per = seqLen * splitHiddenSize
+        var values: [Float] = []
+        values.reserveCapacity(rows.count * per)
+        for (i, h) in hidden.enumerated() {
+            guard h.count == per else {
+                throw MobilePEFTError("the frozen layers gave \(h.count) values for row \(i + 1), the training graph takes \(seqLen) x \(splitHiddenSize)")
+            }
+            values += h
+        }
+        let b = rows.count
+        return [
+            splitOutputName: .float(values, shape: [b, seqLen, splitHiddenSize]),
+            maskName: .int64(rows.flatMap(\.attentionMask), shape: [b, seqLen]),
             labelName: .int64(rows.flatMap(\.labels), shape: [b * seqLen]),
         ]
     }

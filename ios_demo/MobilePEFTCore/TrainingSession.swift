@@ -43,3 +43,10 @@ public protocol TrainingSession: AnyObject {
 public protocol ImageEncoder: AnyObject {
     func encode(_ pixels: [Float]) throws -> [Float]
 }
+
+/// A `--train-layers` bundle's frozen decoder layers (`onnx_training.split.file`) on the inference
+/// runtime: one sample's inputs (the names in `split.inputs`) -> the hidden states the training graph
+/// takes, `[1, seq_len, hidden]` flattened. Each sample goes through it once, before training.
+public protocol DecoderPrefix: AnyObject {
+    func hiddenStates(_ inputs: [String: TensorData]) throws -> [Float]
+}

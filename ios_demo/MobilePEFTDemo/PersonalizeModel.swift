@@ -162,7 +162,7 @@ final class PersonalizeModel: ObservableObject {
 
     nonisolated private func writeAdapterFiles(_ ort: Manifest, _ bundles: [BundleFolder], _ personalizer: Personalizer,
                                                _ outputDirectory: URL) throws -> [URL] {
-        let trainable = try personalizer.session.trainableValues()
+        let trainable = try personalizer.session().trainableValues()
         return try bundles.map { bundle in
             let out = outputDirectory.appendingPathComponent("adapter-\(bundle.name).ptd")
             try AdapterFile.write(executorchBundle: bundle.manifest, ortBundle: ort, trainable: trainable, to: out)
@@ -171,14 +171,16 @@ final class PersonalizeModel: ObservableObject {
     }
 
     /// The whole session, off the main actor. With a deployable ExecuTorch bundle in Documents the
-    /// answers come from it through the native runner (loaded once; the personalized adapter swapped in
+    /// answers come from it through the native runner (opened to answer before and again after training,
+    /// never beside the training session; the personalized adapter swapped in
     /// after training), otherwise from ONNX Runtime's inference graph.
     nonisolated private func runSession(_ manifest: Manifest, _ drafts: [ExampleDraft], _ settings: PersonalizeSettings,
                                         _ checkpoint: URL?, _ outputDirectory: URL, _ cancel: CancelFlag,
                                         _ asked: Int) async throws {
-        await show("opening the training session…")
+        await show("checking memory, reading the photos…")
         let threads = DeviceInfo.performanceCores
-        let personalizer = try OrtPersonalizer.open(manifest: manifest, checkpointURL: checkpoint, threads: threads)
+        let personalizer = try OrtPersonalizer.open(manifest: manifest, checkpointURL: checkpoint,
+                                                    batchSize: settings.batchSize, threads: threads)
         let preprocessor = try ImagePreprocessor(manifest: manifest)
         let template = personalizer.template
         let samples = try drafts.map { draft in
@@ -186,10 +188,12 @@ final class PersonalizeModel: ObservableObject {
             let question = pixels == nil ? draft.question : template.withImage(draft.question)
             return PersonalSample(pixels: pixels, turns: [ConversationTurn(question: question, answer: draft.answer)])
         }
+        // The frozen graphs run over every sample once and are released before anything else opens.
+        await show("running the frozen graphs over \(samples.count) samples…")
+        let prepared = try personalizer.prepare(samples)
         let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("before_\(UUID().uuidString).onnx")
         defer { try? FileManager.default.removeItem(at: scratch) }
         let deploy = try deployableBundles(manifest)
-        let native = try deploy.first.map { try NativeRunner.open(bundle: $0.url, threads: threads) }
         let photos = try samples.prefix(asked).enumerated().map { i, sample in
             try sample.pixels.map {
                 try NativeRunner.pixelFile($0, to: FileManager.default.temporaryDirectory.appendingPathComponent("photo\(i).f32"))
@@ -197,18 +201,20 @@ final class PersonalizeModel: ObservableObject {
         }
         defer { photos.compactMap { $0 }.forEach { try? FileManager.default.removeItem(at: $0) } }
 
+        // The deployed model is open only while it answers: never beside the training session.
         await show("answering before training…")
         let before: [String]
-        if let native {
+        if let bundle = deploy.first {
+            let native = try NativeRunner.open(bundle: bundle.url, threads: threads)
             before = try zip(drafts, photos).map { draft, photo in try native.answer(draft.question, image: photo) }
         } else {
-            try personalizer.session.exportInferenceModel(to: scratch, outputs: personalizer.inferenceOutputs)
-            before = try answerAll(personalizer, model: scratch, manifest, drafts, samples, asked, threads)
+            try personalizer.session().exportInferenceModel(to: scratch, outputs: personalizer.inferenceOutputs)
+            before = try answerAll(personalizer, model: scratch, manifest, drafts, prepared, asked, threads)
         }
         await MainActor.run { self.answers = zip(drafts, before).map { AnswerPair(question: $0.question, before: $1) } }
 
         await show("training…")
-        let report = try personalizer.train(samples, settings: settings, progress: { progress in
+        let report = try personalizer.train(settings: settings, progress: { progress in
             Task { @MainActor in
                 self.step = progress.step
                 self.totalSteps = progress.totalSteps
@@ -232,14 +238,15 @@ final class PersonalizeModel: ObservableObject {
         await show("answering after training…")
         let after: [String]
         var deployed = ""
-        if let native, let adapter = adapterFiles.first {
+        if let bundle = deploy.first, let adapter = adapterFiles.first {
+            let native = try NativeRunner.open(bundle: bundle.url, threads: threads)
             let swapMs = try native.swap(to: adapter)
             deployed = String(format: " · answers from %@ (ExecuTorch): adapter swapped in %.1f ms, RSS %.0f MB",
                               deploy[0].name, swapMs, NativeRunner.rssMb)
             after = try zip(drafts, photos).map { draft, photo in try native.answer(draft.question, image: photo) }
         } else {
             let inference = outputDirectory.appendingPathComponent("inference_model.onnx")
-            after = try answerAll(personalizer, model: inference, manifest, drafts, samples, asked, threads)
+            after = try answerAll(personalizer, model: inference, manifest, drafts, prepared, asked, threads)
         }
         let summary = (report.stoppedEarly ?? String(format: "eval loss %.4f → %.4f", report.evalLossBefore,
                                                      report.evalLossAfter)) + deployed
@@ -251,12 +258,11 @@ final class PersonalizeModel: ObservableObject {
     }
 
     nonisolated private func answerAll(_ personalizer: Personalizer, model: URL, _ manifest: Manifest,
-                                       _ drafts: [ExampleDraft], _ samples: [PersonalSample], _ asked: Int,
+                                       _ drafts: [ExampleDraft], _ prepared: PreparedSamples, _ asked: Int,
                                        _ threads: Int) throws -> [String] {
         let answerer = try OrtAnswerer(model: model, manifest: manifest, template: personalizer.template, threads: threads)
-        return try zip(drafts, samples).prefix(asked).map { draft, sample in
-            let tokens = try sample.pixels.map { try personalizer.encoder.encode($0) }
-            return try answerer.answer(draft.question, imageTokens: tokens)
+        return try zip(drafts, prepared.imageTokens).prefix(asked).map { draft, tokens in
+            try answerer.answer(draft.question, imageTokens: tokens)
         }
     }
 
