@@ -34,11 +34,11 @@ from mobilepeft.data.llava import Conversation, load_llava
 from mobilepeft.data.template import spliced_length, tokenize_conversation
 from mobilepeft.errors import UserError
 from mobilepeft.export.bundle import base_manifest, write_manifest
-from mobilepeft.export.ort.memory import recorded_estimate
 from mobilepeft.export.graphs.vision import VisionEncoder
 from mobilepeft.export.native_output import native_output_captured, tail
 from mobilepeft.export.numerics import relative_error
 from mobilepeft.export.ort.batch import encode_sample, stack_batch
+from mobilepeft.export.ort.memory import recorded_estimate
 from mobilepeft.export.ort.runtime import OrtTrainer, PrefixRunner, VisionRunner
 from mobilepeft.export.ort.training_graph import (
     FLAT_LOGITS,
