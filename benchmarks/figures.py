@@ -623,7 +623,7 @@ SPLIT = [
            {"f": (f"{P17}/session/estimate_mib/frozen_graphs", ".0f"), "t": (f"{P17}/session/estimate_mib/training", ".0f"),
             "mf": lambda d: f"{get(d, f'{P17}/session/phases/frozen_graphs/peak_rss_mib') - get(d, f'{P17}/session/python_baseline_rss_mib'):.0f}",
             "mt": lambda d: f"{get(d, f'{P17}/session/phases/training/peak_rss_mib') - get(d, f'{P17}/session/python_baseline_rss_mib'):.0f}"}),
-    Figure("README.md", "once per sample and frees before training. Measured at the real shape with K = 4 of 24: peak RSS "
+    Figure("README.md", "hold. Measured at the real shape with K = 4 of 24: peak RSS "
            "{m} MiB per personalization step (whole process), {s} s per step of 256 tokens", "personalize_1p7b.json",
            {"m": ("personalization_step_peak_rss_mib", ".0f"), "s": (f"{P17}/session/step_seconds", ".2f")}),
     Figure("README.md", "half of the layers keep {s} of the all-layers gain", "split_quality.json",
