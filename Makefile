@@ -8,7 +8,7 @@ DEMO_ARGS ?=
 QUALITY_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow runner lint bench-train-step bench-train-throughput bench-adapter-overhead bench-schedule-overhead bench-ondevice-train bench-deploy bench-quant-agreement bench-coreml-sizes bench-native-runner bench-quality clean
+.PHONY: demo test test-slow runner runner-arm64 lint bench-train-step bench-train-throughput bench-adapter-overhead bench-schedule-overhead bench-ondevice-train bench-deploy bench-quant-agreement bench-coreml-sizes bench-native-runner bench-quality clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,8 @@ test: $(STAMP)
 	# Two workers, one test file each at a time (module fixtures such as exported bundles are built once).
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
-# The slow tests (a >2 GB ONNX Runtime training bundle: ~5 min and ~15 GiB on 2 cores); CI runs them.
+# The slow tests (a >2 GB ONNX Runtime training bundle: ~5 min and ~15 GiB on 2 cores; the runner on aarch64
+# under qemu: ~3 min); CI runs them.
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
 
@@ -35,6 +36,16 @@ runner: $(STAMP)
 	$(BIN)/cmake -S runner -B build/runner -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(BIN)/ninja) \
 	    -DCMAKE_PREFIX_PATH=$$($(BIN)/python -c "import executorch; print(list(executorch.__path__)[0])")
 	$(BIN)/cmake --build build/runner -j2
+
+# The native runner cross-compiled for aarch64 Linux (Debian: apt-get install g++-aarch64-linux-gnu), against
+# the aarch64 wheel of the same executorch release: build/runner-arm64/mobilepeft_runner. Run it with
+# qemu-user (QEMU_LD_PREFIX=/usr/aarch64-linux-gnu qemu-aarch64 ...); tests/test_runner_arm64.py does.
+runner-arm64: $(STAMP)
+	@command -v aarch64-linux-gnu-g++ >/dev/null 2>&1 || { echo "error: aarch64-linux-gnu-g++ not found: apt-get install g++-aarch64-linux-gnu"; exit 1; }
+	$(BIN)/python runner/arm64_runtime.py build/arm64
+	$(BIN)/cmake -S runner -B build/runner-arm64 -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(BIN)/ninja) \
+	    -DCMAKE_TOOLCHAIN_FILE=$(abspath runner/cmake/aarch64-linux-gnu.cmake) -DCMAKE_PREFIX_PATH=$(abspath build/arm64/executorch)
+	$(BIN)/cmake --build build/runner-arm64 -j2
 
 lint: $(STAMP)
 	$(BIN)/ruff check mobilepeft tests benchmarks

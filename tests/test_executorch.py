@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -34,6 +35,7 @@ from PIL import Image
 import mobilepeft
 from mobilepeft.adapters.inject import merge_and_unload
 from mobilepeft.data.template import build_prompt_ids
+from mobilepeft.errors import UserError
 from mobilepeft.export.bundle import file_record, read_bundle
 from mobilepeft.export.executorch.exporter import PARITY_RTOL, export_executorch
 from mobilepeft.export.executorch.runner import BundleRunner
@@ -241,6 +243,41 @@ def test_native_bench_json_validates_and_bad_bundles_are_named(lora_bundles, nat
     assert done.returncode == 1 and "positions, the bundle's max_seq_len is 128" in done.stderr
     done = _native(native_runner, "bench", "--bundle", lora_bundles["none"], "--runs", "zero", check=False)
     assert done.returncode == 2 and "--runs" in done.stderr
+
+
+def _with_manifest(bundle: Path, out: Path, edit) -> Path:
+    copy = Path(shutil.copytree(bundle, out))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    edit(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def test_a_program_of_another_runtime_release_or_other_methods_is_refused(lora_bundles, native_runner, tmp_path):
+    """docs/mobile.md, "One runtime version": the bundle records the ExecuTorch release that wrote it;
+    the native runner and the Python runtime refuse another minor release, naming both versions, and the
+    runner refuses a manifest that names a method the program lacks, naming it and the program's own."""
+    from importlib.metadata import version
+
+    bundle = lora_bundles["none"]
+    installed = version("executorch")
+    assert json.loads((bundle / "manifest.json").read_text())["executorch"]["runtime_version"] == installed
+
+    older = _with_manifest(bundle, tmp_path / "older", lambda m: m["executorch"].update(runtime_version="1.1.0"))
+    done = _native(native_runner, "generate", "--bundle", older, "--prompt", "hi", check=False)
+    assert done.returncode == 1, done.stderr
+    assert "ExecuTorch 1.1.0" in done.stderr and f"ExecuTorch {installed}" in done.stderr and "re-export" in done.stderr
+    with pytest.raises(UserError, match=r"ExecuTorch 1\.1\.0.*ExecuTorch " + re.escape(installed)):
+        BundleRunner(older)
+    patch = installed.rsplit(".", 1)[0] + ".99"  # another patch of the same minor release loads
+    same_minor = _with_manifest(bundle, tmp_path / "patch", lambda m: m["executorch"].update(runtime_version=patch))
+    assert _native(native_runner, "generate", "--bundle", same_minor, "--prompt", "hi", "--max-new-tokens", 2).returncode == 0
+
+    def add_method(m):
+        m["executorch"]["methods"]["audio_encoder"] = m["executorch"]["methods"]["vision_encoder"]
+    extra = _with_manifest(bundle, tmp_path / "methods", add_method)
+    done = _native(native_runner, "generate", "--bundle", extra, "--prompt", "hi", check=False)
+    assert done.returncode == 1 and "'audio_encoder'" in done.stderr and "text_decoder" in done.stderr, done.stderr
 
 
 def test_native_sha256_agrees_with_hashlib(native_runner, tmp_path):

@@ -61,7 +61,9 @@ def _three_methods(vision: Callable, embed: Callable, decode: Callable) -> Metho
 
 def _load_executorch(bundle: Bundle) -> tuple[Methods, float]:
     from mobilepeft.export.executorch.exporter import executorch_methods, load_executorch_kernels
+    from mobilepeft.export.executorch.runtime_version import check_runtime_version
 
+    check_runtime_version(bundle)
     load_executorch_kernels()  # an import, outside the timed load
     t0 = time.perf_counter()
     methods = executorch_methods(bundle.file(bundle.section("executorch")["file"]))

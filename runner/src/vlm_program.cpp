@@ -16,7 +16,39 @@ using executorch::runtime::EValue;
 
 namespace {
 const char* kMethods[] = {"vision_encoder", "token_embedding", "text_decoder"};
+
+// "1.5.1" -> "1.5": programs load only in their own minor release's runtime (docs/mobile.md, "One runtime version").
+std::string minor_release(const std::string& version) {
+  const size_t first = version.find('.');
+  const size_t second = first == std::string::npos ? std::string::npos : version.find('.', first + 1);
+  return version.substr(0, second);
 }
+
+void check_runtime_version(const Manifest& manifest, const std::string& pte) {
+  const std::string exported = manifest.string("executorch.runtime_version");
+  const std::string runtime = MOBILEPEFT_EXECUTORCH_VERSION;
+  if (minor_release(exported) != minor_release(runtime))
+    throw BundleError(pte + ": exported with ExecuTorch " + exported + ", but this runner's runtime is ExecuTorch " +
+                      runtime + " (manifest.json executorch.runtime_version): re-export the bundle with executorch==" +
+                      runtime + ", or build the runner against ExecuTorch " + minor_release(exported) + ".x");
+}
+
+// Every method the manifest describes must be in the program, and the runner's three must be among them.
+void check_methods(const Manifest& manifest, const std::string& pte, Module& module) {
+  auto names = module.method_names();
+  if (!names.ok()) throw BundleError(pte + ": cannot list the program's methods");
+  std::string have;
+  for (const auto& name : names.get()) have += (have.empty() ? "" : ", ") + name;
+  for (const auto& method : manifest.keys("executorch.methods{}"))
+    if (!names->count(method))
+      throw BundleError(manifest.dir() + "/manifest.json: executorch.methods names '" + method + "', which " + pte +
+                        " does not have (it has " + have + "): the manifest and the program come from different exports");
+  for (const char* method : kMethods)
+    if (!names->count(method))
+      throw BundleError(pte + ": the program has no method '" + std::string(method) + "' (it has " + have +
+                        "): export it with `mobilepeft export executorch`");
+}
+}  // namespace
 
 VlmProgram::VlmProgram(const Manifest& manifest)
     : pte_(manifest.file(manifest.string("executorch.file"))),
@@ -24,6 +56,7 @@ VlmProgram::VlmProgram(const Manifest& manifest)
       image_tokens_(int(manifest.integer("model.num_image_tokens"))),
       image_size_(int(manifest.integer("image_preprocessing.size"))),
       vocab_(int(manifest.integer("model.vocab_size"))) {
+  check_runtime_version(manifest, pte_);
   const auto t0 = std::chrono::steady_clock::now();
   if (AdapterLayout::present(manifest)) {
     adapter_ = std::make_unique<AdapterSlot>(manifest);
@@ -37,6 +70,7 @@ VlmProgram::VlmProgram(const Manifest& manifest)
   if (module_->load() != Error::Ok)
     throw BundleError(pte_ + ": ExecuTorch cannot load the program (is it a .pte from `mobilepeft export executorch`, "
                       "and was the runner built with the kernels and backend it needs?)");
+  check_methods(manifest, pte_, *module_);
   for (const char* method : kMethods)
     if (module_->load_method(method) != Error::Ok)
       throw BundleError(pte_ + ": cannot load method " + method + " (missing operator or backend? see the log above)");

@@ -43,10 +43,10 @@ android {
 dependencies {
     implementation(project(":core"))
 
-    // ExecuTorch Android AAR (XNNPACK flavor). 1.1.0 is the newest version confirmed on Maven Central
-    // that ExecuTorch's own LlamaDemo uses; check https://central.sonatype.com/artifact/org.pytorch/executorch-android
-    // for a 1.5.x release matching the executorch 1.5.1 the exporter pins, and move to it when it exists.
-    implementation("org.pytorch:executorch-android:1.1.0")
+    // ExecuTorch Android AAR (XNNPACK flavor), the release the exporter pins (pyproject.toml executorch==1.5.1):
+    // a .pte loads only in the runtime of its own minor release (docs/mobile.md, "One runtime version";
+    // tests/test_runtime_versions.py fails when the pins disagree).
+    implementation("org.pytorch:executorch-android:1.5.1")
     implementation("com.facebook.fbjni:fbjni:0.7.0")
     implementation("com.facebook.soloader:soloader:0.10.5")
 

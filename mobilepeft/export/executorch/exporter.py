@@ -50,6 +50,7 @@ from mobilepeft.export.executorch.adapter_data import (
     tag_adapter_constants,
     xnnpack_partitioner_sparing_adapter,
 )
+from mobilepeft.export.executorch.runtime_version import executorch_version
 from mobilepeft.export.graphs.kv_decoder import StaticCacheDecoder, TokenEmbedding
 from mobilepeft.export.graphs.source_model import load_merged, prefill, probe_inputs, resolve_max_seq_len
 from mobilepeft.export.graphs.vision import VisionEncoder
@@ -138,6 +139,7 @@ def export_executorch(model_dir: str | Path, out_dir: str | Path, *, adapter_dir
         tokenizer.save(tmp)
         section = {
             "file": PTE_FILE,
+            "runtime_version": executorch_version(),
             "backend": backend,
             "quantization": quantize,
             **({"quantization_detail": quantization} if quantization else {}),

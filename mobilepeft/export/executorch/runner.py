@@ -51,9 +51,11 @@ class BundleRunner:
         here means a new runner; the native runner swaps in place (docs/on-device-loop.md).
         """
         from mobilepeft.export.executorch.exporter import load_executorch_kernels
+        from mobilepeft.export.executorch.runtime_version import check_runtime_version
 
         load_executorch_kernels()
         self.bundle = bundle if isinstance(bundle, Bundle) else read_bundle(bundle)
+        check_runtime_version(self.bundle)
         section = self.bundle.section("executorch")
         self.adapter = adapter_path(self.bundle, adapter)
         tokenizer = self.bundle.file(self.bundle.manifest["tokenizer"]["file"])
