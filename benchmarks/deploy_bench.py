@@ -80,11 +80,13 @@ def build_model_and_adapter(preset: str, work: Path, seed: int = 0) -> tuple[Pat
 
 
 def export_bundles(model_dir: Path, adapter_dir: Path, work: Path, max_seq_len: int,
-                   export_s: dict[str, float]) -> dict[str, Path]:
-    """The three bundles, each exported by the CLI in its own process (reused when already there; the
-    time of each export run now goes to ``export_s``)."""
+                   export_s: dict[str, float], only: tuple[str, ...] | None = None) -> dict[str, Path]:
+    """The three bundles (or the ``only`` ones), each exported by the CLI in its own process (reused when
+    already there; the time of each export run now goes to ``export_s``)."""
     out = {}
     for name, (quantize, merged) in BUNDLES.items():
+        if only is not None and name not in only:
+            continue
         path = work / f"bundle-{model_dir.name}-{name}-{max_seq_len}"
         if not (path / "manifest.json").is_file():
             cmd = [sys.executable, "-m", "mobilepeft.export.cli", "export", "executorch", "--model", str(model_dir),
