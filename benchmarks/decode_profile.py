@@ -58,30 +58,49 @@ def _profile(pte: Path, pixels: torch.Tensor, prompt: torch.Tensor, decode_steps
 
 
 def _table(etdump: Path, decode_steps: int) -> dict[str, Any]:
-    """text_decoder's instructions grouped by name: prefill ms (its one call) and decode ms per step (median)."""
+    """text_decoder's instructions grouped by name: prefill ms (its one call) and decode ms per step (median).
+
+    ``OPERATOR_CALL`` and ``DELEGATE_CALL`` wrap the events inside them (an ExecuTorch kernel; the XNNPACK
+    operators of one delegate call, numbered ``#k`` per call), so kernels and XNNPACK operators are counted
+    by name and the wrappers only as what they add: the delegate's own overhead beyond its operators.
+    """
+    import re
+
     from executorch.devtools import Inspector
 
-    inspector = Inspector(etdump_path=str(etdump))
+    calls = 1 + decode_steps  # text_decoder: the prefill, then each decode step
+    blocks = [b for b in Inspector(etdump_path=str(etdump)).event_blocks
+              if any(e.name == "Method::execute" and e.perf_data and len(e.perf_data.raw) == calls for e in b.events)]
+    decoder = max(blocks, key=lambda b: len(b.events))  # token_embedding runs as often, with one kernel
     groups: dict[str, dict[str, float]] = defaultdict(lambda: {"prefill_ms": 0.0, "decode_ms": 0.0, "count": 0})
-    calls = {"prefill_ms": 0.0, "decode_ms": 0.0}
-    for block in inspector.event_blocks:
-        for event in block.events:
-            raw = list(event.perf_data.raw) if event.perf_data is not None else []
-            if len(raw) != 1 + decode_steps:  # one execution per call of text_decoder: prefill, then each decode step
-                continue
-            name = event.name
-            if name == "Method::execute":
-                calls["prefill_ms"], calls["decode_ms"] = raw[0], statistics.median(raw[1:])
-                continue
-            group = "XNNPACK delegate calls" if event.is_delegated_op or name.startswith("DELEGATE_CALL") else name
-            groups[group]["prefill_ms"] += raw[0]
-            groups[group]["decode_ms"] += statistics.median(raw[1:])
-            groups[group]["count"] += 1
+    total = {"prefill_ms": 0.0, "decode_ms": 0.0}
+    for event in decoder.events:
+        raw = list(event.perf_data.raw) if event.perf_data is not None else []
+        if len(raw) != calls or event.name == "OPERATOR_CALL":
+            continue
+        prefill, decode = raw[0], statistics.median(raw[1:])
+        if event.name == "Method::execute":
+            total = {"prefill_ms": prefill, "decode_ms": decode}
+            continue
+        if event.is_delegated_op:
+            name = "XNNPACK " + re.sub(r" #\d+$", "", event.name)
+        elif event.name == "DELEGATE_CALL":
+            name = "XNNPACK delegate overhead (call minus its operators)"
+        else:
+            name = event.name.removeprefix("native_call_")
+        sign = -1 if event.is_delegated_op else 1
+        groups[name]["prefill_ms"] += prefill
+        groups[name]["decode_ms"] += decode
+        groups[name]["count"] += 1
+        if sign < 0:  # an operator inside a delegate call: not overhead
+            overhead = groups["XNNPACK delegate overhead (call minus its operators)"]
+            overhead["prefill_ms"] -= prefill
+            overhead["decode_ms"] -= decode
     rows = sorted(({"name": k, **v} for k, v in groups.items()), key=lambda r: -r["decode_ms"])
     for row in rows:
-        row["decode_share"] = row["decode_ms"] / calls["decode_ms"] if calls["decode_ms"] else None
-        row["prefill_share"] = row["prefill_ms"] / calls["prefill_ms"] if calls["prefill_ms"] else None
-    return {"text_decoder_call_ms": calls, "by_instruction": rows}
+        row["decode_share"] = row["decode_ms"] / total["decode_ms"] if total["decode_ms"] else None
+        row["prefill_share"] = row["prefill_ms"] / total["prefill_ms"] if total["prefill_ms"] else None
+    return {"text_decoder_call_ms": total, "by_instruction": rows}
 
 
 def main() -> None:

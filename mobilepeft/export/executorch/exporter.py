@@ -248,7 +248,9 @@ def _lower(programs: dict[str, Any], model: MobileVLMForCausalLM, max_seq_len: i
             })
         delegation = {name: delegation_counts(edge.exported_program(name).graph_module) for name in programs}
         # Folds the quantize/dequantize pairs around weights into packed constants (8da4w).
-        config = ExecutorchBackendConfig(do_quant_fusion_and_const_prop=True,
+        # The reinplace pass writes each step's keys and values into the cache buffers in place (an out-of-place
+        # index_put copied every layer's whole cache twice per call: docs/deploy-executorch.md).
+        config = ExecutorchBackendConfig(do_quant_fusion_and_const_prop=True, run_reinplace_pass=True,
                                          external_constants=tag_adapter_constants if adapter_as_data else False)
         return edge.to_executorch(config), delegation
 

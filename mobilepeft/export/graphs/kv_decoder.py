@@ -71,7 +71,9 @@ class StaticCacheDecoder(nn.Module):
         positions = cache_position[None, :]
         cos, sin = self.decoder.rotary_emb(hidden, positions)
         keys = torch.arange(self.max_seq_len, device=hidden.device)
-        mask = keys[None, :] <= cache_position[:, None]  # [T, max_seq_len]: causal over the cache
+        visible = keys[None, :] <= cache_position[:, None]  # [T, max_seq_len]: causal over the cache
+        # Additive, built once per call and shared by every layer (a boolean mask costs a select per layer).
+        mask = torch.where(visible, 0.0, float("-inf")).to(hidden.dtype)
         updated = []
         for layer, (k_cache, v_cache) in zip(self.decoder.layers, caches, strict=True):
             residual = hidden
@@ -93,13 +95,19 @@ class StaticCacheDecoder(nn.Module):
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         keys = self._write(keys, k, cache_position, in_place)
         values = self._write(values, v, cache_position, in_place)
+        # Attention as 3-D batched matmuls over the heads on views of the cache ([1,H,S,Dh] -> [H,S,Dh]): SDPA's
+        # decomposition broadcast-copied the whole cache every layer (docs/deploy-executorch.md). Grouped-query
+        # heads still repeat the cache (MobileVLM's decoders have none; the tiny test model does).
         groups = self.num_heads // self.num_kv_heads
-        all_keys, all_values = keys, values
         if groups > 1:
-            all_keys = keys.repeat_interleave(groups, dim=1)
-            all_values = values.repeat_interleave(groups, dim=1)
-        out = F.scaled_dot_product_attention(q, all_keys, all_values, attn_mask=mask[None, None])
-        return attn.o_proj(out.transpose(1, 2).reshape(batch, length, -1)), keys, values
+            keys_all, values_all = keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
+        else:
+            keys_all, values_all = keys, values
+        shape = (self.num_heads, self.max_seq_len, self.head_dim)
+        q = q.reshape(self.num_heads, length, self.head_dim) * self.head_dim ** -0.5
+        scores = torch.bmm(q, keys_all.reshape(shape).transpose(1, 2)) + mask
+        out = torch.bmm(torch.softmax(scores, dim=-1), values_all.reshape(shape))
+        return attn.o_proj(out.transpose(0, 1).reshape(batch, length, -1)), keys, values
 
     def _write(self, cache: torch.Tensor, update: torch.Tensor, cache_position: torch.Tensor,
                in_place: bool) -> torch.Tensor:
