@@ -9,9 +9,9 @@ decode steps, ETDump recording every instruction of every call. The table groups
 instructions by name: XNNPACK delegate calls, and every operator left to ExecuTorch's own kernels.
 
     python benchmarks/decode_profile.py                     # 1.7B shape: ~15 min the first time, ~13 GB peak
-    python benchmarks/decode_profile.py --preset tiny       # the harness on the tiny model
+    python benchmarks/decode_profile.py --preset tiny --output /tmp/p.json  # the harness on the tiny model
 
-Writes docs/results/decode_profile_<preset>.json.
+Writes docs/results/decode_profile_<preset>.json (docs/deploy-executorch.md, "Where decode time goes").
 """
 
 from __future__ import annotations
@@ -111,6 +111,7 @@ def main() -> None:
     ap.add_argument("--decode-steps", type=int, default=16)
     ap.add_argument("--max-seq-len", type=int, default=256)
     ap.add_argument("--work-dir", type=Path, default=Path("outputs/bench/deploy"))
+    ap.add_argument("--output", type=Path, help="default: docs/results/decode_profile_<preset>.json")
     args = ap.parse_args()
     args.work_dir.mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -136,7 +137,7 @@ def main() -> None:
         "decode_bandwidth_fraction": per_token / decode_s / 1e9 / bandwidth if decode_s else None,
         **table,
     }
-    out = write_result(RESULTS / f"decode_profile_{args.preset}.json", result)
+    out = write_result(args.output or RESULTS / f"decode_profile_{args.preset}.json", result)
     calls = table["text_decoder_call_ms"]
     print(f"text_decoder: prefill {calls['prefill_ms']:.1f} ms ({result['prompt_tokens']} tokens), decode "
           f"{calls['decode_ms']:.1f} ms/token; bandwidth bound {result['bandwidth_bound_decode_ms']:.1f} ms/token "
