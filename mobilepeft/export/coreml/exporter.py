@@ -72,7 +72,7 @@ class CoreMLTextDecoder(nn.Module):
 
     def __init__(self, model: MobileVLMForCausalLM, max_seq_len: int, *, stateful: bool) -> None:
         super().__init__()
-        self.decoder = StaticCacheDecoder(model, max_seq_len, contiguous_writes=True)
+        self.decoder = StaticCacheDecoder(model, max_seq_len, contiguous_writes=True, fused_attention=True)
         self.embedding = model.llm.get_input_embeddings().weight
         self.stateful = stateful
 

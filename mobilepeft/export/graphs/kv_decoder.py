@@ -22,8 +22,12 @@ from mobilepeft.models.mobilevlm import MobileVLMForCausalLM
 class StaticCacheDecoder(nn.Module):
     """``(inputs_embeds [1,T,D], cache_position [T] int64) -> logits [1,T,V]``, caches updated in place."""
 
-    def __init__(self, model: MobileVLMForCausalLM, max_seq_len: int, *, contiguous_writes: bool = False) -> None:
+    def __init__(self, model: MobileVLMForCausalLM, max_seq_len: int, *, contiguous_writes: bool = False,
+                 fused_attention: bool = False) -> None:
         super().__init__()
+        # Core ML fuses scaled_dot_product_attention into one op; ExecuTorch decomposes it into copies of the
+        # whole cache, so its program gets attention as batched matmuls on views of the cache (_attention).
+        self.fused_attention = fused_attention
         # index_copy at arbitrary positions (ExecuTorch) or one slice starting at cache_position[0]
         # (Core ML has no index_copy; its slice_update takes a runtime offset). Runners always write
         # consecutive positions, so both compute the same thing.
@@ -73,7 +77,7 @@ class StaticCacheDecoder(nn.Module):
         keys = torch.arange(self.max_seq_len, device=hidden.device)
         visible = keys[None, :] <= cache_position[:, None]  # [T, max_seq_len]: causal over the cache
         # Additive, built once per call and shared by every layer (a boolean mask costs a select per layer).
-        mask = torch.where(visible, 0.0, float("-inf")).to(hidden.dtype)
+        mask = visible if self.fused_attention else torch.where(visible, 0.0, float("-inf")).to(hidden.dtype)
         updated = []
         for layer, (k_cache, v_cache) in zip(self.decoder.layers, caches, strict=True):
             residual = hidden
@@ -95,14 +99,17 @@ class StaticCacheDecoder(nn.Module):
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         keys = self._write(keys, k, cache_position, in_place)
         values = self._write(values, v, cache_position, in_place)
-        # Attention as 3-D batched matmuls over the heads on views of the cache ([1,H,S,Dh] -> [H,S,Dh]): SDPA's
-        # decomposition broadcast-copied the whole cache every layer (docs/deploy-executorch.md). Grouped-query
-        # heads still repeat the cache (MobileVLM's decoders have none; the tiny test model does).
+        # Grouped-query heads repeat the cache (MobileVLM's decoders have none; the tiny test model does).
         groups = self.num_heads // self.num_kv_heads
         if groups > 1:
             keys_all, values_all = keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
         else:
             keys_all, values_all = keys, values
+        if self.fused_attention:
+            out = F.scaled_dot_product_attention(q, keys_all, values_all, attn_mask=mask[None, None])
+            return attn.o_proj(out.transpose(1, 2).reshape(batch, length, -1)), keys, values
+        # Attention as 3-D batched matmuls over the heads on views of the cache ([1,H,S,Dh] -> [H,S,Dh]): SDPA's
+        # decomposition broadcast-copied the whole cache every layer (docs/deploy-executorch.md).
         shape = (self.num_heads, self.max_seq_len, self.head_dim)
         q = q.reshape(self.num_heads, length, self.head_dim) * self.head_dim ** -0.5
         scores = torch.bmm(q, keys_all.reshape(shape).transpose(1, 2)) + mask

@@ -26,6 +26,37 @@ internal fun toOnnx(env: OrtEnvironment, t: TensorData): OnnxTensor = when (t.dt
     else -> throw IllegalArgumentException("unsupported dtype ${t.dtype}")
 }
 
+/** An ORT inference session over one of the bundle's frozen or exported graphs, on [threads] threads. */
+internal fun inferenceSession(env: OrtEnvironment, path: String, threads: Int): OrtSession {
+    val options = OrtSession.SessionOptions()
+    options.setIntraOpNumThreads(threads)
+    return env.createSession(path, options)
+}
+
+/**
+ * One run of an ORT inference [session]: its inputs taken by name from [inputs], the float32 [output]
+ * (or its first one) copied out. A missing input is refused naming [what] and the input.
+ */
+internal fun runForFloats(env: OrtEnvironment, session: OrtSession, inputs: Map<String, TensorData>, output: String,
+                          what: String): FloatArray {
+    val feeds = LinkedHashMap<String, OnnxTensor>()
+    try {
+        for (name in session.inputNames) {
+            val t = inputs[name] ?: throw BundleError("$what needs input '$name', which the batch lacks")
+            feeds[name] = toOnnx(env, t)
+        }
+        session.run(feeds).use { result ->
+            val out = result.get(output)
+            val buf = ((if (out.isPresent) out.get() else result.get(0)) as OnnxTensor).floatBuffer
+            val data = FloatArray(buf.remaining())
+            buf.get(data)
+            return data
+        }
+    } finally {
+        for (t in feeds.values) t.close()
+    }
+}
+
 /** The bundle's ORT training artifacts (manifest onnx_training), opened from a checkpoint file. */
 class OrtTrainingBackend(private val env: OrtEnvironment, private val bundle: Bundle) : TrainingBackend {
     private val section = bundle.spec.requireOnnxTraining()
@@ -98,13 +129,7 @@ class OrtTrainingSessionAdapter(
 /** The bundle's vision encoder (onnx_training.vision_encoder) as an ORT inference session. */
 class OrtImageEncoder(private val env: OrtEnvironment, bundle: Bundle, threads: Int) : ImageEncoder {
     private val spec = bundle.spec.requireOnnxTraining().visionEncoder
-    private val session: OrtSession
-
-    init {
-        val options = OrtSession.SessionOptions()
-        options.setIntraOpNumThreads(threads)
-        session = env.createSession(bundle.file(spec.file).path, options)
-    }
+    private val session: OrtSession = inferenceSession(env, bundle.file(spec.file).path, threads)
 
     override fun encode(pixels: FloatArray, shape: LongArray): FloatArray {
         OnnxTensor.createTensor(env, FloatBuffer.wrap(pixels), shape).use { input ->
@@ -132,32 +157,10 @@ class OrtImageEncoder(private val env: OrtEnvironment, bundle: Bundle, threads: 
 class OrtDecoderPrefix(private val env: OrtEnvironment, bundle: Bundle, threads: Int) : DecoderPrefix {
     private val split = bundle.spec.requireOnnxTraining().split
         ?: throw BundleError("${bundle.dir.path}: this bundle trains the whole decoder; it has no frozen layers to open")
-    private val session: OrtSession
+    private val session: OrtSession = inferenceSession(env, bundle.file(split.file).path, threads)
 
-    init {
-        val options = OrtSession.SessionOptions()
-        options.setIntraOpNumThreads(threads)
-        session = env.createSession(bundle.file(split.file).path, options)
-    }
-
-    override fun hiddenStates(inputs: Map<String, TensorData>): FloatArray {
-        val feeds = LinkedHashMap<String, OnnxTensor>()
-        try {
-            for (name in session.inputNames) {
-                val t = inputs[name] ?: throw BundleError("${split.file} needs input '$name', which the sample lacks")
-                feeds[name] = toOnnx(env, t)
-            }
-            session.run(feeds).use { result ->
-                val out = result.get(split.output.name)
-                val buf = ((if (out.isPresent) out.get() else result.get(0)) as OnnxTensor).floatBuffer
-                val data = FloatArray(buf.remaining())
-                buf.get(data)
-                return data
-            }
-        } finally {
-            for (t in feeds.values) t.close()
-        }
-    }
+    override fun hiddenStates(inputs: Map<String, TensorData>): FloatArray =
+        runForFloats(env, session, inputs, split.output.name, split.file)
 
     fun close() {
         session.close()
@@ -166,33 +169,10 @@ class OrtDecoderPrefix(private val env: OrtEnvironment, bundle: Bundle, threads:
 
 /** An exported inference model (exportModelForInference): graph inputs in, full-sequence logits out. */
 class OrtLogitsModel(private val env: OrtEnvironment, file: File, threads: Int, private val output: String) : LogitsModel {
-    private val session: OrtSession
+    private val session: OrtSession = inferenceSession(env, file.path, threads)
 
-    init {
-        val options = OrtSession.SessionOptions()
-        options.setIntraOpNumThreads(threads)
-        session = env.createSession(file.path, options)
-    }
-
-    override fun logits(inputs: Map<String, TensorData>): FloatArray {
-        val feeds = LinkedHashMap<String, OnnxTensor>()
-        try {
-            for (name in session.inputNames) {
-                val t = inputs[name] ?: throw BundleError("the inference model needs input '$name', which the batch lacks")
-                feeds[name] = toOnnx(env, t)
-            }
-            session.run(feeds).use { result ->
-                val out = result.get(output)
-                val value = if (out.isPresent) out.get() else result.get(0)
-                val buf = (value as OnnxTensor).floatBuffer
-                val data = FloatArray(buf.remaining())
-                buf.get(data)
-                return data
-            }
-        } finally {
-            for (t in feeds.values) t.close()
-        }
-    }
+    override fun logits(inputs: Map<String, TensorData>): FloatArray =
+        runForFloats(env, session, inputs, output, "the inference model")
 
     override fun close() {
         session.close()

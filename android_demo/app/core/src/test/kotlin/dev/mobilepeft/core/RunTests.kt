@@ -97,7 +97,7 @@ fun benchTests(): List<TestCase> = listOf(
 )
 
 /** A real tiny model behind the TrainingSession interface: softmax regression of each label on its input token. */
-class SoftmaxSession(val vocab: Int, val features: Int, var w: FloatArray, private val inferenceModel: File) : TrainingSession {
+open class SoftmaxSession(val vocab: Int, val features: Int, var w: FloatArray, private val inferenceModel: File) : TrainingSession {
     private val grad = FloatArray(vocab * features)
     var lr = 0f
     var optimizerSteps = 0
@@ -105,19 +105,20 @@ class SoftmaxSession(val vocab: Int, val features: Int, var w: FloatArray, priva
     var poisonAfter = -1
     var closed = false
 
-    private fun feature(id: Long): Int = if (id < 0) features - 1 else (id % (features - 1)).toInt()
+    /** The feature position [t] of the batch is regressed on: here its input token. */
+    protected open fun featureAt(inputs: Map<String, TensorData>, t: Int): Int {
+        val id = inputs.getValue("input_ids").longs!![t]
+        return if (id < 0) features - 1 else (id % (features - 1)).toInt()
+    }
 
     override fun trainStep(inputs: Map<String, TensorData>): Float {
-        val ids = inputs.getValue("input_ids").longs!!
         val labels = inputs.getValue("labels").longs!!
-        check(ids.size == labels.size) { "labels flattened to B*seq_len" }
         var loss = 0.0
-        var count = 0
+        val count = labels.count { it != -100L }
         val probs = DoubleArray(vocab)
-        for (t in ids.indices) if (labels[t] != -100L) count++
-        for (t in ids.indices) {
+        for (t in labels.indices) {
             if (labels[t] == -100L) continue
-            val h = feature(ids[t])
+            val h = featureAt(inputs, t)
             var max = Double.NEGATIVE_INFINITY
             for (v in 0 until vocab) max = Math.max(max, w[v * features + h].toDouble())
             var sum = 0.0

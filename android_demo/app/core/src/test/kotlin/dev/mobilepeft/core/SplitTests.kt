@@ -46,48 +46,23 @@ private class RecordedGraphs(fx: Fixtures) {
     }
 }
 
-/** Softmax regression of each label on a feature of its hidden state (the sign pattern of 5 values): a real
- *  model that learns from what the split graph receives. */
-private class HiddenSoftmaxSession(val vocab: Int, val hiddenSize: Int) : TrainingSession {
-    val features = 32
-    val w = FloatArray(vocab * features)
-    private val grad = FloatArray(vocab * features)
-    var lr = 0f
+/** The same softmax regression, of each label on a feature of its hidden state (the sign pattern of 5 values):
+ *  a real model that learns from what the split graph receives. */
+private class HiddenSoftmaxSession(vocab: Int, private val hiddenSize: Int, model: File) :
+    SoftmaxSession(vocab, 32, FloatArray(vocab * 32), model) {
     val inputNames = ArrayList<List<String>>()
-
-    private fun feature(h: FloatArray, at: Int): Int {
-        var f = 0
-        for (k in 0 until 5) if (h[at + k] > 0f) f = f or (1 shl k)
-        return f
-    }
 
     override fun trainStep(inputs: Map<String, TensorData>): Float {
         inputNames.add(inputs.keys.toList())
-        val h = inputs.getValue("hidden_states").floats!!
-        val labels = inputs.getValue("labels").longs!!
-        val count = labels.count { it != -100L }
-        var loss = 0.0
-        val probs = DoubleArray(vocab)
-        for (t in labels.indices) {
-            if (labels[t] == -100L) continue
-            val f = feature(h, t * hiddenSize)
-            var max = Double.NEGATIVE_INFINITY
-            for (v in 0 until vocab) max = Math.max(max, w[v * features + f].toDouble())
-            var sum = 0.0
-            for (v in 0 until vocab) { probs[v] = Math.exp(w[v * features + f] - max); sum += probs[v] }
-            val y = labels[t].toInt()
-            loss -= Math.log(probs[y] / sum)
-            for (v in 0 until vocab) grad[v * features + f] += ((probs[v] / sum - (if (v == y) 1.0 else 0.0)) / count).toFloat()
-        }
-        return (loss / count).toFloat()
+        return super.trainStep(inputs)
     }
 
-    override fun optimizerStep() { for (i in w.indices) w[i] -= lr * grad[i] }
-    override fun lazyResetGrad() { java.util.Arrays.fill(grad, 0f) }
-    override fun setLearningRate(lr: Float) { this.lr = lr }
-    override fun saveCheckpoint(path: String) = throw UnsupportedOperationException()
-    override fun exportModelForInference(path: String, outputs: List<String>) = throw UnsupportedOperationException()
-    override fun close() {}
+    override fun featureAt(inputs: Map<String, TensorData>, t: Int): Int {
+        val h = inputs.getValue("hidden_states").floats!!
+        var f = 0
+        for (k in 0 until 5) if (h[t * hiddenSize + k] > 0f) f = f or (1 shl k)
+        return f
+    }
 }
 
 fun splitTests(): List<TestCase> = listOf(
@@ -136,7 +111,7 @@ fun splitTests(): List<TestCase> = listOf(
         val p = Personalizer(spec, SentencePieceTokenizer.load(fx.file("ort_split_bundle/tokenizer.model")), graphs.encoder, TickClock())
         val samples = graphs.samples(spec)
         val prepared = p.prepare(samples, p.encodeImages(samples), graphs.prefix)
-        val session = HiddenSoftmaxSession(spec.model.vocabSize, 128)
+        val session = HiddenSoftmaxSession(spec.model.vocabSize, 128, fx.file("split/trained_inference_model.onnx"))
         val result = p.train(session, prepared, PersonalizeConfig(steps = 30, batchSize = 2, learningRate = 2.0, checkpointEvery = 0),
             "start", File(fx.out, "split-work"))
         assertEq(3, graphs.prefixCalls, "prefix runs: only while preparing")
