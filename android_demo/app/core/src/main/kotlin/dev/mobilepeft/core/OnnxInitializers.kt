@@ -36,7 +36,7 @@ object OnnxInitializers {
         val out = HashMap<String, Tensor>()
         RandomAccessFile(model, "r").use { file ->
             try {
-                val top = FileProtoReader(file, 0, file.length())
+                val top = ProtoReader(FileBytes(file), 0, file.length())
                 while (top.hasMore()) {
                     val (field, wire) = top.tag()
                     if (field == 7 && wire == 2) { // ModelProto.graph
@@ -57,7 +57,7 @@ object OnnxInitializers {
     }
 
     /** One TensorProto: its small fields are read, its data only located, and read only when [names] has it. */
-    private fun readTensor(r: FileProtoReader, model: File, names: Set<String>, out: MutableMap<String, Tensor>) {
+    private fun readTensor(r: ProtoReader, model: File, names: Set<String>, out: MutableMap<String, Tensor>) {
         val dims = ArrayList<Long>()
         var dataType = 0
         var name = ""
@@ -73,9 +73,9 @@ object OnnxInitializers {
                 f == 1 && w == 2 -> { val p = r.message(); while (p.hasMore()) dims.add(p.varint()) }
                 f == 2 && w == 0 -> dataType = r.varint().toInt()
                 f == 4 && w == 5 -> floats.add(java.lang.Float.intBitsToFloat(r.fixed32()))
-                f == 4 && w == 2 -> packedFloats = r.region()
+                f == 4 && w == 2 -> packedFloats = r.span()
                 f == 8 && w == 2 -> name = r.string()
-                f == 9 && w == 2 -> raw = r.region()
+                f == 9 && w == 2 -> raw = r.span()
                 f == 13 && w == 2 -> { // external_data: StringStringEntryProto {key = 1, value = 2}
                     val e = r.message()
                     var key = ""
@@ -102,8 +102,8 @@ object OnnxInitializers {
         val n = count.toInt()
         val data = when {
             location == 1L -> readExternal(model, name, external, n)
-            raw != null -> littleEndianFloats(r.file, raw, n, "${model.path}: initializer $name")
-            packedFloats != null -> littleEndianFloats(r.file, packedFloats, n, "${model.path}: initializer $name")
+            raw != null -> littleEndianFloats(r.source, raw, n, "${model.path}: initializer $name")
+            packedFloats != null -> littleEndianFloats(r.source, packedFloats, n, "${model.path}: initializer $name")
             else -> {
                 if (floats.size != n) throw BundleError("${model.path}: initializer $name has ${floats.size} floats for shape ${shape.toList()}")
                 FloatArray(n) { floats[it] }
@@ -127,103 +127,14 @@ object OnnxInitializers {
             if (offset < 0 || offset + length > data.length()) {
                 throw BundleError("${file.path}: initializer $name needs bytes $offset..${offset + length}, the file has ${data.length()} (truncated?)")
             }
-            return littleEndianFloats(data, longArrayOf(offset, length), n, "${file.path}: initializer $name")
+            return littleEndianFloats(FileBytes(data), longArrayOf(offset, length), n, "${file.path}: initializer $name")
         }
     }
 
-    private fun littleEndianFloats(file: RandomAccessFile, region: LongArray, n: Int, what: String): FloatArray {
-        if (region[1] != 4L * n) throw BundleError("$what has ${region[1]} bytes for $n floats")
-        val bytes = ByteArray(4 * n)
-        file.seek(region[0])
-        file.readFully(bytes)
+    private fun littleEndianFloats(source: ProtoBytes, span: LongArray, n: Int, what: String): FloatArray {
+        if (span[1] != 4L * n) throw BundleError("$what has ${span[1]} bytes for $n floats")
         val floats = FloatArray(n)
-        ByteBuffer.wrap(bytes).order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer().get(floats)
+        ByteBuffer.wrap(source.copy(span[0], 4 * n)).order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer().get(floats)
         return floats
-    }
-}
-
-/**
- * Protocol-buffer wire format over a region of a file. Positions and lengths are Long and a length-delimited
- * field can be stepped over or located ([region]) without being read, so a message larger than any array
- * is walked in place.
- */
-internal class FileProtoReader(val file: RandomAccessFile, private var pos: Long, private val end: Long) {
-    fun hasMore(): Boolean = pos < end
-
-    private fun byte(): Int {
-        if (pos >= end) throw ProtoError("truncated at byte $pos")
-        file.seek(pos)
-        val b = file.read()
-        if (b < 0) throw ProtoError("the file ends at byte $pos")
-        pos++
-        return b
-    }
-
-    fun varint(): Long {
-        var result = 0L
-        var shift = 0
-        while (shift < 64) {
-            val b = byte()
-            result = result or ((b and 0x7f).toLong() shl shift)
-            if (b and 0x80 == 0) return result
-            shift += 7
-        }
-        throw ProtoError("varint longer than 10 bytes at byte $pos")
-    }
-
-    fun tag(): Pair<Int, Int> {
-        val t = varint()
-        return Pair((t ushr 3).toInt(), (t and 7).toInt())
-    }
-
-    private fun length(): Long {
-        val n = varint()
-        if (n < 0 || n > end - pos) throw ProtoError("a field of $n bytes at byte $pos runs past its message (ends at $end)")
-        return n
-    }
-
-    fun fixed32(): Int {
-        if (end - pos < 4) throw ProtoError("truncated fixed32 at byte $pos")
-        file.seek(pos)
-        val b = ByteArray(4)
-        file.readFully(b)
-        pos += 4
-        return ByteBuffer.wrap(b).order(ByteOrder.LITTLE_ENDIAN).int
-    }
-
-    fun message(): FileProtoReader {
-        val n = length()
-        val r = FileProtoReader(file, pos, pos + n)
-        pos += n
-        return r
-    }
-
-    /** The next length-delimited field's [offset, length] in the file, stepped over unread. */
-    fun region(): LongArray {
-        val n = length()
-        val r = longArrayOf(pos, n)
-        pos += n
-        return r
-    }
-
-    fun string(): String {
-        val n = length()
-        if (n > 1 shl 20) throw ProtoError("a string of $n bytes at byte $pos")
-        val b = ByteArray(n.toInt())
-        file.seek(pos)
-        file.readFully(b)
-        pos += n
-        return String(b, Charsets.UTF_8)
-    }
-
-    fun skip(wire: Int) {
-        when (wire) {
-            0 -> varint()
-            1 -> pos += 8
-            2 -> { val n = length(); pos += n }
-            5 -> pos += 4
-            else -> throw ProtoError("unknown wire type $wire at byte $pos")
-        }
-        if (pos > end) throw ProtoError("a field runs past its message at byte $end")
     }
 }
