@@ -88,11 +88,10 @@ def _table(etdump: Path, decode_steps: int) -> dict[str, Any]:
             name = "XNNPACK delegate overhead (call minus its operators)"
         else:
             name = event.name.removeprefix("native_call_")
-        sign = -1 if event.is_delegated_op else 1
         groups[name]["prefill_ms"] += prefill
         groups[name]["decode_ms"] += decode
         groups[name]["count"] += 1
-        if sign < 0:  # an operator inside a delegate call: not overhead
+        if event.is_delegated_op:  # an operator inside a delegate call: not overhead
             overhead = groups["XNNPACK delegate overhead (call minus its operators)"]
             overhead["prefill_ms"] -= prefill
             overhead["decode_ms"] -= decode
