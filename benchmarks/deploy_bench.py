@@ -29,6 +29,7 @@ import argparse
 import json
 import multiprocessing
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -142,7 +143,17 @@ def llamacpp(model_dir: Path, work: Path, settings: BenchSettings, prompt_tokens
     peer = str(HERE / "llamacpp_peer.py")
 
     def run(*args: str) -> str:
-        done = subprocess.run([sys.executable, peer, *args], check=True, capture_output=True, text=True)
+        done = subprocess.run([sys.executable, peer, *args], capture_output=True, text=True)
+        if done.returncode == -signal.SIGILL:
+            raise SystemExit(
+                "llama.cpp died on an illegal instruction: it was compiled for an instruction set this CPU lists "
+                "but the OS or VM does not enable (AMX, on this host). Rebuild it without, e.g.\n"
+                "  CMAKE_ARGS='-DCMAKE_C_FLAGS=\"-mno-amx-tile -mno-amx-int8 -mno-amx-bf16\" "
+                "-DCMAKE_CXX_FLAGS=\"-mno-amx-tile -mno-amx-int8 -mno-amx-bf16\"' "
+                "pip install --force-reinstall --no-cache-dir --no-deps llama-cpp-python\n"
+                "or run with --no-llamacpp.")
+        if done.returncode:
+            raise SystemExit(f"{peer} {args[0]} failed ({done.returncode}):\n{done.stderr[-3000:]}")
         return done.stdout.strip().splitlines()[-1]
 
     tiny = work / "model-tiny"
@@ -187,12 +198,19 @@ def main() -> None:
     # heap holding gigabytes the exports and the measured runtimes need.
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         model_dir, adapter_dir = pool.submit(build_model_and_adapter, args.preset, args.work_dir).result()
-    export_s: dict[str, float] = {}
-    paths = export_bundles(model_dir, adapter_dir, args.work_dir, args.max_seq_len, export_s)
-    bundles = {name: read_bundle(path) for name, path in paths.items()}
-    pixels, prompt = bench_inputs(bundles["fp32"], settings)
-    set_threads(args.threads)
     wanted = args.runtimes.split(",")
+    unknown = sorted(set(wanted) - {f"executorch_{name}" for name in BUNDLES} - {"eager_fp32"})
+    if unknown:
+        ap.error(f"--runtimes: unknown {', '.join(unknown)}; choose from "
+                 f"{', '.join([*(f'executorch_{name}' for name in BUNDLES), 'eager_fp32'])}")
+    # Only the bundles the measured runtimes need (eager runs the fp32 bundle's modules).
+    needed = tuple(name for name in BUNDLES if f"executorch_{name}" in wanted or (name == "fp32" and "eager_fp32" in wanted))
+    export_s: dict[str, float] = {}
+    paths = export_bundles(model_dir, adapter_dir, args.work_dir, args.max_seq_len, export_s, only=needed)
+    bundles = {name: read_bundle(path) for name, path in paths.items()}
+    first = next(iter(bundles.values()))
+    pixels, prompt = bench_inputs(first, settings)
+    set_threads(args.threads)
     runtimes = {f"executorch_{name}": load_runtime(bundle, "executorch") for name, bundle in bundles.items()
                 if f"executorch_{name}" in wanted}
     if "eager_fp32" in wanted:
@@ -205,7 +223,7 @@ def main() -> None:
     bandwidth = copy_bandwidth_gb_s(args.threads)
     per_token = decoder_bytes_per_token(model_dir)
     decode = {name: s["decode_tokens_per_s"] for name, s in summaries.items()}
-    n_image = bundles["fp32"].manifest["model"]["num_image_tokens"]
+    n_image = first.manifest["model"]["num_image_tokens"]
     peer = None if args.no_llamacpp else llamacpp(model_dir, args.work_dir, settings, n_image + args.prompt_len)
 
     def ratio(a: str, b: str, key: str = "decode_tokens_per_s") -> dict[str, float]:
@@ -223,9 +241,9 @@ def main() -> None:
         if f"executorch_{name}" in decode:
             ratios[f"bandwidth_fraction_{name}"] = per_token[name] * decode[f"executorch_{name}"] / 1e9 / bandwidth
     if peer and "executorch_8da4w" in summaries:
-        ratios["executorch_8da4w_over_llamacpp_decode"] = decode["executorch_8da4w"] / peer["decode_tokens_per_s"]
-        ratios["executorch_8da4w_over_llamacpp_prefill"] = (summaries["executorch_8da4w"]["prefill_tokens_per_s"]
-                                                            / peer["prefill_tokens_per_s"])
+        ratios["executorch_vs_llamacpp_decode"] = decode["executorch_8da4w"] / peer["decode_tokens_per_s"]
+        ratios["executorch_vs_llamacpp_prefill"] = (summaries["executorch_8da4w"]["prefill_tokens_per_s"]
+                                                   / peer["prefill_tokens_per_s"])
     result = {
         "benchmark": "deploy_bench", "preset": args.preset, "settings": vars(settings), "max_seq_len": args.max_seq_len,
         "prompt_tokens": n_image + args.prompt_len, "device": f"host {platform.machine()} ({platform.node()})",

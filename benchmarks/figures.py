@@ -470,7 +470,7 @@ NATIVE = [
     _native_row("8da4w", "prefill tokens/s", "prefill_tokens_per_s", ".0f"),
     _native_row("8da4w", "time to first token ms", "time_to_first_token_ms", ".1f"),
     _native_row("8da4w", "peak RSS MB", "peak_rss_mb", ".0f"),
-    Figure("docs/mobile.md", "the native fp32 decode loop is faster (8da4w: {q}x in this run) because a "
+    Figure("docs/mobile.md", "the native decode loop is faster (8da4w: {q}x in this run) because a "
            "one-token step costs ~{ms} ms here", _N,
            {"q": ("bundles/8da4w/native_over_python/decode_tokens_per_s", ".2f"),
             "ms": lambda d: f"{1000 / d['bundles']['none']['median']['native']['decode_tokens_per_s']:.1f}"}),
@@ -674,6 +674,8 @@ def _profile_table(names: list[str], letters: tuple[str, str, str]) -> dict[str,
     return out
 
 
+_D = "deploy_bench.json"
+
 PROFILE_BEFORE = [
     Figure("docs/deploy-executorch.md", """| `text_decoder` call | 1 | {dt} | |
 | XNNPACK 4-bit linears (`Fully Connected QB4W`) | {c1} | {d1} | {s1} |
@@ -694,16 +696,16 @@ PROFILE_AFTER = [
 | XNNPACK `Batch Matrix Multiply` (attention) | {a3} | {e3} | {t3} |
 | XNNPACK 8-bit `lm_head` (`Fully Connected QC8W`) | {a4} | {e4} | {t4} |
 | XNNPACK delegate overhead | {a5} | {e5} | {t5} |
-| `index_put_` (the cache write, in place) | {a6} | {e6} | {t6} |""", "decode_profile_mobilevlm-1.7b-shape.json",
+| `index_put_` (the cache write, in place) | {a6} | {e6} | {t6} |""", "decode_profile_mobilevlm-1.7b-shape_step1.json",
            {"at": ("text_decoder_call_ms/decode_ms", ".1f"),
             **_profile_table(["XNNPACK Fully Connected (NC, QDU8, F32, QB4W) GEMM", "XNNPACK Static Reshape (NC)",
                               "XNNPACK Batch Matrix Multiply (NC, F32) GEMM",
                               "XNNPACK Fully Connected (NC, QDU8, F32, QC8W) GEMM",
                               "XNNPACK delegate overhead (call minus its operators)", "index_put_"], ("a", "e", "t"))}),
-    Figure("docs/deploy-executorch.md", "Decode now takes {at} ms per token ({atps} tok/s) and reads the weights at {af} "
-           "of the copy bandwidth ({bw} GB/s in this run; {gb} GB of decoder weights per token): the issue's 0.6 floor. "
-           "Prefill is {pt} ms for the 176 tokens, {pf} of it in the 4-bit linears.",
-           "decode_profile_mobilevlm-1.7b-shape.json",
+    Figure("docs/deploy-executorch.md", "Decode then took {at} ms per token ({atps} tok/s) and read the weights at {af} "
+           "of the copy bandwidth ({bw} GB/s in that run; {gb} GB of decoder weights per token). Prefill was "
+           "{pt} ms for the 176 tokens, {pf} of it in the 4-bit linears.",
+           "decode_profile_mobilevlm-1.7b-shape_step1.json",
            {"at": ("text_decoder_call_ms/decode_ms", ".1f"),
             "atps": lambda d: f"{1000 / d['text_decoder_call_ms']['decode_ms']:.1f}",
             "af": ("decode_bandwidth_fraction", ".2f"), "bw": ("copy_bandwidth_gb_s", ".1f"),
@@ -711,21 +713,102 @@ PROFILE_AFTER = [
             "pf": lambda d: f"{100 * next(r['prefill_share'] for r in d['by_instruction'] if 'QB4W' in r['name']):.0f}%"}),
 ]
 
-PROFILE_README = [
-    Figure("README.md", "decode went from {b} to {a} ms per token at that shape, reading the weights at {f} of the copy "
-           "bandwidth", "decode_profile_mobilevlm-1.7b-shape.json",
-           {"b": lambda d: f"{load('decode_profile_mobilevlm-1.7b-shape_before.json')['text_decoder_call_ms']['decode_ms']:.1f}",
-            "a": ("text_decoder_call_ms/decode_ms", ".1f"), "f": ("decode_bandwidth_fraction", ".2f")}),
+PROFILE_FINAL = [
+    Figure("docs/deploy-executorch.md", """| `text_decoder` call | 1 | {at} | |
+| XNNPACK 4-bit linears (`Fully Connected QB4W`) | {a1} | {e1} | {t1} |
+| XNNPACK `Batch Matrix Multiply` (attention) | {a2} | {e2} | {t2} |
+| XNNPACK 8-bit `lm_head` (`Fully Connected QC8W`) | {a3} | {e3} | {t3} |
+| XNNPACK delegate overhead | {a4} | {e4} | {t4} |
+| `index_put_` (the cache write, in place) | {a5} | {e5} | {t5} |""", "decode_profile_mobilevlm-1.7b-shape.json",
+           {"at": ("text_decoder_call_ms/decode_ms", ".1f"),
+            **_profile_table(["XNNPACK Fully Connected (NC, QDU8, F32, QB4W) GEMM",
+                              "XNNPACK Batch Matrix Multiply (NC, F32) GEMM",
+                              "XNNPACK Fully Connected (NC, QDU8, F32, QC8W) GEMM",
+                              "XNNPACK delegate overhead (call minus its operators)", "index_put_"], ("a", "e", "t"))}),
+    Figure("docs/deploy-executorch.md", "Decode takes {at} ms per token ({atps} tok/s) with ETDump recording; prefill {pt} ms "
+           "for the 176 tokens, {pf} of it in the 4-bit linears.", "decode_profile_mobilevlm-1.7b-shape.json",
+           {"at": ("text_decoder_call_ms/decode_ms", ".1f"),
+            "atps": lambda d: f"{1000 / d['text_decoder_call_ms']['decode_ms']:.1f}",
+            "pt": ("text_decoder_call_ms/prefill_ms", ".0f"),
+            "pf": lambda d: f"{100 * next(r['prefill_share'] for r in d['by_instruction'] if 'QB4W' in r['name']):.0f}%"}),
+    Figure("docs/deploy-executorch.md", "(the copy bandwidth measured {b1} GB/s for step 1 and {b2} GB/s here)",
+           "decode_profile_mobilevlm-1.7b-shape.json",
+           {"b1": lambda d: f"{load('decode_profile_mobilevlm-1.7b-shape_step1.json')['copy_bandwidth_gb_s']:.1f}",
+            "b2": ("copy_bandwidth_gb_s", ".1f")}),
+    Figure("docs/deploy-executorch.md", "Against this run's {b2} GB/s, decode reads the weights at {f} of the copy bandwidth; "
+           "the side-by-side run below, without ETDump, measures {bf} against its own {bw} GB/s",
+           "decode_profile_mobilevlm-1.7b-shape.json",
+           {"b2": ("copy_bandwidth_gb_s", ".1f"), "f": ("decode_bandwidth_fraction", ".2f"),
+            "bf": lambda d: f"{load(_D)['ratios']['bandwidth_fraction_8da4w']:.2f}",
+            "bw": lambda d: f"{load(_D)['copy_bandwidth_gb_s']:.1f}"}),
 ]
 
-FIGURES: list[Figure] = [*PROFILE_BEFORE, *PROFILE_AFTER, *PROFILE_README, *QUALITY, *SPLIT, *DEMO, *LOOP, *COST, *DEMO_METHODS, *TRAINING, *ONDEVICE, *QUANT, *COREML, *COREML_1P7B, *NATIVE, *EXTRA]
+PROFILE_README = [
+    Figure("README.md", "decode went from {b} to {a} ms per token in the profile", "decode_profile_mobilevlm-1.7b-shape.json",
+           {"b": lambda d: f"{load('decode_profile_mobilevlm-1.7b-shape_before.json')['text_decoder_call_ms']['decode_ms']:.1f}",
+            "a": ("text_decoder_call_ms/decode_ms", ".1f")}),
+    Figure("README.md", "ExecuTorch 8da4w decodes {e} tok/s against llama.cpp Q4_0's {l} on the same decoder weights, 2 x86 "
+           "cores, in one run: {d}x llama.cpp's decode and {p}x its prefill, reading the weights at {f} of the measured "
+           "copy bandwidth", _D,
+           {"e": ("results/executorch_8da4w/decode_tokens_per_s", ".2f"), "l": ("llamacpp/decode_tokens_per_s", ".2f"),
+            "d": ("ratios/executorch_vs_llamacpp_decode", ".2f"), "p": ("ratios/executorch_vs_llamacpp_prefill", ".2f"),
+            "f": ("ratios/bandwidth_fraction_8da4w", ".2f")}),
+]
+
+
+def _deploy_row(label: str, runtime: str) -> Figure:
+    return Figure("docs/deploy-executorch.md", f"| {label} | {{d}} ({{lo}}–{{hi}}) | {{p}} | {{t}} | {{v}} | {{l}} | {{f}} MB |", _D,
+                  {"d": (f"results/{runtime}/decode_tokens_per_s", ".2f"),
+                   "lo": (f"results/{runtime}/decode_tokens_per_s_min", ".2f"),
+                   "hi": (f"results/{runtime}/decode_tokens_per_s_max", ".2f"),
+                   "p": (f"results/{runtime}/prefill_tokens_per_s", ".1f"),
+                   "t": (f"results/{runtime}/time_to_first_token_ms", ".0f"),
+                   "v": (f"results/{runtime}/vision_encode_ms", ".0f"),
+                   "l": (f"results/{runtime}/model_load_time_ms", ".0f"),
+                   "f": (f"pte_bytes/{runtime.removeprefix('executorch_')}", "MB.0f")})
+
+
+DEPLOY = [
+    _deploy_row("ExecuTorch XNNPACK 8da4w", "executorch_8da4w"),
+    _deploy_row("ExecuTorch XNNPACK 8da4w, LoRA merged", "executorch_8da4w_merged"),
+    Figure("docs/deploy-executorch.md", "| llama.cpp Q4_0 (llama-cpp-python {ver}) | {d} ({lo}–{hi}) | {p} | — (text only) "
+           "| — | {l} | {f} MB |", _D,
+           {"ver": lambda d: d["llamacpp"]["llama_cpp_python"], "d": ("llamacpp/decode_tokens_per_s", ".2f"),
+            "lo": ("llamacpp/decode_tokens_per_s_min", ".2f"), "hi": ("llamacpp/decode_tokens_per_s_max", ".2f"),
+            "p": ("llamacpp/prefill_tokens_per_s", ".1f"), "l": ("llamacpp/model_load_time_ms", ".0f"),
+            "f": ("llamacpp/gguf_bytes", "MB.0f")}),
+    Figure("docs/deploy-executorch.md", "(`executorch_vs_llamacpp_decode`) | {d} |", _D,
+           {"d": ("ratios/executorch_vs_llamacpp_decode", ".2f")}),
+    Figure("docs/deploy-executorch.md", "(`executorch_vs_llamacpp_prefill`) | {p} |", _D,
+           {"p": ("ratios/executorch_vs_llamacpp_prefill", ".2f")}),
+    Figure("docs/deploy-executorch.md", "| decode bandwidth used, 8da4w | {f} of the {bw} GB/s copy bandwidth ({gb} GB read "
+           "per token) |", _D,
+           {"f": ("ratios/bandwidth_fraction_8da4w", ".2f"), "bw": ("copy_bandwidth_gb_s", ".1f"),
+            "gb": ("decoder_bytes_per_token/8da4w", "GB.2f")}),
+    Figure("docs/deploy-executorch.md", "| merged / base latency (8da4w) | {d} decode, {t} TTFT |", _D,
+           {"d": ("ratios/merged_over_base_decode_latency", ".3f"), "t": ("ratios/merged_over_base_ttft", ".3f")}),
+    Figure("docs/deploy-executorch.md", "the 8da4w decoder at {f} of the copy bandwidth measured in the same run", _D,
+           {"f": ("ratios/bandwidth_fraction_8da4w", ".2f")}),
+    Figure("docs/deploy-executorch.md", "gives the PyTorch model's logits within {r} relative", _D,
+           {"r": ("llamacpp/f32_gguf_vs_pytorch_rel_diff", "short.1e")}),
+    Figure("docs/deploy-executorch.md", "the 8da4w program is within {r} of the torchao-quantized PyTorch modules it was "
+           "lowered from (tolerance 0.15; {f} from the fp32 model", _D,
+           {"r": ("selftest_rel_diff/8da4w", "short.1e"), "f": ("fp32_rel_diff_8da4w/8da4w", ".2f")}),
+    Figure("docs/deploy-executorch.md", "overhead decides: ExecuTorch 8da4w decodes {e} tok/s against llama.cpp's {l} ({d}x; "
+           "prefill {p}x), and ExecuTorch fp32 decodes {f}x PyTorch eager.", "deploy_bench_tiny.json",
+           {"e": ("results/executorch_8da4w/decode_tokens_per_s", ".0f"), "l": ("llamacpp/decode_tokens_per_s", ".0f"),
+            "d": ("ratios/executorch_vs_llamacpp_decode", ".2f"), "p": ("ratios/executorch_vs_llamacpp_prefill", ".2f"),
+            "f": ("ratios/executorch_fp32_over_eager_decode", ".2f")}),
+    Figure("docs/deploy-executorch.md", "the native runner removes the binding cost per token ({q}x the Python bindings' "
+           "8da4w decode", _N, {"q": ("bundles/8da4w/native_over_python/decode_tokens_per_s", ".2f")}),
+    Figure("docs/deploy-executorch.md", "and {r} at the 1.7B shape's 24 layers in `deploy_bench.py`'s run", _D,
+           {"r": ("selftest_rel_diff/8da4w", "short.1e")}),
+]
+
+FIGURES: list[Figure] = [*DEPLOY, *PROFILE_BEFORE, *PROFILE_AFTER, *PROFILE_FINAL, *PROFILE_README, *QUALITY, *SPLIT, *DEMO, *LOOP, *COST, *DEMO_METHODS, *TRAINING, *ONDEVICE, *QUANT, *COREML, *COREML_1P7B, *NATIVE, *EXTRA]
 
 #: Figures in the documents no committed JSON backs yet: (document, the note it carries next to them).
 UNCHECKED: list[tuple[str, str]] = [
-    ("docs/deploy-executorch.md", "**Not yet re-measured.** Every figure in this section comes from an earlier "
-     "`make bench-deploy`"),
-    ("docs/deploy-executorch.md", "7.8e-2 at the 1.7B shape's 24 layers in an earlier run, not yet re-measured"),
-    ("README.md", "(not yet re-measured: an earlier `make bench-deploy` run whose JSON was not kept)"),
     ("docs/hydra.md", "historical figures in this paragraph, which the current code cannot re-measure and no JSON "
      "backs"),
     ("docs/hydra.md", "The rank, reallocation and `--temperature 0.25` figures in the last three points come from the "

@@ -172,7 +172,10 @@ def check(model_dir: Path) -> float:
 
 
 def bench(gguf_path: Path, threads: int, prompt_tokens: int, gen_len: int, runs: int, warmup: int) -> dict:
-    """Prefill ``prompt_tokens`` then ``gen_len`` greedy decode steps; medians (min, max) over ``runs``."""
+    """Prefill ``prompt_tokens`` then ``gen_len`` greedy decode steps; medians (min, max) over ``runs``; the build's
+    CPU kernels (``system_info``: which instruction sets llama.cpp was compiled to use)."""
+    import llama_cpp
+
     t0 = time.perf_counter()
     llm = _llama(gguf_path, threads, prompt_tokens + gen_len + 8)
     load_ms = (time.perf_counter() - t0) * 1000
@@ -198,7 +201,8 @@ def bench(gguf_path: Path, threads: int, prompt_tokens: int, gen_len: int, runs:
             "prefill_tokens_per_s_max": max(prefill),
             "decode_tokens_per_s": statistics.median(decode), "decode_tokens_per_s_min": min(decode),
             "decode_tokens_per_s_max": max(decode), "peak_rss_mb": peak_rss_mb(), "threads": threads,
-            "gguf_bytes": gguf_path.stat().st_size}
+            "gguf_bytes": gguf_path.stat().st_size, "llama_cpp_python": llama_cpp.__version__,
+            "system_info": llama_cpp.llama_print_system_info().decode().strip()}
 
 
 def main() -> None:

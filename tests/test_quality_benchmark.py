@@ -20,11 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_digits_task_uses_the_real_scans_with_disjoint_splits(tmp_path):
     from sklearn.datasets import load_digits
 
-    files = tasks.write_digits_task(tmp_path, n_train=60, n_test=30)
-    train, test = (json.loads(files[s].read_text()) for s in ("train", "test"))
-    assert not {r["image"] for r in train} & {r["image"] for r in test}
+    files = tasks.write_digits_task(tmp_path, n_train=60, n_val=12, n_test=30)
+    train, val, test = (json.loads(files[s].read_text()) for s in ("train", "val", "test"))
+    images = [{r["image"] for r in split} for split in (train, val, test)]
+    assert not images[0] & images[1] and not images[0] & images[2] and not images[1] & images[2]
+    assert (len(train), len(val), len(test)) == (60, 12, 30)
     digits = load_digits()
-    for record in train + test:
+    for record in train + val + test:
         index = int(record["image"].split("_")[1].split(".")[0])
         digit, answer = int(digits.target[index]), record["conversations"][1]["value"]
         expected = {"digit": str(digit), "even": "yes" if digit % 2 == 0 else "no", "plus_one": str(digit + 1)}
@@ -46,8 +48,10 @@ def _blobs(image: np.ndarray, color: str) -> list[np.ndarray]:
 
 
 def test_relations_answers_agree_with_the_pixels(tmp_path):
-    files = tasks.write_relations_task(tmp_path, n_train=90, n_test=3)
-    for record in json.loads(files["train"].read_text()):
+    files = tasks.write_relations_task(tmp_path, n_train=90, n_val=6, n_test=3)
+    val = json.loads(files["val"].read_text())
+    assert len(val) == 6 and not {r["image"] for r in val} & {r["image"] for r in json.loads(files["train"].read_text())}
+    for record in json.loads(files["train"].read_text()) + val:
         image = np.asarray(Image.open(tmp_path / record["image"]).convert("RGB"))
         question, answer = record["conversations"][0]["value"], record["conversations"][1]["value"]
         if record["question_type"] == "count_left":
@@ -96,9 +100,11 @@ def test_benchmark_runs_end_to_end_and_resumes_from_its_cache(tmp_path, capsys):
     from benchmarks.quality.run import QualitySettings, run
 
     settings = QualitySettings(seeds=(0,), methods=("lora", "full"), tasks=("relations",), steps=4, n_train=32,
-                               n_test=12, pretrain=PretrainSettings(n_train=48, n_val=8, stage1_steps=2, stage2_steps=3))
+                               n_val=8, n_test=12, search=False,
+                               pretrain=PretrainSettings(n_train=48, n_val=8, stage1_steps=2, stage2_steps=3))
     first = run(settings, tmp_path, workers=1)
     assert [(r["method"], r["steps"]) for r in first["runs"]] == [("lora", 4), ("full", 4)]
+    assert [r["hyper"]["lr"] for r in first["runs"]] == [settings.lr, settings.full_lr] and "search" not in first
     assert first["summary"]["relations"]["full"]["trainable_parameters"] > 5 * first["summary"]["relations"]["lora"]["trainable_parameters"]
     assert first["pretrain"]["cached"] is False
     capsys.readouterr()
@@ -107,6 +113,54 @@ def test_benchmark_runs_end_to_end_and_resumes_from_its_cache(tmp_path, capsys):
     assert second["pretrain"]["cached"] is True
     assert second["runs"] == first["runs"]
     assert 0.0 <= second["summary"]["relations"]["lora"]["accuracy_mean"] <= 1.0
+
+
+def test_search_chooses_on_validation_only_and_the_test_runs_use_the_choice(tmp_path, monkeypatch):
+    """The search trains each learning rate (then the knob's other values at the best one) on one seed and picks the
+    best mean validation accuracy; the final runs train exactly that, and an ablation inherits its method's choice.
+    Scores are replaced by a function of the hyperparameters whose best is known, with test scores that would pick
+    otherwise: the choice must follow validation."""
+    from benchmarks.quality import run as quality_run
+    from benchmarks.quality.pretrain import PretrainSettings
+
+    def score(value: float) -> dict:
+        return {"overall": {"exact_match": value, "n": 1},
+                "by_type": {t: {"exact_match": value, "n": 1} for t in tasks.REL_QUESTIONS}}
+
+    def fake_train_and_score(job: dict) -> dict:
+        lr, knobs = job["hyper"]["lr"], job["hyper"]["knobs"]
+        assert job["config"]["lr"] == lr and job["config"]["temperature"] == knobs.get("temperature", 0.5)
+        val = {1e-3: 0.2, 2e-3: 0.6, 4e-3: 0.4}[lr] + (0.1 if knobs.get("temperature") == 1.0 else 0.0)
+        test = 1.0 - val  # a test-driven choice would be the worst validation one
+        result = {"task": job["task"], "method": job["method"], "seed": job["seed"], "hyper": job["hyper"],
+                  "train_seconds": 0.0, "steps": 1, "final_train_loss": 0.0, "trainable_parameters": 1,
+                  "val_scores": score(val), "scores": score(test)}
+        out = Path(job["config"]["output_dir"])
+        out.mkdir(parents=True)
+        (out / "quality_result.json").write_text(json.dumps(result))
+        return result
+
+    trained = []
+    monkeypatch.setattr(quality_run, "_train_and_score", lambda job: trained.append(job) or fake_train_and_score(job))
+    settings = quality_run.QualitySettings(
+        seeds=(0, 1), methods=("lora", "hydra", "dynamic"), tasks=("relations",), steps=2, n_train=16, n_val=4,
+        n_test=4, lr_grid=(1e-3, 2e-3, 4e-3), pretrain=PretrainSettings(n_train=48, n_val=8, stage1_steps=2, stage2_steps=3))
+    results = quality_run.run(settings, tmp_path, workers=1)
+    search = results["search"]
+    assert [c["lr"] for c in search["candidates"]["lora"]] == [1e-3, 2e-3, 4e-3]
+    # hydra: the rate first, then its temperature's other values at the best rate
+    assert [(c["lr"], c["knobs"]) for c in search["candidates"]["hydra"][3:]] == [
+        (2e-3, {"temperature": 0.25}), (2e-3, {"temperature": 1.0})]
+    assert "dynamic" not in search["candidates"]
+    assert search["chosen"] == {"lora": {"lr": 2e-3, "knobs": {}}, "hydra": {"lr": 2e-3, "knobs": {"temperature": 1.0}},
+                                "dynamic": {"lr": 2e-3, "knobs": {"temperature": 1.0}}}
+    assert {(r["method"], r["hyper"]["lr"], r["seed"]) for r in results["runs"]} == {
+        (m, 2e-3, seed) for m in ("lora", "hydra", "dynamic") for seed in (0, 1)}
+    assert all(r["hyper"] == search["chosen"][r["method"]] for r in results["runs"])
+    # 3 rates x (lora, hydra) + 2 temperatures, then 6 test runs of which lora's and hydra's seed 0 are the search's
+    assert len(trained) == 8 + 4
+    page = render_markdown({**results, "wall_seconds": 60.0}, json_link="q.json", png_link="q.png")
+    assert "| HyDRA (--schedule hydra) | 0.002 | temperature 1.0 | **70.0** | **70.0** |" in page
 
 
 def test_gpu_recipe_runs_every_step_on_a_tiny_model(tiny_ckpt, synth_data, tmp_path):

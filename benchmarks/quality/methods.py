@@ -30,6 +30,16 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "adaring": ("AdaRing", {"adapter": "adaring", "schedule": "fixed"}),
 }
 
+#: each method's main knob besides the learning rate, searched on the validation split after it:
+#: name -> (TrainConfig key, values; the first is the method's default)
+KNOBS: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "hydra": ("temperature", (0.5, 0.25, 1.0)),
+    "multihead": ("rank_parallel", (None, 3, 5)),  # the split of r0 = 8: 4 + 4 (default), 3 + 5, 5 + 3
+    "dmlora": ("branch_drop_max", (0.5, 0.25, 0.1)),
+}
+#: ablations take the searched settings of the method they ablate, so they isolate its parts
+SEARCH_AS: dict[str, str] = {"hierarchical": "hydra", "dynamic": "hydra"}
+
 
 def adapter_budget(model_dir: Path, overrides: dict[str, Any], rank: int) -> int:
     """Adapter parameters of a method at the start of training (schedules keep this number)."""
@@ -65,14 +75,20 @@ def match_ring_ranks(model_dir: Path, rank: int) -> tuple[dict[str, int], int, i
 
 
 def train_config(method: str, *, model: Path, data: Path, image_folder: Path, output_dir: Path, seed: int,
-                 steps: int, rank: int, lr: float, full_lr: float, batch_size: int,
-                 ring_rank_pattern: dict[str, int], temperature: float = 0.5) -> TrainConfig:
+                 steps: int, rank: int, lr: float, batch_size: int, ring_rank_pattern: dict[str, int],
+                 temperature: float = 0.5, knobs: dict[str, Any] | None = None) -> TrainConfig:
+    """``mobilepeft train``'s settings for one run; ``knobs`` override the method's defaults (a ``None``
+    value keeps the default)."""
     _, overrides = METHODS[method]
     extra: dict[str, Any] = {"ring_rank_pattern": ring_rank_pattern} if method == "adaring" else {}
+    extra.update({"temperature": temperature})
+    extra.update({k: v for k, v in (knobs or {}).items() if v is not None})
+    if extra.get("rank_parallel") is not None:
+        extra["rank_sequential"] = rank - extra["rank_parallel"]
     cfg = TrainConfig.from_flat(dict(model=str(model), data=str(data), image_folder=str(image_folder), output_dir=str(output_dir),
                       seed=seed, max_steps=steps, rank=rank, alpha=2.0 * rank, batch_size=batch_size,
-                      lr=full_lr if method == "full" else lr, warmup_ratio=0.05, max_length=256, save_every=0,
-                      log_every=10, temperature=temperature, **overrides, **extra))
+                      lr=lr, warmup_ratio=0.05, max_length=256, save_every=0,
+                      log_every=10, **overrides, **extra))
     cfg.validate()
     return cfg
 

@@ -134,6 +134,9 @@ def render_markdown(results: dict[str, Any], *, json_link: str, png_link: str) -
                     _pct(summary[t][method]["by_type_mean"][q]) for q in types) + " |")
         lines.append("")
 
+    if "search" in results:
+        lines += _search_section(results)
+
     p = results["pretrain"]
     ps = p["settings"]
     lines += [
@@ -150,7 +153,9 @@ def render_markdown(results: dict[str, Any], *, json_link: str, png_link: str) -
         "questions pretraining never asked: how many shapes of a colour, how many on the left, which shape has a "
         "colour.",
         f"- **Fine-tuning**: {s['steps']} steps, batch {s['batch_size']}, AdamW, cosine schedule with 5% warmup; "
-        f"learning rate {s['lr']:g} for every adapter method, {s['full_lr']:g} for full fine-tuning; "
+        + ("learning rate and main knob chosen per method on the validation split (above); "
+           if "search" in results else
+           f"learning rate {s['lr']:g} for every adapter method, {s['full_lr']:g} for full fine-tuning; ") +
         f"alpha = 2 x rank; seeds {', '.join(str(x) for x in s['seeds'])} change the adapter initialisation, "
         "data order and dropout. Schedules (HyDRA and its ablations) use their defaults "
         f"(docs/hydra.md; temperature {s.get('temperature', 0.5):g}). AdaRing's ring ranks per module type "
@@ -164,6 +169,32 @@ def render_markdown(results: dict[str, Any], *, json_link: str, png_link: str) -
         "",
     ]
     return "\n".join(lines)
+
+
+def _search_section(results: dict[str, Any]) -> list[str]:
+    """The validation search: every candidate's accuracy per task and the choice, per method."""
+    search, labels, tlabels = results["search"], results["method_labels"], results["task_labels"]
+    tasks = results["settings"]["tasks"]
+    lines = ["## Hyperparameter search (validation split)", "",
+             f"Each method's learning rate over {', '.join(f'{x:g}' for x in search['lr_grid'])} (full fine-tuning: "
+             f"{', '.join(f'{x:g}' for x in search['full_lr_grid'])}) with its main knob at the default, then the "
+             "knob's other values at the best rate; seed "
+             f"{search['seed']}, scored on a validation split carved from the training data (never the test split). "
+             "The highest mean validation accuracy over tasks is chosen (**bold**)"
+             + ("; " + ", ".join(f"{labels[m]} takes {labels[a]}'s choice" for m, a in search["as"].items())
+                if search["as"] else "") + ".", "",
+             "| Method | Learning rate | Knob | " + " | ".join(tlabels[t] for t in tasks) + " | Mean |",
+             "|---|---|---|" + "---|" * (len(tasks) + 1)]
+    for method, found in search["candidates"].items():
+        chosen = search["chosen"].get(method)
+        for c in found:
+            knob = ", ".join(f"{k} {v}" for k, v in c["knobs"].items()) or "default"
+            cells = [_pct(c["val_accuracy"][t]) for t in tasks] + [_pct(c["val_accuracy_mean"])]
+            pick = chosen is not None and c["lr"] == chosen["lr"] and c["knobs"] == chosen["knobs"]
+            if pick:
+                cells = [f"**{x}**" for x in cells]
+            lines.append(f"| {labels.get(method, method)} | {c['lr']:g} | {knob} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def render_plot(results: dict[str, Any], path: Path) -> None:

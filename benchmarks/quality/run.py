@@ -13,6 +13,7 @@ interrupted benchmark continues where it stopped. See benchmarks/quality/README.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -30,7 +31,14 @@ if __package__ in (None, ""):  # `python benchmarks/quality/run.py`
     __package__ = "benchmarks.quality"
 
 from benchmarks.quality import tasks  # noqa: E402
-from benchmarks.quality.methods import METHODS, adapter_budget, match_ring_ranks, train_config  # noqa: E402
+from benchmarks.quality.methods import (  # noqa: E402
+    KNOBS,
+    METHODS,
+    SEARCH_AS,
+    adapter_budget,
+    match_ring_ranks,
+    train_config,
+)
 from benchmarks.quality.pretrain import PretrainSettings, pretrained_model  # noqa: E402
 from benchmarks.quality.report import render_markdown, render_plot, summarize  # noqa: E402
 
@@ -44,16 +52,22 @@ TASKS = {
 
 @dataclass(frozen=True)
 class QualitySettings:
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     methods: tuple[str, ...] = tuple(METHODS)
     tasks: tuple[str, ...] = tuple(TASKS)
     rank: int = 8
     steps: int = 500
     batch_size: int = 16
+    #: hyperparameters per method chosen on the validation split (``search``), or ``lr``/``full_lr`` for all
+    search: bool = True
+    lr_grid: tuple[float, ...] = (1e-3, 2e-3, 4e-3, 8e-3)
+    full_lr_grid: tuple[float, ...] = (4e-4, 8e-4, 1.5e-3, 3e-3)
+    search_seed: int = 0
     lr: float = 3e-3
     full_lr: float = 1.5e-3
     temperature: float = 0.5  # the schedules' sensitivity skew (HyDRA's default)
     n_train: int = 3000
+    n_val: int = 450
     n_test: int = 450
     pretrain: PretrainSettings = field(default_factory=PretrainSettings)
 
@@ -74,15 +88,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "quality", help="cache of models, data, runs")
     parser.add_argument("--workers", type=int, default=2, help="runs trained at once (one thread each)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per method and task (>= 3 for a std)")
+    parser.add_argument("--seeds", type=int, default=len(QualitySettings.seeds),
+                        help="seeds per method and task on the test split (>= 3 for a std)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma separated subset of " + ",".join(METHODS))
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma separated subset of " + ",".join(TASKS))
     parser.add_argument("--steps", type=int, default=QualitySettings.steps, help="fine-tuning steps per run")
     parser.add_argument("--temperature", type=float, default=QualitySettings.temperature,
                         help="the schedules' temperature (0 = fixed LoRA); for ablations")
     parser.add_argument("--n-train", type=int, default=QualitySettings.n_train, help="training questions per task")
-    parser.add_argument("--lr", type=float, default=QualitySettings.lr, help="learning rate of the adapter methods")
-    parser.add_argument("--full-lr", type=float, default=QualitySettings.full_lr, help="learning rate of full fine-tuning")
+    parser.add_argument("--no-search", action="store_true",
+                        help="skip the search on the validation split: every adapter method trains at --lr, full "
+                             "fine-tuning at --full-lr")
+    parser.add_argument("--lr-grid", default=",".join(f"{x:g}" for x in QualitySettings.lr_grid),
+                        help="learning rates searched for the adapter methods")
+    parser.add_argument("--full-lr-grid", default=",".join(f"{x:g}" for x in QualitySettings.full_lr_grid),
+                        help="learning rates searched for full fine-tuning")
+    parser.add_argument("--lr", type=float, default=QualitySettings.lr, help="with --no-search: the adapter methods' rate")
+    parser.add_argument("--full-lr", type=float, default=QualitySettings.full_lr,
+                        help="with --no-search: full fine-tuning's rate")
     parser.add_argument("--results", type=Path, default=DOCS / "results" / "quality.json")
     parser.add_argument("--markdown", type=Path, default=DOCS / "results.md")
     parser.add_argument("--render-only", action="store_true",
@@ -97,9 +120,17 @@ def main(argv: list[str] | None = None) -> int:
         for value in methods if name == "method" else task_names:
             if value not in known:
                 parser.error(f"unknown {name} {value!r}; choose from {', '.join(known)}")
+    grids = {}
+    for flag in ("lr_grid", "full_lr_grid"):
+        try:
+            grids[flag] = tuple(float(x) for x in getattr(args, flag).split(",") if x.strip())
+        except ValueError:
+            parser.error(f"--{flag.replace('_', '-')}: comma separated numbers, got {getattr(args, flag)!r}")
+        if not grids[flag] or min(grids[flag]) <= 0:
+            parser.error(f"--{flag.replace('_', '-')}: at least one rate, every rate > 0")
     settings = QualitySettings(seeds=tuple(range(args.seeds)), methods=methods, tasks=task_names, steps=args.steps,
-                               lr=args.lr, full_lr=args.full_lr, n_train=args.n_train,
-                               temperature=args.temperature)
+                               search=not args.no_search, **grids, lr=args.lr, full_lr=args.full_lr,
+                               n_train=args.n_train, temperature=args.temperature)
     t0 = time.perf_counter()
     results = run(settings, args.work, workers=args.workers)
     results["wall_seconds"] = time.perf_counter() - t0
@@ -128,6 +159,9 @@ def _link(target: Path, page: Path) -> str:
 
 
 def run(settings: QualitySettings, work: Path, *, workers: int = 2) -> dict[str, Any]:
+    """Pretrain (cached), write the tasks, search each method's hyperparameters on the validation split
+    (unless ``settings.search`` is off), then train every method x task x seed with its chosen settings
+    and score it on the test split. Every run is cached by what it depends on."""
     import torch
 
     from mobilepeft.evaluation.eval_set import load_eval_set
@@ -139,10 +173,10 @@ def run(settings: QualitySettings, work: Path, *, workers: int = 2) -> dict[str,
     base, pretrain_record = pretrained_model(work, settings.pretrain)
     data: dict[str, dict[str, Path]] = {}
     for name in settings.tasks:
-        folder = work / "data" / f"{name}-{settings.n_train}-{settings.n_test}-{data_version()}"
+        folder = work / "data" / f"{name}-{settings.n_train}-{settings.n_val}-{settings.n_test}-{data_version()}"
         if not (folder / "test.json").is_file():
-            TASKS[name][1](folder, n_train=settings.n_train, n_test=settings.n_test)
-        data[name] = {"train": folder / "train.json", "test": folder / "test.json", "folder": folder}
+            TASKS[name][1](folder, n_train=settings.n_train, n_val=settings.n_val, n_test=settings.n_test)
+        data[name] = {split: folder / f"{split}.json" for split in ("train", "val", "test")} | {"folder": folder}
 
     pattern, ring_params, lora_params = match_ring_ranks(base, settings.rank)
     budgets = {}
@@ -164,34 +198,24 @@ def run(settings: QualitySettings, work: Path, *, workers: int = 2) -> dict[str,
         zero_shot[name] = evaluate_answers(model, items, data[name]["folder"], batch_size=50, max_new_tokens=4).to_dict()
     del model
 
-    jobs = []
-    for name in settings.tasks:
-        for m in settings.methods:
-            for seed in settings.seeds:
-                out = work / "runs" / settings.run_key() / name / m / f"seed{seed}"
-                cfg = train_config(m, model=base, data=data[name]["train"], image_folder=data[name]["folder"],
-                                   output_dir=out, seed=seed, steps=settings.steps, rank=settings.rank,
-                                   lr=settings.lr, full_lr=settings.full_lr, batch_size=settings.batch_size,
-                                   ring_rank_pattern=pattern, temperature=settings.temperature)
-                jobs.append({"task": name, "method": m, "seed": seed, "config": cfg.to_flat(),
-                             "test": str(data[name]["test"]), "folder": str(data[name]["folder"])})
-    runs = []
-    todo = []
-    for job in jobs:
-        cached = Path(job["config"]["output_dir"]) / "quality_result.json"
-        if cached.is_file():
-            runs.append(json.loads(cached.read_text()))
-        else:
-            todo.append(job)
-    print(f"{len(jobs)} runs: {len(jobs) - len(todo)} cached, {len(todo)} to train on {workers} worker(s)")
-    if todo:
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(workers, initializer=_worker_init) as pool:
-            for k, result in enumerate(pool.imap_unordered(_train_and_score, todo), start=1):
-                runs.append(result)
-                print(f"[{k}/{len(todo)}] {result['task']:<10} {result['method']:<13} seed {result['seed']}: "
-                      f"accuracy {result['scores']['overall']['exact_match']:.1%}  "
-                      f"({result['train_seconds']:.0f} s)", flush=True)
+    def job(task: str, method: str, seed: int, hyper: dict[str, Any]) -> dict[str, Any]:
+        out = work / "runs" / settings.run_key() / task / method / _tag(hyper) / f"seed{seed}"
+        cfg = train_config(method, model=base, data=data[task]["train"], image_folder=data[task]["folder"],
+                           output_dir=out, seed=seed, steps=settings.steps, rank=settings.rank, lr=hyper["lr"],
+                           batch_size=settings.batch_size, ring_rank_pattern=pattern,
+                           temperature=settings.temperature, knobs=hyper["knobs"])
+        return {"task": task, "method": method, "seed": seed, "hyper": hyper, "config": cfg.to_flat(),
+                "val": str(data[task]["val"]), "test": str(data[task]["test"]), "folder": str(data[task]["folder"])}
+
+    if settings.search:
+        search = _search(settings, job, workers)
+        chosen = search["chosen"]
+    else:
+        search = None
+        chosen = {m: {"lr": settings.full_lr if m == "full" else settings.lr, "knobs": {}} for m in settings.methods}
+    print("test runs with the chosen settings:")
+    runs = _execute([job(t, m, seed, chosen[m]) for t in settings.tasks for m in settings.methods
+                     for seed in settings.seeds], workers, split="test")
     runs.sort(key=lambda r: (settings.tasks.index(r["task"]), settings.methods.index(r["method"]), r["seed"]))
     chance = {name: _chance(data[name]["test"]) for name in settings.tasks}
     results = {
@@ -207,10 +231,84 @@ def run(settings: QualitySettings, work: Path, *, workers: int = 2) -> dict[str,
                    "adaring_parameters": ring_params, "methods": budgets},
         "chance": chance,
         "zero_shot": zero_shot,
+        **({"search": search} if search else {}),
         "runs": runs,
     }
     results["summary"] = summarize(results)
     return results
+
+
+def _tag(hyper: dict[str, Any]) -> str:
+    """A run's folder name from its searched settings: ``lr0.002``, ``lr0.002-temperature0.25``."""
+    knobs = "".join(f"-{k}{v}" for k, v in sorted(hyper["knobs"].items()) if v is not None)
+    return f"lr{hyper['lr']:g}{knobs}"
+
+
+def _search(settings: QualitySettings, job, workers: int) -> dict[str, Any]:
+    """Each method's learning rate over its grid (knob at its default), then its knob's other values at the best
+    rate; one seed, every task, scored on the validation split only. The choice maximises the mean validation
+    accuracy over tasks (ties go to the earlier candidate: the default knob, the lower rate). Ablations take the
+    choice of the method they ablate (``SEARCH_AS``)."""
+    searched = list(dict.fromkeys(SEARCH_AS.get(m, m) for m in settings.methods))
+    seed = settings.search_seed
+
+    def candidates(hypers: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+        jobs = [job(t, m, seed, h) for m, hs in hypers.items() for h in hs for t in settings.tasks]
+        by_key: dict[tuple[str, str], dict[str, float]] = {}
+        for r in _execute(jobs, workers, split="val"):
+            by_key.setdefault((r["method"], _tag(r["hyper"])), {})[r["task"]] = r["val_scores"]["overall"]["exact_match"]
+        return {m: [{**h, "val_accuracy": by_key[(m, _tag(h))],
+                     "val_accuracy_mean": statistics.fmean(by_key[(m, _tag(h))].values())} for h in hs]
+                for m, hs in hypers.items()}
+
+    print(f"search on the validation split (seed {seed}): learning rate")
+    found = candidates({m: [{"lr": lr, "knobs": {}} for lr in (settings.full_lr_grid if m == "full" else settings.lr_grid)]
+                        for m in searched})
+    knob_hypers = {}
+    for m in searched:
+        if m in KNOBS:
+            best_lr = max(found[m], key=lambda c: c["val_accuracy_mean"])["lr"]
+            key, values = KNOBS[m]
+            knob_hypers[m] = [{"lr": best_lr, "knobs": {key: v}} for v in values[1:]]
+    if knob_hypers:
+        print("search on the validation split: " + ", ".join(f"{m} {KNOBS[m][0]}" for m in knob_hypers))
+        for m, extra in candidates(knob_hypers).items():
+            found[m] += extra
+    chosen = {}
+    for m in settings.methods:
+        best = max(found[SEARCH_AS.get(m, m)], key=lambda c: c["val_accuracy_mean"])
+        chosen[m] = {"lr": best["lr"], "knobs": best["knobs"]}
+    return {"seed": seed, "split": "val", "lr_grid": list(settings.lr_grid), "full_lr_grid": list(settings.full_lr_grid),
+            "knobs": {m: {"key": KNOBS[m][0], "values": list(KNOBS[m][1])} for m in searched if m in KNOBS},
+            "as": {m: SEARCH_AS[m] for m in settings.methods if m in SEARCH_AS},
+            "candidates": found, "chosen": chosen}
+
+
+def _execute(jobs: list[dict[str, Any]], workers: int, *, split: str) -> list[dict[str, Any]]:
+    """Train and score ``jobs`` (cached ones are read back), two at a time by default; ``split`` only names
+    the score printed as runs finish."""
+    runs, todo = [], []
+    for one in jobs:
+        cached = Path(one["config"]["output_dir"]) / "quality_result.json"
+        if cached.is_file():
+            runs.append(json.loads(cached.read_text()))
+        else:
+            todo.append(one)
+    print(f"{len(jobs)} runs: {len(jobs) - len(todo)} cached, {len(todo)} to train on {workers} worker(s)")
+    if not todo:
+        return runs
+    with contextlib.ExitStack() as stack:
+        if workers == 1:
+            done = map(_train_and_score, todo)
+        else:
+            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init))
+            done = pool.imap_unordered(_train_and_score, todo)
+        for k, result in enumerate(done, start=1):
+            runs.append(result)
+            score = result["val_scores" if split == "val" else "scores"]["overall"]["exact_match"]
+            print(f"[{k}/{len(todo)}] {result['task']:<10} {result['method']:<13} {_tag(result['hyper']):<28} "
+                  f"seed {result['seed']}: {split} accuracy {score:.1%}  ({result['train_seconds']:.0f} s)", flush=True)
+    return runs
 
 
 def _worker_init() -> None:
@@ -234,11 +332,12 @@ def _train_and_score(job: dict[str, Any]) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     model = trainer.model
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    items = load_eval_set(job["test"], job["folder"])
-    report = evaluate_answers(model, items, job["folder"], batch_size=50, max_new_tokens=4)
-    result = {"task": job["task"], "method": job["method"], "seed": job["seed"], "train_seconds": seconds,
-              "steps": trained.steps, "final_train_loss": trained.final_loss, "trainable_parameters": trainable,
-              "scores": report.to_dict()}
+    scores = {split: evaluate_answers(model, load_eval_set(job[split], job["folder"]), job["folder"], batch_size=50,
+                                      max_new_tokens=4).to_dict() for split in ("val", "test")}
+    # The search reads only val_scores; a run's test score enters the results only as a run of the chosen settings.
+    result = {"task": job["task"], "method": job["method"], "seed": job["seed"], "hyper": job["hyper"],
+              "train_seconds": seconds, "steps": trained.steps, "final_train_loss": trained.final_loss,
+              "trainable_parameters": trainable, "val_scores": scores["val"], "scores": scores["test"]}
     if (Path(cfg.output.dir) / "rank_history.json").is_file():
         events = json.loads((Path(cfg.output.dir) / "rank_history.json").read_text())["events"]
         ranks = list(events[-1]["ranks"].values())

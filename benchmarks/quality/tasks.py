@@ -69,17 +69,20 @@ def write_pretrain_corpus(out_dir: Path, *, n_train: int, n_val: int) -> dict[st
     return write_synthetic_dataset(out_dir, n_train=n_train, n_val=n_val, image_size=IMAGE_SIZE, seed=1234)
 
 
-def write_digits_task(out_dir: Path, *, n_train: int, n_test: int) -> dict[str, Path]:
-    """``train.json`` / ``test.json`` over disjoint halves of the scans (train: the first 2/3)."""
+def write_digits_task(out_dir: Path, *, n_train: int, n_val: int, n_test: int) -> dict[str, Path]:
+    """``train.json`` / ``val.json`` / ``test.json`` over disjoint sets of scans: test gets the last third;
+    validation is carved from the training two thirds (in proportion to ``n_val``), so hyperparameters are
+    chosen on scans that neither training nor the test ever sees."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     order = list(range(len(digits.target)))
     random.Random("mobilepeft-quality/digits").shuffle(order)
     cut = len(order) * 2 // 3
-    pools = {"train": order[:cut], "test": order[cut:]}
+    held = max(1, cut * n_val // (n_train + n_val)) if n_val else 0
+    pools = {"train": order[:cut - held], "val": order[cut - held:cut], "test": order[cut:]}
     out: dict[str, Path] = {}
-    for split, count in (("train", n_train), ("test", n_test)):
+    for split, count in (("train", n_train), ("val", n_val), ("test", n_test)):
         rng = random.Random(f"mobilepeft-quality/digits/{split}")
         records = []
         for k in range(count):
@@ -97,20 +100,24 @@ def write_digits_task(out_dir: Path, *, n_train: int, n_test: int) -> dict[str, 
     return out
 
 
-def write_relations_task(out_dir: Path, *, n_train: int, n_test: int) -> dict[str, Path]:
+def write_relations_task(out_dir: Path, *, n_train: int, n_val: int, n_test: int) -> dict[str, Path]:
+    """Scenes drawn fresh per question; validation is the tail of the training stream (the same generator)."""
     out: dict[str, Path] = {}
-    for split, count in (("train", n_train), ("test", n_test)):
-        rng = random.Random(f"mobilepeft-quality/relations/{split}")
+    streams = {"train": ("train", n_train + n_val), "test": ("test", n_test)}
+    for stream, count in streams.values():
+        rng = random.Random(f"mobilepeft-quality/relations/{stream}")
         records = []
         for k in range(count):
             qtype = list(REL_QUESTIONS)[k % len(REL_QUESTIONS)]
             color = rng.choice(REL_COLORS)
             image, answer = _relations_scene(rng, qtype, color)
-            name = f"images/{split}_{k:05d}.png"
+            name = f"images/{stream}_{k:05d}.png"
             _write_png(out_dir / name, image)
-            records.append(_record(f"{split}-{k:05d}", name, qtype, REL_QUESTIONS[qtype](color), answer))
-        write_json(out_dir / f"{split}.json", records)
-        out[split] = out_dir / f"{split}.json"
+            records.append(_record(f"{stream}-{k:05d}", name, qtype, REL_QUESTIONS[qtype](color), answer))
+        splits = {"train": records[:n_train], "val": records[n_train:]} if stream == "train" else {"test": records}
+        for split, chunk in splits.items():
+            write_json(out_dir / f"{split}.json", chunk)
+            out[split] = out_dir / f"{split}.json"
     return out
 
 

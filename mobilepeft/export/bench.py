@@ -162,9 +162,17 @@ def _summary(samples: list[dict[str, float]], load_ms: float) -> dict[str, float
 
 
 def peak_rss_mb() -> float:
-    """This process's RSS high-water mark in MiB."""
+    """This process's RSS high-water mark in MiB.
+
+    On Linux from ``VmHWM``: ``getrusage``'s maximum survives ``exec``, so a process started from a big one
+    (a benchmark's subprocess) would report its parent's size at the fork."""
     import resource
 
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1 << 20) if platform.system() == "Darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 

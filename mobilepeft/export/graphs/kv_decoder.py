@@ -26,7 +26,7 @@ class StaticCacheDecoder(nn.Module):
                  fused_attention: bool = False) -> None:
         super().__init__()
         # Core ML fuses scaled_dot_product_attention into one op; ExecuTorch decomposes it into copies of the
-        # whole cache, so its program gets attention as batched matmuls on views of the cache (_attention).
+        # whole cache, so its program gets attention as batched matmuls straight on the caches (_attention).
         self.fused_attention = fused_attention
         # index_copy at arbitrary positions (ExecuTorch) or one slice starting at cache_position[0]
         # (Core ML has no index_copy; its slice_update takes a runtime offset). Runners always write
@@ -40,7 +40,11 @@ class StaticCacheDecoder(nn.Module):
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        shape = (1, self.num_kv_heads, max_seq_len, self.head_dim)
+        # The bmm attention reads the caches as [heads, seq, head dim] with no batch axis: a [1,H,S,Dh] cache
+        # viewed as 3-D is a static reshape, which XNNPACK performs as a copy of the whole cache per layer.
+        shape = (self.num_kv_heads, max_seq_len, self.head_dim)
+        if fused_attention:
+            shape = (1, *shape)
         dtype = next(llm.parameters()).dtype
         # One buffer per layer and kind: whole-buffer updates lower to far smaller graphs than
         # slices of one stacked cache.
@@ -97,38 +101,41 @@ class StaticCacheDecoder(nn.Module):
         k = attn.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = attn.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        if keys.dim() == 3:
+            k, v = k[0], v[0]
         keys = self._write(keys, k, cache_position, in_place)
         values = self._write(values, v, cache_position, in_place)
         # Grouped-query heads repeat the cache (MobileVLM's decoders have none; the tiny test model does).
         groups = self.num_heads // self.num_kv_heads
         if groups > 1:
-            keys_all, values_all = keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
+            keys_all, values_all = keys.repeat_interleave(groups, dim=-3), values.repeat_interleave(groups, dim=-3)
         else:
             keys_all, values_all = keys, values
         if self.fused_attention:
             out = F.scaled_dot_product_attention(q, keys_all, values_all, attn_mask=mask[None, None])
             return attn.o_proj(out.transpose(1, 2).reshape(batch, length, -1)), keys, values
-        # Attention as 3-D batched matmuls over the heads on views of the cache ([1,H,S,Dh] -> [H,S,Dh]): SDPA's
-        # decomposition broadcast-copied the whole cache every layer (docs/deploy-executorch.md).
-        shape = (self.num_heads, self.max_seq_len, self.head_dim)
+        # Attention as 3-D batched matmuls over the heads, straight on the [H,S,Dh] caches: SDPA's decomposition
+        # broadcast-copied the whole cache every layer (docs/deploy-executorch.md).
         q = q.reshape(self.num_heads, length, self.head_dim) * self.head_dim ** -0.5
-        scores = torch.bmm(q, keys_all.reshape(shape).transpose(1, 2)) + mask
-        out = torch.bmm(torch.softmax(scores, dim=-1), values_all.reshape(shape))
+        scores = torch.bmm(q, keys_all.transpose(1, 2)) + mask
+        out = torch.bmm(torch.softmax(scores, dim=-1), values_all)
         return attn.o_proj(out.transpose(0, 1).reshape(batch, length, -1)), keys, values
 
     def _write(self, cache: torch.Tensor, update: torch.Tensor, cache_position: torch.Tensor,
                in_place: bool) -> torch.Tensor:
-        """Put ``update`` [1,H,T,Dh] at ``cache_position`` along the sequence axis of ``cache``."""
+        """Put ``update`` ([..., H, T, Dh], as ``cache``) at ``cache_position`` along the sequence axis of ``cache``."""
+        seq = cache.dim() - 2
         if not self.contiguous_writes:
             # In place on a buffer, this becomes a mutable buffer in torch.export.
-            return cache.index_copy_(2, cache_position, update) if in_place else cache.index_copy(2, cache_position, update)
+            return cache.index_copy_(seq, cache_position, update) if in_place else cache.index_copy(seq, cache_position, update)
         start = cache_position[0].item()
+        length = update.shape[seq]
         torch._check(start >= 0)
-        torch._check(start + update.shape[2] <= self.max_seq_len)
+        torch._check(start + length <= self.max_seq_len)
         if in_place:
-            cache[:, :, start:start + update.shape[2]] = update
+            cache[..., start:start + length, :] = update
             return cache
-        return torch.slice_scatter(cache, update, dim=2, start=start, end=start + update.shape[2])
+        return torch.slice_scatter(cache, update, dim=seq, start=start, end=start + length)
 
 
 class TokenEmbedding(nn.Module):
