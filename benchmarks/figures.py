@@ -206,6 +206,42 @@ QUALITY = [
             "time": _train_time_ratio("multihead", "lora")}),
 ]
 
+def _chosen_val_accuracy(method: str) -> Callable[[dict], str]:
+    """Mean validation accuracy of the candidate the search chose for ``method``."""
+    def value(d: dict) -> str:
+        chosen = d["search"]["chosen"][method]
+        c = next(c for c in d["search"]["candidates"][method]
+                 if c["lr"] == chosen["lr"] and c["knobs"] == chosen["knobs"])
+        return f"{100 * c['val_accuracy_mean']:.1f}"
+    return value
+
+
+def _mean_diff_over_tasks(a: str, b: str) -> Callable[[dict], str]:
+    def value(d: dict) -> str:
+        diffs = [d["summary"][t][a]["accuracy_mean"] - d["summary"][t][b]["accuracy_mean"] for t in d["settings"]["tasks"]]
+        return fmt(100 * statistics.fmean(diffs), "pm.1f")
+    return value
+
+
+QUALITY_SEARCH = [
+    Figure("docs/hydra.md", "docs/results/quality_search_lora_hydra.json`, {minutes} min on 2 CPU cores). The search "
+           "chose learning rate {llr} for LoRA and {hlr} at temperature {ht} for HyDRA (mean validation accuracy "
+           "{lv}% and {hv}%). On test, HyDRA scores {hd} ± {hds}% against LoRA's {ld} ± {lds}% on digits "
+           "({dd} ± {dse} points) and {hr} ± {hrs}% against {lr} ± {lrs}% on relations ({dr} ± {rse}): a "
+           "mean of {mean} points over the two tasks", "quality_search_lora_hydra.json",
+           {"minutes": ("wall_seconds", "min.0f"),
+            "llr": ("search/chosen/lora/lr", "g"), "hlr": ("search/chosen/hydra/lr", "g"),
+            "ht": ("search/chosen/hydra/knobs/temperature", "g"),
+            "lv": _chosen_val_accuracy("lora"), "hv": _chosen_val_accuracy("hydra"),
+            "hd": quality_mean("digits", "hydra"), "hds": quality_mean("digits", "hydra", "accuracy_std"),
+            "ld": quality_mean("digits", "lora"), "lds": quality_mean("digits", "lora", "accuracy_std"),
+            "hr": quality_mean("relations", "hydra"), "hrs": quality_mean("relations", "hydra", "accuracy_std"),
+            "lr": quality_mean("relations", "lora"), "lrs": quality_mean("relations", "lora", "accuracy_std"),
+            "dd": quality_diff("digits", "hydra", "lora"), "dse": quality_diff("digits", "hydra", "lora", se=True),
+            "dr": quality_diff("relations", "hydra", "lora"), "rse": quality_diff("relations", "hydra", "lora", se=True),
+            "mean": _mean_diff_over_tasks("hydra", "lora")}),
+]
+
 DEMO = [
     Figure("README.md", " val loss {before} -> {after}\n", "demo.json",
            {"before": ("runs/lora:hydra/eval_before/loss", ".3f"), "after": ("runs/lora:hydra/eval_after/loss", ".3f")}),
@@ -805,7 +841,7 @@ DEPLOY = [
            {"r": ("selftest_rel_diff/8da4w", "short.1e")}),
 ]
 
-FIGURES: list[Figure] = [*DEPLOY, *PROFILE_BEFORE, *PROFILE_AFTER, *PROFILE_FINAL, *PROFILE_README, *QUALITY, *SPLIT, *DEMO, *LOOP, *COST, *DEMO_METHODS, *TRAINING, *ONDEVICE, *QUANT, *COREML, *COREML_1P7B, *NATIVE, *EXTRA]
+FIGURES: list[Figure] = [*DEPLOY, *PROFILE_BEFORE, *PROFILE_AFTER, *PROFILE_FINAL, *PROFILE_README, *QUALITY, *QUALITY_SEARCH, *SPLIT, *DEMO, *LOOP, *COST, *DEMO_METHODS, *TRAINING, *ONDEVICE, *QUANT, *COREML, *COREML_1P7B, *NATIVE, *EXTRA]
 
 #: Figures in the documents no committed JSON backs yet: (document, the note it carries next to them).
 UNCHECKED: list[tuple[str, str]] = [

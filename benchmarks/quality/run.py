@@ -30,6 +30,7 @@ if __package__ in (None, ""):  # `python benchmarks/quality/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     __package__ = "benchmarks.quality"
 
+from benchmarks.common import run_meta  # noqa: E402
 from benchmarks.quality import tasks  # noqa: E402
 from benchmarks.quality.methods import (  # noqa: E402
     KNOBS,
@@ -134,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     results = run(settings, args.work, workers=args.workers)
     results["wall_seconds"] = time.perf_counter() - t0
+    command = " ".join(["python -m benchmarks.quality.run", *(argv if argv is not None else sys.argv[1:])])
+    results["command"] = command
+    results["meta"] = {**run_meta(), "command": command}
 
     from mobilepeft.io import write_json
 
@@ -220,7 +224,6 @@ def run(settings: QualitySettings, work: Path, *, workers: int = 2) -> dict[str,
     chance = {name: _chance(data[name]["test"]) for name in settings.tasks}
     results = {
         "benchmark": "quality",
-        "command": "make bench-quality",
         "environment": {"torch": torch.__version__, "machine": platform.machine(), "python": platform.python_version(),
                         "workers": workers, "threads_per_worker": 1},
         "settings": asdict(settings),
