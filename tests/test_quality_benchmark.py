@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.quality import tasks
-from benchmarks.quality.methods import METHODS, adapter_budget, match_ring_ranks
+from benchmarks.quality.methods import METHODS, TABLE, adapter_budget, match_ring_ranks
 from benchmarks.quality.report import render_markdown, summarize
 from mobilepeft.data.synth import COLORS
 
@@ -72,7 +72,7 @@ def test_relations_answers_agree_with_the_pixels(tmp_path):
 def test_every_lora_family_method_gets_the_same_budget(tiny_ckpt):
     lora = adapter_budget(tiny_ckpt, METHODS["lora"][1], 8)
     assert lora == 8 * 4 * (256 + 192 + 192 + 256 + 3 * 480)  # r (in + out) over 7 linears x 4 layers
-    for name in ("hydra", "hierarchical", "dynamic"):
+    for name in ("hydra", "hierarchical", "dynamic", "hydra_rank", "hydra_veto"):
         assert adapter_budget(tiny_ckpt, METHODS[name][1], 8) == lora, name
     # Hydra multi-head: the sequential branch maps out -> out, so non-square layers cost r_s (out - in) more
     assert adapter_budget(tiny_ckpt, METHODS["multihead"][1], 8) - lora == 4 * 4 * (2 * -64 + 2 * 224 - 224)
@@ -91,7 +91,7 @@ def test_published_table_is_rendered_from_the_published_json():
     page = render_markdown(results, json_link="results/quality.json", png_link="results/quality.png")
     assert (ROOT / "docs" / "results.md").read_text() == page
     assert len(results["settings"]["seeds"]) >= 3 and results["wall_seconds"] <= 3600
-    assert set(results["settings"]["methods"]) == set(METHODS)
+    assert set(results["settings"]["methods"]) == set(TABLE)
     assert (ROOT / "docs" / "results" / "quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -70,6 +70,26 @@ def test_allocation_follows_sensitivity_per_parameter():
     assert sum(ranks.values()) == 32
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rank_allocation_keeps_the_invariants_and_does_not_starve_wide_modules(seed):
+    infos = _random_infos(seed)
+    bounds = Bounds(r_min=2, r_max=32, granule=2)
+    for temperature in (0.0, 1.0):  # invariants and τ = 0 = fixed LoRA hold for both criteria
+        sens = {n: random.Random(seed).lognormvariate(0, 2) for n in infos}
+        ranks = round_to_budget(hierarchical_targets(infos, sens, temperature, "rank"), infos, bounds)
+        check_allocation(ranks, infos, bounds)
+        if temperature == 0.0:
+            assert ranks == {n: i.base_rank for n, i in infos.items()}
+    # equal sensitivity everywhere: per rank unit leaves every branch at its fixed-LoRA rank, per
+    # parameter moves rank from the wide MLP projections (cost 960) to the narrow v (cost 320)
+    flat = dict.fromkeys(infos, 1.0)
+    per_rank = round_to_budget(hierarchical_targets(infos, flat, 1.0, "rank"), infos, bounds)
+    per_param = round_to_budget(hierarchical_targets(infos, flat, 1.0, "parameter"), infos, bounds)
+    assert per_rank == {n: i.base_rank for n, i in infos.items()}
+    wide = [n for n in infos if n.endswith((".up", ".down"))]
+    assert sum(per_param[n] for n in wide) < sum(infos[n].base_rank for n in wide)
+
+
 def _trained(layer, seed=0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -195,6 +215,22 @@ def test_hydra_run_reallocates_within_budget_without_spikes(tiny_ckpt, synth_dat
     info = summarize_adapter(result.adapter_dir)  # what `mobilepeft adapter info` prints
     assert info.nominal_rank == 8 and 0.98 < info.budget_ratio <= 1.0
     assert_peft_equal(tiny_ckpt, result.adapter_dir)
+
+
+def test_veto_blocks_moves_predicted_within_the_loss_noise(tiny_ckpt, synth_data, tmp_path):
+    def moves(veto: float) -> tuple[int, int]:
+        out = tmp_path / f"veto{veto}"
+        cfg = _cfg(tiny_ckpt, synth_data, out, max_steps=40, schedule="dynamic", realloc_every=4,
+                   realloc_window=[0.1, 0.9], batch_size=16, veto=veto)
+        Trainer(cfg, progress=False).run()
+        history = json.loads((out / "rank_history.json").read_text())
+        dynamic = [e for e in history["events"] if e["kind"] == "dynamic"]
+        return sum(len(e["moves"]) for e in dynamic), len(dynamic)
+
+    free, events = moves(0.0)
+    vetoed, events_vetoed = moves(1e6)
+    assert events == events_vetoed > 0
+    assert free > 0 and vetoed == 0, (free, vetoed)
 
 
 def test_hydra_resume_is_exact(tiny_ckpt, synth_data, tmp_path):

@@ -25,10 +25,17 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "hydra": ("HyDRA (--schedule hydra)", {"adapter": "lora", "schedule": "hydra"}),
     "hierarchical": ("HyDRA: hierarchical only", {"adapter": "lora", "schedule": "hierarchical"}),
     "dynamic": ("HyDRA: dynamic only", {"adapter": "lora", "schedule": "dynamic"}),
+    "hydra_rank": ("HyDRA: sensitivity per rank unit", {"adapter": "lora", "schedule": "hydra", "allocation": "rank"}),
+    "hydra_veto": ("HyDRA: moves vetoed within noise", {"adapter": "lora", "schedule": "hydra", "veto": 1.0}),
     "multihead": ("Hydra multi-head", {"adapter": "multihead", "schedule": "fixed"}),
     "dmlora": ("DMLoRA", {"adapter": "dmlora", "schedule": "fixed"}),
     "adaring": ("AdaRing", {"adapter": "adaring", "schedule": "fixed"}),
 }
+
+#: HyDRA's options (docs/hydra.md), ablated beside it with ``--methods``; the published table
+#: (:data:`TABLE`) compares the methods without them
+VARIANTS = ("hydra_rank", "hydra_veto")
+TABLE = tuple(m for m in METHODS if m not in VARIANTS)
 
 #: each method's main knob besides the learning rate, searched on the validation split after it:
 #: name -> (TrainConfig key, values; the first is the method's default)
@@ -38,7 +45,7 @@ KNOBS: dict[str, tuple[str, tuple[Any, ...]]] = {
     "dmlora": ("branch_drop_max", (0.5, 0.25, 0.1)),
 }
 #: ablations take the searched settings of the method they ablate, so they isolate its parts
-SEARCH_AS: dict[str, str] = {"hierarchical": "hydra", "dynamic": "hydra"}
+SEARCH_AS: dict[str, str] = {"hierarchical": "hydra", "dynamic": "hydra", "hydra_rank": "hydra", "hydra_veto": "hydra"}
 
 
 def adapter_budget(model_dir: Path, overrides: dict[str, Any], rank: int) -> int:

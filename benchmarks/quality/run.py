@@ -36,6 +36,8 @@ from benchmarks.quality.methods import (  # noqa: E402
     KNOBS,
     METHODS,
     SEARCH_AS,
+    TABLE,
+    VARIANTS,
     adapter_budget,
     match_ring_ranks,
     train_config,
@@ -54,7 +56,7 @@ TASKS = {
 @dataclass(frozen=True)
 class QualitySettings:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    methods: tuple[str, ...] = tuple(METHODS)
+    methods: tuple[str, ...] = TABLE
     tasks: tuple[str, ...] = tuple(TASKS)
     rank: int = 8
     steps: int = 500
@@ -91,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="runs trained at once (one thread each)")
     parser.add_argument("--seeds", type=int, default=len(QualitySettings.seeds),
                         help="seeds per method and task on the test split (>= 3 for a std)")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma separated subset of " + ",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(TABLE),
+                        help="comma separated, from " + ",".join(METHODS) + f" (default: all but {', '.join(VARIANTS)})")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma separated subset of " + ",".join(TASKS))
     parser.add_argument("--steps", type=int, default=QualitySettings.steps, help="fine-tuning steps per run")
     parser.add_argument("--temperature", type=float, default=QualitySettings.temperature,

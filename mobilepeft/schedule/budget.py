@@ -9,7 +9,9 @@ Coarse: the budget goes to modality groups (vision tower, LLM) and inside them t
 blocks in proportion to C·(S/C)^τ, C being the block's fixed-LoRA cost and S its summed
 sensitivity. Fine: inside a block, r_m ∝ (S_m/c_m)^τ. Both use sensitivity per parameter, so
 τ = 0 gives every branch exactly r0 — fixed LoRA — even where blocks differ in size; the
-spec's literal r_m ∝ S_m^τ/c_m would not (docs/hydra.md).
+spec's literal r_m ∝ S_m^τ/c_m would not (docs/hydra.md). The ``rank`` allocation uses
+sensitivity per rank unit instead (S/U with U the block's fixed-LoRA rank units; r_m ∝ S_m^τ),
+which keeps that τ = 0 property and does not penalise wide modules for their width.
 """
 
 from __future__ import annotations
@@ -48,35 +50,44 @@ def spent(ranks: Mapping[str, int], infos: Mapping[str, BranchInfo]) -> int:
 
 
 def hierarchical_targets(infos: Mapping[str, BranchInfo], sensitivity: Mapping[str, float],
-                         temperature: float) -> dict[str, float]:
-    """Continuous ranks from the coarse (group → block) and fine (branch) split of the budget."""
+                         temperature: float, allocation: str = "parameter") -> dict[str, float]:
+    """Continuous ranks from the coarse (group → block) and fine (branch) split of the budget.
+
+    ``allocation="rank"`` divides sensitivity by rank units instead of parameters, so a branch
+    twice as wide is not halved for it (docs/hydra.md)."""
     eps = 1e-12
 
-    def share(items: dict[str, tuple[float, float]]) -> dict[str, float]:
-        """key -> (cost, sensitivity) to key -> fraction ∝ cost·(sens/cost)^τ."""
-        w = {k: c * ((s + eps) / c) ** temperature for k, (c, s) in items.items()}
+    def share(items: dict[str, tuple[float, float, float]]) -> dict[str, float]:
+        """key -> (cost, units, sensitivity) to key -> fraction ∝ cost·(sens/units)^τ."""
+        w = {k: c * ((s + eps) / u) ** temperature for k, (c, u, s) in items.items()}
         total = sum(w.values())
         return {k: v / total for k, v in w.items()}
 
     def fixed_cost(names: list[str]) -> float:
         return float(sum(infos[n].base_rank * infos[n].cost for n in names))
 
+    def units(names: list[str]) -> float:
+        return fixed_cost(names) if allocation == "parameter" else float(sum(infos[n].base_rank for n in names))
+
+    def per_unit(n: str) -> float:
+        return (sensitivity[n] + eps) / (infos[n].cost if allocation == "parameter" else 1.0)
+
     budget = float(budget_of(infos))
     by_group: dict[str, list[str]] = {}
     for n, i in infos.items():
         by_group.setdefault(i.group, []).append(n)
-    group_share = share({g: (fixed_cost(ns), sum(sensitivity[n] for n in ns)) for g, ns in by_group.items()})
+    group_share = share({g: (fixed_cost(ns), units(ns), sum(sensitivity[n] for n in ns)) for g, ns in by_group.items()})
     targets: dict[str, float] = {}
     for g, names in by_group.items():
         blocks: dict[int, list[str]] = {}
         for n in names:
             blocks.setdefault(infos[n].block, []).append(n)
-        block_share = share({b: (fixed_cost(ns), sum(sensitivity[n] for n in ns)) for b, ns in blocks.items()})
+        block_share = share({b: (fixed_cost(ns), units(ns), sum(sensitivity[n] for n in ns)) for b, ns in blocks.items()})
         for b, members in blocks.items():
             block_budget = budget * group_share[g] * block_share[b]
-            # fine: r_m ∝ (S_m/c_m)^τ, scaled so Σ r_m c_m = block budget; base_rank keeps
-            # multihead's parallel/sequential default split as the τ = 0 point
-            w = {n: infos[n].base_rank * ((sensitivity[n] + eps) / infos[n].cost) ** temperature for n in members}
+            # fine: r_m ∝ (S_m/c_m)^τ (or S_m^τ per rank unit), scaled so Σ r_m c_m = block budget;
+            # base_rank keeps multihead's parallel/sequential default split as the τ = 0 point
+            w = {n: infos[n].base_rank * per_unit(n) ** temperature for n in members}
             norm = sum(w[n] * infos[n].cost for n in members)
             targets.update({n: block_budget * w[n] / norm for n in members})
     return targets

@@ -61,6 +61,14 @@ class _Event:
     budget_used: int = 0
 
 
+def _trend(losses: list[tuple[int, float]]) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(steps, losses, least-squares slope) of (step, loss) pairs."""
+    xs = torch.tensor([float(s) for s, _ in losses])
+    ys = torch.tensor([v for _, v in losses])
+    slope = float(((xs - xs.mean()) * (ys - ys.mean())).sum() / ((xs - xs.mean()) ** 2).sum().clamp_min(1e-9))
+    return xs, ys, slope
+
+
 class RankScheduler:
     def __init__(self, model: torch.nn.Module, settings: ScheduleSettings, total_steps: int,
                  dist: Dist | None = None, *, seed: int = 0) -> None:
@@ -135,7 +143,7 @@ class RankScheduler:
     # --- hierarchical: coarse -> fine, once the probe has seen its steps -------------------
     def _allocate_hierarchically(self, step: int) -> _Event:
         self.sensitivity = {n: self._sens_sum.get(n, 0.0) / self.probe_steps for n in self.branches}
-        targets = hierarchical_targets(self.infos, self.sensitivity, self.settings.temperature)
+        targets = hierarchical_targets(self.infos, self.sensitivity, self.settings.temperature, self.settings.allocation)
         ranks = round_to_budget(targets, self.infos, self.bounds, self.budget)
         return _Event(step + 1, "hierarchical", ranks, budget_used=spent(ranks, self.infos))
 
@@ -192,8 +200,10 @@ class RankScheduler:
         ranks = self.ranks()
         lo_hi = {n: self.bounds.clamp(self.infos[n]) for n in ranks}
         cost = {n: g * self.infos[n].cost for n in ranks}
-        donors = sorted((n for n in remove if ranks[n] - g >= lo_hi[n][0]), key=lambda n: remove[n] / cost[n])
-        recipients = sorted((n for n in add if ranks[n] + g <= lo_hi[n][1]), key=lambda n: -add[n] / cost[n])
+        per = cost if self.settings.allocation == "parameter" else dict.fromkeys(ranks, 1)
+        donors = sorted((n for n in remove if ranks[n] - g >= lo_hi[n][0]), key=lambda n: remove[n] / per[n])
+        recipients = sorted((n for n in add if ranks[n] + g <= lo_hi[n][1]), key=lambda n: -add[n] / per[n])
+        margin = self.settings.veto * self._loss_noise()
         left = self.budget - spent(ranks, self.infos)
         moves: list[dict[str, Any]] = []
         raw_r = raw_a = 0.0
@@ -211,8 +221,8 @@ class RankScheduler:
                     taken.append(d)
                     freed += cost[d]
             loss_up = sum(remove[d] for d in taken)
-            if freed < cost[r] or add[r] <= loss_up:
-                continue  # not affordable, or predicted to hurt more than it helps
+            if freed < cost[r] or add[r] - loss_up <= margin:
+                continue  # not affordable, or not predicted to help by more than the loss's noise
             for d in taken:
                 ranks[d] -= g
                 used.add(d)
@@ -223,7 +233,7 @@ class RankScheduler:
             raw_a += raw_add[r]
             moves.append({"to": r, "from": taken, "predicted_gain": add[r], "predicted_loss": loss_up})
         for r in recipients:  # spend what is left (keeps the budget within one granule)
-            if r not in used and cost[r] <= left and ranks[r] + g <= lo_hi[r][1]:
+            if r not in used and cost[r] <= left and ranks[r] + g <= lo_hi[r][1] and add[r] >= margin:
                 ranks[r] += g
                 left -= cost[r]
                 used.add(r)
@@ -233,6 +243,17 @@ class RankScheduler:
         event = _Event(step + 1, "dynamic", ranks, moves, predicted, budget_used=spent(ranks, self.infos))
         self._pending = (event, (raw_r, raw_a)) if moves else None
         return event
+
+    def _loss_noise(self) -> float:
+        """Standard error of a mean of the loss over half an interval, from the scatter of the last
+        interval's losses around their linear trend: the smallest loss change the observation of
+        :meth:`_observe` can tell from noise."""
+        recent = self.losses[-self.every:]
+        if len(recent) < 3:
+            return 0.0
+        xs, ys, slope = _trend(recent)
+        resid = ys - ys.mean() - slope * (xs - xs.mean())
+        return float(resid.std() / max(2, self.every // 2) ** 0.5)
 
     def _observe(self, step: int) -> None:
         """Loss change attributable to the last reallocation: mean loss over the half interval
@@ -248,9 +269,7 @@ class RankScheduler:
         if len(before) < 2 or not after:
             self._pending = None
             return
-        xs = torch.tensor([float(s) for s, _ in before])
-        ys = torch.tensor([v for _, v in before])
-        slope = float(((xs - xs.mean()) * (ys - ys.mean())).sum() / ((xs - xs.mean()) ** 2).sum().clamp_min(1e-9))
+        xs, ys, slope = _trend(before)
         expected = float(ys.mean()) + slope * (event.step + half / 2 - float(xs.mean()))
         event.observed_loss_change = sum(after) / len(after) - expected
         self.observations.append((raw_r, raw_a, event.observed_loss_change))

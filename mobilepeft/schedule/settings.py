@@ -9,6 +9,8 @@ from mobilepeft.settings import Settings, setting
 #: fixed: plain LoRA ranks; hierarchical: one allocation before training; dynamic: reallocations
 #: during training; hydra: both (docs/hydra.md)
 SCHEDULES = ("fixed", "hierarchical", "dynamic", "hydra")
+#: what sensitivity is normalised by when it is compared across modules of different width
+ALLOCATIONS = ("parameter", "rank")
 
 
 @dataclass
@@ -22,6 +24,15 @@ class ScheduleSettings(Settings):
     granule: int = setting(2, flag="rank_granule", min=1, help="Schedules: ranks move in multiples of this.")
     temperature: float = setting(0.5, min=0,
                                  help="Schedules: how strongly sensitivity skews the allocation (0 = fixed LoRA).")
+    allocation: str = setting(
+        "parameter", choices=ALLOCATIONS,
+        help="Schedules: what a module's sensitivity is divided by when ranks are allocated and moved: "
+             "parameter (S per parameter: favours the cheap attention projections) or rank (S per rank unit: "
+             "does not starve the wide MLP projections). See docs/hydra.md.")
+    veto: float = setting(
+        0.0, min=0,
+        help="Schedules: a dynamic move must be predicted to lower the loss by this many standard errors of the "
+             "loss's own noise over the interval after it (0: any predicted gain).")
     probe_steps: int = setting(8, min=1, help="Schedules: batches the sensitivity probe looks at before training.")
     realloc_every: int = setting(0, min=0,
                                  help="Schedules: steps between reallocations (0: 5 percent of the run, at least 5).")
