@@ -192,6 +192,13 @@ def _ram_gib() -> float | None:
     return None
 
 
+def _script(path: str) -> str:
+    """A script's path as run from the repository root (``python -m`` puts the absolute one in argv)."""
+    with contextlib.suppress(ValueError):
+        return str(Path(path).resolve().relative_to(ROOT))
+    return path
+
+
 def run_meta() -> dict[str, Any]:
     """Which code, when, on what machine, with which packages and command a result was produced."""
     commit = _git("rev-parse", "HEAD")
@@ -213,7 +220,7 @@ def run_meta() -> dict[str, Any]:
                     if hasattr(os, "sched_getaffinity") else os.cpu_count(), "ram_gib": _ram_gib()},
         "python": platform.python_version(),
         "packages": versions,
-        "command": " ".join(["python", *sys.argv]),
+        "command": " ".join(["python", _script(sys.argv[0]), *sys.argv[1:]]),
         "nice": os.nice(0) if hasattr(os, "nice") else None,  # the process's scheduling niceness
     }
 

@@ -104,11 +104,6 @@ def quality_mean(task: str, method: str, key: str = "accuracy_mean") -> Callable
     return lambda d: f"{100 * d['summary'][task][method][key]:.1f}"
 
 
-def quality_cell(task: str, method: str) -> Callable[[dict], str]:
-    return lambda d: (f"{100 * d['summary'][task][method]['accuracy_mean']:.1f} ± "
-                      f"{100 * d['summary'][task][method]['accuracy_std']:.1f}")
-
-
 def quality_diff(task: str, a: str, b: str, se: bool = False) -> Callable[[dict], str]:
     """Mean accuracy difference a - b in points (signed), or with ``se`` its standard error."""
     def value(d: dict) -> str:
@@ -223,12 +218,58 @@ def _mean_diff_over_tasks(a: str, b: str) -> Callable[[dict], str]:
     return value
 
 
+def _val_mean(method: str) -> Callable[[dict], str]:
+    """Validation accuracy of ``method``'s test runs: mean over seeds, then over tasks."""
+    def value(d: dict) -> str:
+        per_task = [statistics.fmean(r["val_scores"]["overall"]["exact_match"] for r in d["runs"]
+                                     if r["task"] == t and r["method"] == method) for t in d["settings"]["tasks"]]
+        return f"{100 * statistics.fmean(per_task):.1f}"
+    return value
+
+
+ABLATION = "quality_hydra_ablation.json"
+ABLATION_ROWS = (("LoRA (fixed rank 8)", "lora"), ("HyDRA (`--schedule hydra`)", "hydra"),
+                 ("hierarchical only", "hierarchical"), ("`--allocation rank`", "hydra_rank"),
+                 ("`--veto 1`", "hydra_veto"))
+
+
+def _ablation_rows() -> list[Figure]:
+    out = []
+    for label, method in ABLATION_ROWS:
+        diff = "—" if method == "lora" else "{diff}"
+        out.append(Figure("docs/hydra.md", f"| {label} | {{d}} ± {{ds}} | {{r}} ± {{rs}} | {diff} | {{val}} |", ABLATION,
+                          {"d": quality_mean("digits", method), "ds": quality_mean("digits", method, "accuracy_std"),
+                           "r": quality_mean("relations", method), "rs": quality_mean("relations", method, "accuracy_std"),
+                           "diff": _mean_diff_over_tasks(method, "lora"), "val": _val_mean(method)}))
+    return out
+
+
+def _event_rows() -> list[Figure]:
+    events = "quality_hydra_ablation_events.json"
+    out = []
+    for label, method in ABLATION_ROWS[1:]:
+        for task in ("digits", "relations"):
+            key = f"events/{method}/{task}"
+            if method == "hierarchical":
+                text, values = f"| {label}, {task} | {{moves}} | {{n}} | — | — | — | {{att}} / {{mlp}} |", {}
+            else:
+                text = (f"| {label}, {task} | {{moves}} | {{n}} | {{pred}} | {{obs}} | {{down}} of {{n2}} | "
+                        "{att} / {mlp} |")
+                values = {"pred": (f"{key}/predicted_mean", "pm.3f"), "obs": (f"{key}/observed_mean", "pm.3f"),
+                          "down": (f"{key}/observed_decreases", "d"), "n2": (f"{key}/events_observed", "d")}
+            out.append(Figure("docs/hydra.md", text, events,
+                              {"moves": (f"{key}/moves_per_run", ".1f"), "n": (f"{key}/events_observed", "d"),
+                               "att": (f"{key}/attention_rank_mean", ".1f"), "mlp": (f"{key}/mlp_rank_mean", ".1f"),
+                               **values}))
+    return out
+
+
 QUALITY_SEARCH = [
-    Figure("docs/hydra.md", "docs/results/quality_search_lora_hydra.json`, {minutes} min on 2 CPU cores). The search "
+    Figure("docs/hydra.md", "docs/results/quality_hydra_ablation.json`, {minutes} min on 2 CPU cores). The search "
            "chose learning rate {llr} for LoRA and {hlr} at temperature {ht} for HyDRA (mean validation accuracy "
            "{lv}% and {hv}%). On test, HyDRA scores {hd} ± {hds}% against LoRA's {ld} ± {lds}% on digits "
            "({dd} ± {dse} points) and {hr} ± {hrs}% against {lr} ± {lrs}% on relations ({dr} ± {rse}): a "
-           "mean of {mean} points over the two tasks", "quality_search_lora_hydra.json",
+           "mean of {mean} points over the two tasks", ABLATION,
            {"minutes": ("wall_seconds", "min.0f"),
             "llr": ("search/chosen/lora/lr", "g"), "hlr": ("search/chosen/hydra/lr", "g"),
             "ht": ("search/chosen/hydra/knobs/temperature", "g"),
@@ -240,6 +281,10 @@ QUALITY_SEARCH = [
             "dd": quality_diff("digits", "hydra", "lora"), "dse": quality_diff("digits", "hydra", "lora", se=True),
             "dr": quality_diff("relations", "hydra", "lora"), "rse": quality_diff("relations", "hydra", "lora", se=True),
             "mean": _mean_diff_over_tasks("hydra", "lora")}),
+    Figure("README.md", "5 test seeds, HyDRA draws with\nLoRA ({dd} and {dr} points)", ABLATION,
+           {"dd": quality_diff("digits", "hydra", "lora"), "dr": quality_diff("relations", "hydra", "lora")}),
+    *_ablation_rows(),
+    *_event_rows(),
 ]
 
 DEMO = [

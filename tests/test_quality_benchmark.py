@@ -188,3 +188,34 @@ def test_gpu_recipe_runs_every_step_on_a_tiny_model(tiny_ckpt, synth_data, tmp_p
         assert per["synth"]["mean"] == scores["overall"]["vqa_accuracy"] and scores["overall"]["n"] == 10
     assert (tmp_path / "out" / "full" / "seed0" / "model" / "config.json").is_file()
     assert "| LoRA (fixed rank) |" in proc.stdout and "AdaRing" in (tmp_path / "out" / "budget.txt").read_text()
+
+
+def test_events_summary_counts_moves_and_compares_predicted_with_observed(tmp_path):
+    from dataclasses import asdict
+
+    from benchmarks.quality.events import run_dir, summarize_events
+    from benchmarks.quality.run import QualitySettings
+
+    settings = json.loads(json.dumps(asdict(QualitySettings(methods=("lora", "hydra"), tasks=("digits",), seeds=(0, 1)))))
+    runs = [{"task": "digits", "method": m, "seed": s, "hyper": {"lr": 0.002, "knobs": {"temperature": 1.0}}}
+            for m in ("lora", "hydra") for s in (0, 1)]
+    results = {"settings": settings, "runs": runs}
+    ranks = {"model.layers.0.self_attn.q_proj": 12, "model.layers.0.self_attn.v_proj": 10,
+             "model.layers.0.mlp.up_proj": 4, "model.layers.0.mlp.down_proj": 6}
+    moves = [{"to": "a", "from": ["b"]}]
+    for seed, observed in ((0, [0.05, -0.01]), (1, [0.02, None])):
+        events = [{"kind": "initial", "moves": [], "ranks": ranks, "observed_loss_change": None},
+                  *({"kind": "dynamic", "moves": moves * (i + 1), "ranks": ranks, "predicted_loss_change": -0.02,
+                     "observed_loss_change": o} for i, o in enumerate(observed)),
+                  {"kind": "dynamic", "moves": [], "ranks": ranks, "predicted_loss_change": 0.0,
+                   "observed_loss_change": None}]
+        path = run_dir(results, tmp_path, runs[2 + seed]) / "rank_history.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"events": events}))
+    summary = summarize_events(results, tmp_path)
+    assert set(summary) == {"hydra"}  # fixed LoRA has no schedule and no history
+    e = summary["hydra"]["digits"]
+    assert e["runs"] == 2 and e["moves_per_run"] == 3.0  # 1 + 2 granules in each run
+    assert e["events_observed"] == 3 and e["observed_decreases"] == 1
+    assert abs(e["observed_mean"] - 0.02) < 1e-12 and e["predicted_mean"] == -0.02
+    assert e["attention_rank_mean"] == 11.0 and e["mlp_rank_mean"] == 5.0

@@ -1,0 +1,106 @@
+"""HyDRA's reallocations in a quality-benchmark run: does the performance model predict what happens?
+
+    python benchmarks/quality/events.py docs/results/quality_hydra_ablation.json
+
+Reads the rank history (``rank_history.json``) of every test run of the scheduled methods in the
+results JSON from the benchmark's run cache (``--work``, default ``outputs/quality/``) and writes,
+per method and task: granule moves per run, the mean predicted and observed loss change of the
+events that moved rank (observed: the mean loss over half an interval after the event minus the
+trend before it, docs/hydra.md), how many of those the loss actually went down after, and the final
+mean rank of the attention and of the MLP projections. Writes ``<results>_events.json`` beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python benchmarks/quality/events.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    __package__ = "benchmarks.quality"
+
+from benchmarks.common import write_result  # noqa: E402
+from benchmarks.quality.methods import METHODS  # noqa: E402
+from benchmarks.quality.pretrain import PretrainSettings  # noqa: E402
+from benchmarks.quality.run import ROOT, QualitySettings, _tag  # noqa: E402
+
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP = ("gate_proj", "up_proj", "down_proj")
+
+
+def run_dir(results: dict[str, Any], work: Path, run: dict[str, Any]) -> Path:
+    """Where run.py trained ``run`` (its cache key is computed from the recorded settings)."""
+    s = dict(results["settings"])
+    s["pretrain"] = PretrainSettings(**s["pretrain"])
+    settings = QualitySettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
+    return work / "runs" / settings.run_key() / run["task"] / run["method"] / _tag(run["hyper"]) / f"seed{run['seed']}"
+
+
+def _mean_rank(ranks: dict[str, int], types: tuple[str, ...]) -> float:
+    return statistics.fmean(r for n, r in ranks.items() if n.rpartition(".")[2] in types)
+
+
+def summarize_events(results: dict[str, Any], work: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for run in results["runs"]:
+        if METHODS[run["method"]][1].get("schedule", "fixed") == "fixed":
+            continue  # no rank schedule, no history
+        path = run_dir(results, work, run) / "rank_history.json"
+        if not path.is_file():
+            raise SystemExit(f"{path} is missing: rerun the benchmark into --work {work}")
+        history = json.loads(path.read_text())
+        moved = [e for e in history["events"] if e["kind"] == "dynamic" and e["moves"]]
+        seen = [e for e in moved if e["observed_loss_change"] is not None]
+        final = history["events"][-1]["ranks"]
+        entry = out.setdefault(run["method"], {}).setdefault(run["task"], {
+            "runs": 0, "moves": 0, "events_observed": 0, "predicted": [], "observed": [],
+            "attention_rank": [], "mlp_rank": []})
+        entry["runs"] += 1
+        entry["moves"] += sum(len(e["moves"]) for e in moved)
+        entry["events_observed"] += len(seen)
+        entry["predicted"] += [e["predicted_loss_change"] for e in seen]
+        entry["observed"] += [e["observed_loss_change"] for e in seen]
+        entry["attention_rank"].append(_mean_rank(final, ATTENTION))
+        entry["mlp_rank"].append(_mean_rank(final, MLP))
+    for per_task in out.values():
+        for task, e in per_task.items():
+            n = e["events_observed"]
+            per_task[task] = {
+                "runs": e["runs"], "moves_per_run": e["moves"] / e["runs"], "events_observed": n,
+                "predicted_mean": statistics.fmean(e["predicted"]) if n else None,
+                "observed_mean": statistics.fmean(e["observed"]) if n else None,
+                "observed_decreases": sum(o < 0 for o in e["observed"]),
+                "attention_rank_mean": statistics.fmean(e["attention_rank"]),
+                "mlp_rank_mean": statistics.fmean(e["mlp_rank"]),
+            }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", type=Path, help="a quality benchmark results JSON")
+    parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "quality", help="the run cache it was made in")
+    args = parser.parse_args(argv)
+    results = json.loads(args.results.read_text())
+    events = summarize_events(results, args.work)
+    if not events:
+        print(f"{args.results} has no scheduled runs with a rank history", file=sys.stderr)
+        return 1
+    for method, per_task in events.items():
+        for task, e in per_task.items():
+            print(f"{method:<14} {task:<10} moves/run {e['moves_per_run']:5.1f}  events {e['events_observed']:3d}  "
+                  f"predicted {e['predicted_mean'] or 0:+.3f}  observed {e['observed_mean'] or 0:+.3f}  "
+                  f"decreases {e['observed_decreases']}  rank attention {e['attention_rank_mean']:.1f} "
+                  f"MLP {e['mlp_rank_mean']:.1f}")
+    out = args.results.with_name(args.results.stem + "_events.json")
+    write_result(out, {"benchmark": "quality_events", "source": args.results.name, "events": events})
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
