@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(TABLE),
                         help="comma separated, from " + ",".join(METHODS) + f" (default: all but {', '.join(VARIANTS)})")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma separated subset of " + ",".join(TASKS))
+    parser.add_argument("--rank", type=int, default=QualitySettings.rank,
+                        help="the budget: LoRA at this rank on every LLM linear (AdaRing's ring ranks are matched to it)")
     parser.add_argument("--steps", type=int, default=QualitySettings.steps, help="fine-tuning steps per run")
     parser.add_argument("--temperature", type=float, default=QualitySettings.temperature,
                         help="the schedules' temperature (0 = fixed LoRA); for ablations")
@@ -132,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{flag.replace('_', '-')}: comma separated numbers, got {getattr(args, flag)!r}")
         if not grids[flag] or min(grids[flag]) <= 0:
             parser.error(f"--{flag.replace('_', '-')}: at least one rate, every rate > 0")
+    if args.rank < 1:
+        parser.error(f"--rank: at least 1, got {args.rank}")
     settings = QualitySettings(seeds=tuple(range(args.seeds)), methods=methods, tasks=task_names, steps=args.steps,
+                               rank=args.rank,
                                search=not args.no_search, **grids, lr=args.lr, full_lr=args.full_lr,
                                n_train=args.n_train, temperature=args.temperature)
     t0 = time.perf_counter()
