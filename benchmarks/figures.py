@@ -250,17 +250,19 @@ def _event_rows() -> list[Figure]:
     for label, method in ABLATION_ROWS[1:]:
         for task in ("digits", "relations"):
             key = f"events/{method}/{task}"
+            values: dict[str, Value] = {"moves": (f"{key}/moves_per_run", ".1f"), "n": (f"{key}/events_observed", "d"),
+                                        "att": (f"{key}/attention_rank_mean", ".1f"),
+                                        "mlp": (f"{key}/mlp_rank_mean", ".1f")}
             if method == "hierarchical":
-                text, values = f"| {label}, {task} | {{moves}} | {{n}} | — | — | — | {{att}} / {{mlp}} |", {}
+                text = f"| {label}, {task} | {{moves}} | {{n}} | — | — | — | — | {{att}} / {{mlp}} |"
             else:
-                text = (f"| {label}, {task} | {{moves}} | {{n}} | {{pred}} | {{obs}} | {{down}} of {{n2}} | "
-                        "{att} / {mlp} |")
-                values = {"pred": (f"{key}/predicted_mean", "pm.3f"), "obs": (f"{key}/observed_mean", "pm.3f"),
-                          "down": (f"{key}/observed_decreases", "d"), "n2": (f"{key}/events_observed", "d")}
-            out.append(Figure("docs/hydra.md", text, events,
-                              {"moves": (f"{key}/moves_per_run", ".1f"), "n": (f"{key}/events_observed", "d"),
-                               "att": (f"{key}/attention_rank_mean", ".1f"), "mlp": (f"{key}/mlp_rank_mean", ".1f"),
-                               **values}))
+                later = "{later} ± {se}" if method != "hydra_veto" else "—"
+                down = "{down} of {n2}" if method != "hydra_veto" else "—"
+                text = f"| {label}, {task} | {{moves}} | {{n}} | {{pred}} | {{first}} | {later} | {down} | {{att}} / {{mlp}} |"
+                values.update({"pred": (f"{key}/predicted_mean", "pm.3f"), "first": (f"{key}/first_observed_mean", "pm.3f"),
+                               "later": (f"{key}/later_observed_mean", "pm.3f"), "se": (f"{key}/later_observed_se", ".3f"),
+                               "down": (f"{key}/later_decreases", "d"), "n2": (f"{key}/later_events", "d")})
+            out.append(Figure("docs/hydra.md", text, events, values))
     return out
 
 

@@ -218,4 +218,6 @@ def test_events_summary_counts_moves_and_compares_predicted_with_observed(tmp_pa
     assert e["runs"] == 2 and e["moves_per_run"] == 3.0  # 1 + 2 granules in each run
     assert e["events_observed"] == 3 and e["observed_decreases"] == 1
     assert abs(e["observed_mean"] - 0.02) < 1e-12 and e["predicted_mean"] == -0.02
+    assert abs(e["first_observed_mean"] - 0.035) < 1e-12  # each run's first observed event: 0.05, 0.02
+    assert e["later_events"] == 1 and e["later_observed_mean"] == -0.01 and e["later_decreases"] == 1
     assert e["attention_rank_mean"] == 11.0 and e["mlp_rank_mean"] == 5.0

@@ -6,8 +6,9 @@ Reads the rank history (``rank_history.json``) of every test run of the schedule
 results JSON from the benchmark's run cache (``--work``, default ``outputs/quality/``) and writes,
 per method and task: granule moves per run, the mean predicted and observed loss change of the
 events that moved rank (observed: the mean loss over half an interval after the event minus the
-trend before it, docs/hydra.md), how many of those the loss actually went down after, and the final
-mean rank of the attention and of the MLP projections. Writes ``<results>_events.json`` beside it.
+trend before it, docs/hydra.md), how many of those the loss actually went down after, the same for
+each run's first such event and for the later ones apart, and the final mean rank of the
+attention and of the MLP projections. Writes ``<results>_events.json`` beside it.
 """
 
 from __future__ import annotations
@@ -57,13 +58,15 @@ def summarize_events(results: dict[str, Any], work: Path) -> dict[str, dict[str,
         seen = [e for e in moved if e["observed_loss_change"] is not None]
         final = history["events"][-1]["ranks"]
         entry = out.setdefault(run["method"], {}).setdefault(run["task"], {
-            "runs": 0, "moves": 0, "events_observed": 0, "predicted": [], "observed": [],
+            "runs": 0, "moves": 0, "events_observed": 0, "predicted": [], "observed": [], "first": [], "later": [],
             "attention_rank": [], "mlp_rank": []})
         entry["runs"] += 1
         entry["moves"] += sum(len(e["moves"]) for e in moved)
         entry["events_observed"] += len(seen)
         entry["predicted"] += [e["predicted_loss_change"] for e in seen]
         entry["observed"] += [e["observed_loss_change"] for e in seen]
+        entry["first"] += [e["observed_loss_change"] for e in seen[:1]]
+        entry["later"] += [e["observed_loss_change"] for e in seen[1:]]
         entry["attention_rank"].append(_mean_rank(final, ATTENTION))
         entry["mlp_rank"].append(_mean_rank(final, MLP))
     for per_task in out.values():
@@ -74,6 +77,14 @@ def summarize_events(results: dict[str, Any], work: Path) -> dict[str, dict[str,
                 "predicted_mean": statistics.fmean(e["predicted"]) if n else None,
                 "observed_mean": statistics.fmean(e["observed"]) if n else None,
                 "observed_decreases": sum(o < 0 for o in e["observed"]),
+                # the first move comes while the loss still falls fast, where the observation's
+                # linear trend is least reliable: it is reported apart from the later ones
+                "first_observed_mean": statistics.fmean(e["first"]) if e["first"] else None,
+                "later_events": len(e["later"]),
+                "later_observed_mean": statistics.fmean(e["later"]) if e["later"] else None,
+                "later_observed_se": statistics.stdev(e["later"]) / len(e["later"]) ** 0.5
+                if len(e["later"]) > 1 else None,
+                "later_decreases": sum(o < 0 for o in e["later"]),
                 "attention_rank_mean": statistics.fmean(e["attention_rank"]),
                 "mlp_rank_mean": statistics.fmean(e["mlp_rank"]),
             }
