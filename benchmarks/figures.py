@@ -289,6 +289,25 @@ QUALITY_SEARCH = [
     *_event_rows(),
 ]
 
+RANK1 = "quality_budget_rank1.json"
+QUALITY_RANK1 = [
+    Figure("docs/methods.md", "({lp} adapter parameters for LoRA; AdaRing at ring rank {ring} on every module type, {ap})",
+           RANK1, {"lp": ("budget/lora_parameters", ","), "ap": ("budget/adaring_parameters", ","),
+                   "ring": lambda d: "/".join(sorted({str(r) for r in d["budget"]["adaring_ring_ranks"].values()}))}),
+    Figure("docs/methods.md", "docs/results/quality_budget_rank1.json`, {minutes} min), AdaRing scores {ad} ± {ads}% / "
+           "{ar} ± {ars}% (digits / relations) against LoRA rank 1's {ld} ± {lds}% / {lr} ± {lrs}% ({dd} ± {dse} and "
+           "{dr} ± {rse} points)", RANK1,
+           {"minutes": ("wall_seconds", "min.0f"),
+            "ad": quality_mean("digits", "adaring"), "ads": quality_mean("digits", "adaring", "accuracy_std"),
+            "ar": quality_mean("relations", "adaring"), "ars": quality_mean("relations", "adaring", "accuracy_std"),
+            "ld": quality_mean("digits", "lora"), "lds": quality_mean("digits", "lora", "accuracy_std"),
+            "lr": quality_mean("relations", "lora"), "lrs": quality_mean("relations", "lora", "accuracy_std"),
+            "dd": quality_diff("digits", "adaring", "lora"), "dse": quality_diff("digits", "adaring", "lora", se=True),
+            "dr": quality_diff("relations", "adaring", "lora"), "rse": quality_diff("relations", "adaring", "lora", se=True)}),
+    Figure("docs/methods.md", "largest learning rate, {alr} and {llr},", RANK1,
+           {"alr": ("search/chosen/adaring/lr", "g"), "llr": ("search/chosen/lora/lr", "g")}),
+]
+
 DEMO = [
     Figure("README.md", " val loss {before} -> {after}\n", "demo.json",
            {"before": ("runs/lora:hydra/eval_before/loss", ".3f"), "after": ("runs/lora:hydra/eval_after/loss", ".3f")}),
@@ -888,7 +907,7 @@ DEPLOY = [
            {"r": ("selftest_rel_diff/8da4w", "short.1e")}),
 ]
 
-FIGURES: list[Figure] = [*DEPLOY, *PROFILE_BEFORE, *PROFILE_AFTER, *PROFILE_FINAL, *PROFILE_README, *QUALITY, *QUALITY_SEARCH, *SPLIT, *DEMO, *LOOP, *COST, *DEMO_METHODS, *TRAINING, *ONDEVICE, *QUANT, *COREML, *COREML_1P7B, *NATIVE, *EXTRA]
+FIGURES: list[Figure] = [*DEPLOY, *PROFILE_BEFORE, *PROFILE_AFTER, *PROFILE_FINAL, *PROFILE_README, *QUALITY, *QUALITY_SEARCH, *QUALITY_RANK1, *SPLIT, *DEMO, *LOOP, *COST, *DEMO_METHODS, *TRAINING, *ONDEVICE, *QUANT, *COREML, *COREML_1P7B, *NATIVE, *EXTRA]
 
 #: Figures in the documents no committed JSON backs yet: (document, the note it carries next to them).
 UNCHECKED: list[tuple[str, str]] = [
