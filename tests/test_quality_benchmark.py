@@ -72,7 +72,7 @@ def test_relations_answers_agree_with_the_pixels(tmp_path):
 def test_every_lora_family_method_gets_the_same_budget(tiny_ckpt):
     lora = adapter_budget(tiny_ckpt, METHODS["lora"][1], 8)
     assert lora == 8 * 4 * (256 + 192 + 192 + 256 + 3 * 480)  # r (in + out) over 7 linears x 4 layers
-    for name in ("hydra", "hierarchical", "dynamic", "hydra_rank", "hydra_veto"):
+    for name in ("hydra", "hierarchical", "dynamic", "hydra_rank", "hydra_veto", "hydra_late"):
         assert adapter_budget(tiny_ckpt, METHODS[name][1], 8) == lora, name
     # Hydra multi-head: the sequential branch maps out -> out, so non-square layers cost r_s (out - in) more
     assert adapter_budget(tiny_ckpt, METHODS["multihead"][1], 8) - lora == 4 * 4 * (2 * -64 + 2 * 224 - 224)

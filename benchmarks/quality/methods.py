@@ -27,6 +27,8 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "dynamic": ("HyDRA: dynamic only", {"adapter": "lora", "schedule": "dynamic"}),
     "hydra_rank": ("HyDRA: sensitivity per rank unit", {"adapter": "lora", "schedule": "hydra", "allocation": "rank"}),
     "hydra_veto": ("HyDRA: moves vetoed within noise", {"adapter": "lora", "schedule": "hydra", "veto": 1.0}),
+    "hydra_late": ("HyDRA: moves from 25% of the run", {"adapter": "lora", "schedule": "hydra",
+                                                         "realloc_window": [0.25, 0.7]}),
     "multihead": ("Hydra multi-head", {"adapter": "multihead", "schedule": "fixed"}),
     "dmlora": ("DMLoRA", {"adapter": "dmlora", "schedule": "fixed"}),
     "adaring": ("AdaRing", {"adapter": "adaring", "schedule": "fixed"}),
@@ -34,7 +36,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 
 #: HyDRA's options (docs/hydra.md), ablated beside it with ``--methods``; the published table
 #: (:data:`TABLE`) compares the methods without them
-VARIANTS = ("hydra_rank", "hydra_veto")
+VARIANTS = ("hydra_rank", "hydra_veto", "hydra_late")
 TABLE = tuple(m for m in METHODS if m not in VARIANTS)
 
 #: each method's main knob besides the learning rate, searched on the validation split after it:
@@ -45,7 +47,8 @@ KNOBS: dict[str, tuple[str, tuple[Any, ...]]] = {
     "dmlora": ("branch_drop_max", (0.5, 0.25, 0.1)),
 }
 #: ablations take the searched settings of the method they ablate, so they isolate its parts
-SEARCH_AS: dict[str, str] = {"hierarchical": "hydra", "dynamic": "hydra", "hydra_rank": "hydra", "hydra_veto": "hydra"}
+SEARCH_AS: dict[str, str] = {"hierarchical": "hydra", "dynamic": "hydra", "hydra_rank": "hydra", "hydra_veto": "hydra",
+                             "hydra_late": "hydra"}
 
 
 def adapter_budget(model_dir: Path, overrides: dict[str, Any], rank: int) -> int:
