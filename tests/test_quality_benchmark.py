@@ -193,8 +193,8 @@ def test_gpu_recipe_runs_every_step_on_a_tiny_model(tiny_ckpt, synth_data, tmp_p
 def test_events_summary_counts_moves_and_compares_predicted_with_observed(tmp_path):
     from dataclasses import asdict
 
-    from benchmarks.quality.events import run_dir, summarize_events
-    from benchmarks.quality.run import QualitySettings
+    from benchmarks.quality.events import run_key, summarize_events
+    from benchmarks.quality.run import QualitySettings, run_dir
 
     settings = json.loads(json.dumps(asdict(QualitySettings(methods=("lora", "hydra"), tasks=("digits",), seeds=(0, 1)))))
     runs = [{"task": "digits", "method": m, "seed": s, "hyper": {"lr": 0.002, "knobs": {"temperature": 1.0}}}
@@ -209,7 +209,8 @@ def test_events_summary_counts_moves_and_compares_predicted_with_observed(tmp_pa
                      "observed_loss_change": o} for i, o in enumerate(observed)),
                   {"kind": "dynamic", "moves": [], "ranks": ranks, "predicted_loss_change": 0.0,
                    "observed_loss_change": None}]
-        path = run_dir(results, tmp_path, runs[2 + seed]) / "rank_history.json"
+        run = runs[2 + seed]
+        path = run_dir(tmp_path, run_key(results), "digits", "hydra", run["hyper"], seed) / "rank_history.json"
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps({"events": events}))
     summary = summarize_events(results, tmp_path)

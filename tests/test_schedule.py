@@ -74,8 +74,9 @@ def test_allocation_follows_sensitivity_per_parameter():
 def test_rank_allocation_keeps_the_invariants_and_does_not_starve_wide_modules(seed):
     infos = _random_infos(seed)
     bounds = Bounds(r_min=2, r_max=32, granule=2)
+    rng = random.Random(seed)
     for temperature in (0.0, 1.0):  # invariants and τ = 0 = fixed LoRA hold for both criteria
-        sens = {n: random.Random(seed).lognormvariate(0, 2) for n in infos}
+        sens = {n: rng.lognormvariate(0, 2) for n in infos}
         ranks = round_to_budget(hierarchical_targets(infos, sens, temperature, "rank"), infos, bounds)
         check_allocation(ranks, infos, bounds)
         if temperature == 0.0:

@@ -27,18 +27,17 @@ if __package__ in (None, ""):  # `python benchmarks/quality/events.py`
 from benchmarks.common import write_result  # noqa: E402
 from benchmarks.quality.methods import METHODS  # noqa: E402
 from benchmarks.quality.pretrain import PretrainSettings  # noqa: E402
-from benchmarks.quality.run import ROOT, QualitySettings, _tag  # noqa: E402
+from benchmarks.quality.run import ROOT, QualitySettings, run_dir  # noqa: E402
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 
 
-def run_dir(results: dict[str, Any], work: Path, run: dict[str, Any]) -> Path:
-    """Where run.py trained ``run`` (its cache key is computed from the recorded settings)."""
+def run_key(results: dict[str, Any]) -> str:
+    """The cache key run.py trained ``results``' runs under, from the settings it recorded."""
     s = dict(results["settings"])
     s["pretrain"] = PretrainSettings(**s["pretrain"])
-    settings = QualitySettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
-    return work / "runs" / settings.run_key() / run["task"] / run["method"] / _tag(run["hyper"]) / f"seed{run['seed']}"
+    return QualitySettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()}).run_key()
 
 
 def _mean_rank(ranks: dict[str, int], types: tuple[str, ...]) -> float:
@@ -47,10 +46,11 @@ def _mean_rank(ranks: dict[str, int], types: tuple[str, ...]) -> float:
 
 def summarize_events(results: dict[str, Any], work: Path) -> dict[str, dict[str, dict[str, Any]]]:
     out: dict[str, dict[str, dict[str, Any]]] = {}
+    key = run_key(results)
     for run in results["runs"]:
         if METHODS[run["method"]][1].get("schedule", "fixed") == "fixed":
             continue  # no rank schedule, no history
-        path = run_dir(results, work, run) / "rank_history.json"
+        path = run_dir(work, key, run["task"], run["method"], run["hyper"], run["seed"]) / "rank_history.json"
         if not path.is_file():
             raise SystemExit(f"{path} is missing: rerun the benchmark into --work {work}")
         history = json.loads(path.read_text())
@@ -58,11 +58,10 @@ def summarize_events(results: dict[str, Any], work: Path) -> dict[str, dict[str,
         seen = [e for e in moved if e["observed_loss_change"] is not None]
         final = history["events"][-1]["ranks"]
         entry = out.setdefault(run["method"], {}).setdefault(run["task"], {
-            "runs": 0, "moves": 0, "events_observed": 0, "predicted": [], "observed": [], "first": [], "later": [],
+            "runs": 0, "moves": 0, "predicted": [], "observed": [], "first": [], "later": [],
             "attention_rank": [], "mlp_rank": []})
         entry["runs"] += 1
         entry["moves"] += sum(len(e["moves"]) for e in moved)
-        entry["events_observed"] += len(seen)
         entry["predicted"] += [e["predicted_loss_change"] for e in seen]
         entry["observed"] += [e["observed_loss_change"] for e in seen]
         entry["first"] += [e["observed_loss_change"] for e in seen[:1]]
@@ -71,7 +70,7 @@ def summarize_events(results: dict[str, Any], work: Path) -> dict[str, dict[str,
         entry["mlp_rank"].append(_mean_rank(final, MLP))
     for per_task in out.values():
         for task, e in per_task.items():
-            n = e["events_observed"]
+            n = len(e["observed"])
             per_task[task] = {
                 "runs": e["runs"], "moves_per_run": e["moves"] / e["runs"], "events_observed": n,
                 "predicted_mean": statistics.fmean(e["predicted"]) if n else None,

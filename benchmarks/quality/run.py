@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # `python benchmarks/quality/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     __package__ = "benchmarks.quality"
 
-from benchmarks.common import run_meta  # noqa: E402
+from benchmarks.common import write_result  # noqa: E402
 from benchmarks.quality import tasks  # noqa: E402
 from benchmarks.quality.methods import (  # noqa: E402
     KNOBS,
@@ -143,13 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     results = run(settings, args.work, workers=args.workers)
     results["wall_seconds"] = time.perf_counter() - t0
-    command = " ".join(["python -m benchmarks.quality.run", *(argv if argv is not None else sys.argv[1:])])
-    results["command"] = command
-    results["meta"] = {**run_meta(), "command": command}
-
-    from mobilepeft.io import write_json
-
-    write_json(args.results, results)
+    write_result(args.results, results)
     _render(results, args.results, args.markdown)
     print(f"finished in {results['wall_seconds'] / 60:.1f} min")
     return 0
@@ -210,8 +204,10 @@ def run(settings: QualitySettings, work: Path, *, workers: int = 2) -> dict[str,
         zero_shot[name] = evaluate_answers(model, items, data[name]["folder"], batch_size=50, max_new_tokens=4).to_dict()
     del model
 
+    key = settings.run_key()
+
     def job(task: str, method: str, seed: int, hyper: dict[str, Any]) -> dict[str, Any]:
-        out = work / "runs" / settings.run_key() / task / method / _tag(hyper) / f"seed{seed}"
+        out = run_dir(work, key, task, method, hyper, seed)
         cfg = train_config(method, model=base, data=data[task]["train"], image_folder=data[task]["folder"],
                            output_dir=out, seed=seed, steps=settings.steps, rank=settings.rank, lr=hyper["lr"],
                            batch_size=settings.batch_size, ring_rank_pattern=pattern,
@@ -247,6 +243,11 @@ def run(settings: QualitySettings, work: Path, *, workers: int = 2) -> dict[str,
     }
     results["summary"] = summarize(results)
     return results
+
+
+def run_dir(work: Path, key: str, task: str, method: str, hyper: dict[str, Any], seed: int) -> Path:
+    """The cache folder a run trains in, under its settings' ``run_key``."""
+    return work / "runs" / key / task / method / _tag(hyper) / f"seed{seed}"
 
 
 def _tag(hyper: dict[str, Any]) -> str:

@@ -49,6 +49,12 @@ def spent(ranks: Mapping[str, int], infos: Mapping[str, BranchInfo]) -> int:
     return sum(ranks[n] * infos[n].cost for n in ranks)
 
 
+def value_unit(info: BranchInfo, allocation: str) -> int:
+    """What a branch's sensitivity or gain is divided by to compare it with other branches: its
+    parameters per rank unit (``parameter``), or 1 (``rank``: per rank unit)."""
+    return info.cost if allocation == "parameter" else 1
+
+
 def hierarchical_targets(infos: Mapping[str, BranchInfo], sensitivity: Mapping[str, float],
                          temperature: float, allocation: str = "parameter") -> dict[str, float]:
     """Continuous ranks from the coarse (group → block) and fine (branch) split of the budget.
@@ -67,10 +73,10 @@ def hierarchical_targets(infos: Mapping[str, BranchInfo], sensitivity: Mapping[s
         return float(sum(infos[n].base_rank * infos[n].cost for n in names))
 
     def units(names: list[str]) -> float:
-        return fixed_cost(names) if allocation == "parameter" else float(sum(infos[n].base_rank for n in names))
+        return float(sum(infos[n].base_rank * value_unit(infos[n], allocation) for n in names))
 
     def per_unit(n: str) -> float:
-        return (sensitivity[n] + eps) / (infos[n].cost if allocation == "parameter" else 1.0)
+        return (sensitivity[n] + eps) / value_unit(infos[n], allocation)
 
     budget = float(budget_of(infos))
     by_group: dict[str, list[str]] = {}

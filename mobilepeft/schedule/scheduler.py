@@ -45,6 +45,7 @@ from mobilepeft.schedule.budget import (
     hierarchical_targets,
     round_to_budget,
     spent,
+    value_unit,
 )
 from mobilepeft.schedule.measure import GradientTap, branch_stats, gradient_norm, sampled_tokens
 from mobilepeft.schedule.settings import ScheduleSettings
@@ -200,7 +201,7 @@ class RankScheduler:
         ranks = self.ranks()
         lo_hi = {n: self.bounds.clamp(self.infos[n]) for n in ranks}
         cost = {n: g * self.infos[n].cost for n in ranks}
-        per = cost if self.settings.allocation == "parameter" else dict.fromkeys(ranks, 1)
+        per = {n: g * value_unit(self.infos[n], self.settings.allocation) for n in ranks}
         donors = sorted((n for n in remove if ranks[n] - g >= lo_hi[n][0]), key=lambda n: remove[n] / per[n])
         recipients = sorted((n for n in add if ranks[n] + g <= lo_hi[n][1]), key=lambda n: -add[n] / per[n])
         margin = self.settings.veto * self._loss_noise()
