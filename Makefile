@@ -8,7 +8,7 @@ DEMO_ARGS ?=
 QUALITY_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow runner runner-arm64 lint bench-train-step bench-train-throughput bench-adapter-overhead bench-schedule-overhead bench-ondevice-train bench-deploy bench-quant-agreement bench-coreml-sizes bench-native-runner bench-quality clean
+.PHONY: demo test test-slow runner runner-arm64 lint bench-train-step bench-train-throughput bench-adapter-overhead bench-schedule-overhead bench-ondevice-train bench-deploy bench-quant-agreement bench-coreml-sizes bench-native-runner bench-quality bench-quality-quick clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -81,6 +81,10 @@ bench-native-runner: runner
 # Every adapter method at one budget, 3 seeds, 2 tasks: docs/results.md (~40 min on 2 cores; cached runs are reused).
 bench-quality: $(STAMP)
 	$(BIN)/python -m benchmarks.quality.run $(QUALITY_ARGS)
+
+# LoRA, HyDRA and hierarchical-only on every task with the full protocol: under an hour on 2 cores.
+bench-quality-quick: $(STAMP)
+	$(BIN)/python -m benchmarks.quality.run --quick $(QUALITY_ARGS)
 
 clean:
 	rm -rf outputs runs build .pytest_cache

@@ -4,7 +4,8 @@ A preset composes the two lower layers (a model from ``models/``, a tokenizer tr
 vocabulary of ``data/``'s synthetic dataset), so it lives above both.
 
 ``tiny`` is the embedded default: a randomly initialised MobileVLM small enough that LoRA
-training runs in seconds on 2 CPU cores; ``small`` (~25M parameters) is what benchmarks time, with a SentencePiece tokenizer trained on the
+training runs in seconds on 2 CPU cores; ``tiny-deep`` is tiny with 8 LLM blocks (the quality
+benchmark's base); ``small`` (~25M parameters) is what benchmarks time, with a SentencePiece tokenizer trained on the
 synthetic dataset's vocabulary (LLaMA conventions: unk=0, <s>=1, </s>=2, byte fallback).
 """
 
@@ -28,6 +29,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         # initializer_range ~ 1/sqrt(hidden): with HF's 0.02 a frozen random lm_head caps logit margins
         # near 2.5, so no adapter could make the tiny model confident; real checkpoints are trained.
         "llm": dict(hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.08),
+        "vision": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
+                       image_size=64, patch_size=8, projection_dim=64, hidden_act="quick_gelu",
+                       layer_norm_eps=1e-5, num_channels=3),
+        "tokenizer_vocab": 512,
+    },
+    # tiny's widths at MobileLLaMA's depth pattern scaled down (8 blocks): the quality benchmark's base, deep
+    # enough that early, middle and late layers can play different parts.
+    "tiny-deep": {
+        "llm": dict(hidden_size=128, intermediate_size=352, num_hidden_layers=8, num_attention_heads=4,
                     num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.08),
         "vision": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
                        image_size=64, patch_size=8, projection_dim=64, hidden_act="quick_gelu",

@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from benchmarks.quality import tasks
-from benchmarks.quality.methods import METHODS, TABLE, adapter_budget, match_ring_ranks
+from benchmarks.quality.methods import METHODS, QUICK, TABLE, adapter_budget, match_ring_ranks
 from benchmarks.quality.report import render_markdown, summarize
 from mobilepeft.data.synth import COLORS
 
@@ -69,6 +70,29 @@ def test_relations_answers_agree_with_the_pixels(tmp_path):
             assert answer == ("square" if fill > 0.9 else "circle" if fill > 0.65 else "triangle")
 
 
+def test_codes_answers_are_the_table_entry_of_what_the_pixels_show(tmp_path):
+    """The codes task asks for the code word of the drawn colour x shape (x side): read those back from the
+    pixels and look them up. The table deals the eight words out evenly, and test drawings are new."""
+    files = tasks.write_codes_task(tmp_path, n_train=60, n_val=6, n_test=10)
+    table = tasks.code_table()
+    records = [r for split in ("train", "val", "test") for r in json.loads(files[split].read_text())]
+    assert [len(json.loads(files[s].read_text())) for s in ("train", "val", "test")] == [60, 6, 10]
+    for record in records:
+        image = np.asarray(Image.open(tmp_path / record["image"]).convert("RGB"))
+        (color, (blob,)), = [(c, b) for c in COLORS if (b := _blobs(image, c))]
+        box = np.ptp(blob, axis=0) + 1
+        fill = len(blob) / (box[0] * box[1])
+        shape = "square" if fill > 0.9 else "circle" if fill > 0.65 else "triangle"
+        side = "left" if blob[:, 1].mean() < 32 else "right"
+        key = (color, shape) if record["question_type"] == "code" else (color, shape, side)
+        assert record["conversations"][1]["value"] == table[key], record["id"]
+    pair = [w for k, w in table.items() if len(k) == 2]
+    side = [w for k, w in table.items() if len(k) == 3]
+    assert max(pair.count(w) for w in tasks.CODE_WORDS) - min(pair.count(w) for w in tasks.CODE_WORDS) <= 1
+    assert max(side.count(w) for w in tasks.CODE_WORDS) - min(side.count(w) for w in tasks.CODE_WORDS) <= 1
+    assert {r["question_type"] for r in records} == {"code", "code_side"}
+
+
 def test_every_lora_family_method_gets_the_same_budget(tiny_ckpt):
     lora = adapter_budget(tiny_ckpt, METHODS["lora"][1], 8)
     assert lora == 8 * 4 * (256 + 192 + 192 + 256 + 3 * 480)  # r (in + out) over 7 linears x 4 layers
@@ -83,16 +107,20 @@ def test_every_lora_family_method_gets_the_same_budget(tiny_ckpt):
     assert adapter_budget(tiny_ckpt, {**METHODS["adaring"][1], "ring_rank_pattern": pattern}, 8) == ring
 
 
-def test_published_table_is_rendered_from_the_published_json():
-    """docs/results.md is exactly what the renderer makes of docs/results/quality.json, whose
-    summary is what its raw runs give: a number in the table cannot drift from the data."""
-    results = json.loads((ROOT / "docs" / "results" / "quality.json").read_text())
+@pytest.mark.parametrize("name,page,methods", [("quality", "results.md", TABLE)])
+def test_published_table_is_rendered_from_the_published_json(name, page, methods):
+    """docs/results.md (every method) and docs/results-quick.md (``--quick``, which must fit an hour) are exactly
+    what the renderer makes of their JSON, whose summary is what its raw runs give: a number in a table cannot
+    drift from the data."""
+    results = json.loads((ROOT / "docs" / "results" / f"{name}.json").read_text())
     assert summarize(results) == results["summary"]
-    page = render_markdown(results, json_link="results/quality.json", png_link="results/quality.png")
-    assert (ROOT / "docs" / "results.md").read_text() == page
-    assert len(results["settings"]["seeds"]) >= 3 and results["wall_seconds"] <= 3600
-    assert set(results["settings"]["methods"]) == set(TABLE)
-    assert (ROOT / "docs" / "results" / "quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rendered = render_markdown(results, json_link=f"results/{name}.json", png_link=f"results/{name}.png")
+    assert (ROOT / "docs" / page).read_text() == rendered
+    assert len(results["settings"]["seeds"]) >= 3
+    assert set(results["settings"]["methods"]) == set(methods)
+    if methods == QUICK:
+        assert results["wall_seconds"] <= 3600 and len(results["settings"]["seeds"]) >= 5
+    assert (ROOT / "docs" / "results" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_benchmark_runs_end_to_end_and_resumes_from_its_cache(tmp_path, capsys):

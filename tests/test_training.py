@@ -146,6 +146,33 @@ def test_full_stage_trains_every_llm_weight_and_writes_a_loadable_checkpoint(tin
         _cfg(tiny_ckpt, synth_data, tmp_path / "x", stage="full", schedule="hydra")
 
 
+def test_full_stage_with_the_vision_tower_writes_the_trained_tower(tiny_ckpt, synth_data, tmp_path):
+    """--train-vision-tower (a model built from scratch): every tower tensor moves, OUT/model/ holds them, and the
+    reloaded model computes image features as the trained one does. Other stages refuse the switch."""
+    from mobilepeft.loading import load_vlm
+    from mobilepeft.models.checkpoint import read_state_dict
+
+    cfg = _cfg(tiny_ckpt, synth_data, tmp_path / "full", stage="full", train_vision_tower=True, max_steps=6, lr=1e-3)
+    trainer = Trainer(cfg, progress=False)
+    result = trainer.run()
+    base, tuned = read_state_dict(tiny_ckpt), read_state_dict(result.adapter_dir)
+    assert set(tuned) == set(base)
+    tower = {k for k in base if k.startswith("model.vision_tower.")}
+    moved = {k for k in tower if not torch.equal(base[k], tuned[k])}
+    # every weight that reaches the loss moves: all but the last encoder layer and the post-norm, which come after
+    # the features MobileVLM reads (mm_vision_select_layer -2)
+    last = max(int(k.split("encoder.layers.")[1].split(".")[0]) for k in tower if "encoder.layers." in k)
+    unused = {k for k in tower if f"encoder.layers.{last}." in k or "post_layernorm" in k}
+    assert moved == tower - unused and any(k.endswith("patch_embedding.weight") for k in moved)
+    pixels = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        gap = (load_vlm(result.adapter_dir).encode_images(pixels) - trainer.model.eval().encode_images(pixels)).abs().max()
+    assert gap.item() < 1e-5
+    for stage in ("finetune", "pretrain"):
+        with pytest.raises(UserError, match="--train-vision-tower"):
+            _cfg(tiny_ckpt, synth_data, tmp_path / "x", stage=stage, train_vision_tower=True)
+
+
 def test_yaml_config_and_flag_precedence(tmp_path):
     f = tmp_path / "run.yaml"
     f.write_text(yaml.safe_dump({"model": "m", "data": "d/train.json", "output-dir": "o", "rank": 16,

@@ -1,9 +1,11 @@
 """The benchmark's base model: a tiny MobileVLM pretrained from scratch, MobileVLM's two stages.
 
 Stage I trains the LDP projector alone on the pretraining corpus (the LLM is random and frozen);
-stage II trains every LLM weight and the projector (``--stage full``). The CLIP tower stays at
-its random initialisation, frozen, as MobileVLM keeps its tower frozen: the model has to learn
-to read random-feature images, which keeps the tasks honest (no ImageNet features to lean on).
+stage II trains every LLM weight, the projector and the CLIP tower (``--stage full
+--train-vision-tower``). MobileVLM freezes an ImageNet-scale CLIP tower; ours starts random, so
+it is trained here, on the pretraining corpus only, to play that part: the downstream tasks then
+meet a tower whose features were learnt for other images and questions (a frozen random tower
+would leave every task to the projector). The tower stays frozen in fine-tuning, as in MobileVLM.
 The result is cached under a key of every setting, so a rerun of the benchmark reuses it.
 """
 
@@ -24,7 +26,8 @@ from . import tasks
 
 @dataclass(frozen=True)
 class PretrainSettings:
-    preset: str = "tiny"
+    preset: str = "tiny-deep"
+    train_vision_tower: bool = True
     n_train: int = 6000
     n_val: int = 200
     stage1_steps: int = 150
@@ -59,9 +62,10 @@ def pretrained_model(work: Path, settings: PretrainSettings, echo=print) -> tupl
     echo(f"pretraining stage I (projector only, {settings.stage1_steps} steps) -> {root / 'stage1'}")
     stage1 = Trainer(_config(model=str(init), output_dir=str(root / "stage1"), stage="pretrain",
                              max_steps=settings.stage1_steps, lr=settings.stage1_lr, **common)).run()
-    echo(f"pretraining stage II (LLM + projector, {settings.stage2_steps} steps) -> {root / 'stage2'}")
+    tower = " + CLIP tower" if settings.train_vision_tower else ""
+    echo(f"pretraining stage II (LLM + projector{tower}, {settings.stage2_steps} steps) -> {root / 'stage2'}")
     stage2 = Trainer(_config(model=str(init), output_dir=str(root / "stage2"), stage="full",
-                             projector=str(stage1.adapter_dir), max_steps=settings.stage2_steps,
+                             train_vision_tower=settings.train_vision_tower, projector=str(stage1.adapter_dir), max_steps=settings.stage2_steps,
                              lr=settings.stage2_lr, **common)).run()
     record = {"settings": asdict(settings), "seconds": time.perf_counter() - t0,
               "stage1_val": stage1.eval_after, "stage2_val": stage2.eval_after}

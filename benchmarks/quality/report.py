@@ -11,6 +11,18 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from mobilepeft.presets import PRESETS
+
+#: what each task asks, for the page's setup section (benchmarks/quality/tasks.py makes them)
+TASK_DESCRIPTIONS = {
+    "digits": "real handwritten digit scans from scikit-learn (train and test images disjoint), \"which digit?\", "
+              "\"is it even?\", \"what is the digit plus one?\"",
+    "relations": "multi-shape scenes with questions pretraining never asked: how many shapes of a colour, how many on "
+                 "the left, which shape has a colour",
+    "codes": "single shapes drawn as in pretraining, asked for the code word of their colour x shape (or colour x "
+             "shape x side): an arbitrary table of 8 new words to learn, new knowledge rather than a new reading of "
+             "the image",
+}
 #: comparisons the text reports: (method, reference)
 COMPARISONS = (("hydra", "lora"), ("hierarchical", "lora"), ("dynamic", "lora"), ("multihead", "lora"),
                ("dmlora", "lora"), ("adaring", "lora"), ("lora", "full"), ("hydra", "full"))
@@ -47,6 +59,14 @@ def compare(summary: dict[str, Any], task: str, a: str, b: str) -> tuple[float, 
     diff = 100 * (sa["accuracy_mean"] - sb["accuracy_mean"])
     se = 100 * math.sqrt(sa["accuracy_std"] ** 2 / sa["n_seeds"] + sb["accuracy_std"] ** 2 / sb["n_seeds"])
     return diff, se
+
+
+def compare_mean(summary: dict[str, Any], task_names: list[str], a: str, b: str) -> tuple[float, float] | None:
+    """The difference of the means over tasks and its standard error (the tasks' runs are independent)."""
+    per = [compare(summary, t, a, b) for t in task_names]
+    if any(c is None for c in per):
+        return None
+    return statistics.fmean(d for d, _ in per), math.sqrt(sum(se**2 for _, se in per)) / len(per)
 
 
 def verdict(diff: float, se: float) -> str:
@@ -111,13 +131,15 @@ def render_markdown(results: dict[str, Any], *, json_link: str, png_link: str) -
               "[hydra.md, \"The quality benchmark\"](hydra.md#the-quality-benchmark).", ""]
     lines += ["## Differences against the reference (accuracy points, ± standard error of the difference)", "",
               "\"better\"/\"worse\": the difference exceeds twice its standard error; otherwise \"within noise\".", "",
-              "| Comparison | " + " | ".join(tlabels[t] for t in task_names) + " |",
-              "|---|" + "---|" * len(task_names)]
+              "| Comparison | " + " | ".join(tlabels[t] for t in task_names) + " | Mean over tasks |",
+              "|---|" + "---|" * (len(task_names) + 1)]
     for a, b in COMPARISONS:
         cells = []
         for t in task_names:
             c = compare(summary, t, a, b)
             cells.append("–" if c is None else f"{c[0]:+.1f} ± {c[1]:.1f} ({verdict(*c)})")
+        c = compare_mean(summary, task_names, a, b)
+        cells.append("–" if c is None else f"{c[0]:+.1f} ± {c[1]:.1f} ({verdict(*c)})")
         if any(c != "–" for c in cells):
             lines.append(f"| {labels.get(a, a)} − {labels.get(b, b)} | " + " | ".join(cells) + " |")
 
@@ -142,16 +164,17 @@ def render_markdown(results: dict[str, Any], *, json_link: str, png_link: str) -
     lines += [
         "## Setup",
         "",
-        f"- **Base model**: the `{ps['preset']}` MobileVLM V2 architecture (LDPv2 projector, CLIP tower kept at its "
-        f"random initialisation and frozen), pretrained from scratch on {ps['n_train']:,} synthetic shape questions "
+        f"- **Base model**: the `{ps['preset']}` MobileVLM V2 architecture ({PRESETS[ps['preset']]['llm']['num_hidden_layers']} LLM blocks, "
+        "LDPv2 projector, a CLIP tower "
+        + ("trained in stage II and frozen afterwards" if ps.get("train_vision_tower") else
+           "kept at its random initialisation and frozen")
+        + f"), pretrained from scratch on {ps['n_train']:,} synthetic shape questions "
         f"(colour, shape, count, side): stage I projector only, {ps['stage1_steps']} steps; stage II every LLM "
-        f"weight + projector (`--stage full`), {ps['stage2_steps']} steps, batch {ps['batch_size']}. "
+        f"weight + projector{' + CLIP tower (`--stage full --train-vision-tower`)' if ps.get('train_vision_tower') else ' (`--stage full`)'}, "
+        f"{ps['stage2_steps']} steps, batch {ps['batch_size']}. "
         f"Pretraining val accuracy {_pct(p['stage2_val']['accuracy'])}% ({p['seconds'] / 60:.1f} min).",
         f"- **Tasks** ({s['n_train']} training / {s['n_test']} test questions each, every question type equally often): "
-        "*digits*: real handwritten digit scans from scikit-learn (train and test images disjoint), "
-        "\"which digit?\", \"is it even?\", \"what is the digit plus one?\"; *relations*: multi-shape scenes with "
-        "questions pretraining never asked: how many shapes of a colour, how many on the left, which shape has a "
-        "colour.",
+        + "; ".join(f"*{t}*: {TASK_DESCRIPTIONS[t]}" for t in task_names) + ".",
         f"- **Fine-tuning**: {s['steps']} steps, batch {s['batch_size']}, AdamW, cosine schedule with 5% warmup; "
         + ("learning rate and main knob chosen per method on the validation split (above); "
            if "search" in results else

@@ -35,6 +35,7 @@ from benchmarks.quality import tasks  # noqa: E402
 from benchmarks.quality.methods import (  # noqa: E402
     KNOBS,
     METHODS,
+    QUICK,
     SEARCH_AS,
     TABLE,
     VARIANTS,
@@ -50,6 +51,7 @@ DOCS = ROOT / "docs"
 TASKS = {
     "digits": ("Digits (real scans)", tasks.write_digits_task),
     "relations": ("Relations (compositional)", tasks.write_relations_task),
+    "codes": ("Codes (new associations)", tasks.write_codes_task),
 }
 
 
@@ -59,7 +61,7 @@ class QualitySettings:
     methods: tuple[str, ...] = TABLE
     tasks: tuple[str, ...] = tuple(TASKS)
     rank: int = 8
-    steps: int = 500
+    steps: int = 300
     batch_size: int = 16
     #: hyperparameters per method chosen on the validation split (``search``), or ``lr``/``full_lr`` for all
     search: bool = True
@@ -93,8 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="runs trained at once (one thread each)")
     parser.add_argument("--seeds", type=int, default=len(QualitySettings.seeds),
                         help="seeds per method and task on the test split (>= 3 for a std)")
-    parser.add_argument("--methods", default=",".join(TABLE),
-                        help="comma separated, from " + ",".join(METHODS) + f" (default: all but {', '.join(VARIANTS)})")
+    parser.add_argument("--methods", default=None,
+                        help="comma separated, from " + ",".join(METHODS) + f" (default: all but {', '.join(VARIANTS)}; "
+                             f"with --quick: {','.join(QUICK)})")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"the subset that fits an hour on 2 cores: {', '.join(QUICK)} on every task, same protocol; "
+                             "writes docs/results/quality_quick.json and docs/results-quick.md unless --results/--markdown")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma separated subset of " + ",".join(TASKS))
     parser.add_argument("--rank", type=int, default=QualitySettings.rank,
                         help="the budget: LoRA at this rank on every LLM linear (AdaRing's ring ranks are matched to it)")
@@ -112,11 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=QualitySettings.lr, help="with --no-search: the adapter methods' rate")
     parser.add_argument("--full-lr", type=float, default=QualitySettings.full_lr,
                         help="with --no-search: full fine-tuning's rate")
-    parser.add_argument("--results", type=Path, default=DOCS / "results" / "quality.json")
-    parser.add_argument("--markdown", type=Path, default=DOCS / "results.md")
+    parser.add_argument("--results", type=Path, default=None, help="default docs/results/quality.json")
+    parser.add_argument("--markdown", type=Path, default=None, help="default docs/results.md")
     parser.add_argument("--render-only", action="store_true",
                         help="only re-render --markdown and the plot from the existing --results JSON")
     args = parser.parse_args(argv)
+    suffix = "_quick" if args.quick else ""
+    args.results = args.results or DOCS / "results" / f"quality{suffix}.json"
+    args.markdown = args.markdown or DOCS / f"results{suffix.replace('_', '-')}.md"
+    args.methods = args.methods or ",".join(QUICK if args.quick else TABLE)
     if args.render_only:
         _render(json.loads(args.results.read_text()), args.results, args.markdown)
         return 0

@@ -1,4 +1,4 @@
-"""The quality benchmark's data: a pretraining corpus and two downstream tasks with a real shift.
+"""The quality benchmark's data: a pretraining corpus and three downstream tasks with a real shift.
 
 * ``pretrain``: the built-in synthetic VQA set (one flat shape: colour, shape, count, side).
 * ``digits``: real handwritten digits (scikit-learn's copy of the UCI set: 1797 8x8 scans by 43
@@ -8,6 +8,12 @@
 * ``relations``: compositional questions over multi-shape scenes, which pretraining never asks:
   counting the shapes of one colour (colour filter + count), counting the shapes on the left
   (spatial filter + count) and naming the shape of a colour (colour bound to shape).
+* ``codes``: new knowledge, not a new way of reading the image: every colour x shape (and colour x
+  shape x side) of the pretraining images has an arbitrary code word the model never saw, and the
+  question asks for it. The image is read as in pretraining; what is new is a lookup table from
+  attribute conjunctions to new answer tokens, the kind of association a transformer stores in its
+  MLPs and late layers, so this task needs capacity there rather than in the attention that reads
+  the picture.
 
 Every record carries ``question_type`` (the per-type breakdown of ``mobilepeft eval``); every file
 is a pure function of the seed and written atomically, the JSON files last.
@@ -23,7 +29,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from mobilepeft.data.synth import BACKGROUND, COLORS, SHAPES, draw_shape, write_synthetic_dataset
+from mobilepeft.data.synth import BACKGROUND, COLORS, SHAPES, SIDES, draw_shape, write_synthetic_dataset
 from mobilepeft.data.synth import corpus_lines as synth_corpus_lines
 from mobilepeft.data.template import IMAGE_PLACEHOLDER, SYSTEM_PROMPT
 from mobilepeft.io import atomic_file, write_json
@@ -42,6 +48,11 @@ REL_QUESTIONS: dict[str, Callable[[str], str]] = {
     "count_left": lambda c: "How many shapes are on the left side?",
     "shape_of_color": lambda c: f"What shape is the {c} one?",
 }
+CODE_WORDS = ("amber", "birch", "cedar", "delta", "ember", "flint", "grove", "haze")
+CODE_QUESTIONS: dict[str, tuple[str, ...]] = {
+    "code": ("What is the code word for this shape?", "Which code word goes with this shape?"),
+    "code_side": ("What is the code word for this shape on its side?", "Which code word goes with this shape and side?"),
+}
 #: the possible answers of each question type (chance accuracy, tokenizer coverage)
 ANSWERS: dict[str, tuple[str, ...]] = {
     "digit": tuple(str(d) for d in range(10)),
@@ -50,6 +61,8 @@ ANSWERS: dict[str, tuple[str, ...]] = {
     "count_color": COUNT_WORDS,
     "count_left": COUNT_WORDS,
     "shape_of_color": SHAPES,
+    "code": CODE_WORDS,
+    "code_side": CODE_WORDS,
 }
 
 
@@ -58,6 +71,7 @@ def corpus_lines() -> list[str]:
     real LLM's does): the pieces the v1 template tokenises, as in ``synth.corpus_lines``."""
     questions = [q for qs in DIGIT_QUESTIONS.values() for q in qs]
     questions += [make(c) for make in REL_QUESTIONS.values() for c in REL_COLORS]
+    questions += [q for qs in CODE_QUESTIONS.values() for q in qs]
     answers = sorted({a for values in ANSWERS.values() for a in values})
     lines = list(synth_corpus_lines())
     for q in questions:
@@ -114,6 +128,46 @@ def write_relations_task(out_dir: Path, *, n_train: int, n_val: int, n_test: int
             name = f"images/{stream}_{k:05d}.png"
             _write_png(out_dir / name, image)
             records.append(_record(f"{stream}-{k:05d}", name, qtype, REL_QUESTIONS[qtype](color), answer))
+        splits = {"train": records[:n_train], "val": records[n_train:]} if stream == "train" else {"test": records}
+        for split, chunk in splits.items():
+            write_json(out_dir / f"{split}.json", chunk)
+            out[split] = out_dir / f"{split}.json"
+    return out
+
+
+def code_table() -> dict[tuple[str, ...], str]:
+    """The codes task's answers: (colour, shape) and (colour, shape, side) -> code word. Each table deals the
+    words out in turn over a fixed shuffle of its keys, so every word answers about as many keys, and the
+    side-specific word is unrelated to the side-free one."""
+    table: dict[tuple[str, ...], str] = {}
+    for salt, keys in (("pair", [(c, s) for c in COLORS for s in SHAPES]),
+                       ("side", [(c, s, side) for c in COLORS for s in SHAPES for side in SIDES])):
+        random.Random(f"mobilepeft-quality/codes/{salt}").shuffle(keys)
+        table.update({key: CODE_WORDS[k % len(CODE_WORDS)] for k, key in enumerate(keys)})
+    return table
+
+
+def write_codes_task(out_dir: Path, *, n_train: int, n_val: int, n_test: int) -> dict[str, Path]:
+    """One shape per image, drawn as in pretraining (any size, anywhere in its half); validation is the tail
+    of the training stream. Test images are new drawings of the same keys: the table is what is learnt."""
+    table = code_table()
+    out: dict[str, Path] = {}
+    for stream, count in (("train", n_train + n_val), ("test", n_test)):
+        rng = random.Random(f"mobilepeft-quality/codes/{stream}")
+        records = []
+        for k in range(count):
+            qtype = list(CODE_QUESTIONS)[k % len(CODE_QUESTIONS)]
+            color, shape, side = rng.choice(list(COLORS)), rng.choice(SHAPES), rng.choice(SIDES)
+            image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUND)
+            radius = rng.uniform(0.12, 0.2) * IMAGE_SIZE
+            half = IMAGE_SIZE / 2
+            cx = rng.uniform(radius + 1, half - radius - 1) + (half if side == "right" else 0)
+            cy = rng.uniform(radius + 1, IMAGE_SIZE - radius - 1)
+            draw_shape(ImageDraw.Draw(image), shape, COLORS[color], cx, cy, radius)
+            answer = table[(color, shape) if qtype == "code" else (color, shape, side)]
+            name = f"images/{stream}_{k:05d}.png"
+            _write_png(out_dir / name, image)
+            records.append(_record(f"{stream}-{k:05d}", name, qtype, rng.choice(CODE_QUESTIONS[qtype]), answer))
         splits = {"train": records[:n_train], "val": records[n_train:]} if stream == "train" else {"test": records}
         for split, chunk in splits.items():
             write_json(out_dir / f"{split}.json", chunk)

@@ -38,6 +38,10 @@ class ModelSettings(Settings):
              "weight + projector, MobileVLM stage II; writes OUT/model/).")
     train_projector: bool = setting(True, cli="switch", help="Train the LDP projector too (MobileVLM recipe: yes).")
     projector: str | None = setting(None, help="Initialise the projector from a stage-I mm_projector.safetensors.")
+    train_vision_tower: bool = setting(
+        False, cli="switch",
+        help="With --stage full: train the CLIP tower too (its weights are written into OUT/model/). MobileVLM keeps "
+             "its ImageNet-trained tower frozen; a tower that starts random (a model built from scratch) has to learn.")
 
 
 @dataclass
@@ -232,6 +236,10 @@ class TrainConfig:
         if optim.global_batch_size is not None and optim.global_batch_size % optim.batch_size:
             raise UserError(f"must be a multiple of --batch-size {optim.batch_size} (got {optim.global_batch_size})",
                             field="global_batch_size", hint="global batch = batch size x grad accum x processes")
+        if self.model.train_vision_tower and self.model.stage != "full":
+            raise UserError(f"--train-vision-tower trains the tower with every LLM weight; --stage {self.model.stage} "
+                            "keeps the base model frozen", field="train_vision_tower",
+                            hint="use --stage full, or drop --train-vision-tower")
         if optim.fsdp and self.model.stage == "full":
             raise UserError("--fsdp shards the frozen base model, and --stage full trains all of it",
                             field="fsdp", hint="drop --fsdp: --stage full runs data parallel (DDP) under torchrun")

@@ -247,6 +247,7 @@ class Trainer:
                 p.requires_grad_(True)
         elif cfg.model.stage == "full":
             model.llm.requires_grad_(True)
+            model.vision_tower.requires_grad_(cfg.model.train_vision_tower)
         model.mm_projector.requires_grad_(_trains_projector(cfg))
         if cfg.optim.gradient_checkpointing:
             model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -580,7 +581,7 @@ class Trainer:
                 ranker.write_history(self.out / "rank_history.json")
                 plot_rank_history(self.out / "rank_history.json", self.out / "rank_history.png")
         elif cfg.model.stage == "full":
-            out = save_like_input(run.model, cfg.model.path, out)  # the tower stayed frozen
+            out = save_like_input(run.model, cfg.model.path, out, tower_changed=cfg.model.train_vision_tower)
         else:
             with atomic_dir(out) as tmp:
                 save_projector(run.model, tmp / PROJECTOR_FILE)
