@@ -29,6 +29,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
+if __package__ in (None, ""):  # `python benchmarks/figures.py`: the quality report's statistics are imported lazily
+    sys.path.insert(0, str(ROOT))
 
 Value = tuple[str, str] | Callable[[dict[str, Any]], str]
 
@@ -158,14 +160,10 @@ def _train_time_ratio(a: str, b: str) -> Callable[[dict], str]:
 
 
 QUALITY = [
-    Figure("README.md", "not beat fixed-rank LoRA: {hd} vs {ld}% on real digit scans and {hr} vs {lr}% on the "
-           "compositional task", "quality.json",
-           {"hd": quality_mean("digits", "hydra"), "ld": quality_mean("digits", "lora"),
-            "hr": quality_mean("relations", "hydra"), "lr": quality_mean("relations", "lora")}),
-    Figure("README.md", "`make bench-quality` ({minutes} min on 2 CPU cores, no download)", "quality.json",
+    Figure("README.md", "3 seeds, `make bench-quality` then took {minutes} min):", "quality.json",
            {"minutes": ("wall_seconds", "min.0f")}),
     *_quality_rows(),
-    Figure("README.md", "(Chance {d} / {r}; ablation rows", "quality.json",
+    Figure("README.md", "(Chance {d} / {r}; per-question-type", "quality.json",
            {"d": ("chance/digits", "%.1f"), "r": ("chance/relations", "%.1f")}),
     Figure("docs/hydra.md", "(`make bench-quality`, {minutes} min on 2 CPU cores)", "quality.json",
            {"minutes": ("wall_seconds", "min.0f")}),
@@ -285,10 +283,96 @@ QUALITY_SEARCH = [
             "dd": quality_diff("digits", "hydra", "lora"), "dse": quality_diff("digits", "hydra", "lora", se=True),
             "dr": quality_diff("relations", "hydra", "lora"), "rse": quality_diff("relations", "hydra", "lora", se=True),
             "mean": _mean_diff_over_tasks("hydra", "lora")}),
-    Figure("README.md", "5 test seeds, HyDRA draws with\nLoRA ({dd} and {dr} points)", ABLATION,
+    Figure("README.md", "it drew with LoRA ({dd} and {dr}\npoints)", ABLATION,
            {"dd": quality_diff("digits", "hydra", "lora"), "dr": quality_diff("relations", "hydra", "lora")}),
     *_ablation_rows(),
     *_event_rows(),
+]
+
+DEEP = "quality_quick.json"
+DEEP_ABLATION = "quality_quick_ablation.json"
+DEEP_TASKS = ("digits", "relations", "codes")
+#: (label, method, results JSON): the deeper benchmark's --quick run, and variants run afterwards on its cache
+DEEP_ROWS = (("LoRA (fixed rank 8)", "lora", DEEP), ("HyDRA (`--schedule hydra`)", "hydra", DEEP),
+             ("hierarchical only", "hierarchical", DEEP),
+             ("`--allocation rank`", "hydra_rank", DEEP_ABLATION),
+             ("`--resize-moments axis`", "hydra_moments", DEEP_ABLATION))
+
+
+def _mean_diff_se(a: str, b: str) -> Callable[[dict], str]:
+    """Standard error of the mean-over-tasks difference a - b (report.compare_mean)."""
+    from benchmarks.quality.report import compare_mean
+
+    return lambda d: f"{compare_mean(d['summary'], d['settings']['tasks'], a, b)[1]:.1f}"
+
+
+def _deep_rows() -> list[Figure]:
+    out = []
+    for label, method, source in DEEP_ROWS:
+        cells = " | ".join(f"{{{t[0]}}} ± {{{t[0]}s}}" for t in DEEP_TASKS)
+        diff = "—" if method == "lora" else "{diff} ± {se}"
+        values: dict[str, Value] = {"val": _val_mean(method)}
+        for t in DEEP_TASKS:
+            values[t[0]] = quality_mean(t, method)
+            values[f"{t[0]}s"] = quality_mean(t, method, "accuracy_std")
+        if method != "lora":
+            values.update(diff=_mean_diff_over_tasks(method, "lora"), se=_mean_diff_se(method, "lora"))
+        out.append(Figure("docs/hydra.md", f"| {label} | {cells} | {diff} | {{val}} |", source, values))
+    return out
+
+
+def _deep_event_rows() -> list[Figure]:
+    out = []
+    for label, method, source in DEEP_ROWS[1:]:
+        for task in DEEP_TASKS:
+            key = f"events/{method}/{task}"
+            values: dict[str, Value] = {"moves": (f"{key}/moves_per_run", ".1f"),
+                                        "att": (f"{key}/attention_rank_mean", ".1f"),
+                                        "mlp": (f"{key}/mlp_rank_mean", ".1f"),
+                                        "late": (f"{key}/late_half_rank_mean", ".1f")}
+            if method.startswith("hierarchical"):
+                text = f"| {label}, {task} | {{moves}} | — | — | — | {{att}} / {{mlp}} | {{late}} |"
+            else:
+                text = (f"| {label}, {task} | {{moves}} | {{pred}} | {{first}} | {{later}} ± {{se}} | {{att}} / {{mlp}} "
+                        "| {late} |")
+                values.update({"pred": (f"{key}/predicted_mean", "pm.3f"), "first": (f"{key}/first_observed_mean", "pm.3f"),
+                               "later": (f"{key}/later_observed_mean", "pm.3f"), "se": (f"{key}/later_observed_se", ".3f")})
+            out.append(Figure("docs/hydra.md", text, source.replace(".json", "_events.json"), values))
+    return out
+
+
+def _mean_over_tasks(method: str) -> Callable[[dict], str]:
+    return lambda d: f"{100 * statistics.fmean(d['summary'][t][method]['accuracy_mean'] for t in d['settings']['tasks']):.1f}"
+
+
+def _quick_readme_rows() -> list[Figure]:
+    out = []
+    for label, method in (("LoRA (fixed rank 8)", "lora"), ("HyDRA (`--schedule hydra`)", "hydra"),
+                          ("hierarchical only (`--schedule hierarchical`)", "hierarchical")):
+        values: dict[str, Value] = {
+            "m": _mean_over_tasks(method)}
+        for t in DEEP_TASKS:
+            values[t[0]] = quality_mean(t, method)
+            values[f"{t[0]}s"] = quality_mean(t, method, "accuracy_std")
+        out.append(Figure("README.md", f"| {label} | {{d}} ± {{ds}} | {{r}} ± {{rs}} | {{c}} ± {{cs}} | {{m}} |", DEEP, values))
+    return out
+
+
+QUALITY_DEEP = [
+    Figure("README.md", "`make bench-quality-quick` ({minutes} min on 2 CPU cores, no download)", DEEP,
+           {"minutes": ("wall_seconds", "min.0f")}),
+    Figure("README.md", "HyDRA scores {h}% on the mean over\ntasks against fixed LoRA's {l}% ({diff} ± {se} points), and "
+           "hierarchical allocation alone\n{hi}%", DEEP,
+           {"h": _mean_over_tasks("hydra"), "l": _mean_over_tasks("lora"), "hi": _mean_over_tasks("hierarchical"),
+            "diff": _mean_diff_over_tasks("hydra", "lora"), "se": _mean_diff_se("hydra", "lora")}),
+    Figure("README.md", "(Chance {cd} / {cr} / {cc}.)", DEEP,
+           {"cd": ("chance/digits", "%.1f"), "cr": ("chance/relations", "%.1f"), "cc": ("chance/codes", "%.1f")}),
+    *_quick_readme_rows(),
+    Figure("docs/hydra.md", "`make bench-quality-quick` ({minutes} min, [results-quick.md]", DEEP,
+           {"minutes": ("wall_seconds", "min.0f")}),
+    Figure("docs/hydra.md", "{abl_minutes} min for their 30 runs", DEEP_ABLATION, {"abl_minutes": ("wall_seconds", "min.0f")}),
+    *_deep_rows(),
+    *_deep_event_rows(),
 ]
 
 RANK1 = "quality_budget_rank1.json"
@@ -909,7 +993,7 @@ DEPLOY = [
            {"r": ("selftest_rel_diff/8da4w", "short.1e")}),
 ]
 
-FIGURES: list[Figure] = [*DEPLOY, *PROFILE_BEFORE, *PROFILE_AFTER, *PROFILE_FINAL, *PROFILE_README, *QUALITY, *QUALITY_SEARCH, *QUALITY_RANK1, *SPLIT, *DEMO, *LOOP, *COST, *DEMO_METHODS, *TRAINING, *ONDEVICE, *QUANT, *COREML, *COREML_1P7B, *NATIVE, *EXTRA]
+FIGURES: list[Figure] = [*DEPLOY, *PROFILE_BEFORE, *PROFILE_AFTER, *PROFILE_FINAL, *PROFILE_README, *QUALITY, *QUALITY_SEARCH, *QUALITY_DEEP, *QUALITY_RANK1, *SPLIT, *DEMO, *LOOP, *COST, *DEMO_METHODS, *TRAINING, *ONDEVICE, *QUANT, *COREML, *COREML_1P7B, *NATIVE, *EXTRA]
 
 #: Figures in the documents no committed JSON backs yet: (document, the note it carries next to them).
 UNCHECKED: list[tuple[str, str]] = [

@@ -96,7 +96,8 @@ def test_codes_answers_are_the_table_entry_of_what_the_pixels_show(tmp_path):
 def test_every_lora_family_method_gets_the_same_budget(tiny_ckpt):
     lora = adapter_budget(tiny_ckpt, METHODS["lora"][1], 8)
     assert lora == 8 * 4 * (256 + 192 + 192 + 256 + 3 * 480)  # r (in + out) over 7 linears x 4 layers
-    for name in ("hydra", "hierarchical", "dynamic", "hydra_rank", "hydra_veto", "hydra_late"):
+    for name in ("hydra", "hierarchical", "dynamic", "hydra_rank", "hydra_veto", "hydra_late", "hydra_moments",
+                 "hierarchical_blocks", "hydra_blocks"):
         assert adapter_budget(tiny_ckpt, METHODS[name][1], 8) == lora, name
     # Hydra multi-head: the sequential branch maps out -> out, so non-square layers cost r_s (out - in) more
     assert adapter_budget(tiny_ckpt, METHODS["multihead"][1], 8) - lora == 4 * 4 * (2 * -64 + 2 * 224 - 224)
@@ -107,7 +108,8 @@ def test_every_lora_family_method_gets_the_same_budget(tiny_ckpt):
     assert adapter_budget(tiny_ckpt, {**METHODS["adaring"][1], "ring_rank_pattern": pattern}, 8) == ring
 
 
-@pytest.mark.parametrize("name,page,methods", [("quality", "results.md", TABLE)])
+@pytest.mark.parametrize("name,page,methods", [("quality", "results.md", TABLE),
+                                                ("quality_quick", "results-quick.md", QUICK)])
 def test_published_table_is_rendered_from_the_published_json(name, page, methods):
     """docs/results.md (every method) and docs/results-quick.md (``--quick``, which must fit an hour) are exactly
     what the renderer makes of their JSON, whose summary is what its raw runs give: a number in a table cannot
@@ -229,7 +231,8 @@ def test_events_summary_counts_moves_and_compares_predicted_with_observed(tmp_pa
             for m in ("lora", "hydra") for s in (0, 1)]
     results = {"settings": settings, "runs": runs}
     ranks = {"model.layers.0.self_attn.q_proj": 12, "model.layers.0.self_attn.v_proj": 10,
-             "model.layers.0.mlp.up_proj": 4, "model.layers.0.mlp.down_proj": 6}
+             "model.layers.0.mlp.up_proj": 4, "model.layers.0.mlp.down_proj": 6,
+             "model.layers.1.self_attn.q_proj": 8, "model.layers.1.mlp.up_proj": 2}
     moves = [{"to": "a", "from": ["b"]}]
     for seed, observed in ((0, [0.05, -0.01]), (1, [0.02, None])):
         events = [{"kind": "initial", "moves": [], "ranks": ranks, "observed_loss_change": None},
@@ -249,4 +252,5 @@ def test_events_summary_counts_moves_and_compares_predicted_with_observed(tmp_pa
     assert abs(e["observed_mean"] - 0.02) < 1e-12 and e["predicted_mean"] == -0.02
     assert abs(e["first_observed_mean"] - 0.035) < 1e-12  # each run's first observed event: 0.05, 0.02
     assert e["later_events"] == 1 and e["later_observed_mean"] == -0.01 and e["later_decreases"] == 1
-    assert e["attention_rank_mean"] == 11.0 and e["mlp_rank_mean"] == 5.0
+    assert e["attention_rank_mean"] == 10.0 and e["mlp_rank_mean"] == 4.0
+    assert e["late_half_rank_mean"] == 5.0  # block 1 of blocks 0-1

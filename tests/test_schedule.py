@@ -91,6 +91,35 @@ def test_rank_allocation_keeps_the_invariants_and_does_not_starve_wide_modules(s
     assert sum(per_param[n] for n in wide) < sum(infos[n].base_rank for n in wide)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_block_temperature_zero_keeps_every_blocks_budget(seed):
+    """--block-temperature 0: each block spends what fixed LoRA gives it (within a granule of its widest branch)
+    while its modules still split it by sensitivity; the default follows --temperature and moves budget between
+    blocks whose sensitivities differ."""
+    infos = _random_infos(seed)
+    rng = random.Random(seed)
+    # the first block of each group 30x as sensitive as the rest: the default split moves budget to it
+    sens = {n: rng.lognormvariate(0, 1) * (30.0 if n.split(".")[1] == "0" else 1.0) for n in infos}
+    bounds = Bounds(r_min=2, r_max=32, granule=2)
+
+    def block_spend(ranks):
+        out = {}
+        for n, r in ranks.items():
+            key = (infos[n].group, infos[n].block)
+            out[key] = out.get(key, 0) + r * infos[n].cost
+        return out
+
+    fixed = block_spend({n: i.base_rank for n, i in infos.items()})
+    kept = round_to_budget(hierarchical_targets(infos, sens, 1.0, block_temperature=0.0), infos, bounds)
+    check_allocation(kept, infos, bounds)
+    widest = 2 * max(i.cost for i in infos.values())
+    assert all(abs(block_spend(kept)[k] - fixed[k]) <= widest for k in fixed)
+    assert kept != {n: i.base_rank for n, i in infos.items()}  # the fine split still follows sensitivity
+    skewed = round_to_budget(hierarchical_targets(infos, sens, 1.0), infos, bounds)
+    first = [k for k in fixed if k[1] == 0]
+    assert sum(block_spend(skewed)[k] for k in first) > sum(fixed[k] for k in first) + widest
+
+
 def _trained(layer, seed=0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -164,6 +193,34 @@ def test_optimizer_follows_a_resize():
     opt.zero_grad()
     layer(torch.randn(4, 48)).sum().backward()
     opt.step()
+
+
+def test_axis_moments_keep_each_features_step_size_through_a_resize():
+    """--resize-moments axis: a change of basis mixes the rank axis only, so A's second moment keeps its mean per
+    input feature and B's per output feature (here features of very different gradient scale), for a shrink's
+    whole tensor and for a growth's new entries; the old entries of a growth keep their own moments."""
+    layer = _layers()["lora"]
+    branch = collect_branches(_Holder(layer))["llm.proj"]
+    opt = torch.optim.AdamW([layer.lora_A.weight, layer.lora_B.weight], lr=1e-2)
+    with torch.no_grad():
+        layer.lora_B.weight.normal_()
+    scale = torch.logspace(-2, 2, 48)  # input features whose activations (so A's gradients) differ 10^4-fold
+    layer(torch.randn(16, 48) * scale).pow(2).sum().backward()
+    opt.step()
+    v_a = opt.state[layer.lora_A.weight]["exp_avg_sq"].clone()
+    v_b = opt.state[layer.lora_B.weight]["exp_avg_sq"].clone()
+    resize_branch(branch, 12)
+    swap_in_optimizer(opt, branch, "grow", 8, "axis")
+    a, b = (opt.state[layer.lora_A.weight]["exp_avg_sq"], opt.state[layer.lora_B.weight]["exp_avg_sq"])
+    assert torch.equal(a[:8], v_a) and torch.equal(b[:, :8], v_b)
+    assert torch.allclose(a[8:], v_a.mean(0).expand(4, -1)) and torch.allclose(b[:, 8:], v_b.mean(1, keepdim=True).expand(-1, 4))
+    assert a[8:, -1].min() > 1e4 * a[8:, 0].max()  # per feature, not one tensor-wide value
+    v_a, v_b = a.clone(), b.clone()
+    resize_branch(branch, 6)
+    swap_in_optimizer(opt, branch, "shrink", 12, "axis")
+    state = opt.state[layer.lora_A.weight]
+    assert not state["exp_avg"].any() and torch.allclose(state["exp_avg_sq"], v_a.mean(0).expand(6, -1))
+    assert torch.allclose(opt.state[layer.lora_B.weight]["exp_avg_sq"], v_b.mean(1, keepdim=True).expand(-1, 6))
 
 
 def _cfg(ckpt, data, out, **kw) -> TrainConfig:

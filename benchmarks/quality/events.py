@@ -8,7 +8,7 @@ per method and task: granule moves per run, the mean predicted and observed loss
 events that moved rank (observed: the mean loss over half an interval after the event minus the
 trend before it, docs/hydra.md), how many of those the loss actually went down after, the same for
 each run's first such event and for the later ones apart, and the final mean rank of the
-attention and of the MLP projections. Writes ``<results>_events.json`` beside it.
+attention and of the MLP projections and of the later half of the blocks. Writes ``<results>_events.json`` beside it.
 """
 
 from __future__ import annotations
@@ -44,6 +44,13 @@ def _mean_rank(ranks: dict[str, int], types: tuple[str, ...]) -> float:
     return statistics.fmean(r for n, r in ranks.items() if n.rpartition(".")[2] in types)
 
 
+def _late_half_rank(ranks: dict[str, int]) -> float:
+    """Mean rank of the branches in the later half of the LLM's blocks (uniform LoRA: its rank)."""
+    blocks = {n: int(n.split("layers.")[1].split(".")[0]) for n in ranks if "layers." in n}
+    half = (max(blocks.values()) + 1) / 2
+    return statistics.fmean(ranks[n] for n, b in blocks.items() if b >= half)
+
+
 def summarize_events(results: dict[str, Any], work: Path) -> dict[str, dict[str, dict[str, Any]]]:
     out: dict[str, dict[str, dict[str, Any]]] = {}
     key = run_key(results)
@@ -59,7 +66,7 @@ def summarize_events(results: dict[str, Any], work: Path) -> dict[str, dict[str,
         final = history["events"][-1]["ranks"]
         entry = out.setdefault(run["method"], {}).setdefault(run["task"], {
             "runs": 0, "moves": 0, "predicted": [], "observed": [], "first": [], "later": [],
-            "attention_rank": [], "mlp_rank": []})
+            "attention_rank": [], "mlp_rank": [], "late_rank": []})
         entry["runs"] += 1
         entry["moves"] += sum(len(e["moves"]) for e in moved)
         entry["predicted"] += [e["predicted_loss_change"] for e in seen]
@@ -68,6 +75,7 @@ def summarize_events(results: dict[str, Any], work: Path) -> dict[str, dict[str,
         entry["later"] += [e["observed_loss_change"] for e in seen[1:]]
         entry["attention_rank"].append(_mean_rank(final, ATTENTION))
         entry["mlp_rank"].append(_mean_rank(final, MLP))
+        entry["late_rank"].append(_late_half_rank(final))
     for per_task in out.values():
         for task, e in per_task.items():
             n = len(e["observed"])
@@ -86,6 +94,7 @@ def summarize_events(results: dict[str, Any], work: Path) -> dict[str, dict[str,
                 "later_decreases": sum(o < 0 for o in e["later"]),
                 "attention_rank_mean": statistics.fmean(e["attention_rank"]),
                 "mlp_rank_mean": statistics.fmean(e["mlp_rank"]),
+                "late_half_rank_mean": statistics.fmean(e["late_rank"]),
             }
     return out
 

@@ -29,6 +29,12 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "hydra_veto": ("HyDRA: moves vetoed within noise", {"adapter": "lora", "schedule": "hydra", "veto": 1.0}),
     "hydra_late": ("HyDRA: moves from 25% of the run", {"adapter": "lora", "schedule": "hydra",
                                                          "realloc_window": [0.25, 0.7]}),
+    "hydra_moments": ("HyDRA: per-feature Adam moments on resize", {"adapter": "lora", "schedule": "hydra",
+                                                                   "resize_moments": "axis"}),
+    "hierarchical_blocks": ("HyDRA: hierarchical, every block keeps its budget",
+                            {"adapter": "lora", "schedule": "hierarchical", "block_temperature": 0.0}),
+    "hydra_blocks": ("HyDRA: every block keeps its budget", {"adapter": "lora", "schedule": "hydra",
+                                                            "block_temperature": 0.0}),
     "multihead": ("Hydra multi-head", {"adapter": "multihead", "schedule": "fixed"}),
     "dmlora": ("DMLoRA", {"adapter": "dmlora", "schedule": "fixed"}),
     "adaring": ("AdaRing", {"adapter": "adaring", "schedule": "fixed"}),
@@ -36,7 +42,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 
 #: HyDRA's options (docs/hydra.md), ablated beside it with ``--methods``; the published table
 #: (:data:`TABLE`) compares the methods without them
-VARIANTS = ("hydra_rank", "hydra_veto", "hydra_late")
+VARIANTS = ("hydra_rank", "hydra_veto", "hydra_late", "hydra_moments", "hierarchical_blocks", "hydra_blocks")
 TABLE = tuple(m for m in METHODS if m not in VARIANTS)
 #: ``--quick``: the headline comparison (LoRA, HyDRA, and HyDRA's better half) within an hour on 2 cores
 QUICK = ("lora", "hydra", "hierarchical")
@@ -50,7 +56,8 @@ KNOBS: dict[str, tuple[str, tuple[Any, ...]]] = {
 }
 #: ablations take the searched settings of the method they ablate, so they isolate its parts
 SEARCH_AS: dict[str, str] = {"hierarchical": "hydra", "dynamic": "hydra", "hydra_rank": "hydra", "hydra_veto": "hydra",
-                             "hydra_late": "hydra"}
+                             "hydra_late": "hydra", "hydra_moments": "hydra", "hierarchical_blocks": "hydra",
+                             "hydra_blocks": "hydra"}
 
 
 def adapter_budget(model_dir: Path, overrides: dict[str, Any], rank: int) -> int:

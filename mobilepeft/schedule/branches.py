@@ -166,14 +166,18 @@ def _new_directions(a: torch.Tensor, k: int, given: torch.Tensor | None,
     return torch.stack(rows)
 
 
-def swap_in_optimizer(optimizer: torch.optim.Optimizer, branch: RankBranch, kind: str, old_rank: int) -> None:
+def swap_in_optimizer(optimizer: torch.optim.Optimizer, branch: RankBranch, kind: str, old_rank: int,
+                      moments: str = "tensor") -> None:
     """Point the optimizer at a resized branch's new parameters, with moments that do not jolt them.
 
     After a growth the old entries keep their moments. Entries with no history (all of them
     after a shrink, whose SVD changed the basis; the new ones after a growth) get a zero first
-    moment and the tensor's mean second moment, and the step count is kept: a plain restart
-    (m = v = 0) would make their first updates full-size ±lr steps (or ~3×lr for v = 0 with an
-    old step count) on every entry at once.
+    moment and a typical second moment, and the step count is kept: a plain restart (m = v = 0)
+    would make their first updates full-size ±lr steps (or ~3×lr for v = 0 with an old step
+    count) on every entry at once. The typical second moment is, with ``moments="tensor"``, the
+    tensor's mean; with ``"axis"``, the mean along the rank axis only, which a change of basis
+    does not touch: A (rank × in) keeps one value per input feature and B (out × rank) one per
+    output feature, so features whose gradients are large (or small) keep their step size.
     """
     for old, new, rows in ((branch.resized_from[0], branch.A.weight, True),
                            (branch.resized_from[1], branch.B.weight, False)):
@@ -183,7 +187,10 @@ def swap_in_optimizer(optimizer: torch.optim.Optimizer, branch: RankBranch, kind
         if not state:
             continue
         m = torch.zeros_like(new)
-        v = torch.full_like(new, float(state["exp_avg_sq"].mean()))
+        if moments == "axis":
+            v = state["exp_avg_sq"].mean(dim=0 if rows else 1, keepdim=True).expand_as(new).clone()
+        else:
+            v = torch.full_like(new, float(state["exp_avg_sq"].mean()))
         if kind == "grow":
             keep = (slice(0, old_rank),) if rows else (slice(None), slice(0, old_rank))
             m[keep], v[keep] = state["exp_avg"], state["exp_avg_sq"]

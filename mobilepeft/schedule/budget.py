@@ -56,16 +56,21 @@ def value_unit(info: BranchInfo, allocation: str) -> int:
 
 
 def hierarchical_targets(infos: Mapping[str, BranchInfo], sensitivity: Mapping[str, float],
-                         temperature: float, allocation: str = "parameter") -> dict[str, float]:
+                         temperature: float, allocation: str = "parameter",
+                         block_temperature: float | None = None) -> dict[str, float]:
     """Continuous ranks from the coarse (group → block) and fine (branch) split of the budget.
 
     ``allocation="rank"`` divides sensitivity by rank units instead of parameters, so a branch
-    twice as wide is not halved for it (docs/hydra.md)."""
+    twice as wide is not halved for it. ``block_temperature`` skews the coarse split on its own
+    (default: ``temperature``); 0 keeps every block at its fixed-LoRA budget and lets sensitivity
+    move rank only between a block's own modules (docs/hydra.md)."""
     eps = 1e-12
+
+    coarse = temperature if block_temperature is None else block_temperature
 
     def share(items: dict[str, tuple[float, float, float]]) -> dict[str, float]:
         """key -> (cost, units, sensitivity) to key -> fraction ∝ cost·(sens/units)^τ."""
-        w = {k: c * ((s + eps) / u) ** temperature for k, (c, u, s) in items.items()}
+        w = {k: c * ((s + eps) / u) ** coarse for k, (c, u, s) in items.items()}
         total = sum(w.values())
         return {k: v / total for k, v in w.items()}
 

@@ -144,7 +144,8 @@ class RankScheduler:
     # --- hierarchical: coarse -> fine, once the probe has seen its steps -------------------
     def _allocate_hierarchically(self, step: int) -> _Event:
         self.sensitivity = {n: self._sens_sum.get(n, 0.0) / self.probe_steps for n in self.branches}
-        targets = hierarchical_targets(self.infos, self.sensitivity, self.settings.temperature, self.settings.allocation)
+        targets = hierarchical_targets(self.infos, self.sensitivity, self.settings.temperature, self.settings.allocation,
+                                       self.settings.block_temperature)
         ranks = round_to_budget(targets, self.infos, self.bounds, self.budget)
         return _Event(step + 1, "hierarchical", ranks, budget_used=spent(ranks, self.infos))
 
@@ -154,7 +155,7 @@ class RankScheduler:
             if ranks[n] != b.rank:
                 old = b.rank
                 kind = resize_branch(b, ranks[n], self.directions.get(n), self.generator)
-                swap_in_optimizer(optimizer, b, kind, old)
+                swap_in_optimizer(optimizer, b, kind, old, self.settings.resize_moments)
                 for store in (self.removal, self.addition, self.directions):
                     store.pop(n, None)
         self._check()

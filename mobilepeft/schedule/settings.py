@@ -11,6 +11,8 @@ from mobilepeft.settings import Settings, setting
 SCHEDULES = ("fixed", "hierarchical", "dynamic", "hydra")
 #: what sensitivity is normalised by when it is compared across modules of different width
 ALLOCATIONS = ("parameter", "rank")
+#: how a resized branch's new entries get Adam's second moment (branches.swap_in_optimizer)
+RESIZE_MOMENTS = ("tensor", "axis")
 
 
 @dataclass
@@ -24,6 +26,11 @@ class ScheduleSettings(Settings):
     granule: int = setting(2, flag="rank_granule", min=1, help="Schedules: ranks move in multiples of this.")
     temperature: float = setting(0.5, min=0,
                                  help="Schedules: how strongly sensitivity skews the allocation (0 = fixed LoRA).")
+    block_temperature: float | None = setting(
+        None, min=0,
+        help="Schedules: the temperature of the coarse split between transformer blocks alone (default: "
+             "--temperature). 0 keeps every block at its fixed-LoRA budget: sensitivity then moves rank only "
+             "between a block's own modules. See docs/hydra.md.")
     allocation: str = setting(
         "parameter", choices=ALLOCATIONS,
         help="Schedules: what a module's sensitivity is divided by when ranks are allocated and moved: "
@@ -33,6 +40,11 @@ class ScheduleSettings(Settings):
         0.0, min=0,
         help="Schedules: a dynamic move must be predicted to lower the loss by this many standard errors of the "
              "loss's own noise over the interval after it (0: any predicted gain).")
+    resize_moments: str = setting(
+        "tensor", choices=RESIZE_MOMENTS,
+        help="Schedules: Adam's second moment for a resized branch's entries with no history (all of a shrunk "
+             "branch, a grown one's new rank): tensor (the tensor's mean) or axis (the mean over the rank axis "
+             "only: one value per input feature of A and per output feature of B). See docs/hydra.md.")
     probe_steps: int = setting(8, min=1, help="Schedules: batches the sensitivity probe looks at before training.")
     realloc_every: int = setting(0, min=0,
                                  help="Schedules: steps between reallocations (0: 5 percent of the run, at least 5).")
