@@ -291,12 +291,15 @@ QUALITY_SEARCH = [
 
 DEEP = "quality_quick.json"
 DEEP_ABLATION = "quality_quick_ablation.json"
+DEEP_BLOCKS = "quality_quick_blocks.json"
 DEEP_TASKS = ("digits", "relations", "codes")
 #: (label, method, results JSON): the deeper benchmark's --quick run, and variants run afterwards on its cache
 DEEP_ROWS = (("LoRA (fixed rank 8)", "lora", DEEP), ("HyDRA (`--schedule hydra`)", "hydra", DEEP),
              ("hierarchical only", "hierarchical", DEEP),
              ("`--allocation rank`", "hydra_rank", DEEP_ABLATION),
-             ("`--resize-moments axis`", "hydra_moments", DEEP_ABLATION))
+             ("`--resize-moments axis`", "hydra_moments", DEEP_ABLATION),
+             ("hierarchical only, `--block-temperature 0`", "hierarchical_blocks", DEEP_BLOCKS),
+             ("`--block-temperature 0`", "hydra_blocks", DEEP_BLOCKS))
 
 
 def _mean_diff_se(a: str, b: str) -> Callable[[dict], str]:
@@ -373,6 +376,8 @@ QUALITY_DEEP = [
     Figure("docs/hydra.md", "{abl_minutes} min for their 30 runs", DEEP_ABLATION, {"abl_minutes": ("wall_seconds", "min.0f")}),
     *_deep_rows(),
     *_deep_event_rows(),
+    Figure("README.md", "`--block-temperature 0` (the closest: hierarchical with it, {d} points)", DEEP_BLOCKS,
+           {"d": _mean_diff_over_tasks("hierarchical_blocks", "lora")}),
 ]
 
 RANK1 = "quality_budget_rank1.json"

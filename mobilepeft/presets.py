@@ -35,16 +35,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                        layer_norm_eps=1e-5, num_channels=3),
         "tokenizer_vocab": 512,
     },
-    # tiny's widths at MobileLLaMA's depth pattern scaled down (8 blocks): the quality benchmark's base, deep
-    # enough that early, middle and late layers can play different parts.
-    "tiny-deep": {
-        "llm": dict(hidden_size=128, intermediate_size=352, num_hidden_layers=8, num_attention_heads=4,
-                    num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.08),
-        "vision": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
-                       image_size=64, patch_size=8, projection_dim=64, hidden_act="quick_gelu",
-                       layer_norm_eps=1e-5, num_channels=3),
-        "tokenizer_vocab": 512,
-    },
     # MobileVLM V2 1.7B's real dimensions (MobileLLaMA-1.4B + CLIP ViT-L/14-336 + LDPv2), random
     # weights, written shard by shard: deployment figures at the real size (6.8 GB in fp32).
     "mobilevlm-1.7b-shape": {
@@ -67,6 +57,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "tokenizer_vocab": 512,
     },
 }
+
+# tiny's widths with 8 LLM blocks: the quality benchmark's base, deep enough that early, middle and late
+# layers can play different parts.
+PRESETS["tiny-deep"] = {**PRESETS["tiny"], "llm": {**PRESETS["tiny"]["llm"], "num_hidden_layers": 8}}
 
 VISION_DIR = "clip_vision"
 STREAM_SHARD_BYTES = 1024**3  # streamed presets write (and hold) one shard of this size at a time
