@@ -309,18 +309,26 @@ def _mean_diff_se(a: str, b: str) -> Callable[[dict], str]:
     return lambda d: f"{compare_mean(d['summary'], d['settings']['tasks'], a, b)[1]:.1f}"
 
 
+#: a table's per-task cells "mean ± std", with their values from :func:`_deep_task_values`
+DEEP_CELLS = " | ".join(f"{{{t[0]}}} ± {{{t[0]}s}}" for t in DEEP_TASKS)
+
+
+def _deep_task_values(method: str) -> dict[str, Value]:
+    values: dict[str, Value] = {}
+    for t in DEEP_TASKS:
+        values[t[0]] = quality_mean(t, method)
+        values[f"{t[0]}s"] = quality_mean(t, method, "accuracy_std")
+    return values
+
+
 def _deep_rows() -> list[Figure]:
     out = []
     for label, method, source in DEEP_ROWS:
-        cells = " | ".join(f"{{{t[0]}}} ± {{{t[0]}s}}" for t in DEEP_TASKS)
         diff = "—" if method == "lora" else "{diff} ± {se}"
-        values: dict[str, Value] = {"val": _val_mean(method)}
-        for t in DEEP_TASKS:
-            values[t[0]] = quality_mean(t, method)
-            values[f"{t[0]}s"] = quality_mean(t, method, "accuracy_std")
+        values = {"val": _val_mean(method), **_deep_task_values(method)}
         if method != "lora":
             values.update(diff=_mean_diff_over_tasks(method, "lora"), se=_mean_diff_se(method, "lora"))
-        out.append(Figure("docs/hydra.md", f"| {label} | {cells} | {diff} | {{val}} |", source, values))
+        out.append(Figure("docs/hydra.md", f"| {label} | {DEEP_CELLS} | {diff} | {{val}} |", source, values))
     return out
 
 
@@ -352,12 +360,8 @@ def _quick_readme_rows() -> list[Figure]:
     out = []
     for label, method in (("LoRA (fixed rank 8)", "lora"), ("HyDRA (`--schedule hydra`)", "hydra"),
                           ("hierarchical only (`--schedule hierarchical`)", "hierarchical")):
-        values: dict[str, Value] = {
-            "m": _mean_over_tasks(method)}
-        for t in DEEP_TASKS:
-            values[t[0]] = quality_mean(t, method)
-            values[f"{t[0]}s"] = quality_mean(t, method, "accuracy_std")
-        out.append(Figure("README.md", f"| {label} | {{d}} ± {{ds}} | {{r}} ± {{rs}} | {{c}} ± {{cs}} | {{m}} |", DEEP, values))
+        values = {"m": _mean_over_tasks(method), **_deep_task_values(method)}
+        out.append(Figure("README.md", f"| {label} | {DEEP_CELLS} | {{m}} |", DEEP, values))
     return out
 
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from benchmarks.quality import tasks
-from benchmarks.quality.methods import METHODS, QUICK, TABLE, adapter_budget, match_ring_ranks
+from benchmarks.quality.methods import METHODS, QUICK, TABLE, VARIANTS, adapter_budget, match_ring_ranks
 from benchmarks.quality.report import render_markdown, summarize
 from mobilepeft.data.synth import COLORS
 
@@ -96,8 +96,7 @@ def test_codes_answers_are_the_table_entry_of_what_the_pixels_show(tmp_path):
 def test_every_lora_family_method_gets_the_same_budget(tiny_ckpt):
     lora = adapter_budget(tiny_ckpt, METHODS["lora"][1], 8)
     assert lora == 8 * 4 * (256 + 192 + 192 + 256 + 3 * 480)  # r (in + out) over 7 linears x 4 layers
-    for name in ("hydra", "hierarchical", "dynamic", "hydra_rank", "hydra_veto", "hydra_late", "hydra_moments",
-                 "hierarchical_blocks", "hydra_blocks"):
+    for name in ("hydra", "hierarchical", "dynamic", *VARIANTS):
         assert adapter_budget(tiny_ckpt, METHODS[name][1], 8) == lora, name
     # Hydra multi-head: the sequential branch maps out -> out, so non-square layers cost r_s (out - in) more
     assert adapter_budget(tiny_ckpt, METHODS["multihead"][1], 8) - lora == 4 * 4 * (2 * -64 + 2 * 224 - 224)

@@ -55,9 +55,7 @@ KNOBS: dict[str, tuple[str, tuple[Any, ...]]] = {
     "dmlora": ("branch_drop_max", (0.5, 0.25, 0.1)),
 }
 #: ablations take the searched settings of the method they ablate, so they isolate its parts
-SEARCH_AS: dict[str, str] = {"hierarchical": "hydra", "dynamic": "hydra", "hydra_rank": "hydra", "hydra_veto": "hydra",
-                             "hydra_late": "hydra", "hydra_moments": "hydra", "hierarchical_blocks": "hydra",
-                             "hydra_blocks": "hydra"}
+SEARCH_AS: dict[str, str] = {m: "hydra" for m in ("hierarchical", "dynamic", *VARIANTS)}
 
 
 def adapter_budget(model_dir: Path, overrides: dict[str, Any], rank: int) -> int:
