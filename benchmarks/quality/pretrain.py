@@ -43,12 +43,14 @@ class PretrainSettings:
 
 
 def pretrained_model(work: Path, settings: PretrainSettings, echo=print) -> tuple[Path, dict]:
-    """The stage-II checkpoint (built once per settings key) and its pretraining record."""
+    """The stage-II checkpoint (built once per settings key) and its pretraining record, which names the
+    checkpoint's LLM depth so a results page is rendered from its JSON alone."""
     root = work / f"base-{settings.key()}"
     record_file = root / "pretrain.json"
     if record_file.is_file():
         echo(f"pretrained base model: cached at {root / 'stage2' / 'model'}")
-        return root / "stage2" / "model", {**json.loads(record_file.read_text()), "cached": True}
+        model = root / "stage2" / "model"
+        return model, {**json.loads(record_file.read_text()), "llm_layers": _llm_layers(model), "cached": True}
     t0 = time.perf_counter()
     init = root / "init"
     if not (init / "config.json").is_file():
@@ -73,7 +75,13 @@ def pretrained_model(work: Path, settings: PretrainSettings, echo=print) -> tupl
 
     write_json(record_file, record)
     echo(f"pretrained in {record['seconds']:.0f} s; corpus val accuracy {stage2.eval_after['accuracy']:.1%}")
-    return stage2.adapter_dir, {**record, "cached": False}
+    return stage2.adapter_dir, {**record, "llm_layers": _llm_layers(stage2.adapter_dir), "cached": False}
+
+
+def _llm_layers(model_dir: Path) -> int:
+    from mobilepeft.models.config import MobileVLMConfig
+
+    return MobileVLMConfig.from_dir(model_dir).raw["num_hidden_layers"]
 
 
 def _config(**values) -> TrainConfig:

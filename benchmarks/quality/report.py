@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.quality.methods import QUICK
-from mobilepeft.presets import PRESETS
 
 #: what each task asks, for the page's setup section (benchmarks/quality/tasks.py makes them)
 TASK_DESCRIPTIONS = {
@@ -166,7 +165,7 @@ def render_markdown(results: dict[str, Any], *, json_link: str, png_link: str) -
     lines += [
         "## Setup",
         "",
-        f"- **Base model**: the `{ps['preset']}` MobileVLM V2 architecture ({PRESETS[ps['preset']]['llm']['num_hidden_layers']} LLM blocks, "
+        f"- **Base model**: the `{ps['preset']}` MobileVLM V2 architecture ({p['llm_layers']} LLM blocks, "
         "LDPv2 projector, a CLIP tower "
         + ("trained in stage II and frozen afterwards" if ps.get("train_vision_tower") else
            "kept at its random initialisation and frozen")
