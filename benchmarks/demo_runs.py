@@ -1,6 +1,6 @@
 """The demo task's figures: ``mobilepeft demo`` and its training half with every adapter method and rank schedule.
 
-* ``lora`` with the default schedule (``hydra``) in ``outputs/demo``: exactly ``make demo``, the
+* ``lora`` with the default schedule (``fixed``) in ``outputs/demo``: exactly ``make demo``, the
   whole loop (``mobilepeft.export.loop_demo.run_loop_demo``: training, both bundles, ORT
   personalization, adapter.ptd, answers through the native runner's hot-swap), whose transcript
   README.md and docs/on-device-loop.md show, and the checkpoint later benchmarks
@@ -9,11 +9,11 @@
   example of docs/on-device-training.md (docs/results/demo.json, the default);
 * the training half (tiny model, synthetic dataset, 300 steps, validation before/after, reload,
   merge; ``mobilepeft.demo.run_demo``) with every method and ``--schedule fixed`` (docs/methods.md,
-  "Which to pick") and ``lora`` with ``hierarchical`` and ``dynamic`` (docs/hydra.md, the
+  "Which to pick") and ``lora`` with ``hydra``, ``hierarchical`` and ``dynamic`` (docs/hydra.md, the
   ablation table): ``--set methods`` (docs/results/demo_methods.json).
 
     make runner && python benchmarks/demo_runs.py     # make demo + eval: ~2.5 min on 2 idle cores
-    python benchmarks/demo_runs.py --set methods      # 6 more training runs
+    python benchmarks/demo_runs.py --set methods      # 7 more training runs
 """
 
 from __future__ import annotations
@@ -31,9 +31,12 @@ from typing import Any
 from common import RESULTS, write_result
 
 SETS = {
-    "demo": ("lora:hydra",),
-    "methods": ("lora:fixed", "multihead:fixed", "dmlora:fixed", "adaring:fixed", "lora:hierarchical", "lora:dynamic"),
+    "demo": ("lora:fixed",),
+    "methods": ("lora:fixed", "multihead:fixed", "dmlora:fixed", "adaring:fixed", "lora:hydra", "lora:hierarchical",
+                "lora:dynamic"),
 }
+#: make demo's configuration: the demo runs the default adapter and schedule
+DEMO = SETS["demo"][0]
 
 
 def parse_transcript(lines: list[str]) -> dict[str, Any]:
@@ -142,21 +145,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", choices=SETS, default="demo", help="which configurations (see above)")
     ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--demo-dir", type=Path, default=Path("outputs/demo"), help="where lora:hydra runs (make demo's)")
+    ap.add_argument("--demo-dir", type=Path, default=Path("outputs/demo"), help=f"where {DEMO} runs (make demo's)")
     ap.add_argument("--work-dir", type=Path, default=Path("outputs/bench/demo"), help="the other configurations")
     ap.add_argument("--runner", type=Path, default=Path("build/runner/mobilepeft_runner"),
-                    help="`make runner` output; make demo's run (lora:hydra) goes through it")
+                    help=f"`make runner` output; make demo's run ({DEMO}) goes through it")
     ap.add_argument("--output", type=Path, default=None, help="default: docs/results/demo.json or demo_methods.json")
     args = ap.parse_args()
     args.output = args.output or RESULTS / ("demo.json" if args.set == "demo" else f"demo_{args.set}.json")
     runs = {}
     for config in SETS[args.set]:
         adapter, schedule = config.split(":")
-        out = args.demo_dir if config == "lora:hydra" else args.work_dir / f"{adapter}-{schedule}"
+        out = args.demo_dir if config == DEMO and args.set == "demo" else args.work_dir / f"{adapter}-{schedule}"
         print(f"== {config} -> {out}", flush=True)
-        runs[config] = run_one(adapter, schedule, out, args.steps, args.runner if config == "lora:hydra" else None)
+        runs[config] = run_one(adapter, schedule, out, args.steps, args.runner if out == args.demo_dir else None)
     result: dict[str, Any] = {"benchmark": f"demo_runs --set {args.set}", "steps": args.steps, "runs": runs}
-    if "lora:hydra" in runs:
+    if args.set == "demo":
         result["eval"] = run_eval(args.demo_dir)
         result["ort_export"] = run_ort_export(args.demo_dir)
     print(f"\n{'method:schedule':<22}{'val loss':>16}{'val accuracy':>18}{'seconds':>9}")

@@ -85,7 +85,7 @@ def run_demo(output_dir: Path, *, steps: int = 300, adapter: str = "lora", sched
         write_synthetic_dataset(data_dir)
     cfg = TrainConfig.from_flat(dict(model=str(model_dir), data=str(data_dir / "train.json"), image_folder=str(data_dir),
                       eval_data=str(data_dir / "val.json"), output_dir=str(run_dir), adapter=adapter,
-                      max_steps=steps, schedule=schedule, overwrite=True, **DEMO_TRAIN))
+                      max_steps=steps, overwrite=True, **({"schedule": schedule} if schedule else {}), **DEMO_TRAIN))
     cfg.validate()
     stages(f"training {adapter} with the {cfg.schedule.kind} rank schedule for {steps} steps -> {run_dir}")
     result = Trainer(cfg).run()

@@ -291,6 +291,36 @@ def test_veto_blocks_moves_predicted_within_the_loss_noise(tiny_ckpt, synth_data
     assert free > 0 and vetoed == 0, (free, vetoed)
 
 
+def test_block_move_scope_keeps_every_blocks_budget_through_the_dynamic_moves(tiny_ckpt, synth_data, tmp_path):
+    """--move-scope block: a dynamic move takes rank only from the recipient's own block, so no block spends
+    more than the allocation gave it; the default scope does move rank across blocks on the same run."""
+    def block_spend(scope: str) -> tuple[list[dict], int]:
+        out = tmp_path / scope
+        cfg = _cfg(tiny_ckpt, synth_data, out, max_steps=40, schedule="hydra", realloc_every=4,
+                   realloc_window=[0.1, 0.9], batch_size=16, move_scope=scope)
+        Trainer(cfg, progress=False).run()
+        history = json.loads((out / "rank_history.json").read_text())
+        branches = history["branches"]
+        spends = []
+        for e in history["events"]:
+            spend: dict[tuple, int] = {}
+            for n, r in e["ranks"].items():
+                key = (branches[n]["group"], branches[n]["block"])
+                spend[key] = spend.get(key, 0) + r * branches[n]["cost"]
+            spends.append(spend)
+        moves = sum(len(e["moves"]) for e in history["events"] if e["kind"] == "dynamic")
+        return spends[1:], moves  # from the hierarchical allocation on
+
+    def above(spends: list[dict]) -> int:
+        return sum(s[k] > spends[0][k] for s in spends[1:] for k in s)
+
+    kept, moves = block_spend("block")
+    assert moves > 0 and above(kept) == 0, "a block took rank from another block"
+    assert any(s != kept[0] for s in kept), "moves inside the blocks happened"
+    crossed, moves = block_spend("model")
+    assert moves > 0 and above(crossed) > 0
+
+
 def test_hydra_resume_is_exact(tiny_ckpt, synth_data, tmp_path):
     common = dict(max_steps=16, schedule="hydra", realloc_every=3, realloc_window=[0.1, 0.9], save_every=8,
                   lora_dropout=0.1)

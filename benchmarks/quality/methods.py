@@ -35,6 +35,8 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
                             {"adapter": "lora", "schedule": "hierarchical", "block_temperature": 0.0}),
     "hydra_blocks": ("HyDRA: every block keeps its budget", {"adapter": "lora", "schedule": "hydra",
                                                             "block_temperature": 0.0}),
+    "hydra_block_moves": ("HyDRA: every block keeps its budget, moves inside a block",
+                          {"adapter": "lora", "schedule": "hydra", "block_temperature": 0.0, "move_scope": "block"}),
     "multihead": ("Hydra multi-head", {"adapter": "multihead", "schedule": "fixed"}),
     "dmlora": ("DMLoRA", {"adapter": "dmlora", "schedule": "fixed"}),
     "adaring": ("AdaRing", {"adapter": "adaring", "schedule": "fixed"}),
@@ -42,7 +44,8 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 
 #: HyDRA's options (docs/hydra.md), ablated beside it with ``--methods``; the published table
 #: (:data:`TABLE`) compares the methods without them
-VARIANTS = ("hydra_rank", "hydra_veto", "hydra_late", "hydra_moments", "hierarchical_blocks", "hydra_blocks")
+VARIANTS = ("hydra_rank", "hydra_veto", "hydra_late", "hydra_moments", "hierarchical_blocks", "hydra_blocks",
+            "hydra_block_moves")
 TABLE = tuple(m for m in METHODS if m not in VARIANTS)
 #: ``--quick``: the headline comparison (LoRA, HyDRA, and HyDRA's better half) within an hour on 2 cores
 QUICK = ("lora", "hydra", "hierarchical")

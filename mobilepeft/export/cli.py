@@ -313,10 +313,10 @@ def demo_cmd(
     output_dir: Annotated[Path, typer.Option(help="Where the demo writes model, data, runs and bundles (scratch: rewritten each run).")] = Path("outputs/demo"),
     steps: Annotated[int, typer.Option(min=1, help="Desktop training steps.")] = 300,
     adapter: Annotated[str, typer.Option(help="Adapter method, as `mobilepeft train --adapter` (docs/methods.md).")] = "lora",
-    schedule: Annotated[str | None, typer.Option(help="Rank schedule (default: hydra; fixed for methods without per-module ranks).")] = None,
+    schedule: Annotated[str | None, typer.Option(help="Rank schedule, as `mobilepeft train --schedule` (default: fixed).")] = None,
     runner: Annotated[Path | None, typer.Option(help="The native runner (`make runner`: build/runner/mobilepeft_runner) that answers with the swapped adapter; without it ExecuTorch's Python runtime answers, reloading to switch adapters.")] = None,
 ) -> None:
-    """The whole loop on the embedded default: train a HyDRA-scheduled adapter on the tiny
+    """The whole loop on the embedded default: train a LoRA adapter (or --adapter's) on the tiny
     MobileVLM -> export the ONNX Runtime training bundle and the 8da4w ExecuTorch bundle (adapter
     as data) -> personalize with ORT on the user's own words -> write adapter.ptd from ORT's state
     -> answer held-out questions before and after a hot-swap. See docs/on-device-loop.md.

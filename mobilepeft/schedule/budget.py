@@ -145,8 +145,9 @@ def round_to_budget(targets: Mapping[str, float], infos: Mapping[str, BranchInfo
 
 
 def check_allocation(ranks: Mapping[str, int], infos: Mapping[str, BranchInfo], bounds: Bounds,
-                     budget: int | None = None) -> None:
-    """The invariants of every allocation; raises AssertionError naming the broken one."""
+                     budget: int | None = None, *, spend_all: bool = True) -> None:
+    """The invariants of every allocation; raises AssertionError naming the broken one. ``spend_all``:
+    also less than one granule of the widest branch that could grow is left unspent."""
     budget = budget_of(infos) if budget is None else budget
     used = spent(ranks, infos)
     assert used <= budget, f"budget exceeded: {used} > {budget}"
@@ -155,5 +156,5 @@ def check_allocation(ranks: Mapping[str, int], infos: Mapping[str, BranchInfo], 
         assert lo <= r <= hi, f"{n}: rank {r} outside [{lo}, {hi}]"
         assert r % bounds.granule == 0 or r == lo, f"{n}: rank {r} not a multiple of {bounds.granule}"
     can_grow = [infos[n].cost for n, r in ranks.items() if r + bounds.granule <= bounds.clamp(infos[n])[1]]
-    if can_grow:
+    if can_grow and spend_all:
         assert budget - used < bounds.granule * max(can_grow), f"{budget - used} parameters left unspent"

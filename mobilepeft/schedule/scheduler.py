@@ -18,8 +18,10 @@ once), ``dynamic`` (start from fixed ranks, reallocate during training), ``hydra
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,7 +110,16 @@ class RankScheduler:
         return {n: b.rank for n, b in self.branches.items()}
 
     def _check(self) -> None:
-        check_allocation(self.ranks(), self.infos, self.bounds, self.budget)
+        """The budget invariants after a resize; with ``--move-scope block`` also no block above its budget
+        (a block may hold back part of a donor's granule until a later move there spends it)."""
+        ranks = self.ranks()
+        scope = self._move_scope()
+        in_scopes = self.settings.move_scope == "block" and self.history[-1].kind == "dynamic"
+        check_allocation(ranks, self.infos, self.bounds, self.budget, spend_all=not in_scopes)
+        if in_scopes:
+            for key, budget in self._scope_budgets().items():
+                used = sum(r * self.infos[n].cost for n, r in ranks.items() if scope(n) == key)
+                assert used <= budget, f"block {key} above its budget: {used} > {budget}"
 
     # --- watching -----------------------------------------------------------------------
     def _watched(self, step: int) -> bool:
@@ -158,7 +169,6 @@ class RankScheduler:
                 swap_in_optimizer(optimizer, b, kind, old, self.settings.resize_moments)
                 for store in (self.removal, self.addition, self.directions):
                     store.pop(n, None)
-        self._check()
 
     def after_step(self, step: int, loss: float, optimizer: torch.optim.Optimizer, lr: float) -> _Event | None:
         self.losses.append((step, loss))
@@ -177,6 +187,7 @@ class RankScheduler:
         self.generator.set_state(rng)
         self._apply(event.ranks, optimizer)
         self.history.append(event)
+        self._check()
         self.seconds["reallocation"] += time.perf_counter() - t0
         return event
 
@@ -206,7 +217,10 @@ class RankScheduler:
         donors = sorted((n for n in remove if ranks[n] - g >= lo_hi[n][0]), key=lambda n: remove[n] / per[n])
         recipients = sorted((n for n in add if ranks[n] + g <= lo_hi[n][1]), key=lambda n: -add[n] / per[n])
         margin = self.settings.veto * self._loss_noise()
-        left = self.budget - spent(ranks, self.infos)
+        scope = self._move_scope()
+        left = self._scope_budgets()  # becomes what a recipient may take without a donor, per scope
+        for n, r in ranks.items():
+            left[scope(n)] -= r * self.infos[n].cost
         moves: list[dict[str, Any]] = []
         raw_r = raw_a = 0.0
         used: set[str] = set()
@@ -215,11 +229,11 @@ class RankScheduler:
                 break
             if r in used:
                 continue
-            taken, freed = [], left
+            taken, freed = [], left[scope(r)]
             for d in donors:
                 if freed >= cost[r]:
                     break
-                if d not in used and d != r:
+                if d not in used and d != r and scope(d) == scope(r):
                     taken.append(d)
                     freed += cost[d]
             loss_up = sum(remove[d] for d in taken)
@@ -230,14 +244,14 @@ class RankScheduler:
                 used.add(d)
             ranks[r] += g
             used.add(r)
-            left = freed - cost[r]
+            left[scope(r)] = freed - cost[r]
             raw_r += sum(raw_remove[d] for d in taken)
             raw_a += raw_add[r]
             moves.append({"to": r, "from": taken, "predicted_gain": add[r], "predicted_loss": loss_up})
         for r in recipients:  # spend what is left (keeps the budget within one granule)
-            if r not in used and cost[r] <= left and ranks[r] + g <= lo_hi[r][1] and add[r] >= margin:
+            if r not in used and cost[r] <= left[scope(r)] and ranks[r] + g <= lo_hi[r][1] and add[r] >= margin:
                 ranks[r] += g
-                left -= cost[r]
+                left[scope(r)] -= cost[r]
                 used.add(r)
                 raw_a += raw_add[r]
                 moves.append({"to": r, "from": [], "predicted_gain": add[r], "predicted_loss": 0.0})
@@ -245,6 +259,24 @@ class RankScheduler:
         event = _Event(step + 1, "dynamic", ranks, moves, predicted, budget_used=spent(ranks, self.infos))
         self._pending = (event, (raw_r, raw_a)) if moves else None
         return event
+
+    def _move_scope(self) -> Callable[[str], Any]:
+        """The key a donor must share with its recipient: one key for the whole model, or the branch's
+        (group, block) with ``--move-scope block``."""
+        if self.settings.move_scope == "block":
+            return lambda n: (self.infos[n].group, self.infos[n].block)
+        return lambda n: None
+
+    def _scope_budgets(self) -> dict[Any, int]:
+        """The budget of each move scope: the whole budget, or each block's spend as the last allocation
+        (hierarchical, else the initial ranks) left it, which no dynamic move may exceed."""
+        if self.settings.move_scope != "block":
+            return {None: self.budget}
+        scope, budgets = self._move_scope(), collections.defaultdict(int)
+        allocated = next(e for e in reversed(self.history) if e.kind != "dynamic").ranks
+        for n, r in allocated.items():
+            budgets[scope(n)] += r * self.infos[n].cost
+        return budgets
 
     def _loss_noise(self) -> float:
         """Standard error of a mean of the loss over half an interval, from the scatter of the last

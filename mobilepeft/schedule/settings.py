@@ -13,14 +13,16 @@ SCHEDULES = ("fixed", "hierarchical", "dynamic", "hydra")
 ALLOCATIONS = ("parameter", "rank")
 #: how a resized branch's new entries get Adam's second moment (branches.swap_in_optimizer)
 RESIZE_MOMENTS = ("tensor", "axis")
+#: where a dynamic move may take rank from: any module, or only the recipient's own transformer block
+MOVE_SCOPES = ("model", "block")
 
 
 @dataclass
 class ScheduleSettings(Settings):
-    kind: str | None = setting(
-        None, flag="schedule", choices=SCHEDULES,
-        help="Rank schedule at the budget of fixed --rank: fixed (plain LoRA), hierarchical, dynamic or hydra "
-             "(both; the default; fixed for adaring). See docs/hydra.md.")
+    kind: str = setting(
+        "fixed", flag="schedule", choices=SCHEDULES,
+        help="Rank schedule at the budget of fixed --rank: fixed (plain LoRA; the default, best on the quality "
+             "benchmark's validation split), hierarchical, dynamic or hydra (both). See docs/hydra.md.")
     rank_min: int | None = setting(None, min=1, help="Schedules: smallest rank of a branch (default: --rank-granule).")
     rank_max: int | None = setting(None, min=1, help="Schedules: largest rank of a branch (default: 4 x --rank).")
     granule: int = setting(2, flag="rank_granule", min=1, help="Schedules: ranks move in multiples of this.")
@@ -40,6 +42,11 @@ class ScheduleSettings(Settings):
         0.0, min=0,
         help="Schedules: a dynamic move must be predicted to lower the loss by this many standard errors of the "
              "loss's own noise over the interval after it (0: any predicted gain).")
+    move_scope: str = setting(
+        "model", choices=MOVE_SCOPES,
+        help="Schedules: where a dynamic move may take rank from: model (any module) or block (only the "
+             "recipient's own transformer block, so every block keeps the budget the allocation gave it). "
+             "See docs/hydra.md.")
     resize_moments: str = setting(
         "tensor", choices=RESIZE_MOMENTS,
         help="Schedules: Adam's second moment for a resized branch's entries with no history (all of a shrunk "

@@ -256,8 +256,6 @@ class TrainConfig:
 
     def _validate_schedule(self) -> None:
         schedule, adapter, stage = self.schedule, self.adapter, self.model.stage
-        if schedule.kind is None:
-            schedule.kind = "fixed" if not adapter.settings.schedulable or stage != "finetune" else "hydra"
         if stage != "finetune" and schedule.kind != "fixed":
             raise UserError(f"--schedule {schedule.kind} allocates adapter ranks; --stage {stage} trains no adapters",
                             field="schedule", hint="drop --schedule, or use --stage finetune")
