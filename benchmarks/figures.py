@@ -137,24 +137,6 @@ def ratio(a: str, b: str, spec: str) -> Callable[[dict], str]:
 QUALITY_V1 = "quality_v1.json"
 
 
-def _quality_rows() -> list[Figure]:
-    rows = (("Full fine-tuning", "full"), ("LoRA (fixed rank 8)", "lora"), ("HyDRA (`--schedule hydra`)", "hydra"),
-            ("Hydra multi-head", "multihead"), ("DMLoRA", "dmlora"), ("AdaRing", "adaring"))
-    out = []
-    for label, method in rows:
-        values: dict[str, Value] = {}
-        for task in ("digits", "relations"):
-            values[f"{task}_mean"] = quality_mean(task, method)
-            values[f"{task}_std"] = quality_mean(task, method, "accuracy_std")
-        if method == "full":
-            params, values["params"] = "all {params}", lambda d: f"{d['summary']['digits']['full']['trainable_parameters']:,}"
-        else:
-            params, values["params"] = "{params}", (f"budget/methods/{method}/adapter_parameters", ",")
-        out.append(Figure("README.md", f"| {label} | {params} | {{digits_mean}} ± {{digits_std}} | "
-                          "{relations_mean} ± {relations_std} |", QUALITY_V1, values))
-    return out
-
-
 def _train_time_ratio(a: str, b: str) -> Callable[[dict], str]:
     """Mean train time per run over both tasks, ``a`` over ``b`` (the table's "Train time / run")."""
     def value(d: dict) -> str:
@@ -165,11 +147,6 @@ def _train_time_ratio(a: str, b: str) -> Callable[[dict], str]:
 
 
 QUALITY = [
-    Figure("README.md", "3 seeds, `make bench-quality` then took {minutes} min):", QUALITY_V1,
-           {"minutes": ("wall_seconds", "min.0f")}),
-    *_quality_rows(),
-    Figure("README.md", "(Chance {d} / {r}; per-question-type", QUALITY_V1,
-           {"d": ("chance/digits", "%.1f"), "r": ("chance/relations", "%.1f")}),
     Figure("docs/hydra.md", "(`make bench-quality`, {minutes} min on 2 CPU cores)", QUALITY_V1,
            {"minutes": ("wall_seconds", "min.0f")}),
     Figure("docs/hydra.md", "**HyDRA does not beat fixed-rank LoRA there**: {hd} ± {hds}% against {ld} ± {lds}% on "
@@ -369,6 +346,35 @@ def _quick_readme_rows() -> list[Figure]:
         out.append(Figure("README.md", f"| {label} | {DEEP_CELLS} | {{m}} |", DEEP, values))
     return out
 
+
+WHOLE = "quality.json"
+#: the README's whole table (docs/results.md), every method on the deeper benchmark
+WHOLE_ROWS = (("Full fine-tuning", "full"), ("LoRA (fixed rank 8; the default)", "lora"),
+              ("HyDRA (`--schedule hydra`)", "hydra"), ("hierarchical only", "hierarchical"),
+              ("dynamic only", "dynamic"), ("Hydra multi-head", "multihead"), ("DMLoRA", "dmlora"),
+              ("AdaRing", "adaring"))
+
+
+def _whole_readme_rows() -> list[Figure]:
+    out = []
+    for label, method in WHOLE_ROWS:
+        values: dict[str, Value] = {"m": _mean_over_tasks(method), **_deep_task_values(method)}
+        if method == "full":
+            params, values["params"] = "all {params}", lambda d: f"{d['summary']['digits']['full']['trainable_parameters']:,}"
+        else:
+            params, values["params"] = "{params}", (f"budget/methods/{method}/adapter_parameters", ",")
+        diff = "—" if method == "lora" else "{diff} ± {se}"
+        if method != "lora":
+            values.update(diff=_mean_diff_over_tasks(method, "lora"), se=_mean_diff_se(method, "lora"))
+        out.append(Figure("README.md", f"| {label} | {params} | {DEEP_CELLS} | {{m}} | {diff} |", WHOLE, values))
+    return out
+
+
+QUALITY_WHOLE = [
+    Figure("README.md", "`make bench-quality` (every method; {minutes} min on 2 CPU cores", WHOLE,
+           {"minutes": ("wall_seconds", "min.0f")}),
+    *_whole_readme_rows(),
+]
 
 QUALITY_DEEP = [
     Figure("README.md", "`make bench-quality-quick` ({minutes} min on 2 CPU cores, no download)", DEEP,
@@ -1004,7 +1010,7 @@ DEPLOY = [
            {"r": ("selftest_rel_diff/8da4w", "short.1e")}),
 ]
 
-FIGURES: list[Figure] = [*DEPLOY, *PROFILE_BEFORE, *PROFILE_AFTER, *PROFILE_FINAL, *PROFILE_README, *QUALITY, *QUALITY_SEARCH, *QUALITY_DEEP, *QUALITY_RANK1, *SPLIT, *DEMO, *LOOP, *COST, *DEMO_METHODS, *TRAINING, *ONDEVICE, *QUANT, *COREML, *COREML_1P7B, *NATIVE, *EXTRA]
+FIGURES: list[Figure] = [*DEPLOY, *PROFILE_BEFORE, *PROFILE_AFTER, *PROFILE_FINAL, *PROFILE_README, *QUALITY, *QUALITY_SEARCH, *QUALITY_DEEP, *QUALITY_WHOLE, *QUALITY_RANK1, *SPLIT, *DEMO, *LOOP, *COST, *DEMO_METHODS, *TRAINING, *ONDEVICE, *QUANT, *COREML, *COREML_1P7B, *NATIVE, *EXTRA]
 
 #: Figures in the documents no committed JSON backs yet: (document, the note it carries next to them).
 UNCHECKED: list[tuple[str, str]] = [

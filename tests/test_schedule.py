@@ -28,6 +28,7 @@ from mobilepeft.schedule.budget import (
     round_to_budget,
     spent,
 )
+from mobilepeft.schedule.scheduler import observed_loss_change
 from mobilepeft.train.config import TrainConfig
 from mobilepeft.train.trainer import Trainer
 
@@ -319,6 +320,19 @@ def test_block_move_scope_keeps_every_blocks_budget_through_the_dynamic_moves(ti
     assert any(s != kept[0] for s in kept), "moves inside the blocks happened"
     crossed, moves = block_spend("model")
     assert moves > 0 and above(crossed) > 0
+
+
+def test_observed_loss_change_is_the_jump_off_the_trend():
+    """The performance model's observation (and null_events.py's control): zero on a straight loss line, the
+    jump itself after a step change, and a bias of the curve's own bend on a convex curve with no move."""
+    every = 10
+    line = [(s, 3.0 - 0.01 * s) for s in range(60)]
+    assert abs(observed_loss_change(line, 30, every)) < 1e-6
+    jumped = [(s, v + (0.5 if s + 1 > 30 else 0.0)) for s, v in line]
+    assert abs(observed_loss_change(jumped, 30, every) - 0.5) < 1e-6
+    bent = [(s, 3.0 * 0.95 ** s) for s in range(60)]
+    assert observed_loss_change(bent, 30, every) > 0.01  # a falling, flattening curve looks like a rise
+    assert observed_loss_change(line[:30], 30, every) is None  # nothing after the event yet
 
 
 def test_hydra_resume_is_exact(tiny_ckpt, synth_data, tmp_path):

@@ -33,11 +33,16 @@ ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 
 
-def run_key(results: dict[str, Any]) -> str:
-    """The cache key run.py trained ``results``' runs under, from the settings it recorded."""
+def settings_of(results: dict[str, Any]) -> QualitySettings:
+    """The settings run.py recorded in ``results``."""
     s = dict(results["settings"])
     s["pretrain"] = PretrainSettings(**s["pretrain"])
-    return QualitySettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()}).run_key()
+    return QualitySettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
+
+
+def run_key(results: dict[str, Any]) -> str:
+    """The cache key run.py trained ``results``' runs under, from the settings it recorded."""
+    return settings_of(results).run_key()
 
 
 def _mean_rank(ranks: dict[str, int], types: tuple[str, ...]) -> float:

@@ -187,12 +187,7 @@ def run(settings: QualitySettings, work: Path, *, workers: int = 2) -> dict[str,
     torch.set_num_threads(max(1, workers))
     work.mkdir(parents=True, exist_ok=True)
     base, pretrain_record = pretrained_model(work, settings.pretrain)
-    data: dict[str, dict[str, Path]] = {}
-    for name in settings.tasks:
-        folder = work / "data" / f"{name}-{settings.n_train}-{settings.n_val}-{settings.n_test}-{data_version()}"
-        if not (folder / "test.json").is_file():
-            TASKS[name][1](folder, n_train=settings.n_train, n_val=settings.n_val, n_test=settings.n_test)
-        data[name] = {split: folder / f"{split}.json" for split in ("train", "val", "test")} | {"folder": folder}
+    data = {name: task_data(work, settings, name) for name in settings.tasks}
 
     pattern, ring_params, lora_params = match_ring_ranks(base, settings.rank)
     budgets = {}
@@ -253,6 +248,14 @@ def run(settings: QualitySettings, work: Path, *, workers: int = 2) -> dict[str,
     }
     results["summary"] = summarize(results)
     return results
+
+
+def task_data(work: Path, settings: QualitySettings, name: str) -> dict[str, Path]:
+    """A task's splits (``train``, ``val``, ``test`` JSON) and image ``folder``, written once per data version."""
+    folder = work / "data" / f"{name}-{settings.n_train}-{settings.n_val}-{settings.n_test}-{data_version()}"
+    if not (folder / "test.json").is_file():
+        TASKS[name][1](folder, n_train=settings.n_train, n_val=settings.n_val, n_test=settings.n_test)
+    return {split: folder / f"{split}.json" for split in ("train", "val", "test")} | {"folder": folder}
 
 
 def run_dir(work: Path, key: str, task: str, method: str, hyper: dict[str, Any], seed: int) -> Path:

@@ -72,6 +72,50 @@ def _trend(losses: list[tuple[int, float]]) -> tuple[torch.Tensor, torch.Tensor,
     return xs, ys, slope
 
 
+def interval(settings: ScheduleSettings, total_steps: int) -> int:
+    """Steps between dynamic reallocations."""
+    return settings.realloc_every or max(5, total_steps // 20)
+
+
+def reallocation_steps(settings: ScheduleSettings, total_steps: int, probe_steps: int) -> set[int]:
+    """Step indices (0-based) after which a dynamic reallocation happens."""
+    if not settings.dynamic:
+        return set()
+    every, (lo, hi) = interval(settings, total_steps), settings.realloc_window
+    return {s - 1 for s in range(every, total_steps, every) if lo * total_steps <= s <= hi * total_steps and s > probe_steps}
+
+
+def _observed_span(every: int) -> int:
+    return max(2, every // 2)
+
+
+def _windows(losses: list[tuple[int, float]], event_step: int,
+             every: int) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """The (0-based step, loss) pairs of the interval before an event after step ``event_step`` (1-based)
+    and of the half interval after it."""
+    half = _observed_span(every)
+    return ([(s, v) for s, v in losses if event_step - every <= s + 1 <= event_step],
+            [(s, v) for s, v in losses if event_step < s + 1 <= event_step + half])
+
+
+def loss_slope_before(losses: list[tuple[int, float]], event_step: int, every: int) -> float:
+    """The loss's trend per step over the interval before an event (what the observation extrapolates)."""
+    return _trend(_windows(losses, event_step, every)[0])[2]
+
+
+def observed_loss_change(losses: list[tuple[int, float]], event_step: int, every: int) -> float | None:
+    """The loss change attributed to an event after step ``event_step`` (1-based): the mean loss over the
+    half interval after it minus the linear trend of the interval before, extrapolated; ``losses`` holds
+    (0-based step, loss) pairs. None when either side has too few steps."""
+    before, after = _windows(losses, event_step, every)
+    if len(before) < 2 or not after:
+        return None
+    xs, ys, slope = _trend(before)
+    at = sum(s for s, _ in after) / len(after)  # the after window's mean step, in the same (0-based) steps as xs
+    expected = float(ys.mean()) + slope * (at - float(xs.mean()))
+    return sum(v for _, v in after) / len(after) - expected
+
+
 class RankScheduler:
     def __init__(self, model: torch.nn.Module, settings: ScheduleSettings, total_steps: int,
                  dist: Dist | None = None, *, seed: int = 0) -> None:
@@ -83,14 +127,9 @@ class RankScheduler:
         self.bounds = Bounds(settings.rank_min, settings.rank_max, settings.granule)
         self.budget = budget_of(self.infos)
         self.generator = torch.Generator().manual_seed(seed + 104_729)
-        every = settings.realloc_every or max(5, total_steps // 20)
-        lo, hi = settings.realloc_window
         self.probe_steps = min(settings.probe_steps, total_steps - 1) if settings.hierarchical else 0
-        # step indices (0-based) after which a dynamic reallocation happens
-        self.realloc_steps = ({s - 1 for s in range(every, total_steps, every)
-                               if lo * total_steps <= s <= hi * total_steps and s > self.probe_steps}
-                              if settings.dynamic else set())
-        self.every = every
+        self.realloc_steps = reallocation_steps(settings, total_steps, self.probe_steps)
+        self.every = interval(settings, total_steps)
         self._sens_sum: dict[str, float] = {}
         #: wall seconds the schedule itself spent (statistics, reallocation), for overhead reports
         self.seconds = {"statistics": 0.0, "reallocation": 0.0}
@@ -287,7 +326,7 @@ class RankScheduler:
             return 0.0
         xs, ys, slope = _trend(recent)
         resid = ys - ys.mean() - slope * (xs - xs.mean())
-        return float(resid.std() / max(2, self.every // 2) ** 0.5)
+        return float(resid.std() / _observed_span(self.every) ** 0.5)
 
     def _observe(self, step: int) -> None:
         """Loss change attributable to the last reallocation: mean loss over the half interval
@@ -295,20 +334,15 @@ class RankScheduler:
         if self._pending is None:
             return
         event, (raw_r, raw_a) = self._pending
-        half = max(2, self.every // 2)
-        if step + 1 < event.step + half:
+        if step + 1 < event.step + _observed_span(self.every):
             return
-        before = [(s, v) for s, v in self.losses if event.step - self.every <= s + 1 <= event.step]
-        after = [v for s, v in self.losses if event.step < s + 1 <= event.step + half]
-        if len(before) < 2 or not after:
-            self._pending = None
-            return
-        xs, ys, slope = _trend(before)
-        expected = float(ys.mean()) + slope * (event.step + half / 2 - float(xs.mean()))
-        event.observed_loss_change = sum(after) / len(after) - expected
-        self.observations.append((raw_r, raw_a, event.observed_loss_change))
-        self._calibrate()
         self._pending = None
+        observed = observed_loss_change(self.losses, event.step, self.every)
+        if observed is None:
+            return
+        event.observed_loss_change = observed
+        self.observations.append((raw_r, raw_a, observed))
+        self._calibrate()
 
     def _calibrate(self) -> None:
         """Ridge least squares of observed ≈ a_r·removal − a_a·addition, pulled towards (1, 1)."""
