@@ -147,7 +147,7 @@ def _train_time_ratio(a: str, b: str) -> Callable[[dict], str]:
 
 
 QUALITY = [
-    Figure("docs/hydra.md", "(`make bench-quality`, {minutes} min on 2 CPU cores)", QUALITY_V1,
+    Figure("docs/hydra.md", "`make bench-quality` at the time, {minutes} min on 2 CPU cores)", QUALITY_V1,
            {"minutes": ("wall_seconds", "min.0f")}),
     Figure("docs/hydra.md", "**HyDRA does not beat fixed-rank LoRA there**: {hd} ± {hds}% against {ld} ± {lds}% on "
            "digits and {hr} ± {hrs}% against {lr} ± {lrs}% on relations ({dd} and {dr} points",
@@ -274,6 +274,8 @@ QUALITY_SEARCH = [
 DEEP = "quality_quick.json"
 DEEP_ABLATION = "quality_quick_ablation.json"
 DEEP_BLOCKS = "quality_quick_blocks.json"
+DEEP_MOVES = "quality_quick_block_moves.json"
+DEEP_NULL = "quality_quick_null_events.json"
 DEEP_TASKS = ("digits", "relations", "codes")
 #: (label, method, results JSON): the deeper benchmark's --quick run, and variants run afterwards on its cache
 DEEP_ROWS = (("LoRA (fixed rank 8)", "lora", DEEP), ("HyDRA (`--schedule hydra`)", "hydra", DEEP),
@@ -281,7 +283,8 @@ DEEP_ROWS = (("LoRA (fixed rank 8)", "lora", DEEP), ("HyDRA (`--schedule hydra`)
              ("`--allocation rank`", "hydra_rank", DEEP_ABLATION),
              ("`--resize-moments axis`", "hydra_moments", DEEP_ABLATION),
              ("hierarchical only, `--block-temperature 0`", "hierarchical_blocks", DEEP_BLOCKS),
-             ("`--block-temperature 0`", "hydra_blocks", DEEP_BLOCKS))
+             ("`--block-temperature 0`", "hydra_blocks", DEEP_BLOCKS),
+             ("`--block-temperature 0 --move-scope block`", "hydra_block_moves", DEEP_MOVES))
 
 
 def _mean_diff_se(a: str, b: str) -> Callable[[dict], str]:
@@ -338,15 +341,6 @@ def _mean_over_tasks(method: str) -> Callable[[dict], str]:
     return lambda d: f"{100 * statistics.fmean(d['summary'][t][method]['accuracy_mean'] for t in d['settings']['tasks']):.1f}"
 
 
-def _quick_readme_rows() -> list[Figure]:
-    out = []
-    for label, method in (("LoRA (fixed rank 8)", "lora"), ("HyDRA (`--schedule hydra`)", "hydra"),
-                          ("hierarchical only (`--schedule hierarchical`)", "hierarchical")):
-        values = {"m": _mean_over_tasks(method), **_deep_task_values(method)}
-        out.append(Figure("README.md", f"| {label} | {DEEP_CELLS} | {{m}} |", DEEP, values))
-    return out
-
-
 WHOLE = "quality.json"
 #: the README's whole table (docs/results.md), every method on the deeper benchmark
 WHOLE_ROWS = (("Full fine-tuning", "full"), ("LoRA (fixed rank 8; the default)", "lora"),
@@ -374,18 +368,16 @@ QUALITY_WHOLE = [
     Figure("README.md", "`make bench-quality` (every method; {minutes} min on 2 CPU cores", WHOLE,
            {"minutes": ("wall_seconds", "min.0f")}),
     *_whole_readme_rows(),
+    Figure("README.md", "(Chance {cd} / {cr} / {cc}.)", WHOLE,
+           {"cd": ("chance/digits", "%.1f"), "cr": ("chance/relations", "%.1f"), "cc": ("chance/codes", "%.1f")}),
+    Figure("README.md", "HyDRA scores {h}% on the mean over\ntasks against fixed LoRA's {l}% ({diff} ± {se} points), and "
+           "hierarchical allocation alone\n{hi}%", WHOLE,
+           {"h": _mean_over_tasks("hydra"), "l": _mean_over_tasks("lora"), "hi": _mean_over_tasks("hierarchical"),
+            "diff": _mean_diff_over_tasks("hydra", "lora"), "se": _mean_diff_se("hydra", "lora")}),
 ]
 
 QUALITY_DEEP = [
-    Figure("README.md", "`make bench-quality-quick` ({minutes} min on 2 CPU cores, no download)", DEEP,
-           {"minutes": ("wall_seconds", "min.0f")}),
-    Figure("README.md", "HyDRA scores {h}% on the mean over\ntasks against fixed LoRA's {l}% ({diff} ± {se} points), and "
-           "hierarchical allocation alone\n{hi}%", DEEP,
-           {"h": _mean_over_tasks("hydra"), "l": _mean_over_tasks("lora"), "hi": _mean_over_tasks("hierarchical"),
-            "diff": _mean_diff_over_tasks("hydra", "lora"), "se": _mean_diff_se("hydra", "lora")}),
-    Figure("README.md", "(Chance {cd} / {cr} / {cc}.)", DEEP,
-           {"cd": ("chance/digits", "%.1f"), "cr": ("chance/relations", "%.1f"), "cc": ("chance/codes", "%.1f")}),
-    *_quick_readme_rows(),
+    Figure("README.md", "`make bench-quality-quick` ({minutes} min) trains", DEEP, {"minutes": ("wall_seconds", "min.0f")}),
     Figure("docs/hydra.md", "`make bench-quality-quick` ({minutes} min, [results-quick.md]", DEEP,
            {"minutes": ("wall_seconds", "min.0f")}),
     Figure("docs/hydra.md", "{abl_minutes} min for their 30 runs", DEEP_ABLATION, {"abl_minutes": ("wall_seconds", "min.0f")}),
@@ -393,6 +385,14 @@ QUALITY_DEEP = [
     *_deep_event_rows(),
     Figure("README.md", "`--block-temperature 0` (the closest: hierarchical with it, {d} points)", DEEP_BLOCKS,
            {"d": _mean_diff_over_tasks("hierarchical_blocks", "lora")}),
+    Figure("docs/hydra.md", "{minutes} min for its 15 runs", DEEP_MOVES, {"minutes": ("wall_seconds", "min.0f")}),
+    *[Figure("docs/hydra.md", f"| no move (fixed LoRA), {task} | {{first}} | {{later}} ± {{se}} | {{s1}} | {{s2}} |",
+             DEEP_NULL, {"first": (f"null/{task}/first_observed_mean", "pm.3f"),
+                         "later": (f"null/{task}/later_observed_mean", "pm.3f"),
+                         "se": (f"null/{task}/later_observed_se", ".3f"),
+                         "s1": (f"null/{task}/loss_slope_first", "pm.4f"),
+                         "s2": (f"null/{task}/loss_slope_later", "pm.4f")}) for task in DEEP_TASKS],
+    Figure("docs/hydra.md", "({runs} fixed-LoRA runs per task", DEEP_NULL, {"runs": ("null/digits/runs", "d")}),
 ]
 
 RANK1 = "quality_budget_rank1.json"

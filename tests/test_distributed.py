@@ -140,7 +140,7 @@ def test_world_size_settings_are_checked(tiny_ckpt, data, tmp_path):
     assert _cfg(tiny_ckpt, data, tmp_path, global_batch_size=None, grad_accum=3).micro_batches_per_step(2) == 6
     for bad, message in [({"global_batch_size": 10}, "multiple of --batch-size 4"),
                          ({"grad_accum": 2}, "do not pass --grad-accum too"),
-                         ({"stage": "full", "schedule": None, "fsdp": True}, "--stage full trains all of it")]:
+                         ({"stage": "full", "schedule": "fixed", "fsdp": True}, "--stage full trains all of it")]:
         with pytest.raises(UserError, match=message):
             _cfg(tiny_ckpt, data, tmp_path, **bad)
 
