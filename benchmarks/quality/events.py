@@ -120,10 +120,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"predicted {e['predicted_mean'] or 0:+.3f}  observed {e['observed_mean'] or 0:+.3f}  "
                   f"decreases {e['observed_decreases']}  rank attention {e['attention_rank_mean']:.1f} "
                   f"MLP {e['mlp_rank_mean']:.1f}")
-    out = args.results.with_name(args.results.stem + "_events.json")
-    write_result(out, {"benchmark": "quality_events", "source": args.results.name, "events": events})
-    print(f"wrote {out}")
+    write_beside(args.results, "events", {"benchmark": "quality_events", "events": events})
     return 0
+
+
+def write_beside(results: Path, suffix: str, record: dict[str, Any]) -> None:
+    """Write ``record`` as ``<results>_<suffix>.json`` beside the results JSON it was computed from."""
+    out = results.with_name(f"{results.stem}_{suffix}.json")
+    write_result(out, {**record, "source": results.name})
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

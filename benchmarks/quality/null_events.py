@@ -25,8 +25,7 @@ if __package__ in (None, ""):  # `python benchmarks/quality/null_events.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     __package__ = "benchmarks.quality"
 
-from benchmarks.common import write_result  # noqa: E402
-from benchmarks.quality.events import settings_of  # noqa: E402
+from benchmarks.quality.events import settings_of, write_beside  # noqa: E402
 from benchmarks.quality.methods import METHODS, train_config  # noqa: E402
 from benchmarks.quality.pretrain import pretrained_model  # noqa: E402
 from benchmarks.quality.run import ROOT, run_dir, task_data  # noqa: E402
@@ -96,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--seeds: at least 1, got {args.seeds}")
     results = json.loads(args.results.read_text())
     null = null_observations(results, args.work, args.seeds)
-    out = args.results.with_name(args.results.stem + "_null_events.json")
-    write_result(out, {"benchmark": "quality_null_events", "source": args.results.name, "null": null})
-    print(f"wrote {out}")
+    write_beside(args.results, "null_events", {"benchmark": "quality_null_events", "null": null})
     return 0
 
 
