@@ -368,6 +368,18 @@ QUALITY_WHOLE = [
     Figure("README.md", "`make bench-quality` (every method; {minutes} min on 2 CPU cores", WHOLE,
            {"minutes": ("wall_seconds", "min.0f")}),
     *_whole_readme_rows(),
+    Figure("docs/methods.md", "every method\ntrails LoRA on the mean over tasks: Hydra multi-head {mh} ± {mhs}, DMLoRA {dm} ± {dms}, "
+           "AdaRing\n{ar} ± {ars} points. For multi-head and DMLoRA the gap is on digits ({mhd} and {dmd} points)", WHOLE,
+           {"mh": _mean_diff_over_tasks("multihead", "lora"), "mhs": _mean_diff_se("multihead", "lora"),
+            "dm": _mean_diff_over_tasks("dmlora", "lora"), "dms": _mean_diff_se("dmlora", "lora"),
+            "ar": _mean_diff_over_tasks("adaring", "lora"), "ars": _mean_diff_se("adaring", "lora"),
+            "mhd": quality_diff("digits", "multihead", "lora"), "dmd": quality_diff("digits", "dmlora", "lora")}),
+    Figure("docs/methods.md", "Each of them chose a learning rate of\n{mlr} on validation where LoRA chose {llr}, as HyDRA did "
+           "({hlr});", WHOLE, {"mlr": lambda d: "/".join(sorted({f"{d['search']['chosen'][m]['lr']:g}"
+                                                                for m in ("multihead", "dmlora")})),
+                               "llr": ("search/chosen/lora/lr", "g"), "hlr": ("search/chosen/hydra/lr", "g")}),
+    Figure("docs/methods.md", "its search chose the grid's largest\nrate, {alr}.", WHOLE,
+           {"alr": ("search/chosen/adaring/lr", "g")}),
     Figure("README.md", "(Chance {cd} / {cr} / {cc}.)", WHOLE,
            {"cd": ("chance/digits", "%.1f"), "cr": ("chance/relations", "%.1f"), "cc": ("chance/codes", "%.1f")}),
     Figure("README.md", "HyDRA scores {h}% on the mean over\ntasks against fixed LoRA's {l}% ({diff} ± {se} points), and "
