@@ -276,6 +276,7 @@ DEEP_ABLATION = "quality_quick_ablation.json"
 DEEP_BLOCKS = "quality_quick_blocks.json"
 DEEP_MOVES = "quality_quick_block_moves.json"
 DEEP_NULL = "quality_quick_null_events.json"
+DEEP_EQUAL_LR = "quality_quick_equal_lr.json"
 DEEP_TASKS = ("digits", "relations", "codes")
 #: (label, method, results JSON): the deeper benchmark's --quick run, and variants run afterwards on its cache
 DEEP_ROWS = (("LoRA (fixed rank 8)", "lora", DEEP), ("HyDRA (`--schedule hydra`)", "hydra", DEEP),
@@ -308,7 +309,7 @@ def _deep_task_values(method: str) -> dict[str, Value]:
 
 def _deep_rows() -> list[Figure]:
     out = []
-    for label, method, source in DEEP_ROWS:
+    for label, method, source in (*DEEP_ROWS, ("LoRA at HyDRA's learning rate", "lora_hydra_lr", DEEP_EQUAL_LR)):
         diff = "—" if method == "lora" else "{diff} ± {se}"
         values = {"val": _val_mean(method), **_deep_task_values(method)}
         if method != "lora":
@@ -405,6 +406,9 @@ QUALITY_DEEP = [
                          "s1": (f"null/{task}/loss_slope_first", "pm.4f"),
                          "s2": (f"null/{task}/loss_slope_later", "pm.4f")}) for task in DEEP_TASKS],
     Figure("docs/hydra.md", "({runs} fixed-LoRA runs per task", DEEP_NULL, {"runs": ("null/digits/runs", "d")}),
+    Figure("docs/hydra.md", "(at most {h1} at the first event step and {h2} at the\nlater ones)", DEEP_NULL,
+           {"h1": lambda d: f"{max(-0.5 * d['null'][t]['loss_slope_first'] for t in DEEP_TASKS):.3f}",
+            "h2": lambda d: f"{max(-0.5 * d['null'][t]['loss_slope_later'] for t in DEEP_TASKS):.4f}"}),
 ]
 
 RANK1 = "quality_budget_rank1.json"
