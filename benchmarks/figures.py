@@ -379,8 +379,26 @@ QUALITY_WHOLE = [
            "({hlr});", WHOLE, {"mlr": lambda d: "/".join(sorted({f"{d['search']['chosen'][m]['lr']:g}"
                                                                 for m in ("multihead", "dmlora")})),
                                "llr": ("search/chosen/lora/lr", "g"), "hlr": ("search/chosen/hydra/lr", "g")}),
+    Figure("docs/methods.md", "measures LoRA at that rate: {eq}% on the mean over tasks", DEEP_EQUAL_LR,
+           {"eq": _mean_over_tasks("lora_hydra_lr")}),
+    Figure("docs/methods.md", "Multi-head and DMLoRA score {mhm}% and {dmm}% in the table", WHOLE,
+           {"mhm": _mean_over_tasks("multihead"), "dmm": _mean_over_tasks("dmlora")}),
+    Figure("docs/hydra.md", "HyDRA − LoRA at the same rate is\n  {eqd} ± {eqse} points on the mean over tasks and {eqdd} ± "
+           "{eqdse} on digits", DEEP_EQUAL_LR,
+           {"eqd": _mean_diff_over_tasks("hydra", "lora_hydra_lr"), "eqse": _mean_diff_se("hydra", "lora_hydra_lr"),
+            "eqdd": quality_diff("digits", "hydra", "lora_hydra_lr"),
+            "eqdse": quality_diff("digits", "hydra", "lora_hydra_lr", se=True)}),
     Figure("docs/methods.md", "its search chose the grid's largest\nrate, {alr}.", WHOLE,
            {"alr": ("search/chosen/adaring/lr", "g")}),
+    Figure("README.md", "full fine-tuning leads everything ({ff} ± {ffse} points\nover LoRA)", WHOLE,
+           {"ff": _mean_diff_over_tasks("full", "lora"), "ffse": _mean_diff_se("full", "lora")}),
+    Figure("README.md", "Each of them chose a learning rate of {hlr} on validation where LoRA\nchose {llr}", WHOLE,
+           {"hlr": ("search/chosen/hydra/lr", "g"), "llr": ("search/chosen/lora/lr", "g")}),
+    Figure("README.md", "LoRA trained at {hlr2} scores {eq}% on the mean over tasks ({eqd} ± {eqse} points\nagainst LoRA at "
+           "{llr2};", "quality_quick_equal_lr.json",
+           {"hlr2": ("search/chosen/hydra/lr", "g"), "llr2": ("search/chosen/lora/lr", "g"),
+            "eq": _mean_over_tasks("lora_hydra_lr"), "eqd": _mean_diff_over_tasks("lora_hydra_lr", "lora"),
+            "eqse": _mean_diff_se("lora_hydra_lr", "lora")}),
     Figure("README.md", "(Chance {cd} / {cr} / {cc}.)", WHOLE,
            {"cd": ("chance/digits", "%.1f"), "cr": ("chance/relations", "%.1f"), "cc": ("chance/codes", "%.1f")}),
     Figure("README.md", "HyDRA scores {h}% on the mean over\ntasks against fixed LoRA's {l}% ({diff} ± {se} points), and "
