@@ -379,10 +379,11 @@ def test_scheduled_multihead_and_dmlora_reload_and_lower_exactly(method, tiny_ck
 def test_schedule_settings_are_validated(tiny_ckpt, synth_data, tmp_path):
     cfg = TrainConfig.from_flat(dict(model="m", data="d.json", output_dir="o", adapter="adaring"))
     cfg.validate()
-    assert cfg.schedule.kind == "fixed"  # the default resolves per method
+    assert cfg.schedule.kind == "fixed"  # the default, and the only schedule adaring has
     with pytest.raises(UserError, match="adaring has no per-module ranks"):
         TrainConfig.from_flat(dict(model="m", data="d.json", output_dir="o", adapter="adaring", schedule="hydra")).validate()
     with pytest.raises(UserError, match="not a multiple of --rank-granule"):
-        TrainConfig.from_flat(dict(model="m", data="d.json", output_dir="o", rank=7)).validate()
+        TrainConfig.from_flat(dict(model="m", data="d.json", output_dir="o", rank=7, schedule="hydra")).validate()
+    TrainConfig.from_flat(dict(model="m", data="d.json", output_dir="o", rank=7)).validate()  # fixed: any rank
     with pytest.raises(UserError, match="must be one of"):
         TrainConfig.from_flat(dict(model="m", data="d.json", output_dir="o", schedule="magic")).validate()
