@@ -152,13 +152,11 @@ class RankScheduler:
         """The budget invariants after a resize; with ``--move-scope block`` also no block above its budget
         (a block may hold back part of a donor's granule until a later move there spends it)."""
         ranks = self.ranks()
-        scope = self._move_scope()
         in_scopes = self.settings.move_scope == "block" and self.history[-1].kind == "dynamic"
         check_allocation(ranks, self.infos, self.bounds, self.budget, spend_all=not in_scopes)
         if in_scopes:
-            for key, budget in self._scope_budgets().items():
-                used = sum(r * self.infos[n].cost for n, r in ranks.items() if scope(n) == key)
-                assert used <= budget, f"block {key} above its budget: {used} > {budget}"
+            for key, left in self._scope_left(ranks).items():
+                assert left >= 0, f"block {key} above its budget by {-left}"
 
     # --- watching -----------------------------------------------------------------------
     def _watched(self, step: int) -> bool:
@@ -257,9 +255,7 @@ class RankScheduler:
         recipients = sorted((n for n in add if ranks[n] + g <= lo_hi[n][1]), key=lambda n: -add[n] / per[n])
         margin = self.settings.veto * self._loss_noise()
         scope = self._move_scope()
-        left = self._scope_budgets()  # becomes what a recipient may take without a donor, per scope
-        for n, r in ranks.items():
-            left[scope(n)] -= r * self.infos[n].cost
+        left = self._scope_left(ranks)  # what a recipient may take without a donor, per scope
         moves: list[dict[str, Any]] = []
         raw_r = raw_a = 0.0
         used: set[str] = set()
@@ -316,6 +312,13 @@ class RankScheduler:
         for n, r in allocated.items():
             budgets[scope(n)] += r * self.infos[n].cost
         return budgets
+
+    def _scope_left(self, ranks: dict[str, int]) -> dict[Any, int]:
+        """Each move scope's budget minus what ``ranks`` spend in it."""
+        scope, left = self._move_scope(), self._scope_budgets()
+        for n, r in ranks.items():
+            left[scope(n)] -= r * self.infos[n].cost
+        return left
 
     def _loss_noise(self) -> float:
         """Standard error of a mean of the loss over half an interval, from the scatter of the last
