@@ -4,6 +4,8 @@ published table is the JSON's, and the pipeline runs end to end and resumes from
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +146,30 @@ def test_benchmark_runs_end_to_end_and_resumes_from_its_cache(tmp_path, capsys):
     assert 0.0 <= second["summary"]["relations"]["lora"]["accuracy_mean"] <= 1.0
 
 
+def _fake_scores(val_of: Callable[[dict], float]) -> Callable[[dict], dict]:
+    """A stand-in for training and scoring one run: validation accuracy ``val_of(job)``, test accuracy its
+    complement (a test-driven choice would be the worst validation one); the result is cached like a real run's."""
+
+    def score(value: float) -> dict:
+        return {"overall": {"exact_match": value, "n": 1},
+                "by_type": {t: {"exact_match": value, "n": 1} for t in tasks.REL_QUESTIONS}}
+
+    def train_and_score(job: dict) -> dict:
+        val = val_of(job)
+        result = {"task": job["task"], "method": job["method"], "seed": job["seed"], "hyper": job["hyper"],
+                  "train_seconds": 0.0, "steps": 1, "final_train_loss": 0.0, "trainable_parameters": 1,
+                  "val_scores": score(val), "scores": score(1.0 - val)}
+        out = Path(job["config"]["output_dir"])
+        out.mkdir(parents=True)
+        (out / "quality_result.json").write_text(json.dumps(result))
+        return result
+
+    return train_and_score
+
+
+_TINY_PRETRAIN = dict(n_train=48, n_val=8, stage1_steps=2, stage2_steps=3)
+
+
 def test_search_chooses_on_validation_only_and_the_test_runs_use_the_choice(tmp_path, monkeypatch):
     """The search trains each learning rate (then the knob's other values at the best one) on one seed and picks the
     best mean validation accuracy; the final runs train exactly that, and an ablation inherits its method's choice.
@@ -152,28 +178,17 @@ def test_search_chooses_on_validation_only_and_the_test_runs_use_the_choice(tmp_
     from benchmarks.quality import run as quality_run
     from benchmarks.quality.pretrain import PretrainSettings
 
-    def score(value: float) -> dict:
-        return {"overall": {"exact_match": value, "n": 1},
-                "by_type": {t: {"exact_match": value, "n": 1} for t in tasks.REL_QUESTIONS}}
-
-    def fake_train_and_score(job: dict) -> dict:
+    def val_of(job: dict) -> float:
         lr, knobs = job["hyper"]["lr"], job["hyper"]["knobs"]
         assert job["config"]["lr"] == lr and job["config"]["temperature"] == knobs.get("temperature", 0.5)
-        val = {1e-3: 0.2, 2e-3: 0.6, 4e-3: 0.4}[lr] + (0.1 if knobs.get("temperature") == 1.0 else 0.0)
-        test = 1.0 - val  # a test-driven choice would be the worst validation one
-        result = {"task": job["task"], "method": job["method"], "seed": job["seed"], "hyper": job["hyper"],
-                  "train_seconds": 0.0, "steps": 1, "final_train_loss": 0.0, "trainable_parameters": 1,
-                  "val_scores": score(val), "scores": score(test)}
-        out = Path(job["config"]["output_dir"])
-        out.mkdir(parents=True)
-        (out / "quality_result.json").write_text(json.dumps(result))
-        return result
+        return {1e-3: 0.2, 2e-3: 0.6, 4e-3: 0.4}[lr] + (0.1 if knobs.get("temperature") == 1.0 else 0.0)
 
     trained = []
-    monkeypatch.setattr(quality_run, "_train_and_score", lambda job: trained.append(job) or fake_train_and_score(job))
+    fake = _fake_scores(val_of)
+    monkeypatch.setattr(quality_run, "_train_and_score", lambda job: trained.append(job) or fake(job))
     settings = quality_run.QualitySettings(
         seeds=(0, 1), methods=("lora", "hydra", "dynamic"), tasks=("relations",), steps=2, n_train=16, n_val=4,
-        n_test=4, lr_grid=(1e-3, 2e-3, 4e-3), pretrain=PretrainSettings(n_train=48, n_val=8, stage1_steps=2, stage2_steps=3))
+        n_test=4, lr_grid=(1e-3, 2e-3, 4e-3), pretrain=PretrainSettings(**_TINY_PRETRAIN))
     results = quality_run.run(settings, tmp_path, workers=1)
     search = results["search"]
     assert [c["lr"] for c in search["candidates"]["lora"]] == [1e-3, 2e-3, 4e-3]
@@ -190,6 +205,36 @@ def test_search_chooses_on_validation_only_and_the_test_runs_use_the_choice(tmp_
     assert len(trained) == 8 + 4
     page = render_markdown({**results, "wall_seconds": 60.0}, json_link="q.json", png_link="q.png")
     assert "| HyDRA (--schedule hydra) | 0.002 | temperature 1.0 | **70.0** | **70.0** |" in page
+
+
+@pytest.mark.parametrize("search_seeds, chosen_lr, trained_runs", [(1, 4e-3, 3 + 1), (2, 2e-3, 6)])
+def test_a_search_over_more_seeds_averages_them(tmp_path, monkeypatch, search_seeds, chosen_lr, trained_runs):
+    """One lucky validation seed picks 0.004; averaged over two seeds 0.002 wins. The runs of the second search
+    seed are the test runs of that seed (same settings, same cache), so only the third rate's are extra; and the
+    run cache key does not depend on how many seeds the search averages."""
+    from benchmarks.quality import run as quality_run
+    from benchmarks.quality.pretrain import PretrainSettings
+
+    def val_of(job: dict) -> float:
+        lr = job["hyper"]["lr"]
+        return {1e-3: 0.2, 2e-3: 0.6, 4e-3: 0.4}[lr] + (0.3 if lr == 4e-3 and job["seed"] == 0 else 0.0)
+
+    trained = []
+    fake = _fake_scores(val_of)
+    monkeypatch.setattr(quality_run, "_train_and_score", lambda job: trained.append(job) or fake(job))
+    settings = quality_run.QualitySettings(
+        seeds=(0, 1), methods=("lora",), tasks=("relations",), steps=2, n_train=16, n_val=4, n_test=4,
+        lr_grid=(1e-3, 2e-3, 4e-3), search_seeds=search_seeds, pretrain=PretrainSettings(**_TINY_PRETRAIN))
+    results = quality_run.run(settings, tmp_path, workers=1)
+    assert results["search"]["chosen"]["lora"]["lr"] == chosen_lr
+    assert results["search"]["seeds"] == list(range(search_seeds))
+    by_lr = {c["lr"]: c["val_accuracy_mean"] for c in results["search"]["candidates"]["lora"]}
+    assert by_lr[4e-3] == pytest.approx(0.7 if search_seeds == 1 else 0.55)
+    assert len(trained) == trained_runs
+    assert settings.run_key() == quality_run.QualitySettings(**{**asdict(settings), "search_seeds": 1,
+                                                                  "pretrain": settings.pretrain}).run_key()
+    page = render_markdown({**results, "wall_seconds": 60.0}, json_link="q.json", png_link="q.png")
+    assert ("seeds 0, 1, averaged" in page) == (search_seeds == 2)
 
 
 def test_gpu_recipe_runs_every_step_on_a_tiny_model(tiny_ckpt, synth_data, tmp_path):

@@ -4,6 +4,7 @@ dynamic reallocation during training, exact resume, and adapters that still load
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import pytest
@@ -322,17 +323,32 @@ def test_block_move_scope_keeps_every_blocks_budget_through_the_dynamic_moves(ti
     assert moves > 0 and above(crossed) > 0
 
 
-def test_observed_loss_change_is_the_jump_off_the_trend():
-    """The performance model's observation (and null_events.py's control): zero on a straight loss line, the
-    jump itself after a step change, and a bias of the curve's own bend on a convex curve with no move."""
+@pytest.mark.parametrize("trend, curve", [("linear", lambda s: 3.0 - 0.01 * s),
+                                           ("log", lambda s: 3.0 - 0.4 * math.log1p(s)),
+                                           ("quadratic", lambda s: 3.0 - 0.05 * s + 0.0004 * s * s)])
+def test_observed_loss_change_is_the_jump_off_the_trend(trend, curve):
+    """The performance model's observation (and null_events.py's control): zero on a curve of the fitted
+    family, the jump itself after a step change on it, None before anything follows the event."""
     every = 10
-    line = [(s, 3.0 - 0.01 * s) for s in range(60)]
-    assert abs(observed_loss_change(line, 30, every)) < 1e-6
-    jumped = [(s, v + (0.5 if s + 1 > 30 else 0.0)) for s, v in line]
-    assert abs(observed_loss_change(jumped, 30, every) - 0.5) < 1e-6
-    bent = [(s, 3.0 * 0.95 ** s) for s in range(60)]
-    assert observed_loss_change(bent, 30, every) > 0.01  # a falling, flattening curve looks like a rise
-    assert observed_loss_change(line[:30], 30, every) is None  # nothing after the event yet
+    clean = [(s, curve(s)) for s in range(60)]
+    assert abs(observed_loss_change(clean, 30, every, trend)) < 1e-6
+    jumped = [(s, v + (0.5 if s + 1 > 30 else 0.0)) for s, v in clean]
+    assert abs(observed_loss_change(jumped, 30, every, trend) - 0.5) < 1e-6
+    assert observed_loss_change(clean[:30], 30, every, trend) is None  # nothing after the event yet
+
+
+def test_a_curved_trend_follows_a_flattening_fall_that_a_line_reads_as_a_rise():
+    """With no move, a falling and flattening loss (the start of a run) looks like a rise to the linear trend;
+    the log trend bends with it. Both see the same jump on top of it."""
+    every = 10
+    bent = [(s, 1.0 + 2.0 / math.sqrt(1 + s)) for s in range(60)]
+    linear, log = (observed_loss_change(bent, 20, every, t) for t in ("linear", "log"))
+    assert linear > 0.01 and abs(log) < linear / 3
+    jumped = [(s, v + (0.2 if s + 1 > 20 else 0.0)) for s, v in bent]
+    for trend, base in (("linear", linear), ("log", log)):
+        assert abs(observed_loss_change(jumped, 20, every, trend) - base - 0.2) < 1e-6
+    with pytest.raises(ValueError, match="unknown loss trend 'cubic'"):
+        observed_loss_change(bent, 20, every, "cubic")
 
 
 def test_hydra_resume_is_exact(tiny_ckpt, synth_data, tmp_path):

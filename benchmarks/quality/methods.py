@@ -37,7 +37,10 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
                                                             "block_temperature": 0.0}),
     "hydra_block_moves": ("HyDRA: every block keeps its budget, moves inside a block",
                           {"adapter": "lora", "schedule": "hydra", "block_temperature": 0.0, "move_scope": "block"}),
+    "hydra_linear_trend": ("HyDRA: moves observed against a linear loss trend",
+                           {"adapter": "lora", "schedule": "hydra", "loss_trend": "linear"}),
     "lora_hydra_lr": ("LoRA at HyDRA's chosen learning rate", {"adapter": "lora", "schedule": "fixed"}),
+    "hydra_lora_lr": ("HyDRA at LoRA's chosen learning rate", {"adapter": "lora", "schedule": "hydra"}),
     "multihead": ("Hydra multi-head", {"adapter": "multihead", "schedule": "fixed"}),
     "dmlora": ("DMLoRA", {"adapter": "dmlora", "schedule": "fixed"}),
     "adaring": ("AdaRing", {"adapter": "adaring", "schedule": "fixed"}),
@@ -47,7 +50,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 #: difference the schedule's or the learning rate's?); the published table (:data:`TABLE`) compares the
 #: methods without them
 VARIANTS = ("hydra_rank", "hydra_veto", "hydra_late", "hydra_moments", "hierarchical_blocks", "hydra_blocks",
-            "hydra_block_moves", "lora_hydra_lr")
+            "hydra_block_moves", "hydra_linear_trend", "lora_hydra_lr", "hydra_lora_lr")
 TABLE = tuple(m for m in METHODS if m not in VARIANTS)
 #: ``--quick``: the headline comparison (LoRA, HyDRA, and HyDRA's better half) within an hour on 2 cores
 QUICK = ("lora", "hydra", "hierarchical")
@@ -60,7 +63,7 @@ KNOBS: dict[str, tuple[str, tuple[Any, ...]]] = {
     "dmlora": ("branch_drop_max", (0.5, 0.25, 0.1)),
 }
 #: ablations take the searched settings of the method they ablate, so they isolate its parts
-SEARCH_AS: dict[str, str] = {m: "hydra" for m in ("hierarchical", "dynamic", *VARIANTS)}
+SEARCH_AS: dict[str, str] = {m: "hydra" for m in ("hierarchical", "dynamic", *VARIANTS)} | {"hydra_lora_lr": "lora"}
 
 
 def adapter_budget(model_dir: Path, overrides: dict[str, Any], rank: int) -> int:

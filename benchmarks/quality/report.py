@@ -98,7 +98,9 @@ def render_markdown(results: dict[str, Any], *, json_link: str, png_link: str) -
         "",
         f"Regenerate with **`make {'bench-quality-quick' if tuple(s['methods']) == QUICK else 'bench-quality'}`** "
         f"(on 2 CPU cores this run took **{minutes:.1f} min**"
-        f"{', pretraining cached' if results['pretrain'].get('cached') else ', pretraining included'}). "
+        f"{', pretraining cached' if results['pretrain'].get('cached') else ', pretraining included'}"
+        + (f"; it trained {results['runs_trained']} runs and read {results['runs_cached']} back from the run cache"
+           if "runs_trained" in results else "") + "). "
         f"Raw per-seed numbers: [`{json_link}`]({json_link}). "
         "The same harness runs MobileVLM-1.7B on real data on a GPU: [benchmarks/quality/README.md](../benchmarks/quality/README.md).",
         "",
@@ -202,8 +204,10 @@ def _search_section(results: dict[str, Any]) -> list[str]:
     lines = ["## Hyperparameter search (validation split)", "",
              f"Each method's learning rate over {', '.join(f'{x:g}' for x in search['lr_grid'])} (full fine-tuning: "
              f"{', '.join(f'{x:g}' for x in search['full_lr_grid'])}) with its main knob at the default, then the "
-             "knob's other values at the best rate; seed "
-             f"{search['seed']}, scored on a validation split carved from the training data (never the test split). "
+             "knob's other values at the best rate; "
+             + (f"seeds {', '.join(map(str, search['seeds']))}, averaged," if len(search.get("seeds", [])) > 1
+                else f"seed {search['seed']},")
+             + " scored on a validation split carved from the training data (never the test split). "
              "The highest mean validation accuracy over tasks is chosen (**bold**)"
              + ("; " + ", ".join(f"{labels[m]} takes {labels[a]}'s choice" for m, a in search["as"].items())
                 if search["as"] else "") + ".", "",

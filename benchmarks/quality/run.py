@@ -68,6 +68,8 @@ class QualitySettings:
     lr_grid: tuple[float, ...] = (1e-3, 2e-3, 4e-3, 8e-3)
     full_lr_grid: tuple[float, ...] = (4e-4, 8e-4, 1.5e-3, 3e-3)
     search_seed: int = 0
+    #: validation runs per search candidate and task (seeds search_seed, search_seed + 1, ...), averaged
+    search_seeds: int = 1
     lr: float = 3e-3
     full_lr: float = 1.5e-3
     temperature: float = 0.5  # the schedules' sensitivity skew (HyDRA's default)
@@ -77,9 +79,9 @@ class QualitySettings:
     pretrain: PretrainSettings = field(default_factory=PretrainSettings)
 
     def run_key(self) -> str:
-        """What a cached run depends on (not which seeds/methods/tasks were asked for): every
-        setting and the task generators' code."""
-        values = {k: v for k, v in asdict(self).items() if k not in ("seeds", "methods", "tasks")}
+        """What a cached run depends on (not which seeds/methods/tasks were asked for, nor how many seeds the
+        search averages): every setting and the task generators' code."""
+        values = {k: v for k, v in asdict(self).items() if k not in ("seeds", "methods", "tasks", "search_seeds")}
         text = json.dumps(values, sort_keys=True) + data_version()
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -111,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-search", action="store_true",
                         help="skip the search on the validation split: every adapter method trains at --lr, full "
                              "fine-tuning at --full-lr")
+    parser.add_argument("--search-seeds", type=int, default=QualitySettings.search_seeds,
+                        help="validation runs per search candidate and task, averaged (seeds 0, 1, ...): more make the "
+                             "choice less a matter of one seed's luck")
     parser.add_argument("--lr-grid", default=",".join(f"{x:g}" for x in QualitySettings.lr_grid),
                         help="learning rates searched for the adapter methods")
     parser.add_argument("--full-lr-grid", default=",".join(f"{x:g}" for x in QualitySettings.full_lr_grid),
@@ -144,15 +149,17 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{flag.replace('_', '-')}: comma separated numbers, got {getattr(args, flag)!r}")
         if not grids[flag] or min(grids[flag]) <= 0:
             parser.error(f"--{flag.replace('_', '-')}: at least one rate, every rate > 0")
-    if args.rank < 1:
-        parser.error(f"--rank: at least 1, got {args.rank}")
+    for flag in ("rank", "search_seeds"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')}: at least 1, got {getattr(args, flag)}")
     settings = QualitySettings(seeds=tuple(range(args.seeds)), methods=methods, tasks=task_names, steps=args.steps,
-                               rank=args.rank,
+                               rank=args.rank, search_seeds=args.search_seeds,
                                search=not args.no_search, **grids, lr=args.lr, full_lr=args.full_lr,
                                n_train=args.n_train, temperature=args.temperature)
     t0 = time.perf_counter()
     results = run(settings, args.work, workers=args.workers)
     results["wall_seconds"] = time.perf_counter() - t0
+    results["runs_trained"], results["runs_cached"] = RUN_COUNTS["trained"], RUN_COUNTS["cached"]
     write_result(args.results, results)
     _render(results, args.results, args.markdown)
     print(f"finished in {results['wall_seconds'] / 60:.1f} min")
@@ -271,22 +278,29 @@ def _tag(hyper: dict[str, Any]) -> str:
 
 def _search(settings: QualitySettings, job, workers: int) -> dict[str, Any]:
     """Each method's learning rate over its grid (knob at its default), then its knob's other values at the best
-    rate; one seed, every task, scored on the validation split only. The choice maximises the mean validation
-    accuracy over tasks (ties go to the earlier candidate: the default knob, the lower rate). Ablations take the
-    choice of the method they ablate (``SEARCH_AS``)."""
+    rate; ``search_seeds`` seeds, every task, scored on the validation split only. The choice maximises the mean
+    validation accuracy over tasks and seeds (ties go to the earlier candidate: the default knob, the lower rate).
+    Ablations take the choice of the method they ablate (``SEARCH_AS``)."""
     searched = list(dict.fromkeys(SEARCH_AS.get(m, m) for m in settings.methods))
-    seed = settings.search_seed
+    seeds = [settings.search_seed + k for k in range(settings.search_seeds)]
 
     def candidates(hypers: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
-        jobs = [job(t, m, seed, h) for m, hs in hypers.items() for h in hs for t in settings.tasks]
-        by_key: dict[tuple[str, str], dict[str, float]] = {}
+        jobs = [job(t, m, seed, h) for m, hs in hypers.items() for h in hs for t in settings.tasks for seed in seeds]
+        by_key: dict[tuple[str, str], dict[str, list[float]]] = {}
         for r in _execute(jobs, workers, split="val"):
-            by_key.setdefault((r["method"], _tag(r["hyper"])), {})[r["task"]] = r["val_scores"]["overall"]["exact_match"]
-        return {m: [{**h, "val_accuracy": by_key[(m, _tag(h))],
-                     "val_accuracy_mean": statistics.fmean(by_key[(m, _tag(h))].values())} for h in hs]
-                for m, hs in hypers.items()}
+            by_key.setdefault((r["method"], _tag(r["hyper"])), {}).setdefault(r["task"], []).append(
+                r["val_scores"]["overall"]["exact_match"])
+        found = {}
+        for m, hs in hypers.items():
+            found[m] = []
+            for h in hs:
+                per_task = {t: statistics.fmean(v) for t, v in by_key[(m, _tag(h))].items()}
+                found[m].append({**h, "val_accuracy": per_task, "val_accuracy_mean": statistics.fmean(per_task.values()),
+                                 **({"val_accuracy_by_seed": by_key[(m, _tag(h))]} if len(seeds) > 1 else {})})
+        return found
 
-    print(f"search on the validation split (seed {seed}): learning rate")
+    print(f"search on the validation split (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}): "
+          "learning rate")
     found = candidates({m: [{"lr": lr, "knobs": {}} for lr in (settings.full_lr_grid if m == "full" else settings.lr_grid)]
                         for m in searched})
     knob_hypers = {}
@@ -303,7 +317,8 @@ def _search(settings: QualitySettings, job, workers: int) -> dict[str, Any]:
     for m in settings.methods:
         best = max(found[SEARCH_AS.get(m, m)], key=lambda c: c["val_accuracy_mean"])
         chosen[m] = {"lr": best["lr"], "knobs": best["knobs"]}
-    return {"seed": seed, "split": "val", "lr_grid": list(settings.lr_grid), "full_lr_grid": list(settings.full_lr_grid),
+    return {"seed": seeds[0], "seeds": seeds, "split": "val", "lr_grid": list(settings.lr_grid),
+            "full_lr_grid": list(settings.full_lr_grid),
             "knobs": {m: {"key": KNOBS[m][0], "values": list(KNOBS[m][1])} for m in searched if m in KNOBS},
             "as": {m: SEARCH_AS[m] for m in settings.methods if m in SEARCH_AS},
             "candidates": found, "chosen": chosen}
@@ -311,7 +326,7 @@ def _search(settings: QualitySettings, job, workers: int) -> dict[str, Any]:
 
 def _execute(jobs: list[dict[str, Any]], workers: int, *, split: str) -> list[dict[str, Any]]:
     """Train and score ``jobs`` (cached ones are read back), two at a time by default; ``split`` only names
-    the score printed as runs finish."""
+    the score printed as runs finish. Counts the runs trained and read back in :data:`RUN_COUNTS`."""
     runs, todo = [], []
     for one in jobs:
         cached = Path(one["config"]["output_dir"]) / "quality_result.json"
@@ -320,6 +335,8 @@ def _execute(jobs: list[dict[str, Any]], workers: int, *, split: str) -> list[di
         else:
             todo.append(one)
     print(f"{len(jobs)} runs: {len(jobs) - len(todo)} cached, {len(todo)} to train on {workers} worker(s)")
+    RUN_COUNTS["trained"] += len(todo)
+    RUN_COUNTS["cached"] += len(jobs) - len(todo)
     if not todo:
         return runs
     with contextlib.ExitStack() as stack:
@@ -334,6 +351,10 @@ def _execute(jobs: list[dict[str, Any]], workers: int, *, split: str) -> list[di
             print(f"[{k}/{len(todo)}] {result['task']:<10} {result['method']:<13} {_tag(result['hyper']):<28} "
                   f"seed {result['seed']}: {split} accuracy {score:.1%}  ({result['train_seconds']:.0f} s)", flush=True)
     return runs
+
+
+#: runs :func:`_execute` trained and read back from the cache in this process (what a results JSON's wall time covers)
+RUN_COUNTS = {"trained": 0, "cached": 0}
 
 
 def _worker_init() -> None:

@@ -50,7 +50,7 @@ from mobilepeft.schedule.budget import (
     value_unit,
 )
 from mobilepeft.schedule.measure import GradientTap, branch_stats, gradient_norm, sampled_tokens
-from mobilepeft.schedule.settings import ScheduleSettings
+from mobilepeft.schedule.settings import LOSS_TRENDS, ScheduleSettings
 
 
 @dataclass
@@ -64,12 +64,28 @@ class _Event:
     budget_used: int = 0
 
 
-def _trend(losses: list[tuple[int, float]]) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(steps, losses, least-squares slope) of (step, loss) pairs."""
-    xs = torch.tensor([float(s) for s, _ in losses])
-    ys = torch.tensor([v for _, v in losses])
-    slope = float(((xs - xs.mean()) * (ys - ys.mean())).sum() / ((xs - xs.mean()) ** 2).sum().clamp_min(1e-9))
-    return xs, ys, slope
+def _basis(steps: torch.Tensor, trend: str) -> torch.Tensor:
+    """The columns a loss trend is a least-squares combination of, at 0-based ``steps``."""
+    ones = torch.ones_like(steps)
+    if trend == "linear":
+        return torch.stack([ones, steps], dim=1)
+    if trend == "log":  # a + b ln(1 + step): a fall that flattens as the run goes on
+        return torch.stack([ones, torch.log1p(steps)], dim=1)
+    if trend == "quadratic":
+        return torch.stack([ones, steps, steps**2], dim=1)
+    raise ValueError(f"unknown loss trend {trend!r}; choose from {', '.join(LOSS_TRENDS)}")
+
+
+def _fit(points: list[tuple[int, float]], trend: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Least-squares coefficients of ``trend`` through (0-based step, loss) pairs and their residuals;
+    None when there are fewer pairs than coefficients."""
+    xs = torch.tensor([float(s) for s, _ in points], dtype=torch.float64)
+    ys = torch.tensor([v for _, v in points], dtype=torch.float64)
+    design = _basis(xs, trend)
+    if len(points) < design.shape[1]:
+        return None
+    coef = torch.linalg.lstsq(design, ys.unsqueeze(1), driver="gelsd").solution.squeeze(1)
+    return coef, ys - design @ coef
 
 
 def interval(settings: ScheduleSettings, total_steps: int) -> int:
@@ -99,20 +115,22 @@ def _windows(losses: list[tuple[int, float]], event_step: int,
 
 
 def loss_slope_before(losses: list[tuple[int, float]], event_step: int, every: int) -> float:
-    """The loss's trend per step over the interval before an event (what the observation extrapolates)."""
-    return _trend(_windows(losses, event_step, every)[0])[2]
+    """The loss's linear trend per step over the interval before an event."""
+    fitted = _fit(_windows(losses, event_step, every)[0], "linear")
+    return float(fitted[0][1]) if fitted is not None else 0.0
 
 
-def observed_loss_change(losses: list[tuple[int, float]], event_step: int, every: int) -> float | None:
+def observed_loss_change(losses: list[tuple[int, float]], event_step: int, every: int,
+                         trend: str = "linear") -> float | None:
     """The loss change attributed to an event after step ``event_step`` (1-based): the mean loss over the
-    half interval after it minus the linear trend of the interval before, extrapolated; ``losses`` holds
-    (0-based step, loss) pairs. None when either side has too few steps."""
+    half interval after it minus ``trend`` fitted to the interval before and extrapolated over the same
+    steps; ``losses`` holds (0-based step, loss) pairs. None when either side has too few steps."""
     before, after = _windows(losses, event_step, every)
-    if len(before) < 2 or not after:
+    fitted = _fit(before, trend) if len(before) >= 2 else None
+    if fitted is None or not after:
         return None
-    xs, ys, slope = _trend(before)
-    at = sum(s for s, _ in after) / len(after)  # the after window's mean step, in the same (0-based) steps as xs
-    expected = float(ys.mean()) + slope * (at - float(xs.mean()))
+    steps = torch.tensor([float(s) for s, _ in after], dtype=torch.float64)
+    expected = float((_basis(steps, trend) @ fitted[0]).mean())
     return sum(v for _, v in after) / len(after) - expected
 
 
@@ -322,25 +340,23 @@ class RankScheduler:
 
     def _loss_noise(self) -> float:
         """Standard error of a mean of the loss over half an interval, from the scatter of the last
-        interval's losses around their linear trend: the smallest loss change the observation of
+        interval's losses around their ``--loss-trend``: the smallest loss change the observation of
         :meth:`_observe` can tell from noise."""
-        recent = self.losses[-self.every:]
-        if len(recent) < 3:
+        fitted = _fit(self.losses[-self.every:], self.settings.loss_trend)
+        if fitted is None or len(fitted[1]) < 3:
             return 0.0
-        xs, ys, slope = _trend(recent)
-        resid = ys - ys.mean() - slope * (xs - xs.mean())
-        return float(resid.std() / _observed_span(self.every) ** 0.5)
+        return float(fitted[1].std() / _observed_span(self.every) ** 0.5)
 
     def _observe(self, step: int) -> None:
         """Loss change attributable to the last reallocation: mean loss over the half interval
-        after it, minus the linear trend of the interval before, extrapolated."""
+        after it, minus the ``--loss-trend`` of the interval before, extrapolated."""
         if self._pending is None:
             return
         event, (raw_r, raw_a) = self._pending
         if step + 1 < event.step + _observed_span(self.every):
             return
         self._pending = None
-        observed = observed_loss_change(self.losses, event.step, self.every)
+        observed = observed_loss_change(self.losses, event.step, self.every, self.settings.loss_trend)
         if observed is None:
             return
         event.observed_loss_change = observed

@@ -15,6 +15,8 @@ ALLOCATIONS = ("parameter", "rank")
 RESIZE_MOMENTS = ("tensor", "axis")
 #: where a dynamic move may take rank from: any module, or only the recipient's own transformer block
 MOVE_SCOPES = ("model", "block")
+#: the curve the performance model's observation fits to the loss before a move and extrapolates past it
+LOSS_TRENDS = ("linear", "log", "quadratic")
 
 
 @dataclass
@@ -47,6 +49,11 @@ class ScheduleSettings(Settings):
         help="Schedules: where a dynamic move may take rank from: model (any module) or block (only the "
              "recipient's own transformer block, so every block keeps the budget the allocation gave it). "
              "See docs/hydra.md.")
+    loss_trend: str = setting(
+        "log", choices=LOSS_TRENDS,
+        help="Schedules: the curve fitted to the loss over the interval before a move and extrapolated past it, "
+             "against which the performance model observes what the move did: linear, log (a + b ln step: a "
+             "fall that flattens) or quadratic. See docs/hydra.md.")
     resize_moments: str = setting(
         "tensor", choices=RESIZE_MOMENTS,
         help="Schedules: Adam's second moment for a resized branch's entries with no history (all of a shrunk "
