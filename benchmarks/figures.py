@@ -307,6 +307,68 @@ def _deep_task_values(method: str) -> dict[str, Value]:
     return values
 
 
+SEARCH2 = "quality_quick_search2.json"
+#: (label, method): LoRA and HyDRA with the search averaged over two validation seeds, the new observation and its
+#: ablation, and HyDRA at LoRA's chosen rate
+SEARCH2_ROWS = (("LoRA (fixed rank 8)", "lora"), ("HyDRA (`--loss-trend log`, the default)", "hydra"),
+                ("HyDRA, `--loss-trend linear`", "hydra_linear_trend"),
+                ("HyDRA at LoRA's learning rate", "hydra_lora_lr"))
+
+
+def _search2_rows() -> list[Figure]:
+    """The two-seed search's test table, its candidates (each seed alone and the average) and its events."""
+    out = []
+    for label, method in SEARCH2_ROWS:
+        diff = "—" if method == "lora" else "{diff} ± {se}"
+        values = {"lr": (f"search/chosen/{method}/lr", "g"), "val": _val_mean(method), **_deep_task_values(method)}
+        if method != "lora":
+            values.update(diff=_mean_diff_over_tasks(method, "lora"), se=_mean_diff_se(method, "lora"))
+        out.append(Figure("docs/hydra.md", f"| {label} | {{lr}} | {DEEP_CELLS} | {diff} | {{val}} |", SEARCH2, values))
+    for method, label in (("lora", "LoRA"), ("hydra", "HyDRA")):
+        for k, lr in enumerate(("0.001", "0.002", "0.004", "0.008")):  # the benchmark's --lr-grid
+            def seed_mean(d: dict, seed: int | None, k: int = k, method: str = method, lr: str = lr) -> str:
+                c = d["search"]["candidates"][method][k]
+                assert f"{c['lr']:g}" == lr, "the search grid changed: update the rows"
+                values = c["val_accuracy"].values() if seed is None else (v[seed] for v in c["val_accuracy_by_seed"].values())
+                return f"{100 * statistics.fmean(values):.1f}"
+            out.append(Figure("docs/hydra.md", f"| {label} | {lr} | {{s0}} | {{s1}} | {{both}} |", SEARCH2,
+                              {"s0": lambda d, f=seed_mean: f(d, 0), "s1": lambda d, f=seed_mean: f(d, 1),
+                               "both": lambda d, f=seed_mean: f(d, None)}))
+    def seed0_choice(d: dict) -> str:
+        found = d["search"]["candidates"]["lora"]
+        return f"{max(found, key=lambda c: statistics.fmean(v[0] for v in c['val_accuracy_by_seed'].values()))['lr']:g}"
+
+    temp = ("search/chosen/hydra/knobs/temperature", "g")
+    out += [
+        Figure("README.md", "HyDRA {h2}% against LoRA's {l2}% ({d2} ± {se2} points, ahead on every task), and\n{eq2} ± {eqse2} "
+               "at LoRA's own learning rate.", SEARCH2,
+               {"h2": _mean_over_tasks("hydra"), "l2": _mean_over_tasks("lora"), "d2": _mean_diff_over_tasks("hydra", "lora"),
+                "se2": _mean_diff_se("hydra", "lora"), "eq2": _mean_diff_over_tasks("hydra_lora_lr", "lora"),
+                "eqse2": _mean_diff_se("hydra_lora_lr", "lora")}),
+        Figure("docs/hydra.md", "({minutes} min; it trained {trained} runs and read {cached} back from the\ncache;", SEARCH2,
+               {"minutes": ("wall_seconds", "min.0f"), "trained": ("runs_trained", "d"), "cached": ("runs_cached", "d")}),
+        Figure("docs/hydra.md", "and LoRA's\n{a} against HyDRA's {b} made the whole gap.", DEEP,
+               {"a": ("search/chosen/lora/lr", "g"), "b": ("search/chosen/hydra/lr", "g")}),
+        Figure("docs/hydra.md", "searched at its best rate, and {temp} won.", SEARCH2, {"temp": temp}),
+        Figure("docs/methods.md", "second-base))\ngave LoRA {lr}.", SEARCH2, {"lr": ("search/chosen/lora/lr", "g")}),
+        Figure("docs/hydra.md", "Seed 0 alone would again have given\n  LoRA {seed0}; with both seeds LoRA takes {lora} and HyDRA "
+               "{hydra} (temperature {temp}).", SEARCH2,
+               {"seed0": seed0_choice, "lora": ("search/chosen/lora/lr", "g"), "hydra": ("search/chosen/hydra/lr", "g"),
+                "temp": temp}),
+        Figure("docs/hydra.md", "it reached\n  {base2}% corpus validation accuracy here", SEARCH2,
+               {"base2": ("pretrain/stage2_val/accuracy", "%.1f")}),
+        Figure("docs/hydra.md", "against {base1}% for the base of the tables above", DEEP,
+               {"base1": ("pretrain/stage2_val/accuracy", "%.1f")}),
+        Figure("docs/hydra.md", "base LoRA at 0.002 scores {lora2}% on the mean over tasks", SEARCH2,
+               {"lora2": _mean_over_tasks("lora")}),
+        Figure("docs/hydra.md", "on the other it scored {lora1}% at the same\n  rate", DEEP_EQUAL_LR,
+               {"lora1": _mean_over_tasks("lora_hydra_lr")}),
+        Figure("docs/hydra.md", "({d1} points there,", DEEP, {"d1": _mean_diff_over_tasks("hydra", "lora")}),
+        Figure("docs/hydra.md", "points there, {d2} here)", SEARCH2, {"d2": _mean_diff_over_tasks("hydra", "lora")}),
+    ]
+    return out + _deep_event_rows(tuple((label, m, SEARCH2) for label, m in SEARCH2_ROWS[1:]))
+
+
 def _deep_rows() -> list[Figure]:
     out = []
     for label, method, source in (*DEEP_ROWS, ("LoRA at HyDRA's learning rate", "lora_hydra_lr", DEEP_EQUAL_LR)):
@@ -318,9 +380,9 @@ def _deep_rows() -> list[Figure]:
     return out
 
 
-def _deep_event_rows() -> list[Figure]:
+def _deep_event_rows(rows: tuple[tuple[str, str, str], ...] = DEEP_ROWS[1:]) -> list[Figure]:
     out = []
-    for label, method, source in DEEP_ROWS[1:]:
+    for label, method, source in rows:
         for task in DEEP_TASKS:
             key = f"events/{method}/{task}"
             values: dict[str, Value] = {"moves": (f"{key}/moves_per_run", ".1f"),
@@ -414,15 +476,19 @@ QUALITY_DEEP = [
     Figure("docs/hydra.md", "{abl_minutes} min for their 30 runs", DEEP_ABLATION, {"abl_minutes": ("wall_seconds", "min.0f")}),
     *_deep_rows(),
     *_deep_event_rows(),
+    *_search2_rows(),
     Figure("README.md", "`--block-temperature 0` (the closest: hierarchical with it, {d} points)", DEEP_BLOCKS,
            {"d": _mean_diff_over_tasks("hierarchical_blocks", "lora")}),
     Figure("docs/hydra.md", "{minutes} min for its 15 runs", DEEP_MOVES, {"minutes": ("wall_seconds", "min.0f")}),
-    *[Figure("docs/hydra.md", f"| no move (fixed LoRA), {task} | {{first}} | {{later}} ± {{se}} | {{s1}} | {{s2}} |",
-             DEEP_NULL, {"first": (f"null/{task}/first_observed_mean", "pm.3f"),
-                         "later": (f"null/{task}/later_observed_mean", "pm.3f"),
-                         "se": (f"null/{task}/later_observed_se", ".3f"),
-                         "s1": (f"null/{task}/loss_slope_first", "pm.4f"),
-                         "s2": (f"null/{task}/loss_slope_later", "pm.4f")}) for task in DEEP_TASKS],
+    *[Figure("docs/hydra.md", f"| no move (fixed LoRA), {task} | " + " | ".join(
+        f"{{{t}f}} | {{{t}l}} ± {{{t}se}} | {{{t}rms}}" for t in ("linear", "log", "quadratic")) + " | {s1} | {s2} |",
+        DEEP_NULL, {**{k: v for t in ("linear", "log", "quadratic") for k, v in (
+            (f"{t}f", (f"null/{task}/trends/{t}/first_observed_mean", "pm.3f")),
+            (f"{t}l", (f"null/{task}/trends/{t}/later_observed_mean", "pm.3f")),
+            (f"{t}se", (f"null/{task}/trends/{t}/later_observed_se", ".3f")),
+            (f"{t}rms", (f"null/{task}/trends/{t}/rms", ".3f")))},
+            "s1": (f"null/{task}/loss_slope_first", "pm.4f"), "s2": (f"null/{task}/loss_slope_later", "pm.4f")})
+      for task in DEEP_TASKS],
     Figure("docs/hydra.md", "({runs} fixed-LoRA runs per task", DEEP_NULL, {"runs": ("null/digits/runs", "d")}),
     Figure("docs/hydra.md", "(at most {h1} at the first event step and {h2} at the\nlater ones)", DEEP_NULL,
            {"h1": lambda d: f"{max(-0.5 * d['null'][t]['loss_slope_first'] for t in DEEP_TASKS):.3f}",
