@@ -121,12 +121,12 @@ def loss_slope_before(losses: list[tuple[int, float]], event_step: int, every: i
 
 
 def observed_loss_change(losses: list[tuple[int, float]], event_step: int, every: int,
-                         trend: str = "linear") -> float | None:
+                         trend: str) -> float | None:
     """The loss change attributed to an event after step ``event_step`` (1-based): the mean loss over the
     half interval after it minus ``trend`` fitted to the interval before and extrapolated over the same
     steps; ``losses`` holds (0-based step, loss) pairs. None when either side has too few steps."""
     before, after = _windows(losses, event_step, every)
-    fitted = _fit(before, trend) if len(before) >= 2 else None
+    fitted = _fit(before, trend)
     if fitted is None or not after:
         return None
     steps = torch.tensor([float(s) for s, _ in after], dtype=torch.float64)
