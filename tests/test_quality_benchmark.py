@@ -231,6 +231,7 @@ def test_a_search_over_more_seeds_averages_them(tmp_path, monkeypatch, search_se
     by_lr = {c["lr"]: c["val_accuracy_mean"] for c in results["search"]["candidates"]["lora"]}
     assert by_lr[4e-3] == pytest.approx(0.7 if search_seeds == 1 else 0.55)
     assert len(trained) == trained_runs
+    assert (results["runs_trained"], results["runs_cached"]) == (trained_runs, 3 * search_seeds + 2 - trained_runs)
     assert settings.run_key() == quality_run.QualitySettings(**{**asdict(settings), "search_seeds": 1,
                                                                   "pretrain": settings.pretrain}).run_key()
     page = render_markdown({**results, "wall_seconds": 60.0}, json_link="q.json", png_link="q.png")

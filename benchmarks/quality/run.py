@@ -13,6 +13,7 @@ interrupted benchmark continues where it stopped. See benchmarks/quality/README.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import hashlib
 import json
@@ -159,7 +160,6 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     results = run(settings, args.work, workers=args.workers)
     results["wall_seconds"] = time.perf_counter() - t0
-    results["runs_trained"], results["runs_cached"] = RUN_COUNTS["trained"], RUN_COUNTS["cached"]
     write_result(args.results, results)
     _render(results, args.results, args.markdown)
     print(f"finished in {results['wall_seconds'] / 60:.1f} min")
@@ -227,15 +227,16 @@ def run(settings: QualitySettings, work: Path, *, workers: int = 2) -> dict[str,
         return {"task": task, "method": method, "seed": seed, "hyper": hyper, "config": cfg.to_flat(),
                 "val": str(data[task]["val"]), "test": str(data[task]["test"]), "folder": str(data[task]["folder"])}
 
+    counts: collections.Counter[str] = collections.Counter()  # runs trained here and read back from the cache
     if settings.search:
-        search = _search(settings, job, workers)
+        search = _search(settings, job, workers, counts)
         chosen = search["chosen"]
     else:
         search = None
         chosen = {m: {"lr": settings.full_lr if m == "full" else settings.lr, "knobs": {}} for m in settings.methods}
     print("test runs with the chosen settings:")
     runs = _execute([job(t, m, seed, chosen[m]) for t in settings.tasks for m in settings.methods
-                     for seed in settings.seeds], workers, split="test")
+                     for seed in settings.seeds], workers, counts, split="test")
     runs.sort(key=lambda r: (settings.tasks.index(r["task"]), settings.methods.index(r["method"]), r["seed"]))
     chance = {name: _chance(data[name]["test"]) for name in settings.tasks}
     results = {
@@ -252,6 +253,8 @@ def run(settings: QualitySettings, work: Path, *, workers: int = 2) -> dict[str,
         "zero_shot": zero_shot,
         **({"search": search} if search else {}),
         "runs": runs,
+        "runs_trained": counts["trained"],
+        "runs_cached": counts["cached"],
     }
     results["summary"] = summarize(results)
     return results
@@ -276,7 +279,7 @@ def _tag(hyper: dict[str, Any]) -> str:
     return f"lr{hyper['lr']:g}{knobs}"
 
 
-def _search(settings: QualitySettings, job, workers: int) -> dict[str, Any]:
+def _search(settings: QualitySettings, job, workers: int, counts: collections.Counter[str]) -> dict[str, Any]:
     """Each method's learning rate over its grid (knob at its default), then its knob's other values at the best
     rate; ``search_seeds`` seeds, every task, scored on the validation split only. The choice maximises the mean
     validation accuracy over tasks and seeds (ties go to the earlier candidate: the default knob, the lower rate).
@@ -287,7 +290,7 @@ def _search(settings: QualitySettings, job, workers: int) -> dict[str, Any]:
     def candidates(hypers: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
         jobs = [job(t, m, seed, h) for m, hs in hypers.items() for h in hs for t in settings.tasks for seed in seeds]
         by_key: dict[tuple[str, str], dict[str, list[float]]] = {}
-        for r in _execute(jobs, workers, split="val"):
+        for r in _execute(jobs, workers, counts, split="val"):
             by_key.setdefault((r["method"], _tag(r["hyper"])), {}).setdefault(r["task"], []).append(
                 r["val_scores"]["overall"]["exact_match"])
         found = {}
@@ -324,9 +327,10 @@ def _search(settings: QualitySettings, job, workers: int) -> dict[str, Any]:
             "candidates": found, "chosen": chosen}
 
 
-def _execute(jobs: list[dict[str, Any]], workers: int, *, split: str) -> list[dict[str, Any]]:
-    """Train and score ``jobs`` (cached ones are read back), two at a time by default; ``split`` only names
-    the score printed as runs finish. Counts the runs trained and read back in :data:`RUN_COUNTS`."""
+def _execute(jobs: list[dict[str, Any]], workers: int, counts: collections.Counter[str], *,
+             split: str) -> list[dict[str, Any]]:
+    """Train and score ``jobs`` (cached ones are read back), two at a time by default, adding to ``counts``
+    the runs ``trained`` and ``cached``; ``split`` only names the score printed as runs finish."""
     runs, todo = [], []
     for one in jobs:
         cached = Path(one["config"]["output_dir"]) / "quality_result.json"
@@ -335,8 +339,8 @@ def _execute(jobs: list[dict[str, Any]], workers: int, *, split: str) -> list[di
         else:
             todo.append(one)
     print(f"{len(jobs)} runs: {len(jobs) - len(todo)} cached, {len(todo)} to train on {workers} worker(s)")
-    RUN_COUNTS["trained"] += len(todo)
-    RUN_COUNTS["cached"] += len(jobs) - len(todo)
+    counts["trained"] += len(todo)
+    counts["cached"] += len(jobs) - len(todo)
     if not todo:
         return runs
     with contextlib.ExitStack() as stack:
@@ -351,10 +355,6 @@ def _execute(jobs: list[dict[str, Any]], workers: int, *, split: str) -> list[di
             print(f"[{k}/{len(todo)}] {result['task']:<10} {result['method']:<13} {_tag(result['hyper']):<28} "
                   f"seed {result['seed']}: {split} accuracy {score:.1%}  ({result['train_seconds']:.0f} s)", flush=True)
     return runs
-
-
-#: runs :func:`_execute` trained and read back from the cache in this process (what a results JSON's wall time covers)
-RUN_COUNTS = {"trained": 0, "cached": 0}
 
 
 def _worker_init() -> None:
