@@ -176,7 +176,7 @@ def _git(*args: str) -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(("model name", "Hardware", "cpu model")):
@@ -215,7 +215,7 @@ def run_meta() -> dict[str, Any]:
         "git_modified": None if status is None or len(status.splitlines()) > 40
         else sorted(line[3:] for line in status.splitlines()),
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "arch": platform.machine(), "cpu": _cpu_model(),
+        "machine": {"platform": platform.platform(), "arch": platform.machine(), "cpu": cpu_model(),
                     "cores": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0))
                     if hasattr(os, "sched_getaffinity") else os.cpu_count(), "ram_gib": _ram_gib()},
         "python": platform.python_version(),

@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from benchmarks.common import cpu_model
 from mobilepeft.presets import PRESETS, write_model
 from mobilepeft.train.config import TrainConfig
 from mobilepeft.train.trainer import Trainer
@@ -69,7 +70,8 @@ def pretrained_model(work: Path, settings: PretrainSettings, echo=print) -> tupl
     stage2 = Trainer(_config(model=str(init), output_dir=str(root / "stage2"), stage="full",
                              train_vision_tower=settings.train_vision_tower, projector=str(stage1.adapter_dir), max_steps=settings.stage2_steps,
                              lr=settings.stage2_lr, **common)).run()
-    record = {"settings": asdict(settings), "seconds": time.perf_counter() - t0,
+    # The float kernels differ between CPU models, so the same settings pretrain a different base on each.
+    record = {"settings": asdict(settings), "seconds": time.perf_counter() - t0, "cpu": cpu_model(),
               "stage1_val": stage1.eval_after, "stage2_val": stage2.eval_after}
     from mobilepeft.io import write_json
 

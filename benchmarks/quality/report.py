@@ -171,7 +171,8 @@ def render_markdown(results: dict[str, Any], *, json_link: str, png_link: str) -
         "LDPv2 projector, a CLIP tower "
         + ("trained in stage II and frozen afterwards" if ps.get("train_vision_tower") else
            "kept at its random initialisation and frozen")
-        + f"), pretrained from scratch on {ps['n_train']:,} synthetic shape questions "
+        + f"), pretrained from scratch (seed {ps['seed']}{', on ' + p['cpu'] if p.get('cpu') else ''}) on "
+        f"{ps['n_train']:,} synthetic shape questions "
         f"(colour, shape, count, side): stage I projector only, {ps['stage1_steps']} steps; stage II every LLM "
         f"weight + projector{' + CLIP tower (`--stage full --train-vision-tower`)' if ps.get('train_vision_tower') else ' (`--stage full`)'}, "
         f"{ps['stage2_steps']} steps, batch {ps['batch_size']}. "

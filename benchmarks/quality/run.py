@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=QualitySettings.temperature,
                         help="the schedules' temperature (0 = fixed LoRA); for ablations")
     parser.add_argument("--n-train", type=int, default=QualitySettings.n_train, help="training questions per task")
+    parser.add_argument("--base-seed", type=int, default=PretrainSettings.seed,
+                        help="seed of the pretrained base (its initialisation and corpus order): another value is "
+                             "another base, pretrained once and cached, so a comparison can be repeated on it")
     parser.add_argument("--no-search", action="store_true",
                         help="skip the search on the validation split: every adapter method trains at --lr, full "
                              "fine-tuning at --full-lr")
@@ -156,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = QualitySettings(seeds=tuple(range(args.seeds)), methods=methods, tasks=task_names, steps=args.steps,
                                rank=args.rank, search_seeds=args.search_seeds,
                                search=not args.no_search, **grids, lr=args.lr, full_lr=args.full_lr,
-                               n_train=args.n_train, temperature=args.temperature)
+                               n_train=args.n_train, temperature=args.temperature,
+                               pretrain=PretrainSettings(seed=args.base_seed))
     t0 = time.perf_counter()
     results = run(settings, args.work, workers=args.workers)
     results["wall_seconds"] = time.perf_counter() - t0
