@@ -299,3 +299,50 @@ def test_events_summary_counts_moves_and_compares_predicted_with_observed(tmp_pa
     assert e["later_events"] == 1 and e["later_observed_mean"] == -0.01 and e["later_decreases"] == 1
     assert e["attention_rank_mean"] == 10.0 and e["mlp_rank_mean"] == 4.0
     assert e["late_half_rank_mean"] == 5.0  # block 1 of blocks 0-1
+
+
+def _one_base(seed: int, cpu: str, test: dict[str, tuple[float, float]], val: tuple[float, float],
+              steps: int = 300) -> dict:
+    """A results JSON cut to what bases.py reads: ``test`` per task is (lora, hydra) accuracy over 5 seeds with a
+    std of 0.02, ``val`` the best (lora, hydra) mean validation accuracy."""
+    settings = {"tasks": list(test), "methods": ["lora", "hydra"], "seeds": [0, 1, 2, 3, 4], "steps": steps,
+                "search_seeds": 2, "pretrain": {"seed": seed, "preset": "tiny-deep"}}
+    candidates = {m: [{"lr": 0.002, "knobs": {}, "val_accuracy_mean": v - 0.05},
+                      {"lr": 0.004, "knobs": {}, "val_accuracy_mean": v}] for m, v in zip(("lora", "hydra"), val, strict=True)}
+    summary = {t: {m: {"n_seeds": 5, "accuracy_mean": a, "accuracy_std": 0.02} for m, a in zip(("lora", "hydra"), acc, strict=True)}
+               for t, acc in test.items()}
+    return {"settings": settings, "meta": {"machine": {"cpu": cpu}},
+            "pretrain": {"settings": settings["pretrain"], "stage2_val": {"accuracy": 0.84}},
+            "search": {"candidates": candidates, "as": {}}, "summary": summary}
+
+
+def test_bases_reports_each_base_and_decides_on_validation_only():
+    from benchmarks.quality.bases import compare_bases
+
+    won = _one_base(0, "Intel", {"digits": (0.40, 0.45), "codes": (0.30, 0.33)}, val=(0.40, 0.44))
+    # a base where HyDRA wins on test but validation prefers LoRA: the default must not follow test
+    lost = _one_base(0, "AMD", {"digits": (0.40, 0.42), "codes": (0.30, 0.31)}, val=(0.45, 0.44))
+    out = compare_bases({"a.json": won, "b.json": lost})
+    a, b = out["bases"]["a.json"], out["bases"]["b.json"]
+    assert a["test"]["digits"]["diff"] == pytest.approx(5.0) and a["test"]["codes"]["diff"] == pytest.approx(3.0)
+    # SE of the mean of two tasks: each task's sqrt(2 * 2^2 / 5) points, combined and halved
+    assert a["test_mean"]["diff"] == pytest.approx(4.0) and a["test_mean"]["se"] == pytest.approx((8 / 5) ** 0.5 / 2 ** 0.5)
+    assert a["validation_prefers"] == "hydra" and a["target_met"] and a["validation"]["hydra"]["lr"] == 0.004
+    assert b["validation_prefers"] == "lora" and not b["target_met"]  # +1.5 on the mean, but 2 SE is 1.8
+    assert b["base"] == {"seed": 0, "cpu": "AMD", "corpus_val_accuracy": 0.84}
+    assert not out["validation_prefers_method_on_every_base"] and not out["target_met_on_every_base"]
+    assert out["test_mean_diff_range"] == [pytest.approx(1.5), pytest.approx(4.0)]
+    other_seed = _one_base(1, "Intel", {"digits": (0.40, 0.45), "codes": (0.30, 0.33)}, val=(0.40, 0.44))
+    assert compare_bases({"a.json": won, "c.json": other_seed})["validation_prefers_method_on_every_base"]
+
+
+def test_bases_refuses_runs_that_differ_in_more_than_the_base():
+    from benchmarks.quality.bases import compare_bases
+
+    intel = _one_base(0, "Intel", {"digits": (0.4, 0.45)}, val=(0.4, 0.44))
+    with pytest.raises(ValueError, match="same base"):
+        compare_bases({"a.json": intel, "b.json": intel})
+    with pytest.raises(ValueError, match="b.json: protocol differs .* in steps"):
+        compare_bases({"a.json": intel, "b.json": _one_base(1, "Intel", {"digits": (0.4, 0.45)}, (0.4, 0.44), 500)})
+    with pytest.raises(ValueError, match="at least two bases"):
+        compare_bases({"a.json": intel})
