@@ -315,6 +315,87 @@ SEARCH2_ROWS = (("LoRA (fixed rank 8)", "lora"), ("HyDRA (`--loss-trend log`, th
                 ("HyDRA at LoRA's learning rate", "hydra_lora_lr"))
 
 
+def _seed0_choice(d: dict, method: str) -> float:
+    """The learning rate a two-seed search would have chosen for ``method`` on its first seed alone."""
+    found = [c for c in d["search"]["candidates"][method] if not c["knobs"]]
+    return max(found, key=lambda c: statistics.fmean(v[0] for v in c["val_accuracy_by_seed"].values()))["lr"]
+
+
+def _two_seed_candidate_rows(source: str, labels: tuple[str, str]) -> list[Figure]:
+    """A two-seed search's learning-rate candidates for LoRA and HyDRA (``labels``): each seed's validation
+    accuracy, mean over tasks, and their average."""
+    out = []
+    for method, label in zip(("lora", "hydra"), labels, strict=True):
+        for k, lr in enumerate(("0.001", "0.002", "0.004", "0.008")):  # the benchmark's --lr-grid
+            def seed_mean(d: dict, seed: int | None, k: int = k, method: str = method, lr: str = lr) -> str:
+                c = d["search"]["candidates"][method][k]
+                assert f"{c['lr']:g}" == lr, "the search grid changed: update the rows"
+                values = c["val_accuracy"].values() if seed is None else (v[seed] for v in c["val_accuracy_by_seed"].values())
+                return f"{100 * statistics.fmean(values):.1f}"
+            out.append(Figure("docs/hydra.md", f"| {label} | {lr} | {{s0}} | {{s1}} | {{both}} |", source,
+                              {"s0": lambda d, f=seed_mean: f(d, 0), "s1": lambda d, f=seed_mean: f(d, 1),
+                               "both": lambda d, f=seed_mean: f(d, None)}))
+    return out
+
+
+SEARCH2_XEON = "quality_quick_search2_xeon.json"
+BASES = "quality_bases.json"
+#: the bases bases.py set side by side: (results JSON, the base as hydra.md names it: pretraining seed, CPU)
+BASE_ROWS = ((SEARCH2, 0, "AMD EPYC"), (SEARCH2_XEON, 0, "Intel(R) Xeon(R) Processor"))
+
+
+def _bases_rows() -> list[Figure]:
+    """The comparison of LoRA and HyDRA on each pretrained base (benchmarks/quality/bases.py)."""
+    out = []
+    for name, seed, cpu in BASE_ROWS:
+        def row(d: dict, name: str = name, seed: int = seed, cpu: str = cpu) -> dict:
+            r = d["bases"][name]
+            assert (r["base"]["seed"], r["base"]["cpu"]) == (seed, cpu), f"{name}: the base changed: update BASE_ROWS"
+            return r
+
+        def temperature(d: dict, row=row) -> str:
+            return f"{row(d)['validation']['hydra']['knobs'].get('temperature', 0.5):g}"
+
+        values: dict[str, Value] = {
+            "corpus": lambda d, row=row: f"{100 * row(d)['base']['corpus_val_accuracy']:.1f}",
+            "llr": lambda d, row=row: f"{row(d)['validation']['lora']['lr']:g}",
+            "lval": lambda d, row=row: f"{100 * row(d)['validation']['lora']['val_accuracy_mean']:.1f}",
+            "hlr": lambda d, row=row: f"{row(d)['validation']['hydra']['lr']:g}",
+            "ht": temperature,
+            "hval": lambda d, row=row: f"{100 * row(d)['validation']['hydra']['val_accuracy_mean']:.1f}",
+            "pref": lambda d, row=row: {"hydra": "HyDRA", "lora": "LoRA"}[row(d)["validation_prefers"]],
+            "mean": lambda d, row=row: fmt(row(d)["test_mean"]["diff"], "pm.1f"),
+            "se": lambda d, row=row: f"{row(d)['test_mean']['se']:.1f}",
+            "target": lambda d, row=row: "yes" if row(d)["target_met"] else "no",
+            **{t: (lambda d, row=row, t=t: fmt(row(d)["test"][t]["diff"], "pm.1f")) for t in DEEP_TASKS},
+        }
+        label = f"seed {seed}, {cpu.replace('(R)', '')}"
+        out.append(Figure("docs/hydra.md", f"| {label} | {{corpus}}% | {{llr}} ({{lval}}) | {{hlr}}, {{ht}} ({{hval}}) | "
+                          "{pref} | " + " | ".join(f"{{{t}}}" for t in DEEP_TASKS) + " | {mean} ± {se} | {target} |",
+                          BASES, values))
+    return out + _two_seed_candidate_rows(SEARCH2_XEON, ("LoRA on the tables' base", "HyDRA on the tables' base")) + [
+        Figure("docs/hydra.md", "pretraining under the same settings reached {corpus}% corpus\nvalidation accuracy",
+               SEARCH2_XEON, {"corpus": ("pretrain/stage2_val/accuracy", "%.1f")}),
+        Figure("docs/hydra.md", "HyDRA − LoRA is {v} ± {vse} points on validation and {t} ± {tse} on test:", BASES,
+               {"v": ("validation_diff_mean_over_bases", "pm.1f"), "vse": ("validation_diff_se_over_bases", ".1f"),
+                "t": ("test_mean_diff_mean_over_bases", "pm.1f"), "tse": ("test_mean_diff_se_over_bases", ".1f")}),
+        Figure("docs/hydra.md", "Seed 1 agrees\n  with seed 0 on LoRA's rate ({lr}); it moves HyDRA from {h1} to {h2}, where the "
+               "temperature\n  search then takes {t}.", SEARCH2_XEON,
+               {"lr": ("search/chosen/lora/lr", "g"), "h1": lambda d: f"{_seed0_choice(d, 'hydra'):g}",
+                "h2": ("search/chosen/hydra/lr", "g"), "t": ("search/chosen/hydra/knobs/temperature", "g")}),
+        Figure("README.md", "narrows it on the same\nbase to {d} ± {se} points", SEARCH2_XEON,
+               {"d": _mean_diff_over_tasks("hydra", "lora"), "se": _mean_diff_se("hydra", "lora")}),
+        Figure("README.md", "pooled over the two, HyDRA − LoRA is {t} ± {tse} test points", BASES,
+               {"t": ("test_mean_diff_mean_over_bases", "pm.1f"), "tse": ("test_mean_diff_se_over_bases", ".1f")}),
+        Figure("docs/methods.md", "on this table's own base the two-seed search keeps LoRA's\n{lr}", SEARCH2_XEON,
+               {"lr": ("search/chosen/lora/lr", "g")}),
+        Figure("docs/hydra.md", "the one-seed table above had {d} ± {se})", DEEP,
+               {"d": _mean_diff_over_tasks("hydra", "lora"), "se": _mean_diff_se("hydra", "lora")}),
+        Figure("docs/hydra.md", "({minutes} min; it trained {trained} runs;", SEARCH2_XEON,
+               {"minutes": ("wall_seconds", "min.0f"), "trained": ("runs_trained", "d")}),
+    ]
+
+
 def _search2_rows() -> list[Figure]:
     """The two-seed search's test table, its candidates (each seed alone and the average) and its events."""
     out = []
@@ -324,19 +405,7 @@ def _search2_rows() -> list[Figure]:
         if method != "lora":
             values.update(diff=_mean_diff_over_tasks(method, "lora"), se=_mean_diff_se(method, "lora"))
         out.append(Figure("docs/hydra.md", f"| {label} | {{lr}} | {DEEP_CELLS} | {diff} | {{val}} |", SEARCH2, values))
-    for method, label in (("lora", "LoRA"), ("hydra", "HyDRA")):
-        for k, lr in enumerate(("0.001", "0.002", "0.004", "0.008")):  # the benchmark's --lr-grid
-            def seed_mean(d: dict, seed: int | None, k: int = k, method: str = method, lr: str = lr) -> str:
-                c = d["search"]["candidates"][method][k]
-                assert f"{c['lr']:g}" == lr, "the search grid changed: update the rows"
-                values = c["val_accuracy"].values() if seed is None else (v[seed] for v in c["val_accuracy_by_seed"].values())
-                return f"{100 * statistics.fmean(values):.1f}"
-            out.append(Figure("docs/hydra.md", f"| {label} | {lr} | {{s0}} | {{s1}} | {{both}} |", SEARCH2,
-                              {"s0": lambda d, f=seed_mean: f(d, 0), "s1": lambda d, f=seed_mean: f(d, 1),
-                               "both": lambda d, f=seed_mean: f(d, None)}))
-    def seed0_choice(d: dict) -> str:
-        found = d["search"]["candidates"]["lora"]
-        return f"{max(found, key=lambda c: statistics.fmean(v[0] for v in c['val_accuracy_by_seed'].values()))['lr']:g}"
+    out += _two_seed_candidate_rows(SEARCH2, ("LoRA", "HyDRA"))
 
     temp = ("search/chosen/hydra/knobs/temperature", "g")
     out += [
@@ -350,10 +419,10 @@ def _search2_rows() -> list[Figure]:
         Figure("docs/hydra.md", "and LoRA's\n{a} against HyDRA's {b} made the whole gap.", DEEP,
                {"a": ("search/chosen/lora/lr", "g"), "b": ("search/chosen/hydra/lr", "g")}),
         Figure("docs/hydra.md", "searched at its best rate, and {temp} won.", SEARCH2, {"temp": temp}),
-        Figure("docs/methods.md", "second-base))\ngave LoRA {lr}.", SEARCH2, {"lr": ("search/chosen/lora/lr", "g")}),
+        Figure("docs/methods.md", "second-base))\ngave LoRA {lr};", SEARCH2, {"lr": ("search/chosen/lora/lr", "g")}),
         Figure("docs/hydra.md", "Seed 0 alone would again have given\n  LoRA {seed0}; with both seeds LoRA takes {lora} and HyDRA "
                "{hydra} (temperature {temp}).", SEARCH2,
-               {"seed0": seed0_choice, "lora": ("search/chosen/lora/lr", "g"), "hydra": ("search/chosen/hydra/lr", "g"),
+               {"seed0": lambda d: f"{_seed0_choice(d, 'lora'):g}", "lora": ("search/chosen/lora/lr", "g"), "hydra": ("search/chosen/hydra/lr", "g"),
                 "temp": temp}),
         Figure("docs/hydra.md", "it reached\n  {base2}% corpus validation accuracy here", SEARCH2,
                {"base2": ("pretrain/stage2_val/accuracy", "%.1f")}),
@@ -477,6 +546,7 @@ QUALITY_DEEP = [
     *_deep_rows(),
     *_deep_event_rows(),
     *_search2_rows(),
+    *_bases_rows(),
     Figure("README.md", "`--block-temperature 0` (the closest: hierarchical with it, {d} points)", DEEP_BLOCKS,
            {"d": _mean_diff_over_tasks("hierarchical_blocks", "lora")}),
     Figure("docs/hydra.md", "{minutes} min for its 15 runs", DEEP_MOVES, {"minutes": ("wall_seconds", "min.0f")}),
@@ -512,6 +582,31 @@ QUALITY_RANK1 = [
             "dr": quality_diff("relations", "adaring", "lora"), "rse": quality_diff("relations", "adaring", "lora", se=True)}),
     Figure("docs/methods.md", "largest learning rate, {alr} and {llr},", RANK1,
            {"alr": ("search/chosen/adaring/lr", "g"), "llr": ("search/chosen/lora/lr", "g")}),
+]
+
+ADARING_WIDE = "quality_adaring_wide_lr.json"
+
+
+def _candidate_val(method: str, lr: float | None = None) -> Callable[[dict], str]:
+    """Mean validation accuracy of ``method``'s search candidate at ``lr`` (default: the chosen one)."""
+    def value(d: dict) -> str:
+        pick = lr if lr is not None else d["search"]["chosen"][method]["lr"]
+        found = [c for c in d["search"]["candidates"][method] if c["lr"] == pick and not c["knobs"]]
+        return f"{100 * found[0]['val_accuracy_mean']:.1f}"
+    return value
+
+
+QUALITY_ADARING_WIDE = [
+    Figure("docs/methods.md", "docs/results/quality_adaring_wide_lr.json`, {minutes} min) chose {alr} for AdaRing "
+           "(validation {aval}%, against {aval8}% at 0.008) and {llr} for LoRA.", ADARING_WIDE,
+           {"minutes": ("wall_seconds", "min.0f"), "alr": ("search/chosen/adaring/lr", "g"),
+            "aval": _candidate_val("adaring"), "aval8": _candidate_val("adaring", 0.008),
+            "llr": ("search/chosen/lora/lr", "g")}),
+    Figure("docs/methods.md", "On test AdaRing then scores {am}% on the mean over tasks against LoRA's {lm}% ({d} ± {se} "
+           "points; digits {dd}, relations {dr}, codes {dc})", ADARING_WIDE,
+           {"am": _mean_over_tasks("adaring"), "lm": _mean_over_tasks("lora"),
+            "d": _mean_diff_over_tasks("adaring", "lora"), "se": _mean_diff_se("adaring", "lora"),
+            **{k: quality_diff(t, "adaring", "lora") for k, t in (("dd", "digits"), ("dr", "relations"), ("dc", "codes"))}}),
 ]
 
 DEMO = [

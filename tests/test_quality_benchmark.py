@@ -330,8 +330,11 @@ def test_bases_reports_each_base_and_decides_on_validation_only():
     assert a["validation_prefers"] == "hydra" and a["target_met"] and a["validation"]["hydra"]["lr"] == 0.004
     assert b["validation_prefers"] == "lora" and not b["target_met"]  # +1.5 on the mean, but 2 SE is 1.8
     assert b["base"] == {"seed": 0, "cpu": "AMD", "corpus_val_accuracy": 0.84}
+    assert a["validation_diff"] == pytest.approx(4.0) and b["validation_diff"] == pytest.approx(-1.0)
+    assert out["validation_diff_mean_over_bases"] == pytest.approx(1.5)  # pooled, HyDRA would win: not the rule
+    assert out["validation_diff_se_over_bases"] == pytest.approx(2.5)  # sd of (4, -1) over sqrt(2)
+    assert out["test_mean_diff_mean_over_bases"] == pytest.approx(2.75)
     assert not out["validation_prefers_method_on_every_base"] and not out["target_met_on_every_base"]
-    assert out["test_mean_diff_range"] == [pytest.approx(1.5), pytest.approx(4.0)]
     other_seed = _one_base(1, "Intel", {"digits": (0.40, 0.45), "codes": (0.30, 0.33)}, val=(0.40, 0.44))
     assert compare_bases({"a.json": won, "c.json": other_seed})["validation_prefers_method_on_every_base"]
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,7 @@ def compare_on_base(results: dict[str, Any], method: str, reference: str) -> dic
         "validation": best,
         "validation_prefers": method if best[method]["val_accuracy_mean"] > best[reference]["val_accuracy_mean"]
         else reference,
+        "validation_diff": 100 * (best[method]["val_accuracy_mean"] - best[reference]["val_accuracy_mean"]),
         "test": per_task,
         "test_mean": {"diff": mean_diff, "se": mean_se,
                       method: sum(p[method] for p in per_task.values()) / len(tasks),
@@ -78,7 +81,7 @@ def compare_on_base(results: dict[str, Any], method: str, reference: str) -> dic
 
 
 def compare_bases(runs: dict[str, dict[str, Any]], method: str = "hydra", reference: str = "lora") -> dict[str, Any]:
-    """Every run's row, keyed by the path it was read from, and what they say together. Refuses runs whose
+    """Every run's row, keyed as ``runs`` is (by file name), and what they say together. Refuses runs whose
     protocols differ (a base would not be the only difference) or two runs on one base."""
     if len(runs) < 2:
         raise ValueError(f"need results from at least two bases, got {len(runs)}")
@@ -110,10 +113,17 @@ def compare_bases(runs: dict[str, dict[str, Any]], method: str = "hydra", refere
         "protocol": protocol,
         "bases": rows,
         "validation_prefers_method_on_every_base": all(r["validation_prefers"] == method for r in rows.values()),
+        # what a rule that pooled the bases would see, with the standard error of the bases' spread (the base is
+        # the unit drawn); the default does not follow it: one base can carry the mean
+        **_over_bases("validation_diff", [r["validation_diff"] for r in rows.values()]),
+        **_over_bases("test_mean_diff", [r["test_mean"]["diff"] for r in rows.values()]),
         "target_met_on_every_base": all(r["target_met"] for r in rows.values()),
-        "test_mean_diff_range": [min(r["test_mean"]["diff"] for r in rows.values()),
-                                 max(r["test_mean"]["diff"] for r in rows.values())],
     }
+
+
+def _over_bases(name: str, values: list[float]) -> dict[str, float]:
+    return {f"{name}_mean_over_bases": statistics.fmean(values),
+            f"{name}_se_over_bases": statistics.stdev(values) / math.sqrt(len(values))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,8 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runs = {}
     for path in args.runs:
+        if path.name in runs:
+            parser.error(f"{path}: a second results JSON named {path.name}; the rows are keyed by file name")
         try:
-            runs[str(path)] = json.loads(path.read_text())
+            runs[path.name] = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             parser.error(f"{path}: not a readable results JSON ({e})")
     try:
@@ -140,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
               + " ".join(f"{t} {p['diff']:+.1f}" for t, p in row["test"].items())
               + f", mean {m['diff']:+.1f} +- {m['se']:.1f}{' (target met)' if row['target_met'] else ''}")
     print(f"validation prefers {args.method} on every base: {out['validation_prefers_method_on_every_base']}; "
-          f"target met on every base: {out['target_met_on_every_base']}")
+          f"target met on every base: {out['target_met_on_every_base']}; over the bases, validation "
+          f"{out['validation_diff_mean_over_bases']:+.1f} +- {out['validation_diff_se_over_bases']:.1f}, test "
+          f"{out['test_mean_diff_mean_over_bases']:+.1f} +- {out['test_mean_diff_se_over_bases']:.1f} points")
     write_result(args.results, out)
     print(f"wrote {args.results}")
     return 0

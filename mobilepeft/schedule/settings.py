@@ -23,8 +23,9 @@ LOSS_TRENDS = ("linear", "log", "quadratic")
 class ScheduleSettings(Settings):
     kind: str = setting(
         "fixed", flag="schedule", choices=SCHEDULES,
-        help="Rank schedule at the budget of fixed --rank: fixed (plain LoRA; the default while the quality "
-             "benchmark's runs disagree on hydra), hierarchical, dynamic or hydra (both). See docs/hydra.md.")
+        help="Rank schedule at the budget of fixed --rank: fixed (plain LoRA; the default: the quality "
+             "benchmark's validation prefers hydra on one pretrained base and fixed on another), hierarchical, "
+             "dynamic or hydra (both). See docs/hydra.md.")
     rank_min: int | None = setting(None, min=1, help="Schedules: smallest rank of a branch (default: --rank-granule).")
     rank_max: int | None = setting(None, min=1, help="Schedules: largest rank of a branch (default: 4 x --rank).")
     granule: int = setting(2, flag="rank_granule", min=1, help="Schedules: ranks move in multiples of this.")
