@@ -391,6 +391,7 @@ def _bases_rows() -> list[Figure]:
                {"lr": ("search/chosen/lora/lr", "g")}),
         Figure("docs/hydra.md", "the one-seed table above had {d} ± {se})", DEEP,
                {"d": _mean_diff_over_tasks("hydra", "lora"), "se": _mean_diff_se("hydra", "lora")}),
+        *_deep_event_rows((("HyDRA on the tables' base", "hydra", SEARCH2_XEON),)),
         Figure("docs/hydra.md", "({minutes} min; it trained {trained} runs;", SEARCH2_XEON,
                {"minutes": ("wall_seconds", "min.0f"), "trained": ("runs_trained", "d")}),
     ]
