@@ -321,20 +321,30 @@ def _seed0_choice(d: dict, method: str) -> float:
     return max(found, key=lambda c: statistics.fmean(v[0] for v in c["val_accuracy_by_seed"].values()))["lr"]
 
 
-def _two_seed_candidate_rows(source: str, labels: tuple[str, str]) -> list[Figure]:
-    """A two-seed search's learning-rate candidates for LoRA and HyDRA (``labels``): each seed's validation
-    accuracy, mean over tasks, and their average."""
+def _two_seed_candidate_rows(doc: str, source: str, labels: dict[str, str], knobs: bool = False) -> list[Figure]:
+    """A two-seed search's candidates for each method in ``labels`` (method -> its label in the table): each
+    seed's validation accuracy, mean over tasks, and their average; the learning-rate grid's, and with ``knobs``
+    also the main knob's other values at the chosen rate (the rate is read from the JSON)."""
+    from benchmarks.quality.methods import KNOBS
+
     out = []
-    for method, label in zip(("lora", "hydra"), labels, strict=True):
-        for k, lr in enumerate(("0.001", "0.002", "0.004", "0.008")):  # the benchmark's --lr-grid
-            def seed_mean(d: dict, seed: int | None, k: int = k, method: str = method, lr: str = lr) -> str:
-                c = d["search"]["candidates"][method][k]
-                assert f"{c['lr']:g}" == lr, "the search grid changed: update the rows"
-                values = c["val_accuracy"].values() if seed is None else (v[seed] for v in c["val_accuracy_by_seed"].values())
+    for method, label in labels.items():
+        rows = [(f"| {label} | {lr} |", lambda c, lr=lr: not c["knobs"] and f"{c['lr']:g}" == lr, {})
+                for lr in ("0.001", "0.002", "0.004", "0.008")]  # the benchmark's --lr-grid
+        if knobs and method in KNOBS:
+            key, values = KNOBS[method]
+            rows += [(f"| {label} | {{lr}}, {key} {v:g} |", lambda c, key=key, v=v: c["knobs"].get(key) == v,
+                      {"lr": ("search/chosen/" + method + "/lr", "g")}) for v in values[1:]]
+        for head, match, extra in rows:
+            def seed_mean(d: dict, seed: int | None, match=match, method: str = method, head: str = head) -> str:
+                found = [c for c in d["search"]["candidates"][method] if match(c)]
+                assert len(found) == 1, f"{head}: the search grid changed: update the rows"
+                by_seed = found[0]["val_accuracy_by_seed"].values()
+                values = found[0]["val_accuracy"].values() if seed is None else (v[seed] for v in by_seed)
                 return f"{100 * statistics.fmean(values):.1f}"
-            out.append(Figure("docs/hydra.md", f"| {label} | {lr} | {{s0}} | {{s1}} | {{both}} |", source,
-                              {"s0": lambda d, f=seed_mean: f(d, 0), "s1": lambda d, f=seed_mean: f(d, 1),
-                               "both": lambda d, f=seed_mean: f(d, None)}))
+            out.append(Figure(doc, head + " {s0} | {s1} | {both} |",
+                              source, {"s0": lambda d, f=seed_mean: f(d, 0), "s1": lambda d, f=seed_mean: f(d, 1),
+                                       "both": lambda d, f=seed_mean: f(d, None), **extra}))
     return out
 
 
@@ -373,7 +383,7 @@ def _bases_rows() -> list[Figure]:
         out.append(Figure("docs/hydra.md", f"| {label} | {{corpus}}% | {{llr}} ({{lval}}) | {{hlr}}, {{ht}} ({{hval}}) | "
                           "{pref} | " + " | ".join(f"{{{t}}}" for t in DEEP_TASKS) + " | {mean} ± {se} | {target} |",
                           BASES, values))
-    return out + _two_seed_candidate_rows(SEARCH2_XEON, ("LoRA on the tables' base", "HyDRA on the tables' base")) + [
+    return out + _two_seed_candidate_rows("docs/hydra.md", SEARCH2_XEON, {"lora": "LoRA on the tables' base", "hydra": "HyDRA on the tables' base"}) + [
         Figure("docs/hydra.md", "pretraining under the same settings reached {corpus}% corpus\nvalidation accuracy",
                SEARCH2_XEON, {"corpus": ("pretrain/stage2_val/accuracy", "%.1f")}),
         Figure("docs/hydra.md", "HyDRA − LoRA is {v} ± {vse} points on validation and {t} ± {tse} on test:", BASES,
@@ -406,7 +416,7 @@ def _search2_rows() -> list[Figure]:
         if method != "lora":
             values.update(diff=_mean_diff_over_tasks(method, "lora"), se=_mean_diff_se(method, "lora"))
         out.append(Figure("docs/hydra.md", f"| {label} | {{lr}} | {DEEP_CELLS} | {diff} | {{val}} |", SEARCH2, values))
-    out += _two_seed_candidate_rows(SEARCH2, ("LoRA", "HyDRA"))
+    out += _two_seed_candidate_rows("docs/hydra.md", SEARCH2, {"lora": "LoRA", "hydra": "HyDRA"})
 
     temp = ("search/chosen/hydra/knobs/temperature", "g")
     out += [
@@ -421,10 +431,8 @@ def _search2_rows() -> list[Figure]:
                {"a": ("search/chosen/lora/lr", "g"), "b": ("search/chosen/hydra/lr", "g")}),
         Figure("docs/hydra.md", "searched at its best rate, and {temp} won.", SEARCH2, {"temp": temp}),
         Figure("docs/methods.md", "second-base))\ngave LoRA {lr};", SEARCH2, {"lr": ("search/chosen/lora/lr", "g")}),
-        Figure("docs/hydra.md", "Seed 0 alone would again have given\n  LoRA {seed0}; with both seeds LoRA takes {lora} and HyDRA "
-               "{hydra} (temperature {temp}).", SEARCH2,
-               {"seed0": lambda d: f"{_seed0_choice(d, 'lora'):g}", "lora": ("search/chosen/lora/lr", "g"), "hydra": ("search/chosen/hydra/lr", "g"),
-                "temp": temp}),
+        Figure("docs/hydra.md", "Averaged over two seeds, LoRA takes {lora} and HyDRA {hydra} (temperature\n  {temp}).",
+               SEARCH2, {"lora": ("search/chosen/lora/lr", "g"), "hydra": ("search/chosen/hydra/lr", "g"), "temp": temp}),
         Figure("docs/hydra.md", "it reached\n  {base2}% corpus validation accuracy here", SEARCH2,
                {"base2": ("pretrain/stage2_val/accuracy", "%.1f")}),
         Figure("docs/hydra.md", "against {base1}% for the base of the tables above", DEEP,
@@ -588,12 +596,21 @@ QUALITY_RANK1 = [
 ADARING_WIDE = "quality_adaring_wide_lr.json"
 
 
-def _candidate_val(method: str, lr: float | None = None) -> Callable[[dict], str]:
-    """Mean validation accuracy of ``method``'s search candidate at ``lr`` (default: the chosen one)."""
+def _candidate_val(method: str, lr: float | None = None, knobs: dict[str, Any] | None = None) -> Callable[[dict], str]:
+    """Mean validation accuracy of ``method``'s search candidate at ``lr`` (default: the chosen one) with ``knobs``
+    (default: none, the method's defaults)."""
     def value(d: dict) -> str:
         pick = lr if lr is not None else d["search"]["chosen"][method]["lr"]
-        found = [c for c in d["search"]["candidates"][method] if c["lr"] == pick and not c["knobs"]]
+        found = [c for c in d["search"]["candidates"][method] if c["lr"] == pick and c["knobs"] == (knobs or {})]
         return f"{100 * found[0]['val_accuracy_mean']:.1f}"
+    return value
+
+
+def _train_loss(method: str, task: str) -> Callable[[dict], str]:
+    """A method's training loss at the last step on one task, mean over its test runs' seeds."""
+    def value(d: dict) -> str:
+        losses = [r["final_train_loss"] for r in d["runs"] if r["method"] == method and r["task"] == task]
+        return f"{statistics.fmean(losses):.2f}"
     return value
 
 
@@ -610,7 +627,69 @@ QUALITY_ADARING_WIDE = [
            {"am": _mean_over_tasks("adaring"), "lm": _mean_over_tasks("lora"),
             "d": _mean_diff_over_tasks("adaring", "lora"), "se": _mean_diff_se("adaring", "lora"),
             **{k: quality_diff(t, "adaring", "lora") for k, t in (("dd", "digits"), ("dr", "relations"), ("dc", "codes"))}}),
+    Figure("docs/methods.md", "its training loss at the last step is {ad} / {ar} / {ac} (digits / relations / codes,\n"
+           "mean over the 5 test seeds) against LoRA's {ld} / {lr} / {lc}, so", ADARING_WIDE,
+           {f"{m[0]}{t[0]}": _train_loss(method, t) for m, method in (("a", "adaring"), ("l", "lora"))
+            for t in DEEP_TASKS}),
 ]
+
+def _chosen_knob(method: str) -> Callable[[dict], str]:
+    """A method's searched knob as one token for a table cell: ``default`` or ``branch_drop_max=0.1``."""
+    def value(d: dict) -> str:
+        knobs = d["search"]["chosen"][method]["knobs"]
+        return ",".join(f"{k}={v:g}" for k, v in knobs.items()) or "default"
+    return value
+
+
+ADARING_ALPHA = "quality_adaring_alpha.json"
+QUALITY_ADARING_ALPHA = [
+    Figure("docs/methods.md", "docs/results/quality_adaring_alpha.json`, {minutes} min; it trained {trained} runs and "
+           "read {cached} back from the wider grid's cache) scores AdaRing on validation at {v1}% with s = 1 and {v2}% "
+           "with s = 2, against {v0}% at the default s = 0.25 (mean over tasks, at its rate {lr});", ADARING_ALPHA,
+           {"minutes": ("wall_seconds", "min.0f"), "trained": ("runs_trained", "d"), "cached": ("runs_cached", "d"),
+            "v1": _candidate_val("adaring", knobs={"alpha_factor": 4.0}),
+            "v2": _candidate_val("adaring", knobs={"alpha_factor": 8.0}),
+            "v0": _candidate_val("adaring"), "lr": ("search/chosen/adaring/lr", "g")}),
+    Figure("docs/methods.md", "on test AdaRing with its choice ({knob}) scores {am}% on the mean over tasks against "
+           "LoRA's {lm}% ({d} ± {se} points; digits {dd}, relations {dr}, codes {dc})", ADARING_ALPHA,
+           {"knob": _chosen_knob("adaring"), "am": _mean_over_tasks("adaring"), "lm": _mean_over_tasks("lora"),
+            "d": _mean_diff_over_tasks("adaring", "lora"), "se": _mean_diff_se("adaring", "lora"),
+            **{k: quality_diff(t, "adaring", "lora") for k, t in (("dd", "digits"), ("dr", "relations"), ("dc", "codes"))}}),
+    Figure("docs/methods.md", "AdaRing fits better (training loss at the last step {d} / {r} / {c})", ADARING_ALPHA,
+           {t[0]: _train_loss("adaring", t) for t in DEEP_TASKS}),
+]
+
+METHODS_SEARCH2 = "quality_quick_search2_xeon_methods.json"
+#: (method, label): multi-head and DMLoRA with the search averaged over two validation seeds, LoRA from the same cache
+METHODS_SEARCH2_ROWS = {"lora": "LoRA (fixed rank 8)", "multihead": "Hydra multi-head", "dmlora": "DMLoRA"}
+
+
+def _methods_search2_rows() -> list[Figure]:
+    out = _two_seed_candidate_rows("docs/methods.md", METHODS_SEARCH2, METHODS_SEARCH2_ROWS, knobs=True)
+    for method, label in METHODS_SEARCH2_ROWS.items():
+        diff = ({"diff": _mean_diff_over_tasks(method, "lora"), "dse": _mean_diff_se(method, "lora")}
+                if method != "lora" else {})
+        out.append(Figure("docs/methods.md", f"| {label} | {{lr}} | {{knob}} | {DEEP_CELLS} | {{mean}} | "
+                          + ("{diff} ± {dse} |" if diff else "– |"), METHODS_SEARCH2,
+                          {"lr": (f"search/chosen/{method}/lr", "g"), "knob": _chosen_knob(method), "mean": _mean_over_tasks(method), **_deep_task_values(method),
+                           **diff}))
+    def chosen_val(method: str) -> Callable[[dict], str]:
+        return lambda d: _candidate_val(method, knobs=d["search"]["chosen"][method]["knobs"])(d)
+
+    return out + [
+        Figure("docs/methods.md", "the gaps\n  stand: multi-head {mh} ± {mhs} and DMLoRA {dm} ± {dms} points on the mean over "
+               "tasks,", METHODS_SEARCH2,
+               {"mh": _mean_diff_over_tasks("multihead", "lora"), "mhs": _mean_diff_se("multihead", "lora"),
+                "dm": _mean_diff_over_tasks("dmlora", "lora"), "dms": _mean_diff_se("dmlora", "lora")}),
+        Figure("docs/methods.md", "the chosen candidates score {l}% (LoRA), {mh}% (multi-head) and\n  {dm}% (DMLoRA).",
+               METHODS_SEARCH2, {"l": chosen_val("lora"), "mh": chosen_val("multihead"), "dm": chosen_val("dmlora")}),
+        Figure("docs/methods.md", "--results docs/results/quality_quick_search2_xeon_methods.json`, {minutes} min; it "
+               "trained {trained} runs", METHODS_SEARCH2,
+               {"minutes": ("wall_seconds", "min.0f"), "trained": ("runs_trained", "d")}),
+    ]
+
+
+QUALITY_METHODS_SEARCH2 = _methods_search2_rows()
 
 DEMO = [
     Figure("README.md", " val loss {before} -> {after}\n", "demo.json",
@@ -1208,7 +1287,7 @@ DEPLOY = [
            {"r": ("selftest_rel_diff/8da4w", "short.1e")}),
 ]
 
-FIGURES: list[Figure] = [*DEPLOY, *PROFILE_BEFORE, *PROFILE_AFTER, *PROFILE_FINAL, *PROFILE_README, *QUALITY, *QUALITY_SEARCH, *QUALITY_DEEP, *QUALITY_WHOLE, *QUALITY_RANK1, *QUALITY_ADARING_WIDE, *SPLIT, *DEMO, *LOOP, *COST, *DEMO_METHODS, *TRAINING, *ONDEVICE, *QUANT, *COREML, *COREML_1P7B, *NATIVE, *EXTRA]
+FIGURES: list[Figure] = [*DEPLOY, *PROFILE_BEFORE, *PROFILE_AFTER, *PROFILE_FINAL, *PROFILE_README, *QUALITY, *QUALITY_SEARCH, *QUALITY_DEEP, *QUALITY_WHOLE, *QUALITY_RANK1, *QUALITY_ADARING_WIDE, *QUALITY_ADARING_ALPHA, *QUALITY_METHODS_SEARCH2, *SPLIT, *DEMO, *LOOP, *COST, *DEMO_METHODS, *TRAINING, *ONDEVICE, *QUANT, *COREML, *COREML_1P7B, *NATIVE, *EXTRA]
 
 #: Figures in the documents no committed JSON backs yet: (document, the note it carries next to them).
 UNCHECKED: list[tuple[str, str]] = [

@@ -13,7 +13,16 @@ import pytest
 from PIL import Image
 
 from benchmarks.quality import tasks
-from benchmarks.quality.methods import METHODS, QUICK, TABLE, VARIANTS, adapter_budget, match_ring_ranks
+from benchmarks.quality.methods import (
+    KNOBS,
+    METHODS,
+    QUICK,
+    TABLE,
+    VARIANTS,
+    adapter_budget,
+    match_ring_ranks,
+    train_config,
+)
 from benchmarks.quality.report import render_markdown, summarize
 from mobilepeft.data.synth import COLORS
 
@@ -222,6 +231,8 @@ def test_a_search_over_more_seeds_averages_them(tmp_path, monkeypatch, search_se
     trained = []
     fake = _fake_scores(val_of)
     monkeypatch.setattr(quality_run, "_train_and_score", lambda job: trained.append(job) or fake(job))
+    execute = quality_run._execute  # a pool returns runs as they finish: here always the last seed first
+    monkeypatch.setattr(quality_run, "_execute", lambda *a, **k: execute(*a, **k)[::-1])
     settings = quality_run.QualitySettings(
         seeds=(0, 1), methods=("lora",), tasks=("relations",), steps=2, n_train=16, n_val=4, n_test=4,
         lr_grid=(1e-3, 2e-3, 4e-3), search_seeds=search_seeds, pretrain=PretrainSettings(**_TINY_PRETRAIN))
@@ -230,6 +241,9 @@ def test_a_search_over_more_seeds_averages_them(tmp_path, monkeypatch, search_se
     assert results["search"]["seeds"] == list(range(search_seeds))
     by_lr = {c["lr"]: c["val_accuracy_mean"] for c in results["search"]["candidates"]["lora"]}
     assert by_lr[4e-3] == pytest.approx(0.7 if search_seeds == 1 else 0.55)
+    if search_seeds == 2:  # each seed's score under its own index, whatever order the runs finished in
+        lucky = results["search"]["candidates"]["lora"][2]
+        assert lucky["val_accuracy_by_seed"]["relations"] == pytest.approx([0.7, 0.4])
     assert len(trained) == trained_runs
     assert (results["runs_trained"], results["runs_cached"]) == (trained_runs, 3 * search_seeds + 2 - trained_runs)
     assert settings.run_key() == quality_run.QualitySettings(**{**asdict(settings), "search_seeds": 1,
@@ -349,3 +363,20 @@ def test_bases_refuses_runs_that_differ_in_more_than_the_base():
         compare_bases({"a.json": intel, "b.json": _one_base(1, "Intel", {"digits": (0.4, 0.45)}, (0.4, 0.44), 500)})
     with pytest.raises(ValueError, match="at least two bases"):
         compare_bases({"a.json": intel})
+
+
+@pytest.mark.parametrize("method", sorted(KNOBS))
+def test_every_searched_knob_value_reaches_the_training_config(method, tmp_path):
+    """A knob the search tries must change the run it trains (else the search compares identical runs)."""
+    key, values = KNOBS[method]
+    paths = dict(model=tmp_path, data=tmp_path / "train.json", image_folder=tmp_path, output_dir=tmp_path / "run")
+    common = dict(seed=0, steps=10, rank=8, lr=1e-3, batch_size=4, ring_rank_pattern={})
+    default = train_config(method, **paths, **common)
+    for value in values[1:]:
+        cfg = train_config(method, **paths, **common, knobs={key: value}).to_flat()
+        if key == "alpha_factor":  # AdaRing's scale: alpha as a multiple of the default 2 x rank
+            assert cfg["alpha"] == pytest.approx(default.to_flat()["alpha"] * value) and cfg["alpha"] == 16 * value
+        elif key == "rank_parallel":  # the split of the rank between multi-head's branches keeps its sum
+            assert (cfg["rank_parallel"], cfg["rank_sequential"]) == (value, 8 - value)
+        else:
+            assert cfg[key] == value != default.to_flat()[key]

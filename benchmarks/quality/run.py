@@ -293,17 +293,17 @@ def _search(settings: QualitySettings, job, workers: int, counts: collections.Co
 
     def candidates(hypers: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
         jobs = [job(t, m, seed, h) for m, hs in hypers.items() for h in hs for t in settings.tasks for seed in seeds]
-        by_key: dict[tuple[str, str], dict[str, list[float]]] = {}
-        for r in _execute(jobs, workers, counts, split="val"):
-            by_key.setdefault((r["method"], _tag(r["hyper"])), {}).setdefault(r["task"], []).append(
-                r["val_scores"]["overall"]["exact_match"])
+        # runs come back cached first, then in the order they finish: index the scores by seed
+        score = {(r["method"], _tag(r["hyper"]), r["task"], r["seed"]): r["val_scores"]["overall"]["exact_match"]
+                 for r in _execute(jobs, workers, counts, split="val")}
         found = {}
         for m, hs in hypers.items():
             found[m] = []
             for h in hs:
-                per_task = {t: statistics.fmean(v) for t, v in by_key[(m, _tag(h))].items()}
+                by_seed = {t: [score[(m, _tag(h), t, seed)] for seed in seeds] for t in settings.tasks}
+                per_task = {t: statistics.fmean(v) for t, v in by_seed.items()}
                 found[m].append({**h, "val_accuracy": per_task, "val_accuracy_mean": statistics.fmean(per_task.values()),
-                                 **({"val_accuracy_by_seed": by_key[(m, _tag(h))]} if len(seeds) > 1 else {})})
+                                 **({"val_accuracy_by_seed": by_seed} if len(seeds) > 1 else {})})
         return found
 
     print(f"search on the validation split (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}): "
