@@ -643,12 +643,12 @@ def _chosen_knob(method: str) -> Callable[[dict], str]:
 
 ADARING_ALPHA = "quality_adaring_alpha.json"
 QUALITY_ADARING_ALPHA = [
-    Figure("docs/methods.md", "docs/results/quality_adaring_alpha.json`, {minutes} min; it trained {trained} runs and "
-           "read {cached} back from the wider grid's cache) scores AdaRing on validation at {v1}% with s = 1 and {v2}% "
-           "with s = 2, against {v0}% at the default s = 0.25 (mean over tasks, at its rate {lr});", ADARING_ALPHA,
+    Figure("docs/methods.md", "docs/results/quality_adaring_alpha.json`; its last pass took {minutes} min, training "
+           "{trained} runs and reading {cached}\nback from the cache of the wider grid and of a first pass over the smaller "
+           "knob grid) scores\nAdaRing on validation at {v1}% with s = 1, {v2}% with s = 2, {v4}% with s = 4 and {v8}% with "
+           "s = 8, against\n{v0}% at the default s = 0.25 (mean over tasks, at its rate {lr});", ADARING_ALPHA,
            {"minutes": ("wall_seconds", "min.0f"), "trained": ("runs_trained", "d"), "cached": ("runs_cached", "d"),
-            "v1": _candidate_val("adaring", knobs={"alpha_factor": 4.0}),
-            "v2": _candidate_val("adaring", knobs={"alpha_factor": 8.0}),
+            **{f"v{s}": _candidate_val("adaring", knobs={"alpha_factor": 4.0 * s}) for s in (1, 2, 4, 8)},
             "v0": _candidate_val("adaring"), "lr": ("search/chosen/adaring/lr", "g")}),
     Figure("docs/methods.md", "on test AdaRing with its choice ({knob}) scores {am}% on the mean over tasks against "
            "LoRA's {lm}% ({d} ± {se} points; digits {dd}, relations {dr}, codes {dc})", ADARING_ALPHA,

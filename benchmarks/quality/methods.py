@@ -62,8 +62,8 @@ KNOBS: dict[str, tuple[str, tuple[Any, ...]]] = {
     "multihead": ("rank_parallel", (None, 3, 5)),  # the split of r0 = 8: 4 + 4 (default), 3 + 5, 5 + 3
     "dmlora": ("branch_drop_max", (0.5, 0.25, 0.1)),
     # AdaRing's scale s = alpha / R^2 (the source states none): at the benchmark's ring rank 8 the default alpha
-    # 2 x rank gives s = 0.25 against LoRA's 2; 4 and 8 times that give s = 1 and s = 2
-    "adaring": ("alpha_factor", (1.0, 4.0, 8.0)),
+    # 2 x rank gives s = 0.25 against LoRA's 2; 4, 8, 16 and 32 times that give s = 1, 2, 4 and 8
+    "adaring": ("alpha_factor", (1.0, 4.0, 8.0, 16.0, 32.0)),
 }
 #: ablations take the searched settings of the method they ablate, so they isolate its parts
 SEARCH_AS: dict[str, str] = {m: "hydra" for m in ("hierarchical", "dynamic", *VARIANTS)} | {"hydra_lora_lr": "lora"}
