@@ -180,40 +180,46 @@ _TINY_PRETRAIN = dict(n_train=48, n_val=8, stage1_steps=2, stage2_steps=3)
 
 
 def test_search_chooses_on_validation_only_and_the_test_runs_use_the_choice(tmp_path, monkeypatch):
-    """The search trains each learning rate (then the knob's other values at the best one) on one seed and picks the
-    best mean validation accuracy; the final runs train exactly that, and an ablation inherits its method's choice.
-    Scores are replaced by a function of the hyperparameters whose best is known, with test scores that would pick
-    otherwise: the choice must follow validation."""
+    """The search trains each learning rate (then the knob's other values at the best one, then the other rates
+    again at a winning non-default value) on one seed and picks the best mean validation accuracy; the final runs
+    train exactly that, and an ablation inherits its method's choice. Scores are replaced by a function of the
+    hyperparameters whose best is known, with test scores that would pick otherwise: the choice must follow
+    validation. Temperature 1.0 helps most at a higher rate than the default's best, so only the last stage finds it."""
     from benchmarks.quality import run as quality_run
     from benchmarks.quality.pretrain import PretrainSettings
 
     def val_of(job: dict) -> float:
         lr, knobs = job["hyper"]["lr"], job["hyper"]["knobs"]
         assert job["config"]["lr"] == lr and job["config"]["temperature"] == knobs.get("temperature", 0.5)
-        return {1e-3: 0.2, 2e-3: 0.6, 4e-3: 0.4}[lr] + (0.1 if knobs.get("temperature") == 1.0 else 0.0)
+        bonus = {2e-3: 0.1, 4e-3: 0.35}.get(lr, 0.0) if knobs.get("temperature") == 1.0 else 0.0
+        return {1e-3: 0.2, 2e-3: 0.6, 4e-3: 0.4}[lr] + bonus
 
     trained = []
     fake = _fake_scores(val_of)
     monkeypatch.setattr(quality_run, "_train_and_score", lambda job: trained.append(job) or fake(job))
     settings = quality_run.QualitySettings(
         seeds=(0, 1), methods=("lora", "hydra", "dynamic"), tasks=("relations",), steps=2, n_train=16, n_val=4,
-        n_test=4, lr_grid=(1e-3, 2e-3, 4e-3), pretrain=PretrainSettings(**_TINY_PRETRAIN))
+        n_test=4, lr_grid=(1e-3, 2e-3, 4e-3), search_seeds=1, pretrain=PretrainSettings(**_TINY_PRETRAIN))
     results = quality_run.run(settings, tmp_path, workers=1)
     search = results["search"]
     assert [c["lr"] for c in search["candidates"]["lora"]] == [1e-3, 2e-3, 4e-3]
-    # hydra: the rate first, then its temperature's other values at the best rate
+    # hydra: the rate first, then its temperature's other values at the best rate, then the other rates at 1.0
     assert [(c["lr"], c["knobs"]) for c in search["candidates"]["hydra"][3:]] == [
-        (2e-3, {"temperature": 0.25}), (2e-3, {"temperature": 1.0})]
+        (2e-3, {"temperature": 0.25}), (2e-3, {"temperature": 1.0}),
+        (1e-3, {"temperature": 1.0}), (4e-3, {"temperature": 1.0})]
+    assert search["rate_again"] == {"hydra": {"temperature": 1.0}}
     assert "dynamic" not in search["candidates"]
-    assert search["chosen"] == {"lora": {"lr": 2e-3, "knobs": {}}, "hydra": {"lr": 2e-3, "knobs": {"temperature": 1.0}},
-                                "dynamic": {"lr": 2e-3, "knobs": {"temperature": 1.0}}}
+    assert search["chosen"] == {"lora": {"lr": 2e-3, "knobs": {}}, "hydra": {"lr": 4e-3, "knobs": {"temperature": 1.0}},
+                                "dynamic": {"lr": 4e-3, "knobs": {"temperature": 1.0}}}
     assert {(r["method"], r["hyper"]["lr"], r["seed"]) for r in results["runs"]} == {
-        (m, 2e-3, seed) for m in ("lora", "hydra", "dynamic") for seed in (0, 1)}
+        (m, lr, seed) for m, lr in (("lora", 2e-3), ("hydra", 4e-3), ("dynamic", 4e-3)) for seed in (0, 1)}
     assert all(r["hyper"] == search["chosen"][r["method"]] for r in results["runs"])
-    # 3 rates x (lora, hydra) + 2 temperatures, then 6 test runs of which lora's and hydra's seed 0 are the search's
-    assert len(trained) == 8 + 4
+    # 3 rates x (lora, hydra) + 2 temperatures + 2 rates again, then 6 test runs of which lora's and hydra's seed 0
+    # are the search's
+    assert len(trained) == 10 + 4
     page = render_markdown({**results, "wall_seconds": 60.0}, json_link="q.json", png_link="q.png")
-    assert "| HyDRA (--schedule hydra) | 0.002 | temperature 1.0 | **70.0** | **70.0** |" in page
+    assert "| HyDRA (--schedule hydra) | 0.004 | temperature 1.0 | **75.0** | **75.0** |" in page
+    assert "the other rates again at it" in page
 
 
 @pytest.mark.parametrize("search_seeds, chosen_lr, trained_runs", [(1, 4e-3, 3 + 1), (2, 2e-3, 6)])
@@ -246,7 +252,11 @@ def test_a_search_over_more_seeds_averages_them(tmp_path, monkeypatch, search_se
         assert lucky["val_accuracy_by_seed"]["relations"] == pytest.approx([0.7, 0.4])
     assert len(trained) == trained_runs
     assert (results["runs_trained"], results["runs_cached"]) == (trained_runs, 3 * search_seeds + 2 - trained_runs)
-    assert settings.run_key() == quality_run.QualitySettings(**{**asdict(settings), "search_seeds": 1,
+    # the key ignores what only steers the search; a setting that reaches training changes it
+    assert settings.run_key() == quality_run.QualitySettings(**{
+        **asdict(settings), "search_seeds": 1, "lr_grid": (1e-2,), "full_lr_grid": (1e-4,), "search": False, "lr": 1.0,
+        "full_lr": 1.0, "pretrain": settings.pretrain}).run_key()
+    assert settings.run_key() != quality_run.QualitySettings(**{**asdict(settings), "steps": 3,
                                                                   "pretrain": settings.pretrain}).run_key()
     page = render_markdown({**results, "wall_seconds": 60.0}, json_link="q.json", png_link="q.png")
     assert ("seeds 0, 1, averaged" in page) == (search_seeds == 2)
@@ -380,3 +390,21 @@ def test_every_searched_knob_value_reaches_the_training_config(method, tmp_path)
             assert (cfg["rank_parallel"], cfg["rank_sequential"]) == (value, 8 - value)
         else:
             assert cfg[key] == value != default.to_flat()[key]
+
+
+@pytest.mark.parametrize("flags, search_seeds", [([], 2), (["--quick"], 1), (["--quick", "--search-seeds", "3"], 3)])
+def test_the_full_table_searches_over_two_seeds_and_the_quick_one_over_one(tmp_path, monkeypatch, flags, search_seeds):
+    """The full table's choice averages two validation seeds; the quick subset keeps one to stay within the hour."""
+    from benchmarks.quality import run as quality_run
+
+    seen = []
+
+    def stop(settings, work, workers):
+        seen.append(settings)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(quality_run, "run", stop)
+    with pytest.raises(SystemExit):
+        quality_run.main([*flags, "--work", str(tmp_path), "--results", str(tmp_path / "q.json")])
+    assert seen[0].search_seeds == search_seeds
+    assert seen[0].methods == (quality_run.QUICK if "--quick" in flags else quality_run.TABLE)

@@ -205,7 +205,9 @@ def _search_section(results: dict[str, Any]) -> list[str]:
     lines = ["## Hyperparameter search (validation split)", "",
              f"Each method's learning rate over {', '.join(f'{x:g}' for x in search['lr_grid'])} (full fine-tuning: "
              f"{', '.join(f'{x:g}' for x in search['full_lr_grid'])}) with its main knob at the default, then the "
-             "knob's other values at the best rate; "
+             "knob's other values at the best rate"
+             + (", then, where a value other than the default won, the other rates again at it"
+                if "rate_again" in search else "") + "; "
              + (f"seeds {', '.join(map(str, search['seeds']))}, averaged," if len(search.get("seeds", [])) > 1
                 else f"seed {search['seed']},")
              + " scored on a validation split carved from the training data (never the test split). "

@@ -70,7 +70,7 @@ class QualitySettings:
     full_lr_grid: tuple[float, ...] = (4e-4, 8e-4, 1.5e-3, 3e-3)
     search_seed: int = 0
     #: validation runs per search candidate and task (seeds search_seed, search_seed + 1, ...), averaged
-    search_seeds: int = 1
+    search_seeds: int = 2
     lr: float = 3e-3
     full_lr: float = 1.5e-3
     temperature: float = 0.5  # the schedules' sensitivity skew (HyDRA's default)
@@ -80,11 +80,19 @@ class QualitySettings:
     pretrain: PretrainSettings = field(default_factory=PretrainSettings)
 
     def run_key(self) -> str:
-        """What a cached run depends on (not which seeds/methods/tasks were asked for, nor how many seeds the
-        search averages): every setting and the task generators' code."""
-        values = {k: v for k, v in asdict(self).items() if k not in ("seeds", "methods", "tasks", "search_seeds")}
+        """What a cached run's result depends on: every setting that reaches its training and the task generators'
+        code. A run's own rate and knobs name its folder (``run_dir``), so the search's grids and seeds, the
+        no-search rates and which seeds, methods and tasks were asked for are not in the key: a wider grid or a
+        second search seed reuses every run it shares with an earlier search."""
+        values = {k: v for k, v in asdict(self).items() if k not in _NOT_IN_RUN_KEY}
         text = json.dumps(values, sort_keys=True) + data_version()
         return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+#: the quick table's search averages fewer seeds than the full one's so that it stays within the hour
+QUICK_SEARCH_SEEDS = 1
+_NOT_IN_RUN_KEY = ("seeds", "methods", "tasks", "search", "lr_grid", "full_lr_grid", "search_seed", "search_seeds",
+                   "lr", "full_lr")
 
 
 def data_version() -> str:
@@ -117,9 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-search", action="store_true",
                         help="skip the search on the validation split: every adapter method trains at --lr, full "
                              "fine-tuning at --full-lr")
-    parser.add_argument("--search-seeds", type=int, default=QualitySettings.search_seeds,
+    parser.add_argument("--search-seeds", type=int, default=None,
                         help="validation runs per search candidate and task, averaged (seeds 0, 1, ...): more make the "
-                             "choice less a matter of one seed's luck")
+                             f"choice less a matter of one seed's luck (default {QualitySettings.search_seeds}; "
+                             f"with --quick {QUICK_SEARCH_SEEDS}, to stay within the hour)")
     parser.add_argument("--lr-grid", default=",".join(f"{x:g}" for x in QualitySettings.lr_grid),
                         help="learning rates searched for the adapter methods")
     parser.add_argument("--full-lr-grid", default=",".join(f"{x:g}" for x in QualitySettings.full_lr_grid),
@@ -136,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     args.results = args.results or DOCS / "results" / f"quality{suffix}.json"
     args.markdown = args.markdown or DOCS / f"results{suffix.replace('_', '-')}.md"
     args.methods = args.methods or ",".join(QUICK if args.quick else TABLE)
+    if args.search_seeds is None:
+        args.search_seeds = QUICK_SEARCH_SEEDS if args.quick else QualitySettings.search_seeds
     if args.render_only:
         _render(json.loads(args.results.read_text()), args.results, args.markdown)
         return 0
@@ -285,7 +296,7 @@ def _tag(hyper: dict[str, Any]) -> str:
 
 def _search(settings: QualitySettings, job, workers: int, counts: collections.Counter[str]) -> dict[str, Any]:
     """Each method's learning rate over its grid (knob at its default), then its knob's other values at the best
-    rate; ``search_seeds`` seeds, every task, scored on the validation split only. The choice maximises the mean
+    rate, then, where one of those won, the other rates again at it; ``search_seeds`` seeds, every task, scored on the validation split only. The choice maximises the mean
     validation accuracy over tasks and seeds (ties go to the earlier candidate: the default knob, the lower rate).
     Ablations take the choice of the method they ablate (``SEARCH_AS``)."""
     searched = list(dict.fromkeys(SEARCH_AS.get(m, m) for m in settings.methods))
@@ -320,6 +331,18 @@ def _search(settings: QualitySettings, job, workers: int, counts: collections.Co
         print("search on the validation split: " + ", ".join(f"{m} {KNOBS[m][0]}" for m in knob_hypers))
         for m, extra in candidates(knob_hypers).items():
             found[m] += extra
+    # A knob that changes the update's scale (AdaRing's alpha, the schedules' temperature) moves the best rate
+    # with it: where a non-default value won, the other rates are tried again at that value.
+    rate_again = {}
+    for m in knob_hypers:
+        best = max(found[m], key=lambda c: c["val_accuracy_mean"])
+        if best["knobs"]:
+            rate_again[m] = [{"lr": lr, "knobs": best["knobs"]} for lr in settings.lr_grid if lr != best["lr"]]
+    if rate_again:
+        print("search on the validation split: the rate again at " + ", ".join(
+            f"{m} {k} {v}" for m, hs in rate_again.items() for k, v in hs[0]["knobs"].items()))
+        for m, extra in candidates(rate_again).items():
+            found[m] += extra
     chosen = {}
     for m in settings.methods:
         best = max(found[SEARCH_AS.get(m, m)], key=lambda c: c["val_accuracy_mean"])
@@ -327,6 +350,7 @@ def _search(settings: QualitySettings, job, workers: int, counts: collections.Co
     return {"seed": seeds[0], "seeds": seeds, "split": "val", "lr_grid": list(settings.lr_grid),
             "full_lr_grid": list(settings.full_lr_grid),
             "knobs": {m: {"key": KNOBS[m][0], "values": list(KNOBS[m][1])} for m in searched if m in KNOBS},
+            "rate_again": {m: hs[0]["knobs"] for m, hs in rate_again.items()},
             "as": {m: SEARCH_AS[m] for m in settings.methods if m in SEARCH_AS},
             "candidates": found, "chosen": chosen}
 
