@@ -324,15 +324,15 @@ def _seed0_choice(d: dict, method: str) -> float:
 def _two_seed_candidate_rows(doc: str, source: str, labels: dict[str, str], knobs: bool = False) -> list[Figure]:
     """A two-seed search's candidates for each method in ``labels`` (method -> its label in the table): each
     seed's validation accuracy, mean over tasks, and their average; the learning-rate grid's, and with ``knobs``
-    also the main knob's other values at the chosen rate (the rate is read from the JSON)."""
-    from benchmarks.quality.methods import KNOBS
-
+    also the main knob's other values at the chosen rate (the knob and the rate as the JSON records them: the
+    benchmark's knob of a method may have changed since)."""
+    searched = load(source)["search"]["knobs"] if knobs else {}
     out = []
     for method, label in labels.items():
         rows = [(f"| {label} | {lr} |", lambda c, lr=lr: not c["knobs"] and f"{c['lr']:g}" == lr, {})
                 for lr in ("0.001", "0.002", "0.004", "0.008")]  # the benchmark's --lr-grid
-        if knobs and method in KNOBS:
-            key, values = KNOBS[method]
+        if method in searched:
+            key, values = searched[method]["key"], searched[method]["values"]
             rows += [(f"| {label} | {{lr}}, {key} {v:g} |", lambda c, key=key, v=v: c["knobs"].get(key) == v,
                       {"lr": ("search/chosen/" + method + "/lr", "g")}) for v in values[1:]]
         for head, match, extra in rows:
