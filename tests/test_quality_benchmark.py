@@ -153,6 +153,14 @@ def test_benchmark_runs_end_to_end_and_resumes_from_its_cache(tmp_path, capsys):
     assert second["pretrain"]["cached"] is True
     assert second["runs"] == first["runs"]
     assert 0.0 <= second["summary"]["relations"]["lora"]["accuracy_mean"] <= 1.0
+    # a run stopped after `mobilepeft train` began writing its folder but before its result: retrained from scratch
+    lora = next(run_dir.parent for run_dir in tmp_path.glob("runs/*/relations/lora/*/seed0/quality_result.json"))
+    (lora / "quality_result.json").unlink()
+    assert (lora / "train_config.yaml").is_file()
+    third = run(settings, tmp_path, workers=1)
+    assert "1 cached, 1 to train" in capsys.readouterr().out
+    assert third["runs"][0]["final_train_loss"] == first["runs"][0]["final_train_loss"]
+    assert third["runs"][0]["scores"] == first["runs"][0]["scores"]
 
 
 def _fake_scores(val_of: Callable[[dict], float]) -> Callable[[dict], dict]:

@@ -20,6 +20,7 @@ import json
 import multiprocessing
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -361,11 +362,14 @@ def _execute(jobs: list[dict[str, Any]], workers: int, counts: collections.Count
     the runs ``trained`` and ``cached``; ``split`` only names the score printed as runs finish."""
     runs, todo = [], []
     for one in jobs:
-        cached = Path(one["config"]["output_dir"]) / "quality_result.json"
-        if cached.is_file():
-            runs.append(json.loads(cached.read_text()))
-        else:
-            todo.append(one)
+        folder = Path(one["config"]["output_dir"])
+        if (folder / "quality_result.json").is_file():
+            runs.append(json.loads((folder / "quality_result.json").read_text()))
+            continue
+        if folder.exists():  # a run stopped before its result was written: `mobilepeft train` would refuse the folder
+            print(f"restarting the interrupted run in {folder}")
+            shutil.rmtree(folder)
+        todo.append(one)
     print(f"{len(jobs)} runs: {len(jobs) - len(todo)} cached, {len(todo)} to train on {workers} worker(s)")
     counts["trained"] += len(todo)
     counts["cached"] += len(jobs) - len(todo)
