@@ -108,13 +108,13 @@ def match_ring_ranks(model_dir: Path, rank: int) -> tuple[dict[str, int], int, i
 def train_config(method: str, *, model: Path, data: Path, image_folder: Path, output_dir: Path, seed: int,
                  steps: int, rank: int, lr: float, batch_size: int, ring_rank_pattern: dict[str, int],
                  temperature: float = 0.5, knobs: dict[str, Any] | None = None) -> TrainConfig:
-    """``mobilepeft train``'s settings for one run; ``knobs`` override the method's defaults (a ``None``
-    value keeps the default). No dropout on the adapters' inputs, for every method: at this model's size
+    """``mobilepeft train``'s settings for one run; ``knobs`` override the method's defaults
+    (``alpha_factor`` scales the default alpha 2 x rank). No dropout on the adapters' inputs, for every method: at this model's size
     drawing the masks is a quarter of a step's time, and the runs are short enough not to need it."""
     _, overrides = METHODS[method]
     extra: dict[str, Any] = {"ring_rank_pattern": ring_rank_pattern} if method == "adaring" else {}
     extra.update({"temperature": temperature})
-    extra.update({k: v for k, v in (knobs or {}).items() if v is not None})
+    extra.update(knobs or {})
     alpha = 2.0 * rank * extra.pop("alpha_factor", 1.0)
     cfg = TrainConfig.from_flat(dict(model=str(model), data=str(data), image_folder=str(image_folder), output_dir=str(output_dir),
                       seed=seed, max_steps=steps, rank=rank, alpha=alpha, lora_dropout=0.0, batch_size=batch_size,

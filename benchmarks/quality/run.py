@@ -291,67 +291,57 @@ def run_dir(work: Path, key: str, task: str, method: str, hyper: dict[str, Any],
 
 def _tag(hyper: dict[str, Any]) -> str:
     """A run's folder name from its searched settings: ``lr0.002``, ``lr0.002-temperature0.25``."""
-    knobs = "".join(f"-{k}{v}" for k, v in sorted(hyper["knobs"].items()) if v is not None)
+    knobs = "".join(f"-{k}{v}" for k, v in sorted(hyper["knobs"].items()))
     return f"lr{hyper['lr']:g}{knobs}"
 
 
 def _search(settings: QualitySettings, job, workers: int, counts: collections.Counter[str]) -> dict[str, Any]:
     """Each method's learning rate over its grid (knob at its default), then its knob's other values at the best
-    rate, then, where one of those won, the other rates again at it; ``search_seeds`` seeds, every task, scored on the validation split only. The choice maximises the mean
-    validation accuracy over tasks and seeds (ties go to the earlier candidate: the default knob, the lower rate).
-    Ablations take the choice of the method they ablate (``SEARCH_AS``)."""
+    rate, then, where one of those won, the other rates again at it; ``search_seeds`` seeds, every task, scored on
+    the validation split only. The choice maximises the mean validation accuracy over tasks and seeds (ties go to
+    the earlier candidate: the default knob, the lower rate). Ablations take the choice of the method they ablate
+    (``SEARCH_AS``)."""
     searched = list(dict.fromkeys(SEARCH_AS.get(m, m) for m in settings.methods))
     seeds = [settings.search_seed + k for k in range(settings.search_seeds)]
+    found: dict[str, list[dict[str, Any]]] = {m: [] for m in searched}
 
-    def candidates(hypers: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    def rates(m: str) -> tuple[float, ...]:
+        return settings.full_lr_grid if m == "full" else settings.lr_grid
+
+    def best(m: str) -> dict[str, Any]:
+        return max(found[m], key=lambda c: c["val_accuracy_mean"])
+
+    def stage(what: str, hypers: dict[str, list[dict[str, Any]]]) -> None:
+        """Train and score ``hypers`` on the validation split and add them to ``found``."""
+        if not hypers:
+            return
+        print(f"search on the validation split{what}")
         jobs = [job(t, m, seed, h) for m, hs in hypers.items() for h in hs for t in settings.tasks for seed in seeds]
         # runs come back cached first, then in the order they finish: index the scores by seed
         score = {(r["method"], _tag(r["hyper"]), r["task"], r["seed"]): r["val_scores"]["overall"]["exact_match"]
                  for r in _execute(jobs, workers, counts, split="val")}
-        found = {}
         for m, hs in hypers.items():
-            found[m] = []
             for h in hs:
                 by_seed = {t: [score[(m, _tag(h), t, seed)] for seed in seeds] for t in settings.tasks}
                 per_task = {t: statistics.fmean(v) for t, v in by_seed.items()}
                 found[m].append({**h, "val_accuracy": per_task, "val_accuracy_mean": statistics.fmean(per_task.values()),
                                  **({"val_accuracy_by_seed": by_seed} if len(seeds) > 1 else {})})
-        return found
 
-    print(f"search on the validation split (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}): "
-          "learning rate")
-    found = candidates({m: [{"lr": lr, "knobs": {}} for lr in (settings.full_lr_grid if m == "full" else settings.lr_grid)]
-                        for m in searched})
-    knob_hypers = {}
-    for m in searched:
-        if m in KNOBS:
-            best_lr = max(found[m], key=lambda c: c["val_accuracy_mean"])["lr"]
-            key, values = KNOBS[m]
-            knob_hypers[m] = [{"lr": best_lr, "knobs": {key: v}} for v in values[1:]]
-    if knob_hypers:
-        print("search on the validation split: " + ", ".join(f"{m} {KNOBS[m][0]}" for m in knob_hypers))
-        for m, extra in candidates(knob_hypers).items():
-            found[m] += extra
-    # A knob that changes the update's scale (AdaRing's alpha, the schedules' temperature) moves the best rate
-    # with it: where a non-default value won, the other rates are tried again at that value.
-    rate_again = {}
-    for m in knob_hypers:
-        best = max(found[m], key=lambda c: c["val_accuracy_mean"])
-        if best["knobs"]:
-            rate_again[m] = [{"lr": lr, "knobs": best["knobs"]} for lr in settings.lr_grid if lr != best["lr"]]
-    if rate_again:
-        print("search on the validation split: the rate again at " + ", ".join(
-            f"{m} {k} {v}" for m, hs in rate_again.items() for k, v in hs[0]["knobs"].items()))
-        for m, extra in candidates(rate_again).items():
-            found[m] += extra
-    chosen = {}
-    for m in settings.methods:
-        best = max(found[SEARCH_AS.get(m, m)], key=lambda c: c["val_accuracy_mean"])
-        chosen[m] = {"lr": best["lr"], "knobs": best["knobs"]}
+    stage(f" (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}): learning rate",
+          {m: [{"lr": lr, "knobs": {}} for lr in rates(m)] for m in searched})
+    knobbed = [m for m in searched if m in KNOBS]
+    stage(": " + ", ".join(f"{m} {KNOBS[m][0]}" for m in knobbed),
+          {m: [{"lr": best(m)["lr"], "knobs": {KNOBS[m][0]: v}} for v in KNOBS[m][1][1:]] for m in knobbed})
+    # A knob that scales the update (AdaRing's and multi-head's alpha) moves the best rate with it: where a
+    # non-default value won, the other rates are tried again at that value.
+    rate_again = {m: best(m)["knobs"] for m in knobbed if best(m)["knobs"]}
+    stage(": the rate again at " + ", ".join(f"{m} {k} {v}" for m, knobs in rate_again.items() for k, v in knobs.items()),
+          {m: [{"lr": lr, "knobs": knobs} for lr in rates(m) if lr != best(m)["lr"]] for m, knobs in rate_again.items()})
+    chosen = {m: {k: best(SEARCH_AS.get(m, m))[k] for k in ("lr", "knobs")} for m in settings.methods}
     return {"seed": seeds[0], "seeds": seeds, "split": "val", "lr_grid": list(settings.lr_grid),
             "full_lr_grid": list(settings.full_lr_grid),
-            "knobs": {m: {"key": KNOBS[m][0], "values": list(KNOBS[m][1])} for m in searched if m in KNOBS},
-            "rate_again": {m: hs[0]["knobs"] for m, hs in rate_again.items()},
+            "knobs": {m: {"key": KNOBS[m][0], "values": list(KNOBS[m][1])} for m in knobbed},
+            "rate_again": rate_again,
             "as": {m: SEARCH_AS[m] for m in settings.methods if m in SEARCH_AS},
             "candidates": found, "chosen": chosen}
 
@@ -363,8 +353,9 @@ def _execute(jobs: list[dict[str, Any]], workers: int, counts: collections.Count
     runs, todo = [], []
     for one in jobs:
         folder = Path(one["config"]["output_dir"])
-        if (folder / "quality_result.json").is_file():
-            runs.append(json.loads((folder / "quality_result.json").read_text()))
+        result = folder / "quality_result.json"
+        if result.is_file():
+            runs.append(json.loads(result.read_text()))
             continue
         if folder.exists():  # a run stopped before its result was written: `mobilepeft train` would refuse the folder
             print(f"restarting the interrupted run in {folder}")
