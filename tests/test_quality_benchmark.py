@@ -17,9 +17,12 @@ from benchmarks.quality.methods import (
     KNOBS,
     METHODS,
     QUICK,
+    SCALE_GRID,
+    SCALED,
     TABLE,
     VARIANTS,
     adapter_budget,
+    default_scale,
     match_ring_ranks,
     train_config,
 )
@@ -188,18 +191,22 @@ _TINY_PRETRAIN = dict(n_train=48, n_val=8, stage1_steps=2, stage2_steps=3)
 
 
 def test_search_chooses_on_validation_only_and_the_test_runs_use_the_choice(tmp_path, monkeypatch):
-    """The search trains each learning rate (then the knob's other values at the best one, then the other rates
-    again at a winning non-default value) on one seed and picks the best mean validation accuracy; the final runs
-    train exactly that, and an ablation inherits its method's choice. Scores are replaced by a function of the
-    hyperparameters whose best is known, with test scores that would pick otherwise: the choice must follow
-    validation. Temperature 1.0 helps most at a higher rate than the default's best, so only the last stage finds it."""
+    """The search trains each learning rate, then the knob's other values at the best one, then the adapter scale
+    (grown at its top edge while that wins), then the other rates again at a winning non-default value, on one seed,
+    and picks the best mean validation accuracy; the final runs train exactly that, and an ablation inherits its
+    method's choice. Scores are replaced by a function of the hyperparameters whose best is known, with test scores
+    that would pick otherwise: the choice must follow validation. Temperature 1.0 helps most at a higher rate than
+    the default's best, so only the last stage finds it; LoRA's best scale is 8, the top of the grid, so 16 is tried."""
     from benchmarks.quality import run as quality_run
     from benchmarks.quality.pretrain import PretrainSettings
 
     def val_of(job: dict) -> float:
         lr, knobs = job["hyper"]["lr"], job["hyper"]["knobs"]
         assert job["config"]["lr"] == lr and job["config"]["temperature"] == knobs.get("temperature", 0.5)
+        assert job["config"]["alpha"] == 16 * knobs.get("alpha_factor", 1.0)
         bonus = {2e-3: 0.1, 4e-3: 0.35}.get(lr, 0.0) if knobs.get("temperature") == 1.0 else 0.0
+        if job["method"] == "lora":
+            bonus += {0.5: -0.1, 2.0: 0.05, 4.0: 0.1, 8.0: 0.02}.get(knobs.get("alpha_factor"), 0.0)
         return {1e-3: 0.2, 2e-3: 0.6, 4e-3: 0.4}[lr] + bonus
 
     trained = []
@@ -210,30 +217,41 @@ def test_search_chooses_on_validation_only_and_the_test_runs_use_the_choice(tmp_
         n_test=4, lr_grid=(1e-3, 2e-3, 4e-3), search_seeds=1, pretrain=PretrainSettings(**_TINY_PRETRAIN))
     results = quality_run.run(settings, tmp_path, workers=1)
     search = results["search"]
-    assert [c["lr"] for c in search["candidates"]["lora"]] == [1e-3, 2e-3, 4e-3]
-    # hydra: the rate first, then its temperature's other values at the best rate, then the other rates at 1.0
+    # lora: the rate, then the scale s = 1, 4, 8 (alpha factors 0.5, 2, 4 of its default 2), 16 after 8 won, then
+    # the other rates again at s = 8
+    assert [(c["lr"], c["knobs"].get("alpha_factor")) for c in search["candidates"]["lora"]] == [
+        (1e-3, None), (2e-3, None), (4e-3, None), (2e-3, 0.5), (2e-3, 2.0), (2e-3, 4.0), (2e-3, 8.0),
+        (1e-3, 4.0), (4e-3, 4.0)]
+    assert search["scales"]["lora"] == {"default": 2.0, "grid": [1.0, 2.0, 4.0, 8.0], "tried": [1.0, 2.0, 4.0, 8.0, 16.0]}
+    # hydra: the rate, its temperature's other values at the best rate, the scale (no better: the default stays and
+    # the grid does not grow), then the other rates at temperature 1.0
     assert [(c["lr"], c["knobs"]) for c in search["candidates"]["hydra"][3:]] == [
         (2e-3, {"temperature": 0.25}), (2e-3, {"temperature": 1.0}),
+        *((2e-3, {"temperature": 1.0, "alpha_factor": f}) for f in (0.5, 2.0, 4.0)),
         (1e-3, {"temperature": 1.0}), (4e-3, {"temperature": 1.0})]
-    assert search["rate_again"] == {"hydra": {"temperature": 1.0}}
+    assert search["rate_again"] == {"lora": {"alpha_factor": 4.0}, "hydra": {"temperature": 1.0}}
     assert "dynamic" not in search["candidates"]
-    assert search["chosen"] == {"lora": {"lr": 2e-3, "knobs": {}}, "hydra": {"lr": 4e-3, "knobs": {"temperature": 1.0}},
+    assert search["chosen"] == {"lora": {"lr": 2e-3, "knobs": {"alpha_factor": 4.0}},
+                                "hydra": {"lr": 4e-3, "knobs": {"temperature": 1.0}},
                                 "dynamic": {"lr": 4e-3, "knobs": {"temperature": 1.0}}}
     assert {(r["method"], r["hyper"]["lr"], r["seed"]) for r in results["runs"]} == {
         (m, lr, seed) for m, lr in (("lora", 2e-3), ("hydra", 4e-3), ("dynamic", 4e-3)) for seed in (0, 1)}
     assert all(r["hyper"] == search["chosen"][r["method"]] for r in results["runs"])
-    # 3 rates x (lora, hydra) + 2 temperatures + 2 rates again, then 6 test runs of which lora's and hydra's seed 0
-    # are the search's
-    assert len(trained) == 10 + 4
+    # (3 rates + 4 scales + 2 rates) for lora, (3 rates + 2 temperatures + 3 scales + 2 rates) for hydra, then 6
+    # test runs of which lora's and hydra's seed 0 are the search's
+    assert len(trained) == 9 + 10 + 4
     page = render_markdown({**results, "wall_seconds": 60.0}, json_link="q.json", png_link="q.png")
     assert "| HyDRA (--schedule hydra) | 0.004 | temperature 1.0 | **75.0** | **75.0** |" in page
-    assert "the other rates again at it" in page
+    assert "| LoRA (fixed rank) | 0.002 | s 8 | **70.0** | **70.0** |" in page
+    assert "| LoRA (fixed rank) | 0.002 | s 16 | 62.0 | 62.0 |" in page
+    assert "the other rates again at it" in page and "adapter scale s (LoRA's alpha / r) over 1, 2, 4, 8" in page
 
 
-@pytest.mark.parametrize("search_seeds, chosen_lr, trained_runs", [(1, 4e-3, 3 + 1), (2, 2e-3, 6)])
+@pytest.mark.parametrize("search_seeds, chosen_lr, trained_runs", [(1, 4e-3, 3 + 3 + 1), (2, 2e-3, 2 * (3 + 3))])
 def test_a_search_over_more_seeds_averages_them(tmp_path, monkeypatch, search_seeds, chosen_lr, trained_runs):
     """One lucky validation seed picks 0.004; averaged over two seeds 0.002 wins. The runs of the second search
-    seed are the test runs of that seed (same settings, same cache), so only the third rate's are extra; and the
+    seed are the test runs of that seed (same settings, same cache), so only the third rate's and the three scales'
+    are extra (the scale does not change the score here, so the default stays); and the
     run cache key does not depend on how many seeds the search averages."""
     from benchmarks.quality import run as quality_run
     from benchmarks.quality.pretrain import PretrainSettings
@@ -259,7 +277,7 @@ def test_a_search_over_more_seeds_averages_them(tmp_path, monkeypatch, search_se
         lucky = results["search"]["candidates"]["lora"][2]
         assert lucky["val_accuracy_by_seed"]["relations"] == pytest.approx([0.7, 0.4])
     assert len(trained) == trained_runs
-    assert (results["runs_trained"], results["runs_cached"]) == (trained_runs, 3 * search_seeds + 2 - trained_runs)
+    assert (results["runs_trained"], results["runs_cached"]) == (trained_runs, 6 * search_seeds + 2 - trained_runs)
     # the key ignores what only steers the search; a setting that reaches training changes it
     assert settings.run_key() == quality_run.QualitySettings(**{
         **asdict(settings), "search_seeds": 1, "lr_grid": (1e-2,), "full_lr_grid": (1e-4,), "search": False, "lr": 1.0,
@@ -392,10 +410,31 @@ def test_every_searched_knob_value_reaches_the_training_config(method, tmp_path)
     default = train_config(method, **paths, **common)
     for value in values[1:]:
         cfg = train_config(method, **paths, **common, knobs={key: value}).to_flat()
-        if key == "alpha_factor":  # a scale knob: alpha as a multiple of the default 2 x rank
-            assert cfg["alpha"] == pytest.approx(default.to_flat()["alpha"] * value) and cfg["alpha"] == 16 * value
-        else:
-            assert cfg[key] == value != default.to_flat()[key]
+        assert cfg[key] == value != default.to_flat()[key]
+
+
+@pytest.mark.parametrize("method", SCALED)
+def test_every_searched_scale_is_the_scale_the_built_adapter_applies(method, tiny_ckpt, tmp_path):
+    """The search names a scale s and reaches it through alpha; the adapter built from the run's settings must
+    multiply its update by exactly s (else the methods would not share one grid of scales)."""
+    from mobilepeft.adapters.inject import adapter_layers, inject_adapters
+    from mobilepeft.models.config import MobileVLMConfig
+    from mobilepeft.models.mobilevlm import MobileVLMForCausalLM
+
+    pattern, _, _ = match_ring_ranks(tiny_ckpt, 8)
+    default = default_scale(method, 8, pattern)
+    assert default == (2.0 * 8 / 5**2 if method == "adaring" else 2.0)  # the tiny checkpoint's median ring rank is 5
+    for s in (default, *SCALE_GRID):
+        cfg = train_config(method, model=tiny_ckpt, data=tmp_path / "train.json", image_folder=tmp_path,
+                           output_dir=tmp_path / "run", seed=0, steps=10, rank=8, lr=1e-3, batch_size=4,
+                           ring_rank_pattern=pattern, knobs={"alpha_factor": s / default})
+        model = MobileVLMForCausalLM(MobileVLMConfig.from_dir(tiny_ckpt))
+        inject_adapters(model, cfg.adapter)
+        for layer in adapter_layers(model).values():
+            applied = float(layer.scalar) if method == "dmlora" else layer.scaling
+            if method == "adaring":  # a module type whose ring rank R is not the median's: s x (median / R)^2
+                applied *= (layer.cores.ring_rank / 5) ** 2
+            assert applied == pytest.approx(s), (method, s)
 
 
 @pytest.mark.parametrize("flags, search_seeds", [([], 2), (["--quick"], 1), (["--quick", "--search-seeds", "3"], 3)])

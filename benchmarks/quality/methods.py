@@ -11,6 +11,7 @@ as MobileVLM's fine-tuning recipes do.
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -55,21 +56,32 @@ TABLE = tuple(m for m in METHODS if m not in VARIANTS)
 #: ``--quick``: the headline comparison (LoRA, HyDRA, and HyDRA's better half) within an hour on 2 cores
 QUICK = ("lora", "hydra", "hierarchical")
 
-#: each method's main knob besides the learning rate, searched on the validation split after it:
-#: name -> (TrainConfig key, or ``alpha_factor``: alpha as a multiple of 2 x rank; values, the first the default)
+#: each method's main knob besides the learning rate and the adapter scale, searched on the validation split after
+#: the rate: name -> (TrainConfig key, values, the first the default)
 KNOBS: dict[str, tuple[str, tuple[Any, ...]]] = {
     "hydra": ("temperature", (0.5, 0.25, 1.0)),
-    # Hydra multi-head's scale s = alpha / (r_p + r_s), what the source tunes per task (0.1 to 4.5 on VTAB-1k; its
-    # rank split it keeps fixed): the default alpha 2 x rank gives LoRA's s = 2, and 1/4, 1/2 and 2 times that
-    # give s = 0.5, 1 and 4
-    "multihead": ("alpha_factor", (1.0, 0.25, 0.5, 2.0)),
     "dmlora": ("branch_drop_max", (0.5, 0.25, 0.1)),
-    # AdaRing's scale s = alpha / R^2 (the source states none): at the benchmark's ring rank 8 the default alpha
-    # 2 x rank gives s = 0.25 against LoRA's 2; 4, 8, 16 and 32 times that give s = 1, 2, 4 and 8
-    "adaring": ("alpha_factor", (1.0, 4.0, 8.0, 16.0, 32.0)),
 }
+#: The adapter scale s multiplies every method's update: alpha / r for LoRA and HyDRA (DMLoRA's learning scalar starts
+#: there), alpha / (r_p + r_s) for Hydra multi-head (what its source tunes per task, 0.1 to 4.5 on VTAB-1k), alpha / R^2
+#: for AdaRing (its source states none). Every method is searched over the same values of s, so a method is not
+#: credited with a gain the protocol would give LoRA too; the values are reached through alpha (``alpha_factor``
+#: times the default 2 x rank).
+SCALED = ("lora", "hydra", "dmlora", "multihead", "adaring")
+SCALE_GRID = (1.0, 2.0, 4.0, 8.0)
+#: where the best scale is the highest (lowest) tried, the next doubling (halving) is tried, within these bounds
+SCALE_RANGE = (0.125, 32.0)
 #: ablations take the searched settings of the method they ablate, so they isolate its parts
 SEARCH_AS: dict[str, str] = {m: "hydra" for m in ("hierarchical", "dynamic", *VARIANTS)} | {"hydra_lora_lr": "lora"}
+
+
+def default_scale(method: str, rank: int, ring_rank_pattern: dict[str, int]) -> float:
+    """A method's scale s at the default alpha 2 x rank: 2 for the methods scaled by their rank; AdaRing's
+    2 x rank / R^2 at its median ring rank R (0.25 at the benchmark's rank 8 and R = 8)."""
+    if method == "adaring":
+        ring = statistics.median(ring_rank_pattern.values())
+        return 2.0 * rank / ring**2
+    return 2.0
 
 
 def adapter_budget(model_dir: Path, overrides: dict[str, Any], rank: int) -> int:

@@ -180,10 +180,12 @@ def render_markdown(results: dict[str, Any], *, json_link: str, png_link: str) -
         f"- **Tasks** ({s['n_train']} training / {s['n_test']} test questions each, every question type equally often): "
         + "; ".join(f"*{t}*: {TASK_DESCRIPTIONS[t]}" for t in task_names) + ".",
         f"- **Fine-tuning**: {s['steps']} steps, batch {s['batch_size']}, AdamW, cosine schedule with 5% warmup; "
-        + ("learning rate and main knob chosen per method on the validation split (above); "
+        + (("learning rate, main knob and adapter scale chosen per method on the validation split (above), alpha = "
+            "2 x rank where the default scale won; " if results["search"].get("scales") else
+            "learning rate and main knob chosen per method on the validation split (above); alpha = 2 x rank; ")
            if "search" in results else
-           f"learning rate {s['lr']:g} for every adapter method, {s['full_lr']:g} for full fine-tuning; ") +
-        f"alpha = 2 x rank; seeds {', '.join(str(x) for x in s['seeds'])} change the adapter initialisation, "
+           f"learning rate {s['lr']:g} for every adapter method, {s['full_lr']:g} for full fine-tuning; alpha = 2 x rank; ") +
+        f"seeds {', '.join(str(x) for x in s['seeds'])} change the adapter initialisation, "
         "data order and dropout. Schedules (HyDRA and its ablations) use their defaults "
         f"(docs/hydra.md; temperature {s.get('temperature', 0.5):g}). AdaRing's ring ranks per module type "
         f"{budget['adaring_ring_ranks']} give {budget['adaring_parameters']:,} parameters "
@@ -198,6 +200,13 @@ def render_markdown(results: dict[str, Any], *, json_link: str, png_link: str) -
     return "\n".join(lines)
 
 
+def knob_text(knobs: dict[str, Any], default_scale: float | None) -> str:
+    """``temperature 1.0, s 4``: a candidate's knobs, its alpha factor as the scale s it gives (``default_scale``:
+    the method's s at alpha factor 1; without it, as recorded)."""
+    return ", ".join(f"s {default_scale * v:g}" if k == "alpha_factor" and default_scale else f"{k} {v}"
+                     for k, v in knobs.items()) or "default"
+
+
 def _search_section(results: dict[str, Any]) -> list[str]:
     """The validation search: every candidate's accuracy per task and the choice, per method."""
     search, labels, tlabels = results["search"], results["method_labels"], results["task_labels"]
@@ -206,6 +215,9 @@ def _search_section(results: dict[str, Any]) -> list[str]:
              f"Each method's learning rate over {', '.join(f'{x:g}' for x in search['lr_grid'])} (full fine-tuning: "
              f"{', '.join(f'{x:g}' for x in search['full_lr_grid'])}) with its main knob at the default, then the "
              "knob's other values at the best rate"
+             + (f", then the adapter scale s (LoRA's alpha / r) over {', '.join(f'{x:g}' for x in next(iter(search['scales'].values()))['grid'])} "
+                "for every LoRA-family method at the best of those, doubled (halved) further while the highest "
+                "(lowest) value tried wins" if search.get("scales") else "")
              + (", then, where a value other than the default won, the other rates again at it"
                 if "rate_again" in search else "") + "; "
              + (f"seeds {', '.join(map(str, search['seeds']))}, averaged," if len(search.get("seeds", [])) > 1
@@ -219,7 +231,7 @@ def _search_section(results: dict[str, Any]) -> list[str]:
     for method, found in search["candidates"].items():
         chosen = search["chosen"].get(method)
         for c in found:
-            knob = ", ".join(f"{k} {v}" for k, v in c["knobs"].items()) or "default"
+            knob = knob_text(c["knobs"], search.get("scales", {}).get(method, {}).get("default"))
             cells = [_pct(c["val_accuracy"][t]) for t in tasks] + [_pct(c["val_accuracy_mean"])]
             pick = chosen is not None and c["lr"] == chosen["lr"] and c["knobs"] == chosen["knobs"]
             if pick:

@@ -38,15 +38,19 @@ from benchmarks.quality.methods import (  # noqa: E402
     KNOBS,
     METHODS,
     QUICK,
+    SCALE_GRID,
+    SCALE_RANGE,
+    SCALED,
     SEARCH_AS,
     TABLE,
     VARIANTS,
     adapter_budget,
+    default_scale,
     match_ring_ranks,
     train_config,
 )
 from benchmarks.quality.pretrain import PretrainSettings, pretrained_model  # noqa: E402
-from benchmarks.quality.report import render_markdown, render_plot, summarize  # noqa: E402
+from benchmarks.quality.report import knob_text, render_markdown, render_plot, summarize  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -245,7 +249,8 @@ def run(settings: QualitySettings, work: Path, *, workers: int = 2) -> dict[str,
 
     counts: collections.Counter[str] = collections.Counter()  # runs trained here and read back from the cache
     if settings.search:
-        search = _search(settings, job, workers, counts)
+        search = _search(settings, job, workers, counts,
+                         scales={m: default_scale(m, settings.rank, pattern) for m in SCALED})
         chosen = search["chosen"]
     else:
         search = None
@@ -295,12 +300,14 @@ def _tag(hyper: dict[str, Any]) -> str:
     return f"lr{hyper['lr']:g}{knobs}"
 
 
-def _search(settings: QualitySettings, job, workers: int, counts: collections.Counter[str]) -> dict[str, Any]:
-    """Each method's learning rate over its grid (knob at its default), then its knob's other values at the best
-    rate, then, where one of those won, the other rates again at it; ``search_seeds`` seeds, every task, scored on
-    the validation split only. The choice maximises the mean validation accuracy over tasks and seeds (ties go to
-    the earlier candidate: the default knob, the lower rate). Ablations take the choice of the method they ablate
-    (``SEARCH_AS``)."""
+def _search(settings: QualitySettings, job, workers: int, counts: collections.Counter[str], *,
+            scales: dict[str, float]) -> dict[str, Any]:
+    """Each method's learning rate over its grid (knob and scale at their defaults), then its knob's other values at
+    the best rate, then the adapter scale over ``SCALE_GRID`` at the best of those (``scales``: each method's default
+    s; the grid grows by doubling or halving while its edge wins), then, where a non-default knob or scale won, the
+    other rates again at it; ``search_seeds`` seeds, every task, scored on the validation split only. The choice
+    maximises the mean validation accuracy over tasks and seeds (ties go to the earlier candidate: the default knob
+    and scale, the lower rate). Ablations take the choice of the method they ablate (``SEARCH_AS``)."""
     searched = list(dict.fromkeys(SEARCH_AS.get(m, m) for m in settings.methods))
     seeds = [settings.search_seed + k for k in range(settings.search_seeds)]
     found: dict[str, list[dict[str, Any]]] = {m: [] for m in searched}
@@ -332,15 +339,32 @@ def _search(settings: QualitySettings, job, workers: int, counts: collections.Co
     knobbed = [m for m in searched if m in KNOBS]
     stage(": " + ", ".join(f"{m} {KNOBS[m][0]}" for m in knobbed),
           {m: [{"lr": best(m)["lr"], "knobs": {KNOBS[m][0]: v}} for v in KNOBS[m][1][1:]] for m in knobbed})
-    # A knob that scales the update (AdaRing's and multi-head's alpha) moves the best rate with it: where a
-    # non-default value won, the other rates are tried again at that value.
-    rate_again = {m: best(m)["knobs"] for m in knobbed if best(m)["knobs"]}
-    stage(": the rate again at " + ", ".join(f"{m} {k} {v}" for m, knobs in rate_again.items() for k, v in knobs.items()),
+
+    def scale(m: str) -> float:
+        return scales[m] * best(m)["knobs"].get("alpha_factor", 1.0)
+
+    def at_scales(m: str, values: list[float]) -> list[dict[str, Any]]:
+        return [{"lr": best(m)["lr"], "knobs": {**best(m)["knobs"], "alpha_factor": s / scales[m]}} for s in values]
+
+    tried = {m: [scales[m]] for m in searched if m in scales}
+    todo = {m: [s for s in SCALE_GRID if s != scales[m]] for m in tried}
+    while todo:
+        stage(": scale s = " + "; ".join(f"{m} {', '.join(f'{s:g}' for s in v)}" for m, v in todo.items()),
+              {m: at_scales(m, v) for m, v in todo.items()})
+        for m, values in todo.items():
+            tried[m] += values
+        todo = {m: [scale(m) * 2] for m in tried if scale(m) == max(tried[m]) and scale(m) * 2 <= SCALE_RANGE[1]} | {
+                m: [scale(m) / 2] for m in tried if scale(m) == min(tried[m]) and scale(m) / 2 >= SCALE_RANGE[0]}
+    # A knob or a scale that changes the size of the update moves the best rate with it: where a non-default value
+    # won, the other rates are tried again at it.
+    rate_again = {m: best(m)["knobs"] for m in searched if best(m)["knobs"]}
+    stage(": the rate again at " + "; ".join(f"{m} {knob_text(knobs, scales.get(m))}" for m, knobs in rate_again.items()),
           {m: [{"lr": lr, "knobs": knobs} for lr in rates(m) if lr != best(m)["lr"]] for m, knobs in rate_again.items()})
     chosen = {m: {k: best(SEARCH_AS.get(m, m))[k] for k in ("lr", "knobs")} for m in settings.methods}
     return {"seed": seeds[0], "seeds": seeds, "split": "val", "lr_grid": list(settings.lr_grid),
             "full_lr_grid": list(settings.full_lr_grid),
             "knobs": {m: {"key": KNOBS[m][0], "values": list(KNOBS[m][1])} for m in knobbed},
+            "scales": {m: {"default": scales[m], "grid": list(SCALE_GRID), "tried": sorted(v)} for m, v in tried.items()},
             "rate_again": rate_again,
             "as": {m: SEARCH_AS[m] for m in settings.methods if m in SEARCH_AS},
             "candidates": found, "chosen": chosen}
