@@ -247,11 +247,10 @@ def test_search_chooses_on_validation_only_and_the_test_runs_use_the_choice(tmp_
     assert "the other rates again at it" in page and "adapter scale s (LoRA's alpha / r) over 1, 2, 4, 8" in page
 
 
-@pytest.mark.parametrize("search_seeds, chosen_lr, trained_runs", [(1, 4e-3, 3 + 3 + 1), (2, 2e-3, 2 * (3 + 3))])
+@pytest.mark.parametrize("search_seeds, chosen_lr, trained_runs", [(1, 4e-3, 3 + 1), (2, 2e-3, 6)])
 def test_a_search_over_more_seeds_averages_them(tmp_path, monkeypatch, search_seeds, chosen_lr, trained_runs):
     """One lucky validation seed picks 0.004; averaged over two seeds 0.002 wins. The runs of the second search
-    seed are the test runs of that seed (same settings, same cache), so only the third rate's and the three scales'
-    are extra (the scale does not change the score here, so the default stays); and the
+    seed are the test runs of that seed (same settings, same cache), so only the third rate's are extra; and the
     run cache key does not depend on how many seeds the search averages."""
     from benchmarks.quality import run as quality_run
     from benchmarks.quality.pretrain import PretrainSettings
@@ -267,9 +266,11 @@ def test_a_search_over_more_seeds_averages_them(tmp_path, monkeypatch, search_se
     monkeypatch.setattr(quality_run, "_execute", lambda *a, **k: execute(*a, **k)[::-1])
     settings = quality_run.QualitySettings(
         seeds=(0, 1), methods=("lora",), tasks=("relations",), steps=2, n_train=16, n_val=4, n_test=4,
-        lr_grid=(1e-3, 2e-3, 4e-3), search_seeds=search_seeds, pretrain=PretrainSettings(**_TINY_PRETRAIN))
+        lr_grid=(1e-3, 2e-3, 4e-3), scale_grid=(), search_seeds=search_seeds,
+        pretrain=PretrainSettings(**_TINY_PRETRAIN))
     results = quality_run.run(settings, tmp_path, workers=1)
     assert results["search"]["chosen"]["lora"]["lr"] == chosen_lr
+    assert "scales" not in results["search"]  # an empty scale grid: every method at its default scale
     assert results["search"]["seeds"] == list(range(search_seeds))
     by_lr = {c["lr"]: c["val_accuracy_mean"] for c in results["search"]["candidates"]["lora"]}
     assert by_lr[4e-3] == pytest.approx(0.7 if search_seeds == 1 else 0.55)
@@ -277,10 +278,10 @@ def test_a_search_over_more_seeds_averages_them(tmp_path, monkeypatch, search_se
         lucky = results["search"]["candidates"]["lora"][2]
         assert lucky["val_accuracy_by_seed"]["relations"] == pytest.approx([0.7, 0.4])
     assert len(trained) == trained_runs
-    assert (results["runs_trained"], results["runs_cached"]) == (trained_runs, 6 * search_seeds + 2 - trained_runs)
+    assert (results["runs_trained"], results["runs_cached"]) == (trained_runs, 3 * search_seeds + 2 - trained_runs)
     # the key ignores what only steers the search; a setting that reaches training changes it
     assert settings.run_key() == quality_run.QualitySettings(**{
-        **asdict(settings), "search_seeds": 1, "lr_grid": (1e-2,), "full_lr_grid": (1e-4,), "search": False, "lr": 1.0,
+        **asdict(settings), "search_seeds": 1, "lr_grid": (1e-2,), "full_lr_grid": (1e-4,), "scale_grid": (3.0,), "search": False, "lr": 1.0,
         "full_lr": 1.0, "pretrain": settings.pretrain}).run_key()
     assert settings.run_key() != quality_run.QualitySettings(**{**asdict(settings), "steps": 3,
                                                                   "pretrain": settings.pretrain}).run_key()
@@ -437,9 +438,12 @@ def test_every_searched_scale_is_the_scale_the_built_adapter_applies(method, tin
             assert applied == pytest.approx(s), (method, s)
 
 
-@pytest.mark.parametrize("flags, search_seeds", [([], 2), (["--quick"], 1), (["--quick", "--search-seeds", "3"], 3)])
-def test_the_full_table_searches_over_two_seeds_and_the_quick_one_over_one(tmp_path, monkeypatch, flags, search_seeds):
-    """The full table's choice averages two validation seeds; the quick subset keeps one to stay within the hour."""
+@pytest.mark.parametrize("flags, search_seeds, scale_grid", [
+    ([], 2, (1.0, 2.0, 4.0, 8.0)), (["--quick"], 1, ()), (["--quick", "--search-seeds", "3", "--scale-grid", "2,4"], 3, (2.0, 4.0))])
+def test_the_full_table_searches_over_two_seeds_and_the_quick_one_over_one(tmp_path, monkeypatch, flags, search_seeds,
+                                                                            scale_grid):
+    """The full table's choice averages two validation seeds and searches the adapter scale; the quick subset keeps
+    one seed and every method's default scale (the same for LoRA and HyDRA) to stay within the hour."""
     from benchmarks.quality import run as quality_run
 
     seen = []
@@ -451,5 +455,5 @@ def test_the_full_table_searches_over_two_seeds_and_the_quick_one_over_one(tmp_p
     monkeypatch.setattr(quality_run, "run", stop)
     with pytest.raises(SystemExit):
         quality_run.main([*flags, "--work", str(tmp_path), "--results", str(tmp_path / "q.json")])
-    assert seen[0].search_seeds == search_seeds
+    assert seen[0].search_seeds == search_seeds and seen[0].scale_grid == scale_grid
     assert seen[0].methods == (quality_run.QUICK if "--quick" in flags else quality_run.TABLE)

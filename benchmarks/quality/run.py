@@ -73,6 +73,8 @@ class QualitySettings:
     search: bool = True
     lr_grid: tuple[float, ...] = (1e-3, 2e-3, 4e-3, 8e-3)
     full_lr_grid: tuple[float, ...] = (4e-4, 8e-4, 1.5e-3, 3e-3)
+    #: adapter scales s searched for every LoRA-family method (empty: every method keeps its default scale)
+    scale_grid: tuple[float, ...] = SCALE_GRID
     search_seed: int = 0
     #: validation runs per search candidate and task (seeds search_seed, search_seed + 1, ...), averaged
     search_seeds: int = 2
@@ -96,8 +98,8 @@ class QualitySettings:
 
 #: the quick table's search averages fewer seeds than the full one's so that it stays within the hour
 QUICK_SEARCH_SEEDS = 1
-_NOT_IN_RUN_KEY = ("seeds", "methods", "tasks", "search", "lr_grid", "full_lr_grid", "search_seed", "search_seeds",
-                   "lr", "full_lr")
+_NOT_IN_RUN_KEY = ("seeds", "methods", "tasks", "search", "lr_grid", "full_lr_grid", "scale_grid", "search_seed",
+                   "search_seeds", "lr", "full_lr")
 
 
 def data_version() -> str:
@@ -138,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="learning rates searched for the adapter methods")
     parser.add_argument("--full-lr-grid", default=",".join(f"{x:g}" for x in QualitySettings.full_lr_grid),
                         help="learning rates searched for full fine-tuning")
+    parser.add_argument("--scale-grid", default=None,
+                        help="adapter scales s (LoRA's alpha / r) searched for every LoRA-family method after its knob, "
+                             "grown by doubling while the top wins; '' keeps every method at its default scale "
+                             f"(default {','.join(f'{x:g}' for x in SCALE_GRID)}; with --quick '', to stay within the hour)")
     parser.add_argument("--lr", type=float, default=QualitySettings.lr, help="with --no-search: the adapter methods' rate")
     parser.add_argument("--full-lr", type=float, default=QualitySettings.full_lr,
                         help="with --no-search: full fine-tuning's rate")
@@ -152,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     args.methods = args.methods or ",".join(QUICK if args.quick else TABLE)
     if args.search_seeds is None:
         args.search_seeds = QUICK_SEARCH_SEEDS if args.quick else QualitySettings.search_seeds
+    if args.scale_grid is None:
+        args.scale_grid = "" if args.quick else ",".join(f"{x:g}" for x in SCALE_GRID)
     if args.render_only:
         _render(json.loads(args.results.read_text()), args.results, args.markdown)
         return 0
@@ -169,6 +177,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{flag.replace('_', '-')}: comma separated numbers, got {getattr(args, flag)!r}")
         if not grids[flag] or min(grids[flag]) <= 0:
             parser.error(f"--{flag.replace('_', '-')}: at least one rate, every rate > 0")
+    try:
+        grids["scale_grid"] = tuple(float(x) for x in args.scale_grid.split(",") if x.strip())
+    except ValueError:
+        parser.error(f"--scale-grid: comma separated numbers or '', got {args.scale_grid!r}")
+    if grids["scale_grid"] and min(grids["scale_grid"]) <= 0:
+        parser.error("--scale-grid: every scale > 0")
     for flag in ("rank", "search_seeds"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')}: at least 1, got {getattr(args, flag)}")
@@ -346,8 +360,8 @@ def _search(settings: QualitySettings, job, workers: int, counts: collections.Co
     def at_scales(m: str, values: list[float]) -> list[dict[str, Any]]:
         return [{"lr": best(m)["lr"], "knobs": {**best(m)["knobs"], "alpha_factor": s / scales[m]}} for s in values]
 
-    tried = {m: [scales[m]] for m in searched if m in scales}
-    todo = {m: [s for s in SCALE_GRID if s != scales[m]] for m in tried}
+    tried = {m: [scales[m]] for m in searched if m in scales and settings.scale_grid}
+    todo = {m: v for m in tried if (v := [s for s in settings.scale_grid if s != scales[m]])}
     while todo:
         stage(": scale s = " + "; ".join(f"{m} {', '.join(f'{s:g}' for s in v)}" for m, v in todo.items()),
               {m: at_scales(m, v) for m, v in todo.items()})
@@ -364,7 +378,8 @@ def _search(settings: QualitySettings, job, workers: int, counts: collections.Co
     return {"seed": seeds[0], "seeds": seeds, "split": "val", "lr_grid": list(settings.lr_grid),
             "full_lr_grid": list(settings.full_lr_grid),
             "knobs": {m: {"key": KNOBS[m][0], "values": list(KNOBS[m][1])} for m in knobbed},
-            "scales": {m: {"default": scales[m], "grid": list(SCALE_GRID), "tried": sorted(v)} for m, v in tried.items()},
+            **({"scales": {m: {"default": scales[m], "grid": list(settings.scale_grid), "tried": sorted(v)}
+                           for m, v in tried.items()}} if tried else {}),
             "rate_again": rate_again,
             "as": {m: SEARCH_AS[m] for m in settings.methods if m in SEARCH_AS},
             "candidates": found, "chosen": chosen}
