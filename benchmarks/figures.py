@@ -326,11 +326,12 @@ def _two_seed_candidate_rows(doc: str, source: str, labels: dict[str, str], knob
     seed's validation accuracy, mean over tasks, and their average; the learning-rate grid's, and with ``knobs``
     also the main knob's other values at the chosen rate (the knob and the rate as the JSON records them: the
     benchmark's knob of a method may have changed since)."""
-    searched = load(source)["search"]["knobs"] if knobs else {}
+    search = load(source)["search"]
+    searched = search["knobs"] if knobs else {}
     out = []
     for method, label in labels.items():
-        rows = [(f"| {label} | {lr} |", lambda c, lr=lr: not c["knobs"] and f"{c['lr']:g}" == lr, {})
-                for lr in ("0.001", "0.002", "0.004", "0.008")]  # the benchmark's --lr-grid
+        rows = [(f"| {label} | {lr:g} |", lambda c, lr=lr: not c["knobs"] and c["lr"] == lr, {})
+                for lr in search["full_lr_grid" if method == "full" else "lr_grid"]]
         if method in searched:
             key, values = searched[method]["key"], searched[method]["values"]
             rows += [(f"| {label} | {{lr}}, {key} {v:g} |", lambda c, key=key, v=v: c["knobs"].get(key) == v,
