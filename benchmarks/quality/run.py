@@ -317,9 +317,9 @@ def _tag(hyper: dict[str, Any]) -> str:
 def _search(settings: QualitySettings, job, workers: int, counts: collections.Counter[str], *,
             scales: dict[str, float]) -> dict[str, Any]:
     """Each method's learning rate over its grid (knob and scale at their defaults), then its knob's other values at
-    the best rate, then the adapter scale over ``SCALE_GRID`` at the best of those (``scales``: each method's default
-    s; the grid grows by doubling or halving while its edge wins), then, where a non-default knob or scale won, the
-    other rates again at it; ``search_seeds`` seeds, every task, scored on the validation split only. The choice
+    the best rate, then the adapter scale over ``settings.scale_grid`` at the best of those (``scales``: each
+    method's default s; the grid grows by doubling or halving while its edge wins), then, where a non-default knob
+    or scale won, the other rates again at it; ``search_seeds`` seeds, every task, scored on the validation split only. The choice
     maximises the mean validation accuracy over tasks and seeds (ties go to the earlier candidate: the default knob
     and scale, the lower rate). Ablations take the choice of the method they ablate (``SEARCH_AS``)."""
     searched = list(dict.fromkeys(SEARCH_AS.get(m, m) for m in settings.methods))
