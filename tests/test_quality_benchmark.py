@@ -222,7 +222,8 @@ def test_search_chooses_on_validation_only_and_the_test_runs_use_the_choice(tmp_
     assert [(c["lr"], c["knobs"].get("alpha_factor")) for c in search["candidates"]["lora"]] == [
         (1e-3, None), (2e-3, None), (4e-3, None), (2e-3, 0.5), (2e-3, 2.0), (2e-3, 4.0), (2e-3, 8.0),
         (1e-3, 4.0), (4e-3, 4.0)]
-    assert search["scales"]["lora"] == {"default": 2.0, "grid": [1.0, 2.0, 4.0, 8.0], "tried": [1.0, 2.0, 4.0, 8.0, 16.0]}
+    assert search["scale_grid"] == [1.0, 2.0, 4.0, 8.0]
+    assert search["scales"]["lora"] == {"default": 2.0, "tried": [1.0, 2.0, 4.0, 8.0, 16.0]}
     # hydra: the rate, its temperature's other values at the best rate, the scale (no better: the default stays and
     # the grid does not grow), then the other rates at temperature 1.0
     assert [(c["lr"], c["knobs"]) for c in search["candidates"]["hydra"][3:]] == [
@@ -270,7 +271,7 @@ def test_a_search_over_more_seeds_averages_them(tmp_path, monkeypatch, search_se
         pretrain=PretrainSettings(**_TINY_PRETRAIN))
     results = quality_run.run(settings, tmp_path, workers=1)
     assert results["search"]["chosen"]["lora"]["lr"] == chosen_lr
-    assert "scales" not in results["search"]  # an empty scale grid: every method at its default scale
+    assert "scales" not in results["search"] and "scale_grid" not in results["search"]  # every method at its default
     assert results["search"]["seeds"] == list(range(search_seeds))
     by_lr = {c["lr"]: c["val_accuracy_mean"] for c in results["search"]["candidates"]["lora"]}
     assert by_lr[4e-3] == pytest.approx(0.7 if search_seeds == 1 else 0.55)

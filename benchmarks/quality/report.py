@@ -215,7 +215,7 @@ def _search_section(results: dict[str, Any]) -> list[str]:
              f"Each method's learning rate over {', '.join(f'{x:g}' for x in search['lr_grid'])} (full fine-tuning: "
              f"{', '.join(f'{x:g}' for x in search['full_lr_grid'])}) with its main knob at the default, then the "
              "knob's other values at the best rate"
-             + (f", then the adapter scale s (LoRA's alpha / r) over {', '.join(f'{x:g}' for x in next(iter(search['scales'].values()))['grid'])} "
+             + (f", then the adapter scale s (LoRA's alpha / r) over {', '.join(f'{x:g}' for x in search['scale_grid'])} "
                 "for every LoRA-family method at the best of those, doubled (halved) further while the highest "
                 "(lowest) value tried wins" if search.get("scales") else "")
              + (", then, where a value other than the default won, the other rates again at it"

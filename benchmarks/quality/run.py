@@ -170,19 +170,15 @@ def main(argv: list[str] | None = None) -> int:
             if value not in known:
                 parser.error(f"unknown {name} {value!r}; choose from {', '.join(known)}")
     grids = {}
-    for flag in ("lr_grid", "full_lr_grid"):
+    for flag in ("lr_grid", "full_lr_grid", "scale_grid"):  # only the scale grid may be empty
+        name, may_be_empty = "--" + flag.replace("_", "-"), flag == "scale_grid"
         try:
             grids[flag] = tuple(float(x) for x in getattr(args, flag).split(",") if x.strip())
         except ValueError:
-            parser.error(f"--{flag.replace('_', '-')}: comma separated numbers, got {getattr(args, flag)!r}")
-        if not grids[flag] or min(grids[flag]) <= 0:
-            parser.error(f"--{flag.replace('_', '-')}: at least one rate, every rate > 0")
-    try:
-        grids["scale_grid"] = tuple(float(x) for x in args.scale_grid.split(",") if x.strip())
-    except ValueError:
-        parser.error(f"--scale-grid: comma separated numbers or '', got {args.scale_grid!r}")
-    if grids["scale_grid"] and min(grids["scale_grid"]) <= 0:
-        parser.error("--scale-grid: every scale > 0")
+            parser.error(f"{name}: comma separated numbers{' or empty' if may_be_empty else ''}, "
+                         f"got {getattr(args, flag)!r}")
+        if (not grids[flag] and not may_be_empty) or any(x <= 0 for x in grids[flag]):
+            parser.error(f"{name}: {'' if may_be_empty else 'at least one value, '}every value > 0")
     for flag in ("rank", "search_seeds"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')}: at least 1, got {getattr(args, flag)}")
@@ -378,8 +374,8 @@ def _search(settings: QualitySettings, job, workers: int, counts: collections.Co
     return {"seed": seeds[0], "seeds": seeds, "split": "val", "lr_grid": list(settings.lr_grid),
             "full_lr_grid": list(settings.full_lr_grid),
             "knobs": {m: {"key": KNOBS[m][0], "values": list(KNOBS[m][1])} for m in knobbed},
-            **({"scales": {m: {"default": scales[m], "grid": list(settings.scale_grid), "tried": sorted(v)}
-                           for m, v in tried.items()}} if tried else {}),
+            **({"scale_grid": list(settings.scale_grid),
+                "scales": {m: {"default": scales[m], "tried": sorted(v)} for m, v in tried.items()}} if tried else {}),
             "rate_again": rate_again,
             "as": {m: SEARCH_AS[m] for m in settings.methods if m in SEARCH_AS},
             "candidates": found, "chosen": chosen}
