@@ -191,6 +191,45 @@ def _chosen_val_accuracy(method: str) -> Callable[[dict], str]:
     return value
 
 
+def _best_val_at_default_scale(method: str) -> Callable[[dict], str]:
+    """The best mean validation accuracy among ``method``'s search candidates at its default adapter scale."""
+    def value(d: dict) -> str:
+        return f"{100 * max(c['val_accuracy_mean'] for c in d['search']['candidates'][method] if 'alpha_factor' not in c['knobs']):.1f}"
+    return value
+
+
+def _candidate_val(method: str, lr: float | None = None, knobs: dict[str, Any] | None = None) -> Callable[[dict], str]:
+    """Mean validation accuracy of ``method``'s search candidate at ``lr`` (default: the chosen one) with ``knobs``
+    (default: none, the method's defaults)."""
+    def value(d: dict) -> str:
+        pick = lr if lr is not None else d["search"]["chosen"][method]["lr"]
+        found = [c for c in d["search"]["candidates"][method] if c["lr"] == pick and c["knobs"] == (knobs or {})]
+        return f"{100 * found[0]['val_accuracy_mean']:.1f}"
+    return value
+
+
+def _train_loss(method: str, task: str) -> Callable[[dict], str]:
+    """A method's training loss at the last step on one task, mean over its test runs' seeds."""
+    def value(d: dict) -> str:
+        losses = [r["final_train_loss"] for r in d["runs"] if r["method"] == method and r["task"] == task]
+        return f"{statistics.fmean(losses):.2f}"
+    return value
+
+
+def _chosen_scale(method: str) -> Callable[[dict], str]:
+    """The adapter scale s the search chose for ``method``: its default times the chosen ``alpha_factor``."""
+    def value(d: dict) -> str:
+        return f"{d['search']['scales'][method]['default'] * d['search']['chosen'][method]['knobs'].get('alpha_factor', 1.0):g}"
+    return value
+
+
+def _lowest_seed(method: str, task: str) -> Callable[[dict], str]:
+    """The lowest test accuracy among ``method``'s seeds on ``task``."""
+    def value(d: dict) -> str:
+        return f"{100 * min(r['scores']['overall']['exact_match'] for r in d['runs'] if r['method'] == method and r['task'] == task):.1f}"
+    return value
+
+
 def _mean_diff_over_tasks(a: str, b: str) -> Callable[[dict], str]:
     def value(d: dict) -> str:
         diffs = [d["summary"][t][a]["accuracy_mean"] - d["summary"][t][b]["accuracy_mean"] for t in d["settings"]["tasks"]]
@@ -394,13 +433,11 @@ def _bases_rows() -> list[Figure]:
                "temperature\n  search then takes {t}.", SEARCH2_XEON,
                {"lr": ("search/chosen/lora/lr", "g"), "h1": lambda d: f"{_seed0_choice(d, 'hydra'):g}",
                 "h2": ("search/chosen/hydra/lr", "g"), "t": ("search/chosen/hydra/knobs/temperature", "g")}),
-        Figure("README.md", "narrows it on the same\nbase to {d} ± {se} points", SEARCH2_XEON,
-               {"d": _mean_diff_over_tasks("hydra", "lora"), "se": _mean_diff_se("hydra", "lora")}),
-        Figure("README.md", "pooled over the two, HyDRA − LoRA is {t} ± {tse} test points", BASES,
+        Figure("README.md", "pooled over the two bases, HyDRA − LoRA is {t} ± {tse} test points", BASES,
                {"t": ("test_mean_diff_mean_over_bases", "pm.1f"), "tse": ("test_mean_diff_se_over_bases", ".1f")}),
-        Figure("docs/methods.md", "on this table's own base the two-seed search keeps LoRA's\n{lr}", SEARCH2_XEON,
-               {"lr": ("search/chosen/lora/lr", "g")}),
         Figure("docs/hydra.md", "the one-seed table above had {d} ± {se})", DEEP,
+               {"d": _mean_diff_over_tasks("hydra", "lora"), "se": _mean_diff_se("hydra", "lora")}),
+        Figure("README.md", "put\nHyDRA at {d} ± {se} points", DEEP,
                {"d": _mean_diff_over_tasks("hydra", "lora"), "se": _mean_diff_se("hydra", "lora")}),
         *_deep_event_rows((("HyDRA on the tables' base", "hydra", SEARCH2_XEON),)),
         Figure("docs/hydra.md", "({minutes} min; it trained {trained} runs;", SEARCH2_XEON,
@@ -422,7 +459,7 @@ def _search2_rows() -> list[Figure]:
     temp = ("search/chosen/hydra/knobs/temperature", "g")
     out += [
         Figure("README.md", "HyDRA {h2}% against LoRA's {l2}% ({d2} ± {se2} points, ahead on every task), and\n{eq2} ± {eqse2} "
-               "at LoRA's own learning rate.", SEARCH2,
+               "at LoRA's own learning rate", SEARCH2,
                {"h2": _mean_over_tasks("hydra"), "l2": _mean_over_tasks("lora"), "d2": _mean_diff_over_tasks("hydra", "lora"),
                 "se2": _mean_diff_se("hydra", "lora"), "eq2": _mean_diff_over_tasks("hydra_lora_lr", "lora"),
                 "eqse2": _mean_diff_se("hydra_lora_lr", "lora")}),
@@ -431,7 +468,6 @@ def _search2_rows() -> list[Figure]:
         Figure("docs/hydra.md", "and LoRA's\n{a} against HyDRA's {b} made the whole gap.", DEEP,
                {"a": ("search/chosen/lora/lr", "g"), "b": ("search/chosen/hydra/lr", "g")}),
         Figure("docs/hydra.md", "searched at its best rate, and {temp} won.", SEARCH2, {"temp": temp}),
-        Figure("docs/methods.md", "second-base))\ngave LoRA {lr};", SEARCH2, {"lr": ("search/chosen/lora/lr", "g")}),
         Figure("docs/hydra.md", "Averaged over two seeds, LoRA takes {lora} and HyDRA {hydra} (temperature\n  {temp}).",
                SEARCH2, {"lora": ("search/chosen/lora/lr", "g"), "hydra": ("search/chosen/hydra/lr", "g"), "temp": temp}),
         Figure("docs/hydra.md", "it reached\n  {base2}% corpus validation accuracy here", SEARCH2,
@@ -484,6 +520,8 @@ def _mean_over_tasks(method: str) -> Callable[[dict], str]:
 
 
 WHOLE = "quality.json"
+ADARING_WIDE = "quality_adaring_wide_lr.json"
+METHODS_SEARCH2 = "quality_quick_search2_xeon_methods.json"
 #: the README's whole table (docs/results.md), every method on the deeper benchmark
 WHOLE_ROWS = (("Full fine-tuning", "full"), ("LoRA (fixed rank 8; the default)", "lora"),
               ("HyDRA (`--schedule hydra`)", "hydra"), ("hierarchical only", "hierarchical"),
@@ -506,40 +544,93 @@ def _whole_readme_rows() -> list[Figure]:
     return out
 
 
+def _whole_hydra_rows() -> list[Figure]:
+    """docs/hydra.md's view of the whole table: LoRA and the HyDRA schedules on test, and HyDRA's moves."""
+    out = [Figure("docs/hydra.md", "Both LoRA and HyDRA chose s = {s}, at which both moved down to the rate {lr} (HyDRA with\n"
+                  "temperature {t}); validation then has LoRA at {lv}% and HyDRA at {hv}%.", WHOLE,
+                  {"s": _chosen_scale("lora"), "lr": ("search/chosen/hydra/lr", "g"),
+                   "t": ("search/chosen/hydra/knobs/temperature", "g"), "lv": _chosen_val_accuracy("lora"),
+                   "hv": _chosen_val_accuracy("hydra")}),
+           Figure("docs/hydra.md", "runs) has it at {h}% against LoRA's {l}%: no preference", WHOLE,
+                  {"h": _val_mean("hierarchical"), "l": _val_mean("lora")})]
+    for label, method in (("LoRA, scale searched", "lora"), ("HyDRA, scale searched", "hydra"),
+                          ("hierarchical only, scale searched", "hierarchical"),
+                          ("dynamic only, scale searched", "dynamic")):
+        values: dict[str, Value] = _deep_task_values(method)
+        diff = "–" if method == "lora" else "{diff} ± {se}"
+        if method != "lora":
+            values.update(diff=_mean_diff_over_tasks(method, "lora"), se=_mean_diff_se(method, "lora"))
+        out.append(Figure("docs/hydra.md", f"| {label} | {DEEP_CELLS} | {diff} |", WHOLE, values))
+    return out + _deep_event_rows((("HyDRA, whole table", "hydra", WHOLE), ("dynamic only, whole table", "dynamic", WHOLE)))
+
+
 QUALITY_WHOLE = [
-    Figure("README.md", "`make bench-quality` (every method; {minutes} min on 2 CPU cores", WHOLE,
-           {"minutes": ("wall_seconds", "min.0f")}),
+    Figure("README.md", "The table's {runs} distinct runs trained for {hours}\ncore-hours: about {scratch} h on 2 CPU cores from "
+           "scratch", WHOLE, {"runs": ("runs_distinct", "d"), "hours": lambda d: f"{d['runs_train_seconds'] / 3600:.1f}",
+                              "scratch": lambda d: f"{d['runs_train_seconds'] / 3600 / 2:.1f}"}),
+    Figure("README.md", "tasks: HyDRA {h} ± {hs}, multi-head {mh} ± {mhs} and DMLoRA {dm} ± {dms} points, each within\nnoise. "
+           "AdaRing is at {ar} ± {ars} points", WHOLE,
+           {"h": _mean_diff_over_tasks("hydra", "lora"), "hs": _mean_diff_se("hydra", "lora"),
+            "mh": _mean_diff_over_tasks("multihead", "lora"), "mhs": _mean_diff_se("multihead", "lora"),
+            "dm": _mean_diff_over_tasks("dmlora", "lora"), "dms": _mean_diff_se("dmlora", "lora"),
+            "ar": _mean_diff_over_tasks("adaring", "lora"), "ars": _mean_diff_se("adaring", "lora")}),
+    Figure("README.md", "multi-head, DMLoRA and AdaRing\nwere at {mh}, {dm}", METHODS_SEARCH2,
+           {"mh": _mean_diff_over_tasks("multihead", "lora"), "dm": _mean_diff_over_tasks("dmlora", "lora")}),
+    Figure("README.md", "and {ar} points, and the adapter scale", ADARING_WIDE,
+           {"ar": _mean_diff_over_tasks("adaring", "lora")}),
+    Figure("README.md", "multi-head {a}% against {b}%, DMLoRA {c}% against {d}%, AdaRing {e}% against {f}%, LoRA {g}%\n"
+           "against {h}%", WHOLE,
+           {"a": _best_val_at_default_scale("multihead"), "b": _chosen_val_accuracy("multihead"),
+            "c": _best_val_at_default_scale("dmlora"), "d": _chosen_val_accuracy("dmlora"),
+            "e": _best_val_at_default_scale("adaring"), "f": _chosen_val_accuracy("adaring"),
+            "g": _best_val_at_default_scale("lora"), "h": _chosen_val_accuracy("lora")}),
+    Figure("README.md", "Validation prefers LoRA here ({l}% against HyDRA's {h}% on the\nsearch's seeds)", WHOLE,
+           {"l": _chosen_val_accuracy("lora"), "h": _chosen_val_accuracy("hydra")}),
     *_whole_readme_rows(),
-    Figure("docs/methods.md", "every method\ntrails LoRA on the mean over tasks: Hydra multi-head {mh} ± {mhs}, DMLoRA {dm} ± {dms}, "
-           "AdaRing\n{ar} ± {ars} points. For multi-head and DMLoRA the gap is on digits ({mhd} and {dmd} points)", WHOLE,
+    *_whole_hydra_rows(),
+    Figure("benchmarks/quality/README.md", "a run trains for {lo}–{hi} s on one core", WHOLE,
+           {"lo": lambda d: f"{min(r['train_seconds'] for r in d['runs']):.0f}",
+            "hi": lambda d: f"{max(r['train_seconds'] for r in d['runs']):.0f}"}),
+    Figure("benchmarks/quality/README.md", "is\n{runs} distinct runs: their training took {hours} core-hours", WHOLE,
+           {"runs": ("runs_distinct", "d"), "hours": lambda d: f"{d['runs_train_seconds'] / 3600:.1f}"}),
+    Figure("benchmarks/quality/README.md", "about {h} h on 2 cores\nfrom scratch", WHOLE,
+           {"h": lambda d: f"{d['runs_train_seconds'] / 3600 / 2:.1f}"}),
+    Figure("docs/methods.md", "tasks ({mh} ± {mhs} and {dm} ± {dms} points, within noise) and AdaRing is at {ar} ± {ars} points\n"
+           "(relations {arr} ± {arrs}, worse", WHOLE,
            {"mh": _mean_diff_over_tasks("multihead", "lora"), "mhs": _mean_diff_se("multihead", "lora"),
             "dm": _mean_diff_over_tasks("dmlora", "lora"), "dms": _mean_diff_se("dmlora", "lora"),
             "ar": _mean_diff_over_tasks("adaring", "lora"), "ars": _mean_diff_se("adaring", "lora"),
-            "mhd": quality_diff("digits", "multihead", "lora"), "dmd": quality_diff("digits", "dmlora", "lora")}),
-    Figure("docs/methods.md", "Each of them chose a learning rate of\n{mlr} on validation where LoRA chose {llr}, as HyDRA did "
-           "({hlr});", WHOLE, {"mlr": lambda d: "/".join(sorted({f"{d['search']['chosen'][m]['lr']:g}"
-                                                                for m in ("multihead", "dmlora")})),
-                               "llr": ("search/chosen/lora/lr", "g"), "hlr": ("search/chosen/hydra/lr", "g")}),
-    Figure("docs/methods.md", "measures LoRA at that rate: {eq}% on the mean over tasks", DEEP_EQUAL_LR,
-           {"eq": _mean_over_tasks("lora_hydra_lr")}),
-    Figure("docs/methods.md", "Multi-head and DMLoRA score {mhm}% and {dmm}% in the table", WHOLE,
-           {"mhm": _mean_over_tasks("multihead"), "dmm": _mean_over_tasks("dmlora")}),
+            "arr": quality_diff("relations", "adaring", "lora"),
+            "arrs": quality_diff("relations", "adaring", "lora", se=True)}),
+    Figure("docs/methods.md", "s = {mh} for multi-head, {dm} for DMLoRA and {ar} for AdaRing, against {lo} for LoRA (and\n"
+           "HyDRA); all but AdaRing ({alr}) chose LoRA's rate, {lr}.", WHOLE,
+           {"mh": _chosen_scale("multihead"), "dm": _chosen_scale("dmlora"), "ar": _chosen_scale("adaring"),
+            "lo": _chosen_scale("lora"), "alr": ("search/chosen/adaring/lr", "g"), "lr": ("search/chosen/lora/lr", "g")}),
+    Figure("docs/methods.md", "(multi-head on digits, lowest seed {mh}%;\nDMLoRA on relations, lowest seed {dm}%", WHOLE,
+           {"mh": _lowest_seed("multihead", "digits"), "dm": _lowest_seed("dmlora", "relations")}),
+    Figure("docs/methods.md", "at drop 0.1, s = {s} (from the default 2) lifts validation from {a}% to {b}%, level with LoRA's\n"
+           "  {l}% at its own best scale", WHOLE,
+           {"s": _chosen_scale("dmlora"), "a": _candidate_val("dmlora", knobs={"branch_drop_max": 0.1}),
+            "b": _chosen_val_accuracy("dmlora"), "l": _chosen_val_accuracy("lora")}),
+    Figure("docs/methods.md", "Multi-head chose s = {s}, which lifts its\n  validation from {a}% to {b}% (LoRA's best {l}%)",
+           WHOLE, {"s": _chosen_scale("multihead"), "a": _candidate_val("multihead"), "b": _chosen_val_accuracy("multihead"),
+                   "l": _chosen_val_accuracy("lora")}),
+    Figure("docs/methods.md", "chose rate {lr} with s = {s} (validation {v}%, against {v0}% at the default\nscale), and on test "
+           "AdaRing is at {d} ± {se} points from LoRA (digits {dd}, relations {dr}, codes\n{dc})", WHOLE,
+           {"lr": ("search/chosen/adaring/lr", "g"), "s": _chosen_scale("adaring"), "v": _chosen_val_accuracy("adaring"),
+            "v0": _candidate_val("adaring"), "d": _mean_diff_over_tasks("adaring", "lora"),
+            "se": _mean_diff_se("adaring", "lora"),
+            **{k: quality_diff(t, "adaring", "lora") for k, t in (("dd", "digits"), ("dr", "relations"), ("dc", "codes"))}}),
+    Figure("docs/methods.md", "(training loss at the last step {ad} / {ar} / {ac} against\nLoRA's {ld} / {lr} / {lc})", WHOLE,
+           {f"{m[0]}{t[0]}": _train_loss(method, t) for m, method in (("a", "adaring"), ("l", "lora"))
+            for t in DEEP_TASKS}),
     Figure("docs/hydra.md", "HyDRA − LoRA at the same rate is\n  {eqd} ± {eqse} points on the mean over tasks and {eqdd} ± "
            "{eqdse} on digits", DEEP_EQUAL_LR,
            {"eqd": _mean_diff_over_tasks("hydra", "lora_hydra_lr"), "eqse": _mean_diff_se("hydra", "lora_hydra_lr"),
             "eqdd": quality_diff("digits", "hydra", "lora_hydra_lr"),
             "eqdse": quality_diff("digits", "hydra", "lora_hydra_lr", se=True)}),
-    Figure("docs/methods.md", "its search chose the grid's largest\nrate, {alr}.", WHOLE,
-           {"alr": ("search/chosen/adaring/lr", "g")}),
-    Figure("README.md", "full fine-tuning leads everything ({ff} ± {ffse} points\nover LoRA)", WHOLE,
+    Figure("README.md", "Full fine-tuning leads everything ({ff} ± {ffse} points\nover LoRA)", WHOLE,
            {"ff": _mean_diff_over_tasks("full", "lora"), "ffse": _mean_diff_se("full", "lora")}),
-    Figure("README.md", "Each of them chose a learning rate of {hlr} on validation where LoRA\nchose {llr}", WHOLE,
-           {"hlr": ("search/chosen/hydra/lr", "g"), "llr": ("search/chosen/lora/lr", "g")}),
-    Figure("README.md", "LoRA trained at {hlr2} scores {eq}% on the mean over tasks ({eqd} ± {eqse} points\nagainst LoRA at "
-           "{llr2};", "quality_quick_equal_lr.json",
-           {"hlr2": ("search/chosen/hydra/lr", "g"), "llr2": ("search/chosen/lora/lr", "g"),
-            "eq": _mean_over_tasks("lora_hydra_lr"), "eqd": _mean_diff_over_tasks("lora_hydra_lr", "lora"),
-            "eqse": _mean_diff_se("lora_hydra_lr", "lora")}),
     Figure("README.md", "(Chance {cd} / {cr} / {cc}.)", WHOLE,
            {"cd": ("chance/digits", "%.1f"), "cr": ("chance/relations", "%.1f"), "cc": ("chance/codes", "%.1f")}),
     Figure("README.md", "HyDRA scores {h}% on the mean over\ntasks against fixed LoRA's {l}% ({diff} ± {se} points), and "
@@ -594,25 +685,6 @@ QUALITY_RANK1 = [
            {"alr": ("search/chosen/adaring/lr", "g"), "llr": ("search/chosen/lora/lr", "g")}),
 ]
 
-ADARING_WIDE = "quality_adaring_wide_lr.json"
-
-
-def _candidate_val(method: str, lr: float | None = None, knobs: dict[str, Any] | None = None) -> Callable[[dict], str]:
-    """Mean validation accuracy of ``method``'s search candidate at ``lr`` (default: the chosen one) with ``knobs``
-    (default: none, the method's defaults)."""
-    def value(d: dict) -> str:
-        pick = lr if lr is not None else d["search"]["chosen"][method]["lr"]
-        found = [c for c in d["search"]["candidates"][method] if c["lr"] == pick and c["knobs"] == (knobs or {})]
-        return f"{100 * found[0]['val_accuracy_mean']:.1f}"
-    return value
-
-
-def _train_loss(method: str, task: str) -> Callable[[dict], str]:
-    """A method's training loss at the last step on one task, mean over its test runs' seeds."""
-    def value(d: dict) -> str:
-        losses = [r["final_train_loss"] for r in d["runs"] if r["method"] == method and r["task"] == task]
-        return f"{statistics.fmean(losses):.2f}"
-    return value
 
 
 QUALITY_ADARING_WIDE = [
@@ -660,7 +732,6 @@ QUALITY_ADARING_ALPHA = [
            {t[0]: _train_loss("adaring", t) for t in DEEP_TASKS}),
 ]
 
-METHODS_SEARCH2 = "quality_quick_search2_xeon_methods.json"
 #: (method, label): multi-head and DMLoRA with the search averaged over two validation seeds, LoRA from the same cache
 METHODS_SEARCH2_ROWS = {"lora": "LoRA (fixed rank 8)", "multihead": "Hydra multi-head", "dmlora": "DMLoRA"}
 
@@ -678,7 +749,7 @@ def _methods_search2_rows() -> list[Figure]:
         return lambda d: _candidate_val(method, knobs=d["search"]["chosen"][method]["knobs"])(d)
 
     return out + [
-        Figure("docs/methods.md", "the gaps\n  stand: multi-head {mh} ± {mhs} and DMLoRA {dm} ± {dms} points on the mean over "
+        Figure("docs/methods.md", "its\n  gaps stood: multi-head {mh} ± {mhs} and DMLoRA {dm} ± {dms} points on the mean over "
                "tasks,", METHODS_SEARCH2,
                {"mh": _mean_diff_over_tasks("multihead", "lora"), "mhs": _mean_diff_se("multihead", "lora"),
                 "dm": _mean_diff_over_tasks("dmlora", "lora"), "dms": _mean_diff_se("dmlora", "lora")}),

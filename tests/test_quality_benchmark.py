@@ -177,7 +177,7 @@ def _fake_scores(val_of: Callable[[dict], float]) -> Callable[[dict], dict]:
     def train_and_score(job: dict) -> dict:
         val = val_of(job)
         result = {"task": job["task"], "method": job["method"], "seed": job["seed"], "hyper": job["hyper"],
-                  "train_seconds": 0.0, "steps": 1, "final_train_loss": 0.0, "trainable_parameters": 1,
+                  "train_seconds": 60.0 * (1 + job["seed"]), "steps": 1, "final_train_loss": 0.0, "trainable_parameters": 1,
                   "val_scores": score(val), "scores": score(1.0 - val)}
         out = Path(job["config"]["output_dir"])
         out.mkdir(parents=True)
@@ -280,14 +280,21 @@ def test_a_search_over_more_seeds_averages_them(tmp_path, monkeypatch, search_se
         assert lucky["val_accuracy_by_seed"]["relations"] == pytest.approx([0.7, 0.4])
     assert len(trained) == trained_runs
     assert (results["runs_trained"], results["runs_cached"]) == (trained_runs, 3 * search_seeds + 2 - trained_runs)
+    # the cost from scratch counts each distinct run once at the time it took (seed s: 60·(1+s) s here), and a
+    # second pass that reads every run back from the cache states the same cost
+    cost = sum(60.0 * (1 + job["seed"]) for job in trained)
+    assert (results["runs_distinct"], results["runs_train_seconds"]) == (trained_runs, cost)
+    again = quality_run.run(settings, tmp_path, workers=1)
+    assert (again["runs_trained"], again["runs_distinct"], again["runs_train_seconds"]) == (0, trained_runs, cost)
     # the key ignores what only steers the search; a setting that reaches training changes it
     assert settings.run_key() == quality_run.QualitySettings(**{
         **asdict(settings), "search_seeds": 1, "lr_grid": (1e-2,), "full_lr_grid": (1e-4,), "scale_grid": (3.0,), "search": False, "lr": 1.0,
         "full_lr": 1.0, "pretrain": settings.pretrain}).run_key()
     assert settings.run_key() != quality_run.QualitySettings(**{**asdict(settings), "steps": 3,
                                                                   "pretrain": settings.pretrain}).run_key()
-    page = render_markdown({**results, "wall_seconds": 60.0}, json_link="q.json", png_link="q.png")
+    page = render_markdown({**again, "wall_seconds": 60.0}, json_link="q.json", png_link="q.png")
     assert ("seeds 0, 1, averaged" in page) == (search_seeds == 2)
+    assert f"its {trained_runs} distinct runs trained for {cost / 3600:.1f} core-hours in all" in page
 
 
 def test_gpu_recipe_runs_every_step_on_a_tiny_model(tiny_ckpt, synth_data, tmp_path):

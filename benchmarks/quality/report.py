@@ -100,7 +100,12 @@ def render_markdown(results: dict[str, Any], *, json_link: str, png_link: str) -
         f"(on 2 CPU cores this run took **{minutes:.1f} min**"
         f"{', pretraining cached' if results['pretrain'].get('cached') else ', pretraining included'}"
         + (f"; it trained {results['runs_trained']} runs and read {results['runs_cached']} back from the run cache"
-           if "runs_trained" in results else "") + "). "
+           if "runs_trained" in results else "")
+        + (f"; its {results['runs_distinct']} distinct runs trained for {results['runs_train_seconds'] / 3600:.1f} "
+           f"core-hours in all, so from scratch the table costs about "
+           f"{results['runs_train_seconds'] / 3600 / results['environment']['workers']:.1f} h on "
+           f"{results['environment']['workers']} workers before scoring"
+           if "runs_distinct" in results else "") + "). "
         f"Raw per-seed numbers: [`{json_link}`]({json_link}). "
         "The same harness runs MobileVLM-1.7B on real data on a GPU: [benchmarks/quality/README.md](../benchmarks/quality/README.md).",
         "",

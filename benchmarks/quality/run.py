@@ -13,7 +13,6 @@ interrupted benchmark continues where it stopped. See benchmarks/quality/README.
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import hashlib
 import json
@@ -257,9 +256,9 @@ def run(settings: QualitySettings, work: Path, *, workers: int = 2) -> dict[str,
         return {"task": task, "method": method, "seed": seed, "hyper": hyper, "config": cfg.to_flat(),
                 "val": str(data[task]["val"]), "test": str(data[task]["test"]), "folder": str(data[task]["folder"])}
 
-    counts: collections.Counter[str] = collections.Counter()  # runs trained here and read back from the cache
+    ledger = RunLedger()
     if settings.search:
-        search = _search(settings, job, workers, counts,
+        search = _search(settings, job, workers, ledger,
                          scales={m: default_scale(m, settings.rank, pattern) for m in SCALED})
         chosen = search["chosen"]
     else:
@@ -267,7 +266,7 @@ def run(settings: QualitySettings, work: Path, *, workers: int = 2) -> dict[str,
         chosen = {m: {"lr": settings.full_lr if m == "full" else settings.lr, "knobs": {}} for m in settings.methods}
     print("test runs with the chosen settings:")
     runs = _execute([job(t, m, seed, chosen[m]) for t in settings.tasks for m in settings.methods
-                     for seed in settings.seeds], workers, counts, split="test")
+                     for seed in settings.seeds], workers, ledger, split="test")
     runs.sort(key=lambda r: (settings.tasks.index(r["task"]), settings.methods.index(r["method"]), r["seed"]))
     chance = {name: _chance(data[name]["test"]) for name in settings.tasks}
     results = {
@@ -284,8 +283,10 @@ def run(settings: QualitySettings, work: Path, *, workers: int = 2) -> dict[str,
         "zero_shot": zero_shot,
         **({"search": search} if search else {}),
         "runs": runs,
-        "runs_trained": counts["trained"],
-        "runs_cached": counts["cached"],
+        "runs_trained": ledger.trained,
+        "runs_cached": ledger.cached,
+        "runs_distinct": len(ledger.train_seconds),
+        "runs_train_seconds": sum(ledger.train_seconds.values()),
     }
     results["summary"] = summarize(results)
     return results
@@ -310,7 +311,22 @@ def _tag(hyper: dict[str, Any]) -> str:
     return f"lr{hyper['lr']:g}{knobs}"
 
 
-def _search(settings: QualitySettings, job, workers: int, counts: collections.Counter[str], *,
+@dataclass
+class RunLedger:
+    """What a table's runs cost. ``trained`` and ``cached`` count jobs (a chosen search run is its seed's test run
+    too, so it is read back a second time); ``train_seconds`` holds each distinct run's training time, the
+    time it took when it was trained, so the page states the table's cost from scratch however much the cache held."""
+
+    trained: int = 0
+    cached: int = 0
+    train_seconds: dict[tuple[str, str, str, int], float] = field(default_factory=dict)
+
+    def add(self, runs: list[dict[str, Any]]) -> None:
+        for r in runs:
+            self.train_seconds[(r["task"], r["method"], _tag(r["hyper"]), r["seed"])] = r["train_seconds"]
+
+
+def _search(settings: QualitySettings, job, workers: int, ledger: RunLedger, *,
             scales: dict[str, float]) -> dict[str, Any]:
     """Each method's learning rate over its grid (knob and scale at their defaults), then its knob's other values at
     the best rate, then the adapter scale over ``settings.scale_grid`` at the best of those (``scales``: each
@@ -336,7 +352,7 @@ def _search(settings: QualitySettings, job, workers: int, counts: collections.Co
         jobs = [job(t, m, seed, h) for m, hs in hypers.items() for h in hs for t in settings.tasks for seed in seeds]
         # runs come back cached first, then in the order they finish: index the scores by seed
         score = {(r["method"], _tag(r["hyper"]), r["task"], r["seed"]): r["val_scores"]["overall"]["exact_match"]
-                 for r in _execute(jobs, workers, counts, split="val")}
+                 for r in _execute(jobs, workers, ledger, split="val")}
         for m, hs in hypers.items():
             for h in hs:
                 by_seed = {t: [score[(m, _tag(h), t, seed)] for seed in seeds] for t in settings.tasks}
@@ -381,10 +397,10 @@ def _search(settings: QualitySettings, job, workers: int, counts: collections.Co
             "candidates": found, "chosen": chosen}
 
 
-def _execute(jobs: list[dict[str, Any]], workers: int, counts: collections.Counter[str], *,
+def _execute(jobs: list[dict[str, Any]], workers: int, ledger: RunLedger, *,
              split: str) -> list[dict[str, Any]]:
-    """Train and score ``jobs`` (cached ones are read back), two at a time by default, adding to ``counts``
-    the runs ``trained`` and ``cached``; ``split`` only names the score printed as runs finish."""
+    """Train and score ``jobs`` (cached ones are read back), two at a time by default, entering each in ``ledger``;
+    ``split`` only names the score printed as runs finish."""
     runs, todo = [], []
     for one in jobs:
         folder = Path(one["config"]["output_dir"])
@@ -397,8 +413,9 @@ def _execute(jobs: list[dict[str, Any]], workers: int, counts: collections.Count
             shutil.rmtree(folder)
         todo.append(one)
     print(f"{len(jobs)} runs: {len(jobs) - len(todo)} cached, {len(todo)} to train on {workers} worker(s)")
-    counts["trained"] += len(todo)
-    counts["cached"] += len(jobs) - len(todo)
+    ledger.trained += len(todo)
+    ledger.cached += len(jobs) - len(todo)
+    ledger.add(runs)
     if not todo:
         return runs
     with contextlib.ExitStack() as stack:
@@ -409,6 +426,7 @@ def _execute(jobs: list[dict[str, Any]], workers: int, counts: collections.Count
             done = pool.imap_unordered(_train_and_score, todo)
         for k, result in enumerate(done, start=1):
             runs.append(result)
+            ledger.add([result])
             score = result["val_scores" if split == "val" else "scores"]["overall"]["exact_match"]
             print(f"[{k}/{len(todo)}] {result['task']:<10} {result['method']:<13} {_tag(result['hyper']):<28} "
                   f"seed {result['seed']}: {split} accuracy {score:.1%}  ({result['train_seconds']:.0f} s)", flush=True)
