@@ -193,9 +193,7 @@ def _chosen_val_accuracy(method: str) -> Callable[[dict], str]:
 
 def _best_val_at_default_scale(method: str) -> Callable[[dict], str]:
     """The best mean validation accuracy among ``method``'s search candidates at its default adapter scale."""
-    def value(d: dict) -> str:
-        return f"{100 * max(c['val_accuracy_mean'] for c in d['search']['candidates'][method] if 'alpha_factor' not in c['knobs']):.1f}"
-    return value
+    return lambda d: f"{100 * max(c['val_accuracy_mean'] for c in d['search']['candidates'][method] if 'alpha_factor' not in c['knobs']):.1f}"
 
 
 def _candidate_val(method: str, lr: float | None = None, knobs: dict[str, Any] | None = None) -> Callable[[dict], str]:
@@ -218,16 +216,12 @@ def _train_loss(method: str, task: str) -> Callable[[dict], str]:
 
 def _chosen_scale(method: str) -> Callable[[dict], str]:
     """The adapter scale s the search chose for ``method``: its default times the chosen ``alpha_factor``."""
-    def value(d: dict) -> str:
-        return f"{d['search']['scales'][method]['default'] * d['search']['chosen'][method]['knobs'].get('alpha_factor', 1.0):g}"
-    return value
+    return lambda d: f"{d['search']['scales'][method]['default'] * d['search']['chosen'][method]['knobs'].get('alpha_factor', 1.0):g}"
 
 
 def _lowest_seed(method: str, task: str) -> Callable[[dict], str]:
     """The lowest test accuracy among ``method``'s seeds on ``task``."""
-    def value(d: dict) -> str:
-        return f"{100 * min(r['scores']['overall']['exact_match'] for r in d['runs'] if r['method'] == method and r['task'] == task):.1f}"
-    return value
+    return lambda d: f"{100 * min(r['scores']['overall']['exact_match'] for r in d['runs'] if r['method'] == method and r['task'] == task):.1f}"
 
 
 def _mean_diff_over_tasks(a: str, b: str) -> Callable[[dict], str]:
