@@ -332,6 +332,13 @@ def _mean_diff_se(a: str, b: str) -> Callable[[dict], str]:
 DEEP_CELLS = " | ".join(f"{{{t[0]}}} ± {{{t[0]}s}}" for t in DEEP_TASKS)
 
 
+def _vs_lora(method: str) -> tuple[str, dict[str, Value]]:
+    """A table's "difference from LoRA on the mean over tasks ± SE" cell and its values; LoRA's own row shows a dash."""
+    if method == "lora":
+        return "—", {}
+    return "{diff} ± {se}", {"diff": _mean_diff_over_tasks(method, "lora"), "se": _mean_diff_se(method, "lora")}
+
+
 def _deep_task_values(method: str) -> dict[str, Value]:
     values: dict[str, Value] = {}
     for t in DEEP_TASKS:
@@ -443,10 +450,9 @@ def _search2_rows() -> list[Figure]:
     """The two-seed search's test table, its candidates (each seed alone and the average) and its events."""
     out = []
     for label, method in SEARCH2_ROWS:
-        diff = "—" if method == "lora" else "{diff} ± {se}"
         values = {"lr": (f"search/chosen/{method}/lr", "g"), "val": _val_mean(method), **_deep_task_values(method)}
-        if method != "lora":
-            values.update(diff=_mean_diff_over_tasks(method, "lora"), se=_mean_diff_se(method, "lora"))
+        diff, diff_values = _vs_lora(method)
+        values.update(diff_values)
         out.append(Figure("docs/hydra.md", f"| {label} | {{lr}} | {DEEP_CELLS} | {diff} | {{val}} |", SEARCH2, values))
     out += _two_seed_candidate_rows("docs/hydra.md", SEARCH2, {"lora": "LoRA", "hydra": "HyDRA"})
 
@@ -481,10 +487,9 @@ def _search2_rows() -> list[Figure]:
 def _deep_rows() -> list[Figure]:
     out = []
     for label, method, source in (*DEEP_ROWS, ("LoRA at HyDRA's learning rate", "lora_hydra_lr", DEEP_EQUAL_LR)):
-        diff = "—" if method == "lora" else "{diff} ± {se}"
         values = {"val": _val_mean(method), **_deep_task_values(method)}
-        if method != "lora":
-            values.update(diff=_mean_diff_over_tasks(method, "lora"), se=_mean_diff_se(method, "lora"))
+        diff, diff_values = _vs_lora(method)
+        values.update(diff_values)
         out.append(Figure("docs/hydra.md", f"| {label} | {DEEP_CELLS} | {diff} | {{val}} |", source, values))
     return out
 
@@ -523,6 +528,16 @@ WHOLE_ROWS = (("Full fine-tuning", "full"), ("LoRA (fixed rank 8; the default)",
               ("AdaRing", "adaring"))
 
 
+def _train_hours(d: dict) -> str:
+    """Core-hours of training over every distinct run a results JSON used, cached or not."""
+    return f"{d['runs_train_seconds'] / 3600:.1f}"
+
+
+def _scratch_hours(d: dict) -> str:
+    """Those hours spread over the run's workers: the table's cost from scratch, scoring and pretraining aside."""
+    return f"{d['runs_train_seconds'] / 3600 / d['environment']['workers']:.1f}"
+
+
 def _whole_readme_rows() -> list[Figure]:
     out = []
     for label, method in WHOLE_ROWS:
@@ -531,9 +546,8 @@ def _whole_readme_rows() -> list[Figure]:
             params, values["params"] = "all {params}", lambda d: f"{d['summary']['digits']['full']['trainable_parameters']:,}"
         else:
             params, values["params"] = "{params}", (f"budget/methods/{method}/adapter_parameters", ",")
-        diff = "—" if method == "lora" else "{diff} ± {se}"
-        if method != "lora":
-            values.update(diff=_mean_diff_over_tasks(method, "lora"), se=_mean_diff_se(method, "lora"))
+        diff, diff_values = _vs_lora(method)
+        values.update(diff_values)
         out.append(Figure("README.md", f"| {label} | {params} | {DEEP_CELLS} | {{m}} | {diff} |", WHOLE, values))
     return out
 
@@ -551,17 +565,16 @@ def _whole_hydra_rows() -> list[Figure]:
                           ("hierarchical only, scale searched", "hierarchical"),
                           ("dynamic only, scale searched", "dynamic")):
         values: dict[str, Value] = _deep_task_values(method)
-        diff = "–" if method == "lora" else "{diff} ± {se}"
-        if method != "lora":
-            values.update(diff=_mean_diff_over_tasks(method, "lora"), se=_mean_diff_se(method, "lora"))
+        diff, diff_values = _vs_lora(method)
+        values.update(diff_values)
         out.append(Figure("docs/hydra.md", f"| {label} | {DEEP_CELLS} | {diff} |", WHOLE, values))
     return out + _deep_event_rows((("HyDRA, whole table", "hydra", WHOLE), ("dynamic only, whole table", "dynamic", WHOLE)))
 
 
 QUALITY_WHOLE = [
     Figure("README.md", "The table's {runs} distinct runs trained for {hours}\ncore-hours: about {scratch} h on 2 CPU cores from "
-           "scratch", WHOLE, {"runs": ("runs_distinct", "d"), "hours": lambda d: f"{d['runs_train_seconds'] / 3600:.1f}",
-                              "scratch": lambda d: f"{d['runs_train_seconds'] / 3600 / 2:.1f}"}),
+           "scratch", WHOLE, {"runs": ("runs_distinct", "d"), "hours": _train_hours,
+                              "scratch": _scratch_hours}),
     Figure("README.md", "tasks: HyDRA {h} ± {hs}, multi-head {mh} ± {mhs} and DMLoRA {dm} ± {dms} points, each within\nnoise. "
            "AdaRing is at {ar} ± {ars} points", WHOLE,
            {"h": _mean_diff_over_tasks("hydra", "lora"), "hs": _mean_diff_se("hydra", "lora"),
@@ -586,9 +599,9 @@ QUALITY_WHOLE = [
            {"lo": lambda d: f"{min(r['train_seconds'] for r in d['runs']):.0f}",
             "hi": lambda d: f"{max(r['train_seconds'] for r in d['runs']):.0f}"}),
     Figure("benchmarks/quality/README.md", "is\n{runs} distinct runs: their training took {hours} core-hours", WHOLE,
-           {"runs": ("runs_distinct", "d"), "hours": lambda d: f"{d['runs_train_seconds'] / 3600:.1f}"}),
+           {"runs": ("runs_distinct", "d"), "hours": _train_hours}),
     Figure("benchmarks/quality/README.md", "about {h} h on 2 cores\nfrom scratch", WHOLE,
-           {"h": lambda d: f"{d['runs_train_seconds'] / 3600 / 2:.1f}"}),
+           {"h": _scratch_hours}),
     Figure("docs/methods.md", "tasks ({mh} ± {mhs} and {dm} ± {dms} points, within noise) and AdaRing is at {ar} ± {ars} points\n"
            "(relations {arr} ± {arrs}, worse", WHOLE,
            {"mh": _mean_diff_over_tasks("multihead", "lora"), "mhs": _mean_diff_se("multihead", "lora"),
