@@ -702,6 +702,37 @@ QUALITY_RANK1 = [
 ]
 
 
+def _scale_stage_vals(method: str) -> list[float]:
+    """Validation accuracies of ``method``'s scale-stage candidates at its chosen rate, smallest scale first."""
+    def value(d: dict) -> list[float]:
+        lr = d["search"]["chosen"][method]["lr"]
+        found = [c for c in d["search"]["candidates"][method] if c["lr"] == lr and "alpha_factor" in c["knobs"]]
+        return [100 * c["val_accuracy_mean"] for c in sorted(found, key=lambda c: c["knobs"]["alpha_factor"])]
+    return value
+
+
+RANK1_WIDE = "quality_budget_rank1_wide_lr.json"
+QUALITY_RANK1_WIDE = [
+    Figure("docs/methods.md", "docs/results/quality_budget_rank1_wide_lr.json`; it trained {trained} runs beside the cache of "
+           "the run\nabove, {minutes} min). At AdaRing's default scale the higher rates win on validation ({a16}% at 0.016,\n"
+           "{a32}% at 0.032, against {a8}% at 0.008), so the search took the scale stage at {alr}, where every\nlarger "
+           "scale lost ({s1}% at s = 1, down to {smin}%), and chose rate {alr2} at the default scale. That\nchoice is below "
+           "the narrower grid's on validation ({av}% against {av0}%) and on test: AdaRing\nscores {am}% on the mean over "
+           "tasks against LoRA rank 1's {lm}% ({d} ± {se} points; LoRA's choice,\nrate {llr} with s = {ls}, is unchanged",
+           RANK1_WIDE,
+           {"trained": ("runs_trained", "d"), "minutes": ("wall_seconds", "min.0f"),
+            "a16": _candidate_val("adaring", 0.016), "a32": _candidate_val("adaring", 0.032),
+            "a8": _candidate_val("adaring", 0.008), "alr": ("search/chosen/adaring/lr", "g"),
+            "alr2": ("search/chosen/adaring/lr", "g"),
+            "s1": lambda d: f"{_scale_stage_vals('adaring')(d)[0]:.1f}",
+            "smin": lambda d: f"{min(_scale_stage_vals('adaring')(d)):.1f}",
+            "av": _chosen_val_accuracy("adaring"), "av0": lambda d: _chosen_val_accuracy("adaring")(load(RANK1)),
+            "am": _mean_over_tasks("adaring"), "lm": _mean_over_tasks("lora"),
+            "d": _mean_diff_over_tasks("adaring", "lora"), "se": _mean_diff_se("adaring", "lora"),
+            "llr": ("search/chosen/lora/lr", "g"), "ls": _chosen_scale("lora")}),
+]
+
+
 
 QUALITY_ADARING_WIDE = [
     Figure("docs/methods.md", "docs/results/quality_adaring_wide_lr.json`, {minutes} min with\nother jobs sharing the "
@@ -1375,7 +1406,7 @@ DEPLOY = [
            {"r": ("selftest_rel_diff/8da4w", "short.1e")}),
 ]
 
-FIGURES: list[Figure] = [*DEPLOY, *PROFILE_BEFORE, *PROFILE_AFTER, *PROFILE_FINAL, *PROFILE_README, *QUALITY, *QUALITY_SEARCH, *QUALITY_DEEP, *QUALITY_WHOLE, *QUALITY_RANK1, *QUALITY_ADARING_WIDE, *QUALITY_ADARING_ALPHA, *QUALITY_METHODS_SEARCH2, *SPLIT, *DEMO, *LOOP, *COST, *DEMO_METHODS, *TRAINING, *ONDEVICE, *QUANT, *COREML, *COREML_1P7B, *NATIVE, *EXTRA]
+FIGURES: list[Figure] = [*DEPLOY, *PROFILE_BEFORE, *PROFILE_AFTER, *PROFILE_FINAL, *PROFILE_README, *QUALITY, *QUALITY_SEARCH, *QUALITY_DEEP, *QUALITY_WHOLE, *QUALITY_RANK1, *QUALITY_RANK1_WIDE, *QUALITY_ADARING_WIDE, *QUALITY_ADARING_ALPHA, *QUALITY_METHODS_SEARCH2, *SPLIT, *DEMO, *LOOP, *COST, *DEMO_METHODS, *TRAINING, *ONDEVICE, *QUANT, *COREML, *COREML_1P7B, *NATIVE, *EXTRA]
 
 #: Figures in the documents no committed JSON backs yet: (document, the note it carries next to them).
 UNCHECKED: list[tuple[str, str]] = [
