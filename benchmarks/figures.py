@@ -711,6 +711,42 @@ def _scale_stage_vals(method: str) -> list[float]:
     return value
 
 
+def _vs_table_lora(task: str | None = None, se: bool = False) -> Callable[[dict], str]:
+    """This JSON's LoRA minus the whole table's LoRA (rank 8) on test: one task's difference, or the mean over tasks,
+    or with ``se`` its standard error (the two runs' seeds are independent draws of the same protocol)."""
+    def value(d: dict) -> str:
+        table = load(WHOLE)["summary"]
+        merged = {"settings": d["settings"],
+                  "summary": {t: {"other": d["summary"][t]["lora"], "lora": table[t]["lora"]} for t in d["settings"]["tasks"]}}
+        if task is not None:
+            return quality_diff(task, "other", "lora", se)(merged)
+        return (_mean_diff_se if se else _mean_diff_over_tasks)("other", "lora")(merged)
+    return value
+
+
+LORA16 = "quality_lora_rank16.json"
+QUALITY_LORA16 = [
+    *[Figure("docs/hydra.md", f"| {label} | {{params}} | {{lr}}, {{s}} | {{v}} | {DEEP_CELLS} | {{m}} | {diff} |", source,
+             {"params": ("budget/lora_parameters", ","), "lr": ("search/chosen/lora/lr", "g"), "s": _chosen_scale("lora"),
+              "v": _chosen_val_accuracy("lora"), "m": _mean_over_tasks("lora"), **_deep_task_values("lora"), **values})
+      for label, source, diff, values in (
+          ("LoRA rank 8 (the table)", WHOLE, "—", {}),
+          ("LoRA rank 16", LORA16, "{diff} ± {se}", {"diff": _vs_table_lora(), "se": _vs_table_lora(se=True)}))],
+    Figure("docs/hydra.md", "docs/results/quality_lora_rank16.json`, {minutes} min for its {runs} runs)", LORA16,
+           {"minutes": ("wall_seconds", "min.0f"), "runs": ("runs_distinct", "d")}),
+    Figure("docs/hydra.md", "Twice the rank is ahead on every task (digits\n  {dd}, relations {dr}, codes {dc} points)", LORA16,
+           {f"d{t[0]}": _vs_table_lora(t) for t in DEEP_TASKS}),
+    Figure("docs/hydra.md", "(training loss at the last step\n  {ad} / {ar} / {ac} against {ld} / {lr} / {lc})", LORA16,
+           {**{f"a{t[0]}": _train_loss("lora", t) for t in DEEP_TASKS},
+            **{f"l{t[0]}": lambda d, t=t: _train_loss("lora", t)(load(WHOLE)) for t in DEEP_TASKS}}),
+    Figure("docs/hydra.md", "and doubling the budget buys {d};", LORA16, {"d": _vs_table_lora()}),
+    Figure("README.md", "LoRA at twice the rank is {d} ± {se} points ahead", LORA16,
+           {"d": _vs_table_lora(), "se": _vs_table_lora(se=True)}),
+    Figure("docs/hydra.md", "HyDRA is at {h} and hierarchical allocation at {hi} (above)", WHOLE,
+           {"h": _mean_diff_over_tasks("hydra", "lora"), "hi": _mean_diff_over_tasks("hierarchical", "lora")}),
+]
+
+
 RANK1_WIDE = "quality_budget_rank1_wide_lr.json"
 QUALITY_RANK1_WIDE = [
     Figure("docs/methods.md", "docs/results/quality_budget_rank1_wide_lr.json`; it trained {trained} runs beside the cache of "
@@ -1406,7 +1442,7 @@ DEPLOY = [
            {"r": ("selftest_rel_diff/8da4w", "short.1e")}),
 ]
 
-FIGURES: list[Figure] = [*DEPLOY, *PROFILE_BEFORE, *PROFILE_AFTER, *PROFILE_FINAL, *PROFILE_README, *QUALITY, *QUALITY_SEARCH, *QUALITY_DEEP, *QUALITY_WHOLE, *QUALITY_RANK1, *QUALITY_RANK1_WIDE, *QUALITY_ADARING_WIDE, *QUALITY_ADARING_ALPHA, *QUALITY_METHODS_SEARCH2, *SPLIT, *DEMO, *LOOP, *COST, *DEMO_METHODS, *TRAINING, *ONDEVICE, *QUANT, *COREML, *COREML_1P7B, *NATIVE, *EXTRA]
+FIGURES: list[Figure] = [*DEPLOY, *PROFILE_BEFORE, *PROFILE_AFTER, *PROFILE_FINAL, *PROFILE_README, *QUALITY, *QUALITY_SEARCH, *QUALITY_DEEP, *QUALITY_WHOLE, *QUALITY_RANK1, *QUALITY_RANK1_WIDE, *QUALITY_LORA16, *QUALITY_ADARING_WIDE, *QUALITY_ADARING_ALPHA, *QUALITY_METHODS_SEARCH2, *SPLIT, *DEMO, *LOOP, *COST, *DEMO_METHODS, *TRAINING, *ONDEVICE, *QUANT, *COREML, *COREML_1P7B, *NATIVE, *EXTRA]
 
 #: Figures in the documents no committed JSON backs yet: (document, the note it carries next to them).
 UNCHECKED: list[tuple[str, str]] = [
