@@ -702,7 +702,7 @@ QUALITY_RANK1 = [
 ]
 
 
-def _scale_stage_vals(method: str) -> list[float]:
+def _scale_stage_vals(method: str) -> Callable[[dict], list[float]]:
     """Validation accuracies of ``method``'s scale-stage candidates at its chosen rate, smallest scale first."""
     def value(d: dict) -> list[float]:
         lr = d["search"]["chosen"][method]["lr"]
