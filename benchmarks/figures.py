@@ -702,13 +702,11 @@ QUALITY_RANK1 = [
 ]
 
 
-def _scale_stage_vals(method: str) -> Callable[[dict], list[float]]:
-    """Validation accuracies of ``method``'s scale-stage candidates at its chosen rate, smallest scale first."""
-    def value(d: dict) -> list[float]:
-        lr = d["search"]["chosen"][method]["lr"]
-        found = [c for c in d["search"]["candidates"][method] if c["lr"] == lr and "alpha_factor" in c["knobs"]]
-        return [100 * c["val_accuracy_mean"] for c in sorted(found, key=lambda c: c["knobs"]["alpha_factor"])]
-    return value
+def _scale_stage_vals(d: dict, method: str) -> list[float]:
+    """Validation accuracies (%) of ``method``'s scale-stage candidates at its chosen rate, smallest scale first."""
+    lr = d["search"]["chosen"][method]["lr"]
+    found = [c for c in d["search"]["candidates"][method] if c["lr"] == lr and "alpha_factor" in c["knobs"]]
+    return [100 * c["val_accuracy_mean"] for c in sorted(found, key=lambda c: c["knobs"]["alpha_factor"])]
 
 
 def _vs_table_lora(task: str | None = None, se: bool = False) -> Callable[[dict], str]:
@@ -760,8 +758,8 @@ QUALITY_RANK1_WIDE = [
             "a16": _candidate_val("adaring", 0.016), "a32": _candidate_val("adaring", 0.032),
             "a8": _candidate_val("adaring", 0.008), "alr": ("search/chosen/adaring/lr", "g"),
             "alr2": ("search/chosen/adaring/lr", "g"),
-            "s1": lambda d: f"{_scale_stage_vals('adaring')(d)[0]:.1f}",
-            "smin": lambda d: f"{min(_scale_stage_vals('adaring')(d)):.1f}",
+            "s1": lambda d: f"{_scale_stage_vals(d, 'adaring')[0]:.1f}",
+            "smin": lambda d: f"{min(_scale_stage_vals(d, 'adaring')):.1f}",
             "av": _chosen_val_accuracy("adaring"), "av0": lambda d: _chosen_val_accuracy("adaring")(load(RANK1)),
             "am": _mean_over_tasks("adaring"), "lm": _mean_over_tasks("lora"),
             "d": _mean_diff_over_tasks("adaring", "lora"), "se": _mean_diff_se("adaring", "lora"),
